@@ -1,0 +1,31 @@
+//! banger's domain model: the types every other crate speaks, with their
+//! validation. Nothing here performs I/O except [`layout::Layout::from_env`],
+//! which reads environment variables.
+//!
+//! Layout:
+//! - [`name`]: VM/image/kernel names (DNS labels) and friendly name generation.
+//! - [`id`]: random hex identifiers and prefix matching.
+//! - [`size`]: byte sizes such as `8G`.
+//! - [`spec`]: a VM's size (vcpu, memory, disk).
+//! - [`config`]: `config.toml` parsing and validation.
+//! - [`file_sync`]: `[[file_sync]]` entries.
+//! - [`defaults`]: the three-layer VM defaults resolver with provenance.
+//! - [`layout`]: where banger keeps config, state, sockets and logs.
+//! - [`vm`], [`image`], [`kernel`]: the records the store keeps.
+
+pub mod config;
+pub mod defaults;
+pub mod file_sync;
+pub mod id;
+pub mod image;
+pub mod kernel;
+pub mod layout;
+pub mod name;
+pub mod size;
+pub mod spec;
+pub mod vm;
+
+pub use id::Id;
+pub use name::Name;
+pub use size::ByteSize;
+pub use spec::VmSpec;
