@@ -230,13 +230,13 @@ impl Config {
                 }
             }
         }
-        if let Some(key_path) = &config.ssh_key_path {
-            if !(key_path.starts_with('/') || key_path.starts_with("~/")) {
-                return Err(invalid(
-                    "ssh_key_path",
-                    format!("{key_path:?} must be absolute or start with ~/"),
-                ));
-            }
+        if let Some(key_path) = &config.ssh_key_path
+            && !(key_path.starts_with('/') || key_path.starts_with("~/"))
+        {
+            return Err(invalid(
+                "ssh_key_path",
+                format!("{key_path:?} must be absolute or start with ~/"),
+            ));
         }
         if let Some(image) = &config.default_image {
             crate::Name::parse(image).map_err(|err| invalid("default_image", err.to_string()))?;
