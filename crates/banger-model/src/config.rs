@@ -221,13 +221,13 @@ impl Config {
             ("firecracker_bin", &config.firecracker_bin),
             ("simvm_bin", &config.simvm_bin),
         ] {
-            if let Some(path) = value {
-                if !path.is_absolute() {
-                    return Err(invalid(
-                        key,
-                        format!("{} must be an absolute path", path.display()),
-                    ));
-                }
+            if let Some(path) = value
+                && !path.is_absolute()
+            {
+                return Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", path.display()),
+                ));
             }
         }
         if let Some(key_path) = &config.ssh_key_path
@@ -254,13 +254,13 @@ impl Config {
             ("catalog_url", &config.catalog_url),
             ("update_url", &config.update_url),
         ] {
-            if let Some(url) = value {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(invalid(
-                        key,
-                        format!("{url:?} must be an http:// or https:// URL"),
-                    ));
-                }
+            if let Some(url) = value
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    key,
+                    format!("{url:?} must be an http:// or https:// URL"),
+                ));
             }
         }
 
