@@ -54,6 +54,12 @@ impl BuildInfo {
     }
 }
 
+/// The running binary's [`BuildInfo::summary`], for `--version` flags.
+pub fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| BuildInfo::current().summary())
+}
+
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` without a
 /// date library (civil-from-days, Howard Hinnant's algorithm).
 fn format_epoch_utc(epoch: u64) -> String {

@@ -33,6 +33,8 @@ pub struct StatusResult {
     pub dns_listeners: Vec<String>,
     pub vms_total: usize,
     pub vms_running: usize,
+    /// Requests in flight, including the status request itself.
+    pub active_requests: usize,
 }
 
 /// `daemon.shutdown`, and methods with nothing to say.
