@@ -47,7 +47,17 @@ pub async fn connect(layout: &Layout) -> anyhow::Result<DaemonConnection> {
         drop(stale);
         wait_until_stopped(layout).await?;
     }
-    start(layout).await
+    let mut client = start(layout).await?;
+    let ping: PingResult = client.call(&Request::Ping, |_| {}).await?;
+    if ping.build.build_id != own.build_id {
+        eprintln!(
+            "banger: warning: {} is build {}, this CLI is {}; reinstall banger so both match",
+            bangerd_path()?.display(),
+            ping.build.build_id,
+            own.build_id
+        );
+    }
+    Ok(client)
 }
 
 /// Connects only if a daemon already runs.

@@ -38,16 +38,18 @@ pub struct InstanceLock {
     _lock: Flock<File>,
 }
 
-/// Creates `dir` (and parents) with mode 0700.
+/// Creates `dir` (and parents) and makes it owner-only (0700).
 pub fn private_dir(dir: &Path) -> Result<(), AcquireInstanceError> {
+    let dir_err = |source| AcquireInstanceError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| AcquireInstanceError::Dir {
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(dir_err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)
 }
 
 /// Takes the daemon lock without waiting and records our pid in it.
