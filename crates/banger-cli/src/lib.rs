@@ -16,11 +16,18 @@ pub mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use banger_model::config::Config;
+use banger_model::defaults::{HostFacts, VmDefaults};
+use banger_model::layout::Layout;
+use clap::FromArgMatches;
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let matches = args::command_with_defaults(&vm_defaults()).get_matches();
+    let cli = match args::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -35,4 +42,14 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => output::report_error(&err),
     }
+}
+
+/// The VM defaults as this host and config resolve them. A broken config
+/// falls back to host heuristics here; the command itself reports the error.
+pub fn vm_defaults() -> VmDefaults {
+    let config = Layout::from_env()
+        .ok()
+        .and_then(|layout| Config::load(&layout.config_file()).ok())
+        .unwrap_or_default();
+    VmDefaults::resolve(&config.vm_defaults, HostFacts::detect())
 }

@@ -144,3 +144,19 @@ fn unbuilt_commands_say_so_and_exit_2() {
     out.assert_code(2);
     assert!(out.stderr.contains("not implemented yet"), "{out}");
 }
+
+#[test]
+fn create_help_shows_resolved_defaults_with_provenance() {
+    let env = TestEnv::new();
+    env.write_config("[vm_defaults]\nvcpu = 3\n");
+    for command in ["run", "create"] {
+        let out = env.banger(["vm", command, "--help"]);
+        out.assert_success();
+        assert!(out.stdout.contains("[default: 3 (config)]"), "{out}");
+        assert!(out.stdout.contains("MiB [default: "), "{out}");
+        assert!(
+            out.stdout.contains("disk, e.g. 8G [default: 8G (builtin)]"),
+            "{out}"
+        );
+    }
+}
