@@ -251,13 +251,15 @@ mod tests {
     /// Writes an executable script and waits until it can be executed: a
     /// process forked meanwhile by another test thread may briefly hold our
     /// write descriptor, which makes exec fail with ETXTBSY.
-    fn write_script(path: &Path, body: &str) {
+    async fn write_script(path: &Path, body: &str) {
         fs_err::write(path, body).unwrap();
         fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
         loop {
-            match std::process::Command::new(path).arg("probe").output() {
-                Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) => {
-                    std::thread::yield_now();
+            match exec::run(path, &["probe".to_owned()]).await {
+                Err(ExecError::Spawn { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    tokio::task::yield_now().await;
                 }
                 Err(error) => panic!("cannot run {}: {error}", path.display()),
                 Ok(_) => return,
@@ -294,7 +296,8 @@ mod tests {
                 "#!/bin/sh\n[ \"$1\" = probe ] && exit 0\necho \"$@\" >> '{}'\n",
                 log.display()
             ),
-        );
+        )
+        .await;
 
         let routing = Resolvectl::new(&script);
         routing.apply("br-banger", dns()).await.unwrap();
@@ -313,7 +316,11 @@ mod tests {
     async fn failing_resolvectl_is_reported_with_its_stderr() {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("resolvectl");
-        write_script(&script, "#!/bin/sh\necho 'Failed to set DNS' >&2\nexit 1\n");
+        write_script(
+            &script,
+            "#!/bin/sh\n[ \"$1\" = probe ] && exit 0\necho 'Failed to set DNS' >&2\nexit 1\n",
+        )
+        .await;
         let err = Resolvectl::new(&script)
             .apply("br-banger", dns())
             .await
