@@ -1,5 +1,5 @@
 //! Bridge and TAP management over rtnetlink (and the TUN ioctls in
-//! [`crate::tun`] for creating TAPs).
+//! the private `tun` module for creating TAPs).
 //!
 //! A [`Netlink`] connection is bound to the network namespace of the thread
 //! that opened it; every request goes to that namespace.
@@ -177,7 +177,8 @@ fn kind_name(kind: &InfoKind) -> String {
 
 impl Netlink {
     /// Opens a netlink socket in the calling thread's network namespace and
-    /// spawns its connection task on the current tokio runtime.
+    /// spawns its connection task on the current tokio runtime (panics when
+    /// called outside one).
     pub fn connect() -> Result<Self, ConnectError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(ConnectError::Socket)?;
         tokio::spawn(connection);

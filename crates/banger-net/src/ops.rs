@@ -78,8 +78,9 @@ pub struct RealNetOps {
 }
 
 impl RealNetOps {
-    /// Opens the netlink socket (on the current tokio runtime) and uses
-    /// `iptables` from `PATH`.
+    /// Opens the netlink socket in the calling thread's network namespace,
+    /// spawns its connection task (call it from within a tokio runtime), and
+    /// uses `iptables` from `PATH`.
     pub fn connect() -> Result<Self, ConnectError> {
         Ok(Self {
             netlink: Netlink::connect()?,
