@@ -486,7 +486,7 @@ pub fn command_with_defaults(defaults: &banger_model::defaults::VmDefaults) -> c
             .mut_arg("disk_size", |arg| arg.help(disk.clone()))
     };
     Cli::command().mut_subcommand("vm", |vm| {
-        vm.mut_subcommand("run", &annotate)
-            .mut_subcommand("create", &annotate)
+        vm.mut_subcommand("run", annotate)
+            .mut_subcommand("create", annotate)
     })
 }
