@@ -420,6 +420,34 @@ pub struct UpdateArgs {
     pub allow_downgrade: bool,
 }
 
+/// The command tree with the resolved VM defaults written into the help of
+/// `vm run` and `vm create`, e.g. `--vcpu N  Virtual CPUs [default: 2 (host)]`.
+pub fn command_with_defaults(defaults: &banger_model::defaults::VmDefaults) -> clap::Command {
+    use clap::CommandFactory;
+    let vcpu = format!(
+        "Virtual CPUs [default: {} ({})]",
+        defaults.vcpu.value, defaults.vcpu.provenance
+    );
+    let memory = format!(
+        "Memory in MiB [default: {} ({})]",
+        defaults.memory_mib.value, defaults.memory_mib.provenance
+    );
+    let disk = format!(
+        "Size of the guest's /root disk, e.g. 8G [default: {} ({})]",
+        defaults.disk_size.value, defaults.disk_size.provenance
+    );
+    let annotate = |command: clap::Command| {
+        command
+            .mut_arg("vcpu", |arg| arg.help(vcpu.clone()))
+            .mut_arg("memory", |arg| arg.help(memory.clone()))
+            .mut_arg("disk_size", |arg| arg.help(disk.clone()))
+    };
+    Cli::command().mut_subcommand("vm", |vm| {
+        vm.mut_subcommand("run", annotate)
+            .mut_subcommand("create", annotate)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,32 +489,4 @@ mod tests {
         assert!(Cli::try_parse_from(["banger", "vm", "create", "--disk-size", "8"]).is_err());
         assert!(Cli::try_parse_from(["banger", "vm", "create", "--vmm", "qemu"]).is_err());
     }
-}
-
-/// The command tree with the resolved VM defaults written into the help of
-/// `vm run` and `vm create`, e.g. `--vcpu N  Virtual CPUs [default: 2 (host)]`.
-pub fn command_with_defaults(defaults: &banger_model::defaults::VmDefaults) -> clap::Command {
-    use clap::CommandFactory;
-    let vcpu = format!(
-        "Virtual CPUs [default: {} ({})]",
-        defaults.vcpu.value, defaults.vcpu.provenance
-    );
-    let memory = format!(
-        "Memory in MiB [default: {} ({})]",
-        defaults.memory_mib.value, defaults.memory_mib.provenance
-    );
-    let disk = format!(
-        "Size of the guest's /root disk, e.g. 8G [default: {} ({})]",
-        defaults.disk_size.value, defaults.disk_size.provenance
-    );
-    let annotate = |command: clap::Command| {
-        command
-            .mut_arg("vcpu", |arg| arg.help(vcpu.clone()))
-            .mut_arg("memory", |arg| arg.help(memory.clone()))
-            .mut_arg("disk_size", |arg| arg.help(disk.clone()))
-    };
-    Cli::command().mut_subcommand("vm", |vm| {
-        vm.mut_subcommand("run", annotate)
-            .mut_subcommand("create", annotate)
-    })
 }
