@@ -96,7 +96,9 @@ impl TestEnv {
         })
         .expect("test layout");
         std::fs::create_dir_all(&layout.home).expect("home dir");
-        Self { dir, layout }
+        let env = Self { dir, layout };
+        env.write_config("");
+        env
     }
 
     pub fn root(&self) -> &Path {
@@ -142,10 +144,17 @@ impl TestEnv {
         run(command)
     }
 
+    /// Writes `config.toml`. Unless `toml` has its own `[network]` table,
+    /// DNS listens on a random loopback port, so that test daemons sharing
+    /// the host's network namespace never fight over the default port.
     pub fn write_config(&self, toml: &str) {
         let path = self.layout.config_file();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, toml).unwrap();
+        let mut text = toml.to_owned();
+        if !text.contains("[network]") {
+            text.push_str("\n[network]\ndns_listen = \"127.0.0.1:0\"\n");
+        }
+        std::fs::write(path, text).unwrap();
     }
 
     pub fn daemon_log(&self) -> String {

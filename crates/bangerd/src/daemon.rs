@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::network::Network;
 use crate::server::{EventSink, Handler};
+use crate::vm_locks::VmLocks;
 
 /// Everything a request handler can reach.
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub struct Daemon {
     pub config: Config,
     pub store: Arc<Store>,
     pub build: BuildInfo,
+    pub network: Network,
+    pub vm_locks: VmLocks,
     pub started_at: jiff::Timestamp,
     /// Fired to stop the daemon (by `daemon.shutdown` or a signal).
     pub shutdown: CancellationToken,
@@ -28,12 +32,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(layout: Layout, config: Config, store: Arc<Store>, build: BuildInfo) -> Self {
+    pub fn new(
+        layout: Layout,
+        config: Config,
+        store: Arc<Store>,
+        build: BuildInfo,
+        network: Network,
+    ) -> Self {
         Self {
             layout,
             config,
             store,
             build,
+            network,
+            vm_locks: VmLocks::default(),
             started_at: jiff::Timestamp::now(),
             shutdown: CancellationToken::new(),
             active_requests: AtomicUsize::new(0),

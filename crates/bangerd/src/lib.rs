@@ -12,12 +12,16 @@
 //! - [`services`]: one module per operation (`vm_list`, `daemon_status`, …).
 //! - [`instance`]: the single-instance lock and socket binding.
 //! - [`logging`]: JSON logs to the daemon's log file.
+//! - [`network`]: DNS server, bridge and TAP pool.
+//! - [`vm_locks`]: per-VM locks.
 
 pub mod daemon;
 pub mod instance;
 pub mod logging;
+pub mod network;
 pub mod server;
 pub mod services;
+pub mod vm_locks;
 
 pub use daemon::Daemon;
 pub use server::{EventSink, Handler, serve};

@@ -8,6 +8,7 @@ use banger_buildinfo::BuildInfo;
 use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_store::Store;
+use bangerd::network::Network;
 use bangerd::{Daemon, instance, logging};
 use clap::Parser;
 use tracing::info;
@@ -51,10 +52,13 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = instance::bind(&layout.socket())?;
         let socket = layout.socket();
-        let daemon = Arc::new(Daemon::new(layout, config, Arc::new(store), build));
+        let net_ops = banger_net::RealNetOps::connect().context("opening netlink")?;
+        let network = Network::start(Arc::new(net_ops), config.network.clone()).await;
+        let daemon = Arc::new(Daemon::new(layout, config, Arc::new(store), build, network));
         info!(pid = std::process::id(), socket = %socket.display(), build = %daemon.build.build_id, "bangerd started");
         spawn_signal_handler(daemon.shutdown.clone())?;
         bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()).await;
+        daemon.network.shutdown().await;
         let _ = std::fs::remove_file(&socket);
         info!("bangerd stopped");
         anyhow::Ok(())

@@ -161,3 +161,40 @@ fn a_bad_config_is_reported_with_its_key() {
     assert!(out.stderr.contains("config.toml"), "{out}");
     assert!(env.daemon_pid().is_none());
 }
+
+#[test]
+fn dns_is_served_from_the_start_and_shown_in_status() {
+    let env = TestEnv::new();
+    env.banger(["daemon", "start"]).assert_success();
+    let status = json(&env.banger(["daemon", "status", "--json"]).stdout);
+    let listeners = status["dns_listeners"].as_array().expect("listeners");
+    assert_eq!(listeners.len(), 2, "{status}");
+    let udp = listeners[0]
+        .as_str()
+        .unwrap()
+        .strip_prefix("udp://")
+        .unwrap()
+        .to_owned();
+    let (host, port) = udp.rsplit_once(':').unwrap();
+    let out = std::process::Command::new("dig")
+        .args([
+            &format!("@{host}"),
+            "-p",
+            port,
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "nobody.vm",
+            "A",
+        ])
+        .output()
+        .expect("dig is installed by scripts/install-deps.sh");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "unknown names have no answer"
+    );
+    let text = env.banger(["daemon", "status"]);
+    assert!(text.stdout.contains(&format!("udp://{udp}")), "{text}");
+}

@@ -30,7 +30,7 @@ pub fn status(daemon: &Daemon) -> StatusResult {
         state_dir: daemon.layout.state_dir.clone(),
         config_path: daemon.layout.config_file(),
         log_level: daemon.config.log_level.as_str().to_owned(),
-        dns_listeners: Vec::new(),
+        dns_listeners: daemon.network.dns_listeners(),
         vms_total: vms.len(),
         vms_running: vms.iter().filter(|vm| vm.state == VmState::Running).count(),
         active_requests: daemon.active_requests(),
