@@ -7,12 +7,14 @@
 //!   restarting it when its build differs from ours.
 //! - [`exec`]: every process the CLI starts (the daemon, `ssh`).
 //! - [`output`]: tables, JSON, errors and hints.
+//! - [`progress`]: rendering the daemon's stage and progress events.
 
 pub mod args;
 pub mod commands;
 pub mod daemon_client;
 pub mod exec;
 pub mod output;
+pub mod progress;
 
 use std::process::ExitCode;
 

@@ -8,7 +8,6 @@
 //! Layout:
 //! - [`schema`]: the migrations.
 //! - [`kernels`], [`images`], [`vms`]: one repository module per table.
-//! - [`resolve`]: turning a user's reference (name, id, id prefix) into a record.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -18,11 +17,10 @@ use rusqlite::Connection;
 
 pub mod images;
 pub mod kernels;
-pub mod resolve;
 pub mod schema;
 pub mod vms;
 
-pub use resolve::{ResolveError, resolve};
+pub use banger_model::resolve::{ResolveError, resolve};
 
 /// How long a statement waits for a lock held by another connection.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -5,7 +5,9 @@ mod daemon;
 mod image_list;
 mod kernel_list;
 mod version;
+mod vm_batch;
 mod vm_list;
+mod vm_ops;
 
 use std::process::ExitCode;
 
@@ -35,12 +37,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 VmCommand::Show(args) => vm_list::show(&layout, &args).await,
                 VmCommand::Run(_) => Err(not_implemented("vm run")),
                 VmCommand::Create(_) => Err(not_implemented("vm create")),
-                VmCommand::Start(_) => Err(not_implemented("vm start")),
-                VmCommand::Stop(_) => Err(not_implemented("vm stop")),
-                VmCommand::Restart(_) => Err(not_implemented("vm restart")),
-                VmCommand::Delete(_) => Err(not_implemented("vm delete")),
-                VmCommand::Kill(_) => Err(not_implemented("vm kill")),
-                VmCommand::Set(_) => Err(not_implemented("vm set")),
+                VmCommand::Start(args) => vm_ops::start(&layout, &args.refs).await,
+                VmCommand::Stop(args) => vm_ops::stop(&layout, &args.refs).await,
+                VmCommand::Restart(args) => vm_ops::restart(&layout, &args.refs).await,
+                VmCommand::Delete(args) => vm_ops::delete(&layout, &args.refs).await,
+                VmCommand::Kill(args) => vm_ops::kill(&layout, &args.refs).await,
+                VmCommand::Set(args) => vm_ops::set(&layout, &args).await,
                 VmCommand::Logs(_) => Err(not_implemented("vm logs")),
                 VmCommand::Stats(_) => Err(not_implemented("vm stats")),
                 VmCommand::Ssh(_) => Err(not_implemented("vm ssh")),

@@ -1,11 +1,11 @@
 //! Resolving a user's reference: an exact name wins, then a full id, then a
 //! unique id prefix.
 
-use banger_model::Id;
-use banger_model::id::looks_like_id_prefix;
-use banger_model::image::Image;
-use banger_model::kernel::Kernel;
-use banger_model::vm::Vm;
+use crate::Id;
+use crate::id::looks_like_id_prefix;
+use crate::image::Image;
+use crate::kernel::Kernel;
+use crate::vm::Vm;
 
 /// A record users refer to by name or id.
 pub trait Record {
