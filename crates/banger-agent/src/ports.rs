@@ -84,7 +84,7 @@ pub fn read_listeners(proc_root: &Path) -> Result<Vec<Listener>, ReadListenersEr
             }
         })
         .collect();
-    listeners.sort_by(|a, b| (a.proto, a.port, a.address).cmp(&(b.proto, b.port, b.address)));
+    listeners.sort_by_key(|l| (l.proto, l.port, l.address));
     Ok(listeners)
 }
 
@@ -311,7 +311,8 @@ mod tests {
         }
 
         let listeners = read_listeners(proc_root).expect("listeners");
-        let summary: Vec<(Proto, u16, Option<u32>, Option<&str>, Option<&str>)> = listeners
+        type Row<'a> = (Proto, u16, Option<u32>, Option<&'a str>, Option<&'a str>);
+        let summary: Vec<Row<'_>> = listeners
             .iter()
             .map(|l| {
                 (
