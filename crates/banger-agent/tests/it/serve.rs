@@ -113,7 +113,11 @@ async fn ports_lists_this_processs_tcp_and_udp_sockets_v4_and_v6() {
     ] {
         let listener = find(&listeners, proto, addr);
         assert_eq!(listener.pid, Some(me), "{listener:?}");
-        assert_eq!(listener.process.as_deref(), Some(comm.as_str()), "{listener:?}");
+        assert_eq!(
+            listener.process.as_deref(),
+            Some(comm.as_str()),
+            "{listener:?}"
+        );
         let command = listener.command.as_deref().expect("command line");
         assert!(command.contains(&exe_name), "{command:?} lacks {exe_name}");
     }
@@ -130,9 +134,9 @@ async fn ports_lists_this_processs_tcp_and_udp_sockets_v4_and_v6() {
     drop(tcp4);
     let listeners = agent.client().ports().await.expect("GET /ports again");
     assert!(
-        !listeners
-            .iter()
-            .any(|l| l.proto == Proto::Tcp && l.address == IpAddr::V4(Ipv4Addr::LOCALHOST) && l.port == closed.port()),
+        !listeners.iter().any(|l| l.proto == Proto::Tcp
+            && l.address == IpAddr::V4(Ipv4Addr::LOCALHOST)
+            && l.port == closed.port()),
         "closed listener {closed} still listed"
     );
 }

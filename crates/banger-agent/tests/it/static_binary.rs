@@ -23,7 +23,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 fn agent_binary_is_statically_linked() {
     let path = Path::new(env!("CARGO_BIN_EXE_banger-vsock-agent"));
     let elf = fs_err::read(path).expect("read agent binary");
-    assert_eq!(&elf[..4], b"\x7fELF", "{} is not an ELF file", path.display());
+    assert_eq!(
+        &elf[..4],
+        b"\x7fELF",
+        "{} is not an ELF file",
+        path.display()
+    );
     assert_eq!(elf[4], 2, "expected a 64-bit ELF");
     assert_eq!(elf[5], 1, "expected little endian");
 
