@@ -499,8 +499,7 @@ pub fn apply_edits(image: &Path, edits: &Ext4Edits) -> Result<(), ApplyEditsErro
                     None => {}
                 }
                 let source = staging.path().join(format!("content-{index}"));
-                fs::write(&source, content)
-                    .map_err(ApplyEditsError::Stage)?;
+                fs::write(&source, content).map_err(ApplyEditsError::Stage)?;
                 let source = source.to_str().ok_or_else(|| {
                     ApplyEditsError::Stage(io::Error::other(
                         "temporary directory path is not UTF-8",
@@ -514,6 +513,10 @@ pub fn apply_edits(image: &Path, edits: &Ext4Edits) -> Result<(), ApplyEditsErro
                     format!("write {} {}", quote(source), quote(name)),
                     Expect::AllocatedInode,
                 )?;
+                // Back to the root: debugfs resolves the parent of a
+                // top-level path such as `/var` (the empty string) against
+                // the current directory, so later mkdir/symlink need `/`.
+                script.push(image, path, "cd \"/\"".to_owned(), Expect::Silent)?;
                 script.set_meta(
                     image,
                     path,

@@ -451,7 +451,9 @@ mod tests {
         let work = match disks.make_work_disk(&work_request("/vms/a/work.ext4")) {
             Ok(work) => work,
             Err(error) => {
-                disks.remove_root(&root).map_err(|e| crate::rollback::chain(&e))?;
+                disks
+                    .remove_root(&root)
+                    .map_err(|e| crate::rollback::chain(&e))?;
                 return Err(crate::rollback::chain(&error));
             }
         };
@@ -463,7 +465,9 @@ mod tests {
             disks
                 .remove_work_disk(&work.path)
                 .map_err(|e| crate::rollback::chain(&e))?;
-            disks.remove_root(&root).map_err(|e| crate::rollback::chain(&e))?;
+            disks
+                .remove_root(&root)
+                .map_err(|e| crate::rollback::chain(&e))?;
             return Err(crate::rollback::chain(&error));
         }
         Ok(())

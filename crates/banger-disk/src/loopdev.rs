@@ -185,9 +185,7 @@ pub fn attach(backing: &Path, options: LoopOptions) -> Result<AttachedLoop, Atta
         .read(true)
         .write(true)
         .open(LOOP_CONTROL)
-        .map_err(|error| AttachLoopError::OpenControl {
-            source: error,
-        })?;
+        .map_err(|error| AttachLoopError::OpenControl { source: error })?;
     let mut flags = 0;
     if options.read_only {
         flags |= sys::LO_FLAGS_READ_ONLY;

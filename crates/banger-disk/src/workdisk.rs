@@ -246,14 +246,8 @@ pub fn grow_work_disk(path: &Path, size: ByteSize) -> Result<GrowOutcome, GrowWo
         .write(true)
         .open(path)
         .map_err(extend_error)?;
-    if file
-        .metadata()
-        .map_err(extend_error)?
-        .len()
-        < target_len
-    {
-        file.set_len(target_len)
-            .map_err(extend_error)?;
+    if file.metadata().map_err(extend_error)?.len() < target_len {
+        file.set_len(target_len).map_err(extend_error)?;
     }
     drop(file);
     let resize_args = exec::args([path.as_os_str(), format!("{target_blocks}").as_ref()]);
