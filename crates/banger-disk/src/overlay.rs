@@ -174,6 +174,14 @@ pub fn cow_path(vm_dir: &Path) -> PathBuf {
     vm_dir.join("root.cow")
 }
 
+/// The cow file must hold every chunk of the origin plus the snapshot's
+/// exception tables (16 bytes per 4 KiB chunk, 1/256) and header, or the
+/// snapshot is invalidated when the guest rewrites its whole disk. It is
+/// sparse, so the size costs nothing until written.
+fn cow_len(base_len: u64) -> u64 {
+    base_len + base_len / 64 + (1 << 20)
+}
+
 #[tracing::instrument(level = "debug", skip_all, fields(vm = %request.vm_id, strategy = %request.strategy))]
 pub(crate) fn create_root(
     host: &impl BlockHost,
@@ -289,7 +297,7 @@ fn activate_dm(
         keepalive.push(base_loop);
 
         if fresh {
-            host.create_sparse_file(&cow, len)
+            host.create_sparse_file(&cow, cow_len(len))
                 .map_err(|source| CreateRootError::Io {
                     path: cow.clone(),
                     source,
@@ -445,7 +453,7 @@ mod tests {
             host.log(),
             vec![
                 "attach /img/rootfs.ext4 ro -> /dev/loop0".to_owned(),
-                "create_sparse /vms/x/root.cow 1073741824".to_owned(),
+                "create_sparse /vms/x/root.cow 1091567616".to_owned(),
                 "attach /vms/x/root.cow rw -> /dev/loop1".to_owned(),
                 format!(
                     "dm_create {} 0 2097152 snapshot /dev/loop0 /dev/loop1 P 8",

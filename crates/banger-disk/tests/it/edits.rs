@@ -66,6 +66,9 @@ fn the_edits() -> Ext4Edits {
         .chown("/etc", 0, 4)
         .unwrap()
         .mkdir_p("/var/lib/banger/deep", Meta::root(0o711))
+        .unwrap()
+        // The root directory itself (a work disk's root is the guest's /root).
+        .mkdir_p("/", Meta::new(0o751, 0, 0))
         .unwrap();
     edits
 }
@@ -105,6 +108,11 @@ fn edits_apply_in_one_run_and_read_back() {
     assert_eq!((etc.mode, etc.uid, etc.gid), (0o755, 0, 4));
     let deep = stat(&image, "/var/lib/banger/deep").unwrap().unwrap();
     assert_eq!(deep.mode, 0o711);
+    let top = stat(&image, "/").unwrap().unwrap();
+    assert_eq!(
+        (top.kind, top.mode, top.uid),
+        (FileKind::Directory, 0o751, 0)
+    );
     let parent = stat(&image, "/var/lib").unwrap().unwrap();
     assert_eq!((parent.kind, parent.mode), (FileKind::Directory, 0o755));
 

@@ -7,6 +7,7 @@ mod copy;
 mod edits;
 mod loops;
 mod mkfs;
+mod policy;
 mod reflink;
 mod util;
 mod workdisk;
