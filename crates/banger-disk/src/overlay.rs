@@ -380,16 +380,20 @@ pub(crate) fn deactivate_root(
             cow,
             loops,
         } => {
-            let handles: Vec<Handle> = overlay
+            let mut handles: Vec<Handle> = overlay
                 .handles()
                 .into_iter()
                 .filter(|handle| !matches!(handle, Handle::File { .. }))
                 .collect();
+            // Already inactive: still make sure no dm device of this name
+            // survived a crash.
+            if loops.is_none() {
+                handles.push(Handle::Dm { name: name.clone() });
+            }
             let failures = rollback::release_all(host, &handles);
             if !failures.is_empty() {
                 return Err(RemoveRootError { failures });
             }
-            let _ = loops;
             Ok(RootOverlay::DmSnapshot {
                 name: name.clone(),
                 base: base.clone(),
