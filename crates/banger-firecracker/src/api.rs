@@ -727,7 +727,10 @@ mod tests {
                 .unwrap_err()
                 .contains(INVALID_LEVEL_MESSAGE)
         );
-        assert_eq!(serde_json::to_value(LogLevel::Warning).unwrap(), json!("Warning"));
+        assert_eq!(
+            serde_json::to_value(LogLevel::Warning).unwrap(),
+            json!("Warning")
+        );
     }
 
     #[test]

@@ -288,7 +288,10 @@ impl Cmdline {
 
     /// The static `ip=` configuration, if any.
     pub fn ip(&self) -> Result<Option<IpConfig>, InvalidIpConfig> {
-        self.get("ip").map(IpConfig::parse).transpose().map(Option::flatten)
+        self.get("ip")
+            .map(IpConfig::parse)
+            .transpose()
+            .map(Option::flatten)
     }
 
     /// `init=`.
@@ -342,8 +345,9 @@ mod tests {
 
     #[test]
     fn renders_banger_contract() {
-        let args = BootArgs::new(ip().with_dns([Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(9, 9, 9, 9)]))
-            .with_first_boot_init();
+        let args =
+            BootArgs::new(ip().with_dns([Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(9, 9, 9, 9)]))
+                .with_first_boot_init();
         assert_eq!(
             args.to_string(),
             "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw \
@@ -361,7 +365,9 @@ mod tests {
     #[test]
     fn round_trips_through_parser() {
         let config = ip().with_dns([Ipv4Addr::new(10, 0, 0, 53)]);
-        let rendered = BootArgs::new(config.clone()).with_first_boot_init().to_string();
+        let rendered = BootArgs::new(config.clone())
+            .with_first_boot_init()
+            .to_string();
         let parsed = Cmdline::parse(&rendered);
         assert_eq!(parsed.ip().unwrap(), Some(config.clone()));
         assert_eq!(parsed.init(), Some(FIRST_BOOT_INIT));
@@ -399,7 +405,10 @@ mod tests {
         );
         assert!(matches!(
             IpConfig::parse("10.0.0.x::10.0.0.1:255.0.0.0"),
-            Err(InvalidIpConfig::Address { field: "client", .. })
+            Err(InvalidIpConfig::Address {
+                field: "client",
+                ..
+            })
         ));
         assert_eq!(Cmdline::parse("console=ttyS0").ip(), Ok(None));
     }

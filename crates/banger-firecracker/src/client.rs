@@ -263,7 +263,9 @@ impl ApiClient {
 
     /// `PUT /vsock`.
     pub async fn put_vsock(&mut self, vsock: &Vsock) -> Result<(), ApiRequestError> {
-        self.call(Method::PUT, "/vsock", Some(vsock)).await.map(drop)
+        self.call(Method::PUT, "/vsock", Some(vsock))
+            .await
+            .map(drop)
     }
 
     /// `PUT /logger`.
@@ -346,7 +348,9 @@ mod tests {
                     let uri = req.uri().clone();
                     let body = req.into_body().collect().await.unwrap().to_bytes();
                     let body = String::from_utf8(body.to_vec()).unwrap();
-                    log.lock().unwrap().push((method.clone(), uri.clone(), body));
+                    log.lock()
+                        .unwrap()
+                        .push((method.clone(), uri.clone(), body));
                     let (status, body) = match (method, uri.path()) {
                         (Method::GET, "/") => (
                             200,

@@ -288,17 +288,23 @@ pub async fn launch(
     if let Some(log) = &spec.log_path {
         drop(open_log(log, true)?);
     }
-    let child =
-        exec::spawn_detached(&spec.binary, &spec.args(), console).map_err(|source| {
-            LaunchError::Spawn {
-                binary: spec.binary.clone(),
-                source,
-            }
-        })?;
+    let child = exec::spawn_detached(&spec.binary, &spec.args(), console).map_err(|source| {
+        LaunchError::Spawn {
+            binary: spec.binary.clone(),
+            source,
+        }
+    })?;
     let process = watch_child(child, spec.api_socket.clone())?;
     tracing::debug!(pid = process.pid, "vmm spawned");
 
-    match wait_for_api(&spec.api_socket, spec.api_timeout, cancel, Some(&process.exit)).await {
+    match wait_for_api(
+        &spec.api_socket,
+        spec.api_timeout,
+        cancel,
+        Some(&process.exit),
+    )
+    .await
+    {
         Ok(_) => Ok(process),
         Err(err) => {
             let _ = process.signal(Signal::SIGKILL);
@@ -319,7 +325,10 @@ pub async fn launch(
     }
 }
 
-fn watch_child(mut child: tokio::process::Child, api_socket: PathBuf) -> Result<VmmProcess, LaunchError> {
+fn watch_child(
+    mut child: tokio::process::Child,
+    api_socket: PathBuf,
+) -> Result<VmmProcess, LaunchError> {
     let pid = child.id().expect("a freshly spawned child has a pid");
     // The child cannot be reaped before we wait for it, so the pid is ours.
     let fd = pidfd::open(pid).ok().map(Arc::new);
@@ -588,10 +597,17 @@ pub enum FindVmmError {
 }
 
 /// The pid of the process listening on the unix socket `api_socket`, found
-/// through `/proc/net/unix` (socket inode by path) and `/proc/*/fd` (inode
-/// to pid). `None` when nobody in this network namespace listens there.
+/// through `/proc/thread-self/net/unix` (socket inode by path) and
+/// `/proc/*/fd` (inode to pid). `None` when nobody in the calling thread's
+/// network namespace listens there.
 pub fn find_pid_by_api_socket(api_socket: &Path) -> Result<Option<u32>, FindVmmError> {
-    let table_path = Path::new("/proc/net/unix");
+    // The calling thread's network namespace (a thread may have entered
+    // another one than its process); /proc/net is the process's.
+    let table_path = ["/proc/thread-self/net/unix", "/proc/net/unix"]
+        .map(Path::new)
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/proc/net/unix"));
     let table = fs_err::read_to_string(table_path).map_err(|source| FindVmmError::Read {
         path: table_path.to_owned(),
         source,
@@ -771,7 +787,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
         let _listener = tokio::net::UnixListener::bind(&path).unwrap();
-        assert_eq!(find_pid_by_api_socket(&path).unwrap(), Some(std::process::id()));
+        assert_eq!(
+            find_pid_by_api_socket(&path).unwrap(),
+            Some(std::process::id())
+        );
         assert_eq!(
             find_pid_by_api_socket(&dir.path().join("other.sock")).unwrap(),
             None
@@ -811,10 +830,18 @@ mod tests {
 
         let (notifier, watch) = ExitWatch::channel();
         notifier.notify(VmmExit::Code(1));
-        let err = wait_for_api(&path, Duration::from_secs(30), &CancellationToken::new(), Some(&watch))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, WaitForApiError::Exited(VmmExit::Code(1))), "{err:?}");
+        let err = wait_for_api(
+            &path,
+            Duration::from_secs(30),
+            &CancellationToken::new(),
+            Some(&watch),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, WaitForApiError::Exited(VmmExit::Code(1))),
+            "{err:?}"
+        );
 
         let err = wait_for_api(&path, Duration::ZERO, &CancellationToken::new(), None)
             .await
@@ -834,16 +861,15 @@ mod tests {
             "#!/bin/sh\necho \"args: $*\"\necho \"sid: $(cut -d' ' -f6 /proc/$$/stat) pid: $$\"\nexit 3\n",
         )
         .unwrap();
-        fs_err::set_permissions(
-            &script,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        fs_err::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let console = dir.path().join("console.log");
         let spec = LaunchSpec::new(&script, "vm-1", dir.path().join("api.sock"), &console);
         let err = launch(&spec, &CancellationToken::new()).await.unwrap_err();
         match &err {
-            LaunchError::Exited { exit, console_log, .. } => {
+            LaunchError::Exited {
+                exit, console_log, ..
+            } => {
                 assert_eq!(*exit, VmmExit::Code(3));
                 assert_eq!(console_log, &console);
             }

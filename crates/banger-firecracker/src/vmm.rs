@@ -105,11 +105,24 @@ pub enum VmmOp {
 /// One call the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmmCall {
-    Start { id: String, api_socket: PathBuf },
-    Configure { api_socket: PathBuf, config: Box<VmConfig> },
-    Stop { api_socket: PathBuf },
-    Kill { api_socket: PathBuf, pid: u32 },
-    Adopt { api_socket: PathBuf },
+    Start {
+        id: String,
+        api_socket: PathBuf,
+    },
+    Configure {
+        api_socket: PathBuf,
+        config: Box<VmConfig>,
+    },
+    Stop {
+        api_socket: PathBuf,
+    },
+    Kill {
+        api_socket: PathBuf,
+        pid: u32,
+    },
+    Adopt {
+        api_socket: PathBuf,
+    },
 }
 
 #[derive(Debug)]
@@ -298,7 +311,10 @@ impl Vmm for FakeVmm {
                 api_socket: vmm.api_socket().to_owned(),
             };
             if self.record(VmmOp::Stop, call) {
-                return Err(StopVmmError::Request(injected_fault(Method::PUT, "/actions")));
+                return Err(StopVmmError::Request(injected_fault(
+                    Method::PUT,
+                    "/actions",
+                )));
             }
             if !self.lock().ignore_stop {
                 self.exit(vmm.api_socket(), VmmExit::Code(0));
@@ -340,9 +356,10 @@ impl Vmm for FakeVmm {
                 });
             }
             let state = self.lock();
-            Ok(state.running.get(api_socket).map(|vm| {
-                VmmProcess::detached(vm.pid, api_socket.to_owned(), vm.watch.clone())
-            }))
+            Ok(state
+                .running
+                .get(api_socket)
+                .map(|vm| VmmProcess::detached(vm.pid, api_socket.to_owned(), vm.watch.clone())))
         })
     }
 }

@@ -368,7 +368,10 @@ impl Controller {
         if self.booted() {
             return ApiReply::fault("PCI is not enabled");
         }
-        let position = self.drives.iter().position(|d| d.drive_id == drive.drive_id);
+        let position = self
+            .drives
+            .iter()
+            .position(|d| d.drive_id == drive.drive_id);
         let has_root = self.drives.first().is_some_and(|d| d.is_root_device);
         if drive.is_root_device && has_root && position != Some(0) {
             return ApiReply::fault("Drive config error: A root block device already exists!");
@@ -514,9 +517,7 @@ impl Controller {
 
     async fn action(&mut self, action: ActionType) -> ApiReply {
         match action {
-            ActionType::InstanceStart if self.booted() => {
-                ApiReply::fault(NOT_SUPPORTED_POST_BOOT)
-            }
+            ActionType::InstanceStart if self.booted() => ApiReply::fault(NOT_SUPPORTED_POST_BOOT),
             ActionType::InstanceStart => self.instance_start().await,
             _ if !self.booted() => ApiReply::fault(NOT_SUPPORTED_PRE_BOOT),
             ActionType::FlushMetrics => {
@@ -571,12 +572,7 @@ impl Controller {
         }
     }
 
-    fn unsupported_device_update(
-        &self,
-        method: &Method,
-        kind: &str,
-        id: Option<&str>,
-    ) -> ApiReply {
+    fn unsupported_device_update(&self, method: &Method, kind: &str, id: Option<&str>) -> ApiReply {
         if let Err(reply) = checked_id(id) {
             return reply;
         }
@@ -809,8 +805,12 @@ mod tests {
     #[tokio::test]
     async fn boot_plan_comes_from_the_configuration() {
         let mut f = configured().await;
-        f.ok(Method::PUT, "/actions", r#"{"action_type":"InstanceStart"}"#)
-            .await;
+        f.ok(
+            Method::PUT,
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        )
+        .await;
         let plans = f.launcher.plans.lock().unwrap().clone();
         let plan = &plans[0];
         assert_eq!(plan.root.path, PathBuf::from(f.path("root.img")));
@@ -833,7 +833,11 @@ mod tests {
         let mut f = configured().await;
         *f.launcher.fail.lock().unwrap() = Some("mount failed".into());
         let reply = f
-            .send(Method::PUT, "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .send(
+                Method::PUT,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+            )
             .await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST);
         assert_eq!(
@@ -841,15 +845,23 @@ mod tests {
             "Start microvm error: mount failed"
         );
         assert_eq!(f.controller.state(), InstanceState::NotStarted);
-        f.ok(Method::PUT, "/actions", r#"{"action_type":"InstanceStart"}"#)
-            .await;
+        f.ok(
+            Method::PUT,
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn start_needs_kernel_and_root_drive() {
         let mut f = Fixture::new();
         let reply = f
-            .send(Method::PUT, "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .send(
+                Method::PUT,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+            )
             .await;
         assert_eq!(
             reply.fault_message().unwrap(),
@@ -862,7 +874,11 @@ mod tests {
         )
         .await;
         let reply = f
-            .send(Method::PUT, "/actions", r#"{"action_type":"InstanceStart"}"#)
+            .send(
+                Method::PUT,
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#,
+            )
             .await;
         assert!(reply.fault_message().unwrap().contains("is_root_device"));
     }
@@ -894,8 +910,12 @@ mod tests {
     #[tokio::test]
     async fn post_boot_refusals() {
         let mut f = configured().await;
-        f.ok(Method::PUT, "/actions", r#"{"action_type":"InstanceStart"}"#)
-            .await;
+        f.ok(
+            Method::PUT,
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        )
+        .await;
         for (method, path, body, fault) in [
             (
                 Method::PUT,
@@ -934,15 +954,24 @@ mod tests {
         f.ok(Method::PATCH, "/vm", r#"{"state":"Paused"}"#).await;
         assert_eq!(f.controller.state(), InstanceState::Paused);
         f.ok(Method::PATCH, "/vm", r#"{"state":"Resumed"}"#).await;
-        f.ok(Method::PUT, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#)
-            .await;
+        f.ok(
+            Method::PUT,
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn routing_errors_match_firecracker() {
         let mut f = Fixture::new();
         for (method, path, body, fault) in [
-            (Method::GET, "/nope", "", "Invalid request method and/or path: GET nope."),
+            (
+                Method::GET,
+                "/nope",
+                "",
+                "Invalid request method and/or path: GET nope.",
+            ),
             (
                 Method::GET,
                 "/machine-config?x=1",
@@ -951,7 +980,12 @@ mod tests {
             ),
             (Method::PUT, "/machine-config", "", "Empty PUT request."),
             (Method::PATCH, "/machine-config", "", "Empty PATCH request."),
-            (Method::PATCH, "/machine-config", "{}", "Empty PATCH request."),
+            (
+                Method::PATCH,
+                "/machine-config",
+                "{}",
+                "Empty PATCH request.",
+            ),
             (Method::GET, "/", "{}", "GET request cannot have a body."),
             (
                 Method::PUT,
@@ -969,7 +1003,11 @@ mod tests {
         ] {
             let reply = f.send(method.clone(), path, body).await;
             assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{method} {path}");
-            assert_eq!(reply.fault_message().as_deref(), Some(fault), "{method} {path}");
+            assert_eq!(
+                reply.fault_message().as_deref(),
+                Some(fault),
+                "{method} {path}"
+            );
         }
         let reply = f.send(Method::GET, "/machine-config/", "").await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -1011,7 +1049,12 @@ mod tests {
                 r#"{"iface_id":"eth1","host_dev_name":"tap-x"}"#,
             )
             .await;
-        assert!(reply.fault_message().unwrap().contains("Device or resource busy"));
+        assert!(
+            reply
+                .fault_message()
+                .unwrap()
+                .contains("Device or resource busy")
+        );
         let reply = f
             .send(
                 Method::PUT,

@@ -51,8 +51,7 @@ impl LogControl {
         if let Some(path) = path {
             *target.lock().unwrap_or_else(|e| e.into_inner()) = Some(open_nonblock(path)?);
         }
-        let (level_layer, handle) =
-            reload::Layer::new(filter(level.unwrap_or(LogLevel::Info)));
+        let (level_layer, handle) = reload::Layer::new(filter(level.unwrap_or(LogLevel::Info)));
         let writer = LogWriter {
             target: target.clone(),
         };

@@ -107,7 +107,11 @@ fn info(backing: &Path, read_only: bool) -> LoopInfo64 {
 
 /// Attaches `backing` (already open) to a free loop device with
 /// autoclear set.
-pub fn attach(backing_path: &Path, backing: &File, read_only: bool) -> Result<LoopDevice, AttachLoopError> {
+pub fn attach(
+    backing_path: &Path,
+    backing: &File,
+    read_only: bool,
+) -> Result<LoopDevice, AttachLoopError> {
     let control_path = Path::new("/dev/loop-control");
     let control = std::fs::OpenOptions::new()
         .read(true)
@@ -132,7 +136,11 @@ pub fn attach(backing_path: &Path, backing: &File, read_only: bool) -> Result<Lo
                 path: path.clone(),
                 source,
             })?;
-        match configure(device.as_raw_fd(), backing.as_raw_fd(), info(backing_path, read_only)) {
+        match configure(
+            device.as_raw_fd(),
+            backing.as_raw_fd(),
+            info(backing_path, read_only),
+        ) {
             Ok(()) => return Ok(LoopDevice { path, file: device }),
             // Someone else took it between GET_FREE and our configure.
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use banger_firecracker::api::MacAddr;
 use banger_firecracker::boot_args::{GUEST_DEVICE, IpConfig};
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// Host-end veth names start with this, so leaks are recognisable.
@@ -38,18 +38,55 @@ pub fn host_veth_name(id: &str) -> String {
     format!("{VETH_PREFIX}{head}{:08x}", hash as u32)
 }
 
-/// The bridge a TAP is attached to, from `/sys/class/net/<tap>/master`.
-pub fn bridge_of(tap: &str) -> Result<String, NetError> {
-    let dev = PathBuf::from("/sys/class/net").join(tap);
-    if !dev.exists() {
-        return Err(NetError::NoTap(tap.to_owned()));
-    }
-    let master = dev.join("master");
-    let target = std::fs::read_link(&master).map_err(|_| NetError::NoBridge(tap.to_owned()))?;
-    target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_owned)
+/// The bridge a TAP is attached to (its controller link), asked over
+/// netlink so it is right in whatever network namespace simvm runs in, even
+/// when /sys was mounted elsewhere.
+pub async fn bridge_of(tap: &str) -> Result<String, NetError> {
+    let handle = connect()?;
+    let link = match handle
+        .link()
+        .get()
+        .match_name(tap.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(Some(link)) => link,
+        Ok(None) => return Err(NetError::NoTap(tap.to_owned())),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+            return Err(NetError::NoTap(tap.to_owned()));
+        }
+        Err(source) => {
+            return Err(NetError::Netlink {
+                what: format!("looking up {tap}"),
+                source,
+            });
+        }
+    };
+    let controller = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Controller(index) => Some(*index),
+            _ => None,
+        })
+        .ok_or_else(|| NetError::NoBridge(tap.to_owned()))?;
+    let bridge = handle
+        .link()
+        .get()
+        .match_index(controller)
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink(format!("looking up the controller of {tap}")))?
+        .ok_or_else(|| NetError::NoBridge(tap.to_owned()))?;
+    bridge
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
         .ok_or_else(|| NetError::NoBridge(tap.to_owned()))
 }
 
@@ -57,7 +94,7 @@ pub fn bridge_of(tap: &str) -> Result<String, NetError> {
 pub enum NetError {
     #[error("TAP {0} does not exist in simvm's network namespace")]
     NoTap(String),
-    #[error("TAP {0} is not attached to a bridge (no /sys/class/net/{0}/master)")]
+    #[error("TAP {0} is not attached to a bridge")]
     NoBridge(String),
     #[error("netlink connection failed")]
     Connect(#[source] std::io::Error),
@@ -151,7 +188,11 @@ pub async fn create_veth(
 /// Runs on a fresh thread that enters the namespace (never a pooled thread,
 /// which would stay in it) with its own small runtime, so the netlink socket
 /// belongs to the guest's namespace and is closed when the thread ends.
-pub async fn configure_guest(guest_pid: u32, ip: Option<IpConfig>, with_eth0: bool) -> Result<(), NetError> {
+pub async fn configure_guest(
+    guest_pid: u32,
+    ip: Option<IpConfig>,
+    with_eth0: bool,
+) -> Result<(), NetError> {
     let ns_path = PathBuf::from(format!("/proc/{guest_pid}/ns/net"));
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -224,9 +265,10 @@ fn configure_in_namespace(
     })
 }
 
-/// Whether a link named `name` exists in simvm's namespace.
+/// Whether a link named `name` exists in the calling thread's network
+/// namespace.
 pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    nix::net::if_::if_nametoindex(name).is_ok()
 }
 
 #[cfg(test)]
@@ -243,7 +285,10 @@ mod tests {
         assert_eq!(long, host_veth_name("0123456789abcdef0123456789abcdef"));
         assert_ne!(long, host_veth_name("0123456789abcdef0123456789abcdee"));
         let dashed = host_veth_name("vm-1");
-        assert!(dashed.starts_with("bsvvm1") && dashed.len() == 14, "{dashed}");
+        assert!(
+            dashed.starts_with("bsvvm1") && dashed.len() == 14,
+            "{dashed}"
+        );
         assert_ne!(dashed, host_veth_name("vm1"));
         for id in ["a", "x".repeat(64).as_str(), "anonymous-instance", "ÄÖ"] {
             let name = host_veth_name(id);

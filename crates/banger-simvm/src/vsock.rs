@@ -40,10 +40,7 @@ pub struct VsockDevice {
 
 impl VsockDevice {
     /// Binds `config.uds_path` (which must not exist) and starts accepting.
-    pub fn bind(
-        config: Vsock,
-        guest: watch::Receiver<Option<Arc<dyn Guest>>>,
-    ) -> io::Result<Self> {
+    pub fn bind(config: Vsock, guest: watch::Receiver<Option<Arc<dyn Guest>>>) -> io::Result<Self> {
         let path = PathBuf::from(&config.uds_path);
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
@@ -111,7 +108,9 @@ impl HostPorts {
         let next = |last: u32| (last.wrapping_add(1) & !(1 << 31)) | (1 << 30);
         let previous = self
             .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(next(last)))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(next(last))
+            })
             .unwrap_or_else(|last| last);
         next(previous)
     }

@@ -106,20 +106,27 @@ fn run_helper(ctl: &UnixStream) -> Result<i32, SetupError> {
     )
     .map_err(sys("making / private"))?;
 
+    // Open and attach everything before the first mount: NEW_ROOT may hide
+    // the directory the drives live in.
+    let root = prepare_drive(ctl, &config.root)?;
+    let work = config
+        .work
+        .as_ref()
+        .map(|work| prepare_drive(ctl, work))
+        .transpose()?;
     let new_root = Path::new(NEW_ROOT);
-    mount_drive(ctl, &config.root, new_root)?;
-    if let Some(work) = &config.work {
+    root.mount(new_root)?;
+    if let Some(work) = work {
         let target = new_root.join("root");
         ensure_dir(&target, 0o700)?;
-        mount_drive(ctl, work, &target)?;
+        work.mount(&target)?;
     }
 
-    let helper = nix::unistd::getpid();
     // SAFETY: this process is single-threaded (a fresh exec of simvm that
     // started no threads), so the child may do anything after fork.
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let code = guest_init(ctl, reader, &config, helper);
+            let code = guest_init(ctl, reader, &config);
             std::process::exit(code)
         }
         ForkResult::Parent { child } => {
@@ -161,9 +168,16 @@ fn ensure_dir(path: &Path, mode: u32) -> Result<(), SetupError> {
     }
 }
 
-/// Mounts a drive (a block device, or a regular file through an autoclear
-/// loop device) as ext4 at `target`.
-fn mount_drive(ctl: &UnixStream, drive: &HelperDrive, target: &Path) -> Result<(), SetupError> {
+/// A drive ready to mount: its block device (the drive itself, or an
+/// autoclear loop device over it), held open until mounted.
+struct PreparedDrive {
+    drive: HelperDrive,
+    source: PathBuf,
+    _file: File,
+    _loop: Option<loopdev::LoopDevice>,
+}
+
+fn prepare_drive(ctl: &UnixStream, drive: &HelperDrive) -> Result<PreparedDrive, SetupError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(!drive.read_only)
@@ -173,39 +187,55 @@ fn mount_drive(ctl: &UnixStream, drive: &HelperDrive, target: &Path) -> Result<(
     let meta = file
         .metadata()
         .map_err(path_err("inspecting drive", &drive.path))?;
-    let mut flags = MsFlags::empty();
-    if drive.read_only {
-        flags |= MsFlags::MS_RDONLY;
+    if meta.file_type().is_block_device() {
+        return Ok(PreparedDrive {
+            drive: drive.clone(),
+            source: drive.path.clone(),
+            _file: file,
+            _loop: None,
+        });
     }
-    let (source, _device) = if meta.file_type().is_block_device() {
-        (drive.path.clone(), None)
-    } else {
-        let device = loopdev::attach(&drive.path, &file, drive.read_only)?;
-        send(ctl, &Event::Loop(device.path.clone()));
-        (device.path.clone(), Some(device))
-    };
-    nix::mount::mount(Some(&source), target, Some("ext4"), flags, None::<&str>).map_err(sys(
-        format!(
+    let device = loopdev::attach(&drive.path, &file, drive.read_only)?;
+    send(ctl, &Event::Loop(device.path.clone()));
+    Ok(PreparedDrive {
+        drive: drive.clone(),
+        source: device.path.clone(),
+        _file: file,
+        _loop: Some(device),
+    })
+}
+
+impl PreparedDrive {
+    /// Mounts the drive as ext4 at `target`. Dropping `self` afterwards
+    /// closes the loop device and file; the mount keeps them alive.
+    fn mount(self, target: &Path) -> Result<(), SetupError> {
+        let mut flags = MsFlags::empty();
+        if self.drive.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(
+            Some(&self.source),
+            target,
+            Some("ext4"),
+            flags,
+            None::<&str>,
+        )
+        .map_err(sys(format!(
             "mounting {} ({}) at {}",
-            drive.path.display(),
-            source.display(),
+            self.drive.path.display(),
+            self.source.display(),
             target.display()
-        ),
-    ))?;
-    // The loop device and backing file close here; the mount keeps them.
-    Ok(())
+        )))
+    }
 }
 
 /// PID 1 of the guest.
-fn guest_init(
-    ctl: &UnixStream,
-    mut reader: BufReader<UnixStream>,
-    config: &HelperConfig,
-    helper: Pid,
-) -> i32 {
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
-        || nix::unistd::getppid() != helper
-    {
+fn guest_init(ctl: &UnixStream, mut reader: BufReader<UnixStream>, config: &HelperConfig) -> i32 {
+    // The helper is in the parent PID namespace, so getppid() is 0 here and
+    // cannot tell whether it died before this call. If it did, simvm is
+    // gone too (the helper dies only with it or after us), and the read of
+    // GO below ends with EOF.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() {
         return 1;
     }
     if let Err(error) = build_root(config) {
@@ -225,7 +255,12 @@ fn guest_init(
         eprintln!("banger-simvm: could not write /etc/resolv.conf: {error}");
     }
     let mut signals = SigSet::empty();
-    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         signals.add(signal);
     }
     if signals.thread_block().is_err() {
@@ -268,7 +303,13 @@ fn build_root(config: &HelperConfig) -> Result<(), SetupError> {
     mount("proc", &proc_dir, "proc", hardened, None)?;
     let sys_dir = root.join("sys");
     ensure_dir(&sys_dir, 0o555)?;
-    mount("sysfs", &sys_dir, "sysfs", hardened | MsFlags::MS_RDONLY, None)?;
+    mount(
+        "sysfs",
+        &sys_dir,
+        "sysfs",
+        hardened | MsFlags::MS_RDONLY,
+        None,
+    )?;
     let run = root.join("run");
     ensure_dir(&run, 0o755)?;
     mount(
@@ -350,7 +391,10 @@ fn build_root(config: &HelperConfig) -> Result<(), SetupError> {
 
 fn write_resolv_conf(dns: &[std::net::Ipv4Addr]) -> io::Result<()> {
     let path = Path::new("/etc/resolv.conf");
-    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+    if path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
         std::fs::remove_file(path)?;
     }
     let body: String = dns.iter().map(|s| format!("nameserver {s}\n")).collect();

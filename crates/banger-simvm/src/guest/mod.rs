@@ -173,12 +173,14 @@ async fn next_event(lines: &mut Lines<BufReader<OwnedReadHalf>>) -> Result<Event
 
 impl NamespaceLauncher {
     async fn boot(&self, plan: &BootPlan) -> Result<NsGuest, String> {
-        let bridge = plan
-            .nic
-            .as_ref()
-            .map(|nic| net::bridge_of(&nic.tap))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+        let bridge = match &plan.nic {
+            Some(nic) => Some(
+                net::bridge_of(&nic.tap)
+                    .await
+                    .map_err(|e| error_chain(&e))?,
+            ),
+            None => None,
+        };
         let (ours, theirs) = nix::sys::socket::socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -213,7 +215,13 @@ impl NamespaceLauncher {
                 let (exited_tx, exited) = watch::channel(false);
                 let helper_pid = guard.pid;
                 let lines = booted.lines.take().expect("lines are present");
-                tokio::spawn(watch_guest(lines, booted.write.take(), exit, exited_tx, helper_pid));
+                tokio::spawn(watch_guest(
+                    lines,
+                    booted.write.take(),
+                    exit,
+                    exited_tx,
+                    helper_pid,
+                ));
                 booted.guest.exited = exited;
                 Ok(booted.guest)
             }
@@ -310,7 +318,11 @@ impl NamespaceLauncher {
             root: drive(&plan.root),
             work: plan.work.as_ref().map(drive),
             hostname,
-            dns: plan.ip.as_ref().map(|ip| ip.dns.clone()).unwrap_or_default(),
+            dns: plan
+                .ip
+                .as_ref()
+                .map(|ip| ip.dns.clone())
+                .unwrap_or_default(),
             first_boot: PathBuf::from(FIRST_BOOT_INIT),
             first_boot_args: vec!["--container".to_owned()],
             env: vec![
@@ -437,7 +449,13 @@ impl Guest for NsGuest {
         // The guest's PID 1 is only reaped by the helper once it has exited,
         // which `exited` reports, so its pid cannot have been reused here.
         nix::sys::signal::kill(Pid::from_raw(self.init_pid as i32), Signal::SIGTERM)
-            .or_else(|e| if e == nix::errno::Errno::ESRCH { Ok(()) } else { Err(e) })
+            .or_else(|e| {
+                if e == nix::errno::Errno::ESRCH {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|e| format!("signalling the guest failed: {e}"))
     }
 
