@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use banger_firecracker::api::{
     self, ActionType, BootSource, Drive, InstanceActionInfo, InstanceInfo, InstanceState, Logger,
-    MachineConfiguration, MachineConfigurationUpdate, Metrics, NetworkInterface, Vm, VmState,
-    Vsock,
+    MachineConfiguration, MachineConfigurationUpdate, Metrics, NetworkInterface, PartialDrive,
+    PartialNetworkInterface, Vm, VmState, Vsock,
 };
 use banger_firecracker::boot_args::{Cmdline, IpConfig};
 use futures::future::BoxFuture;
@@ -272,13 +272,31 @@ impl Controller {
                 Ok(vm) => self.patch_vm(vm.state),
                 Err(reply) => reply,
             },
-            (&Method::PATCH, "drives" | "network-interfaces", Some(_))
-            | (&Method::DELETE, "drives" | "network-interfaces" | "pmem", None) => {
+            (&Method::PATCH, "drives", Some(body)) => {
+                self.patch_device::<PartialDrive>(&method, first, second, body, |d, id| {
+                    (d.drive_id != id).then(|| {
+                        "The id from the path does not match the id from the body!".to_owned()
+                    })
+                })
+            }
+            (&Method::PATCH, "network-interfaces", Some(body)) => self
+                .patch_device::<PartialNetworkInterface>(&method, first, second, body, |n, id| {
+                    (n.iface_id != id).then(|| {
+                        format!(
+                            "The id from the path [{id}] does not match the id from the body [{}]!",
+                            n.iface_id
+                        )
+                    })
+                }),
+            (&Method::DELETE, "drives" | "network-interfaces" | "pmem", None) => {
                 self.unsupported_device_update(&method, first, second)
             }
             (&Method::PATCH, _, None) => ApiReply::fault("Empty PATCH request."),
             (&Method::DELETE, _, Some(_)) => ApiReply::fault("Empty Delete request."),
-            (&Method::GET, "balloon" | "hotplug" | "mmds" | "vm", None)
+            (&Method::GET, "vm", None) if second == Some("config") => ApiReply::fault(
+                "The requested operation is not supported: banger-simvm does not emulate GET /vm/config",
+            ),
+            (&Method::GET, "balloon" | "hotplug" | "mmds", None)
             | (
                 &Method::PUT,
                 "balloon" | "cpu-config" | "entropy" | "hotplug" | "mmds" | "pmem" | "serial"
@@ -570,6 +588,31 @@ impl Controller {
             }
             Err(e) => ApiReply::fault(format!("Internal VMM error: {e}")),
         }
+    }
+
+    /// `PATCH` of a drive or network interface: Firecracker's checks, then
+    /// refused (before boot as Firecracker does, after boot because simvm
+    /// does not emulate device updates).
+    fn patch_device<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        kind: &str,
+        id: Option<&str>,
+        body: &[u8],
+        mismatch: impl FnOnce(&T, &str) -> Option<String>,
+    ) -> ApiReply {
+        let id = match checked_id(id) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
+        let update: T = match decode(body) {
+            Ok(update) => update,
+            Err(reply) => return reply,
+        };
+        if let Some(message) = mismatch(&update, id) {
+            return ApiReply::fault(message);
+        }
+        self.unsupported_device_update(method, kind, Some(id))
     }
 
     fn unsupported_device_update(&self, method: &Method, kind: &str, id: Option<&str>) -> ApiReply {

@@ -39,14 +39,9 @@ const fn row(
         expect,
     }
 }
-
 const BEFORE: &str = "The requested operation is not supported before starting the microVM.";
 const AFTER: &str = "The requested operation is not supported after starting the microVM.";
-
-/// Before `InstanceStart`: every endpoint, good and bad bodies, wrong order.
-/// Placeholders: `{dir}` (a scratch directory with vmlinux, root.ext4,
-/// work.ext4 and a regular file taken.sock), `{tap}`, `{cmdline}`,
-/// `{too_long}` (a 2048-character command line).
+/// Before `InstanceStart`: every endpoint, good and bad bodies, wrong order. /// Placeholders: `{dir}` (a scratch directory with vmlinux, root.ext4, /// work.ext4 and a regular file taken.sock), `{tap}`, `{cmdline}`, /// `{too_long}` (a 2048-character command line). #[rustfmt::skip]
 const PRE_BOOT: &[Row] = &[
     row("GET", "/", "", 200, r#""state":"Not started""#),
     row(
@@ -85,6 +80,32 @@ const PRE_BOOT: &[Row] = &[
         400,
         "Invalid request method and/or path: PUT nope.",
     ),
+    row(
+        "PUT",
+        "/vm",
+        r#"{"state":"Paused"}"#,
+        400,
+        "Invalid request method and/or path: PUT vm.",
+    ),
+    row(
+        "GET",
+        "/vm",
+        "",
+        400,
+        "Invalid request method and/or path: GET vm.",
+    ),
+    row(
+        "GET",
+        "/version",
+        "",
+        200,
+        r#"{"firecracker_version":"1.16.1"}"#,
+    ),
+    row("PATCH", "/vm", "", 400, "Empty PATCH request."),
+    row("DELETE", "/drives/x", "{}", 400, "Empty Delete request."),
+    row("DELETE", "/drives", "", 400, "The ID cannot be empty."),
+    row("DELETE", "/drives/work", "", 400, BEFORE),
+    row("DELETE", "/network-interfaces/eth0", "", 400, BEFORE),
     // Wrong order: nothing can run or be changed at runtime yet.
     row(
         "PUT",
@@ -387,6 +408,48 @@ const PRE_BOOT: &[Row] = &[
         400,
         BEFORE,
     ),
+    row(
+        "PATCH",
+        "/drives/work",
+        r#"{"x":1}"#,
+        400,
+        "unknown field `x`, expected one of `drive_id`, `path_on_host`, `rate_limiter`",
+    ),
+    row(
+        "PATCH",
+        "/drives/work",
+        r#"{"drive_id":"other"}"#,
+        400,
+        "The id from the path does not match the id from the body!",
+    ),
+    row(
+        "PATCH",
+        "/drives/wo-rk",
+        r#"{"drive_id":"work"}"#,
+        400,
+        "API Resource IDs can only contain alphanumeric characters and underscores.",
+    ),
+    row(
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id":"eth0"}"#,
+        400,
+        BEFORE,
+    ),
+    row(
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id":"eth1"}"#,
+        400,
+        "The id from the path [eth0] does not match the id from the body [eth1]!",
+    ),
+    row(
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id":"eth0","host_dev_name":"x"}"#,
+        400,
+        "unknown field `host_dev_name`, expected one of `iface_id`, `rx_rate_limiter`, `tx_rate_limiter`",
+    ),
     // network-interfaces
     row(
         "PUT",
@@ -570,132 +633,31 @@ const PRE_BOOT: &[Row] = &[
 
 /// After a successful `InstanceStart`. `SendCtrlAltDel` comes last: it
 /// shuts a simvm guest down.
+#[rustfmt::skip]
 const POST_BOOT: &[Row] = &[
-    row(
-        "PUT",
-        "/actions",
-        r#"{"action_type":"InstanceStart"}"#,
-        204,
-        "",
-    ),
+    row("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#, 204, ""),
     row("GET", "/", "", 200, r#""state":"Running""#),
-    row(
-        "PUT",
-        "/actions",
-        r#"{"action_type":"InstanceStart"}"#,
-        400,
-        AFTER,
-    ),
-    row(
-        "PUT",
-        "/machine-config",
-        r#"{"vcpu_count":1,"mem_size_mib":128}"#,
-        400,
-        AFTER,
-    ),
-    row(
-        "PUT",
-        "/machine-config",
-        r#"{"vcpu_count":1,"mem_size_mib":128,"x":1}"#,
-        400,
-        "unknown field `x`",
-    ),
-    row(
-        "PATCH",
-        "/machine-config",
-        r#"{"vcpu_count":1}"#,
-        400,
-        AFTER,
-    ),
-    row(
-        "PATCH",
-        "/machine-config",
-        r#"{}"#,
-        400,
-        "Empty PATCH request.",
-    ),
-    row(
-        "GET",
-        "/machine-config",
-        "",
-        200,
-        r#""vcpu_count":2,"mem_size_mib":512"#,
-    ),
-    row(
-        "PUT",
-        "/boot-source",
-        r#"{"kernel_image_path":"{dir}/vmlinux"}"#,
-        400,
-        AFTER,
-    ),
-    row(
-        "PUT",
-        "/drives/extra",
-        r#"{"drive_id":"extra","is_root_device":false,"path_on_host":"{dir}/work.ext4","is_read_only":true}"#,
-        400,
-        "PCI is not enabled",
-    ),
-    row(
-        "PUT",
-        "/drives/extra",
-        r#"{"drive_id":"other","is_root_device":false}"#,
-        400,
-        "The id from the path does not match the id from the body!",
-    ),
-    row(
-        "PUT",
-        "/network-interfaces/eth9",
-        r#"{"iface_id":"eth9","host_dev_name":"{tap}9"}"#,
-        400,
-        "PCI is not enabled",
-    ),
-    row(
-        "PUT",
-        "/vsock",
-        r#"{"guest_cid":3,"uds_path":"{dir}/v2.sock"}"#,
-        400,
-        AFTER,
-    ),
+    row("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#, 400, AFTER),
+    row("PUT", "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":128}"#, 400, AFTER),
+    row("PUT", "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":128,"x":1}"#, 400, "unknown field `x`"),
+    row("PATCH", "/machine-config", r#"{"vcpu_count":1}"#, 400, AFTER),
+    row("PATCH", "/machine-config", r#"{}"#, 400, "Empty PATCH request."),
+    row("GET", "/machine-config", "", 200, r#""vcpu_count":2,"mem_size_mib":512"#),
+    row("PUT", "/boot-source", r#"{"kernel_image_path":"{dir}/vmlinux"}"#, 400, AFTER),
+    row("PUT", "/drives/extra", r#"{"drive_id":"extra","is_root_device":false,"path_on_host":"{dir}/work.ext4","is_read_only":true}"#, 400, "PCI is not enabled"),
+    row("PUT", "/drives/extra", r#"{"drive_id":"other","is_root_device":false}"#, 400, "The id from the path does not match the id from the body!"),
+    row("PUT", "/network-interfaces/eth9", r#"{"iface_id":"eth9","host_dev_name":"{tap}9"}"#, 400, "PCI is not enabled"),
+    row("PUT", "/vsock", r#"{"guest_cid":3,"uds_path":"{dir}/v2.sock"}"#, 400, AFTER),
     row("PUT", "/logger", r#"{"level":"Info"}"#, 400, AFTER),
-    row(
-        "PUT",
-        "/metrics",
-        r#"{"metrics_path":"{dir}/metrics2"}"#,
-        400,
-        AFTER,
-    ),
-    row(
-        "PUT",
-        "/actions",
-        r#"{"action_type":"FlushMetrics"}"#,
-        204,
-        "",
-    ),
-    row(
-        "PATCH",
-        "/vm",
-        r#"{"state":"Running"}"#,
-        400,
-        "unknown variant `Running`, expected `Paused` or `Resumed`",
-    ),
-    row(
-        "PATCH",
-        "/vm",
-        r#"{"state":"Paused","x":1}"#,
-        400,
-        "unknown field `x`, expected `state`",
-    ),
+    row("PUT", "/metrics", r#"{"metrics_path":"{dir}/metrics2"}"#, 400, AFTER),
+    row("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#, 204, ""),
+    row("PATCH", "/vm", r#"{"state":"Running"}"#, 400, "unknown variant `Running`, expected `Paused` or `Resumed`"),
+    row("PATCH", "/vm", r#"{"state":"Paused","x":1}"#, 400, "unknown field `x`, expected `state`"),
     row("PATCH", "/vm", r#"{"state":"Paused"}"#, 204, ""),
     row("GET", "/", "", 200, r#""state":"Paused""#),
     row("PATCH", "/vm", r#"{"state":"Resumed"}"#, 204, ""),
     row("GET", "/", "", 200, r#""state":"Running""#),
-    row(
-        "PUT",
-        "/actions",
-        r#"{"action_type":"SendCtrlAltDel"}"#,
-        204,
-        "",
-    ),
+    row("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#, 204, ""),
 ];
 
 struct Vars {
