@@ -435,6 +435,16 @@ mod tests {
         assert_eq!(vm.exit_watch().wait().await, VmmExit::Unknown);
     }
 
+    /// Kills a test process if the test fails half-way.
+    struct KillOnDrop(u32);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+
     /// The real implementation against a real process: `adopt` finds it by
     /// its socket and `kill` takes it down through the pidfd.
     #[tokio::test]
@@ -444,25 +454,34 @@ mod tests {
         let script = dir.path().join("listener.py");
         fs_err::write(
             &script,
-            "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint('ready',flush=True)\ntime.sleep(600)\n",
+            "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\ntime.sleep(600)\n",
         )
         .unwrap();
-        let mut child = tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(&socket)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut buf = [0u8; 6];
-        tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut buf)
-            .await
-            .unwrap();
+        // Started through exec.rs, like a VMM.
+        let console = fs_err::File::create(dir.path().join("console.log"))
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut child = crate::exec::spawn_detached(
+            Path::new("python3"),
+            &[script.clone().into(), socket.clone().into()],
+            console,
+        )
+        .unwrap();
+        let pid = child.id().unwrap();
+        let _kill = KillOnDrop(pid);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "listener never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         let vmm = ProcessVmm;
         let adopted = vmm.adopt(&socket).await.unwrap().expect("listener found");
-        assert_eq!(adopted.pid(), child.id().unwrap());
+        assert_eq!(adopted.pid(), pid);
         let waiter = tokio::spawn(async move { child.wait().await.unwrap() });
         vmm.kill(&adopted).await.unwrap();
         let status = waiter.await.unwrap();
