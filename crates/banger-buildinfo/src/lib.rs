@@ -2,8 +2,8 @@
 //! `banger-simvm`: the crate version, the git commit and the build time are
 //! stamped at compile time by `build.rs`.
 //!
-//! The CLI compares its own [`BuildInfo`] with the running daemon's and
-//! restarts the daemon when they differ.
+//! The CLI compares its own [`BuildInfo::build_id`] with the running
+//! daemon's and restarts the daemon when they differ.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,8 @@ pub struct BuildInfo {
     pub commit: String,
     /// Build time, seconds since the Unix epoch.
     pub build_epoch: u64,
-    /// Distinguishes builds made within the same second.
+    /// The identity compared between CLI and daemon:
+    /// `<version>-<commit>-<hash of the source tree>`.
     pub build_id: String,
 }
 
@@ -29,11 +30,10 @@ impl BuildInfo {
             commit: env!("BANGER_GIT_COMMIT").to_owned(),
             build_epoch,
             build_id: format!(
-                "{}-{}-{}.{}",
+                "{}-{}-{}",
                 env!("CARGO_PKG_VERSION"),
                 env!("BANGER_GIT_COMMIT"),
-                env!("BANGER_BUILD_EPOCH"),
-                env!("BANGER_BUILD_NONCE")
+                env!("BANGER_SOURCE_HASH")
             ),
         }
     }
@@ -52,6 +52,12 @@ impl BuildInfo {
             self.build_time()
         )
     }
+}
+
+/// The running binary's [`BuildInfo::summary`], for `--version` flags.
+pub fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| BuildInfo::current().summary())
 }
 
 /// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` without a

@@ -12,6 +12,7 @@
 //! - [`defaults`]: the three-layer VM defaults resolver with provenance.
 //! - [`layout`]: where banger keeps config, state, sockets and logs.
 //! - [`vm`], [`image`], [`kernel`]: the records the store keeps.
+//! - [`resolve`]: a user's reference (name, id, id prefix) to a record.
 
 pub mod config;
 pub mod defaults;
@@ -21,6 +22,7 @@ pub mod image;
 pub mod kernel;
 pub mod layout;
 pub mod name;
+pub mod resolve;
 pub mod size;
 pub mod spec;
 pub mod vm;

@@ -1,0 +1,5 @@
+//! Integration tests of `banger-vsock-agent`: the real binary, driven through
+//! banger-guest's client.
+
+mod serve;
+mod static_binary;

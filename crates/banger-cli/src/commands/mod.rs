@@ -1,0 +1,87 @@
+//! One module per verb.
+
+mod completion;
+mod daemon;
+mod image_list;
+mod kernel_list;
+mod version;
+mod vm_batch;
+mod vm_list;
+mod vm_ops;
+
+use std::process::ExitCode;
+
+use banger_model::layout::Layout;
+
+use crate::args::{
+    Cli, Command, DaemonCommand, ImageCommand, KernelCommand, VmCommand, WorkspaceCommand,
+};
+use crate::output::not_implemented;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Version(args) => version::run(&args),
+        Command::Completion(args) => completion::run(&args),
+        Command::Daemon(command) => {
+            let layout = Layout::from_env()?;
+            match command {
+                DaemonCommand::Start => daemon::start(&layout).await,
+                DaemonCommand::Stop => daemon::stop(&layout).await,
+                DaemonCommand::Status(args) => daemon::status(&layout, &args).await,
+            }
+        }
+        Command::Vm(command) => {
+            let layout = Layout::from_env()?;
+            match command {
+                VmCommand::List(args) => vm_list::list(&layout, &args).await,
+                VmCommand::Show(args) => vm_list::show(&layout, &args).await,
+                VmCommand::Run(_) => Err(not_implemented("vm run")),
+                VmCommand::Create(_) => Err(not_implemented("vm create")),
+                VmCommand::Start(args) => vm_ops::start(&layout, &args.refs).await,
+                VmCommand::Stop(args) => vm_ops::stop(&layout, &args.refs).await,
+                VmCommand::Restart(args) => vm_ops::restart(&layout, &args.refs).await,
+                VmCommand::Delete(args) => vm_ops::delete(&layout, &args.refs).await,
+                VmCommand::Kill(args) => vm_ops::kill(&layout, &args.refs).await,
+                VmCommand::Set(args) => vm_ops::set(&layout, &args).await,
+                VmCommand::Logs(_) => Err(not_implemented("vm logs")),
+                VmCommand::Stats(_) => Err(not_implemented("vm stats")),
+                VmCommand::Ssh(_) => Err(not_implemented("vm ssh")),
+                VmCommand::Health(_) => Err(not_implemented("vm health")),
+                VmCommand::Ports(_) => Err(not_implemented("vm ports")),
+                VmCommand::Workspace(WorkspaceCommand::Prepare(_)) => {
+                    Err(not_implemented("vm workspace prepare"))
+                }
+                VmCommand::Workspace(WorkspaceCommand::Export(_)) => {
+                    Err(not_implemented("vm workspace export"))
+                }
+            }
+        }
+        Command::Image(command) => {
+            let layout = Layout::from_env()?;
+            match command {
+                ImageCommand::List(args) => image_list::list(&layout, &args).await,
+                ImageCommand::Show(args) => image_list::show(&layout, &args).await,
+                ImageCommand::Pull(_) => Err(not_implemented("image pull")),
+                ImageCommand::Import(_) => Err(not_implemented("image import")),
+                ImageCommand::Register(_) => Err(not_implemented("image register")),
+                ImageCommand::Bootstrap(_) => Err(not_implemented("image bootstrap")),
+                ImageCommand::Delete(_) => Err(not_implemented("image delete")),
+                ImageCommand::Promote(_) => Err(not_implemented("image promote")),
+            }
+        }
+        Command::Kernel(command) => {
+            let layout = Layout::from_env()?;
+            match command {
+                KernelCommand::List(args) => kernel_list::list(&layout, &args).await,
+                KernelCommand::Show(args) => kernel_list::show(&layout, &args).await,
+                KernelCommand::Pull(_) => Err(not_implemented("kernel pull")),
+                KernelCommand::Import(_) => Err(not_implemented("kernel import")),
+                KernelCommand::Bootstrap(_) => Err(not_implemented("kernel bootstrap")),
+                KernelCommand::Rm(_) => Err(not_implemented("kernel rm")),
+            }
+        }
+        Command::Doctor(_) => Err(not_implemented("doctor")),
+        Command::SshConfig(_) => Err(not_implemented("ssh-config")),
+        Command::Update(_) => Err(not_implemented("update")),
+    }
+}

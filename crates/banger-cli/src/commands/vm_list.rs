@@ -1,0 +1,120 @@
+//! `banger vm list` and `banger vm show`
+
+use std::process::ExitCode;
+
+use banger_model::layout::Layout;
+use banger_model::vm::{Vm, VmmKind};
+use banger_rpc::Request;
+use banger_rpc::request::RefParams;
+use banger_rpc::response::VmListResult;
+
+use crate::args::{JsonFlag, RefJsonArgs};
+use crate::daemon_client;
+use crate::output::{ago, print_json, print_table, table};
+
+pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<ExitCode> {
+    let mut client = daemon_client::connect(layout).await?;
+    let result: VmListResult = client.call(&Request::VmList, |_| {}).await?;
+    if args.json {
+        print_json(&result.vms)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if result.vms.is_empty() {
+        eprintln!("no VMs yet; start one with `banger vm run`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = table(&[
+        "NAME", "ID", "STATE", "IMAGE", "VMM", "IP", "VCPU", "MEMORY", "DISK", "CREATED",
+    ]);
+    for vm in &result.vms {
+        rows.add_row(vec![
+            vm.name.to_string(),
+            vm.id.short().to_owned(),
+            vm.state.to_string(),
+            vm.image_name.clone(),
+            vmm_label(vm.vmm).to_owned(),
+            vm.network
+                .as_ref()
+                .map(|net| net.ip.to_string())
+                .unwrap_or_else(|| "-".into()),
+            vm.spec.vcpu.to_string(),
+            format!("{} MiB", vm.spec.memory_mib),
+            vm.spec.disk_size.to_string(),
+            ago(vm.created_at),
+        ]);
+    }
+    print_table(&mut rows);
+    if result.vms.iter().any(|vm| vm.vmm == VmmKind::Sim) {
+        eprintln!("note: sim VMs are isolated by Linux namespaces, not by a hypervisor");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sim*` marks namespace-isolated VMs in tables.
+fn vmm_label(kind: VmmKind) -> &'static str {
+    match kind {
+        VmmKind::Firecracker => "firecracker",
+        VmmKind::Sim => "sim*",
+    }
+}
+
+pub(super) async fn show(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
+    let mut client = daemon_client::connect(layout).await?;
+    let vm: Vm = client
+        .call(&Request::VmShow(RefParams::new(&args.reference)), |_| {})
+        .await?;
+    if args.json {
+        print_json(&vm)?;
+    } else {
+        print_vm(&vm);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_vm(vm: &Vm) {
+    let paths = vm.paths();
+    println!("name        {}", vm.name);
+    println!("id          {}", vm.id);
+    println!("state       {}", vm.state);
+    if let Some(error) = &vm.last_error {
+        println!("last error  {error}");
+    }
+    println!("image       {} ({})", vm.image_name, vm.image_id.short());
+    println!("spec        {}", vm.spec);
+    let isolation = match vm.vmm {
+        VmmKind::Firecracker => "firecracker (hypervisor isolation)",
+        VmmKind::Sim => "sim (Linux namespaces, NOT a hypervisor)",
+    };
+    println!("vmm         {isolation}");
+    if let Some(net) = &vm.network {
+        println!(
+            "address     {}/{} via {} ({})",
+            net.ip, net.prefix_len, net.gateway, net.mac
+        );
+        println!("dns         {}", vm.dns_name());
+    }
+    println!("nat         {}", if vm.nat { "on" } else { "off" });
+    if let Some(tap) = &vm.tap {
+        println!("tap         {tap}");
+    }
+    if let Some(storage) = vm.storage {
+        println!("storage     {storage}");
+    }
+    if let Some(pid) = vm.pid {
+        println!("vmm pid     {pid}");
+    }
+    println!("created     {} ({})", vm.created_at, ago(vm.created_at));
+    if let Some(started) = vm.started_at {
+        println!("started     {} ({})", started, ago(started));
+    }
+    println!("dir         {}", vm.dir.display());
+    println!("console     {}", paths.console_log().display());
+    if let Some(ws) = &vm.workspace {
+        println!(
+            "workspace   {} → {} (base {})",
+            ws.host_path.display(),
+            ws.guest_path.display(),
+            ws.base_commit
+        );
+    }
+}

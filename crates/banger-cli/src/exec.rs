@@ -1,0 +1,24 @@
+//! Every process the CLI starts lives here.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `bangerd` detached from this terminal and process group, its
+/// output going to `startup_log` so a failed start can be shown.
+pub fn spawn_daemon(bangerd: &Path, startup_log: &Path) -> std::io::Result<Child> {
+    let log = File::create(startup_log)?;
+    let log_err = log.try_clone()?;
+    let mut command = Command::new(bangerd);
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the
+    // parent; it runs in the forked child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    command.spawn()
+}

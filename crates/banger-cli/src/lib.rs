@@ -1,0 +1,57 @@
+//! The `banger` CLI. `main.rs` only calls [`main`].
+//!
+//! Layout:
+//! - [`args`]: the clap command tree (parsing only).
+//! - [`commands`]: one module per verb; each resolves its arguments and acts.
+//! - [`daemon_client`]: connecting to `bangerd`, starting it when absent and
+//!   restarting it when its build differs from ours.
+//! - [`exec`]: every process the CLI starts (the daemon, `ssh`).
+//! - [`output`]: tables, JSON, errors and hints.
+//! - [`progress`]: rendering the daemon's stage and progress events.
+
+pub mod args;
+pub mod commands;
+pub mod daemon_client;
+pub mod exec;
+pub mod output;
+pub mod progress;
+
+use std::process::ExitCode;
+
+use banger_model::config::Config;
+use banger_model::defaults::{HostFacts, VmDefaults};
+use banger_model::layout::Layout;
+use clap::FromArgMatches;
+
+/// Parses arguments, runs the command and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let matches = args::command_with_defaults(&vm_defaults()).get_matches();
+    let cli = match args::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(err) => output::report_error(&err),
+    }
+}
+
+/// The VM defaults as this host and config resolve them. A broken config
+/// falls back to host heuristics here; the command itself reports the error.
+pub fn vm_defaults() -> VmDefaults {
+    let config = Layout::from_env()
+        .ok()
+        .and_then(|layout| Config::load(&layout.config_file()).ok())
+        .unwrap_or_default();
+    VmDefaults::resolve(&config.vm_defaults, HostFacts::detect())
+}

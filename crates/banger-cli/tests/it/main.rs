@@ -1,0 +1,6 @@
+//! Integration tests: the real `banger` and `bangerd` binaries in an
+//! isolated XDG environment per test.
+
+mod cli;
+mod daemon;
+mod protocol;

@@ -1,0 +1,294 @@
+//! The guest's `/root` disk: a clone of the image's `work-seed.ext4`
+//! (reflink or sparse copy), grown to the requested size with `resize2fs`.
+//! Disks only grow.
+//!
+//! Growing costs a `resize2fs` run (10–50 ms, mostly its fsyncs). With a
+//! grown-seed cache directory (the image's own directory), the first VM of
+//! a given size stores the grown seed there as
+//! `<seed stem>.grown-<bytes>.ext4` and later VMs of that size only clone it,
+//! which with reflinks is a sub-millisecond, size-independent operation.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use banger_model::ByteSize;
+use banger_model::vm::StorageStrategy;
+use fs_err as fs;
+
+use crate::clone::{self, CloneFileError, CloneMethod};
+use crate::exec::{self, ExecError, Tool};
+use crate::superblock::{self, ReadSuperblockError};
+
+/// What to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkDiskRequest {
+    /// The image's `work-seed.ext4`.
+    pub seed: PathBuf,
+    /// Where the disk goes (normally `VmPaths::work_disk`); must not exist.
+    pub dest: PathBuf,
+    /// Size of the grown filesystem (`--disk-size`).
+    pub size: ByteSize,
+    pub strategy: StorageStrategy,
+    /// Where grown seeds are kept for reuse (the image's directory), or
+    /// `None` to always clone and grow.
+    pub grown_seed_cache: Option<PathBuf>,
+}
+
+/// What was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkDisk {
+    pub path: PathBuf,
+    /// Size of the filesystem inside.
+    pub size: ByteSize,
+    pub method: CloneMethod,
+    /// Cloned from a cached grown seed (no resize needed).
+    pub from_cache: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MakeWorkDiskError {
+    #[error("cannot read the work seed")]
+    Seed(#[source] ReadSuperblockError),
+    #[error(
+        "requested disk size {requested} is smaller than the image's work seed ({seed_size}); disks only grow"
+    )]
+    SmallerThanSeed {
+        requested: ByteSize,
+        seed_size: ByteSize,
+    },
+    #[error("cannot make the work disk")]
+    Clone(#[source] CloneFileError),
+    #[error("cannot grow the work disk {path}")]
+    Grow {
+        path: PathBuf,
+        #[source]
+        source: GrowWorkDiskError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrowWorkDiskError {
+    #[error("work disk {path} holds {current}; disks only grow, so {requested} is refused")]
+    Shrink {
+        path: PathBuf,
+        current: ByteSize,
+        requested: ByteSize,
+    },
+    #[error(transparent)]
+    Superblock(#[from] ReadSuperblockError),
+    #[error("cannot extend {path}")]
+    Extend {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("e2fsck of {path} failed before resizing")]
+    Fsck {
+        path: PathBuf,
+        #[source]
+        source: ExecError,
+    },
+    #[error("resize2fs of {path} failed")]
+    Resize {
+        path: PathBuf,
+        #[source]
+        source: ExecError,
+    },
+}
+
+/// The result of a grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrowOutcome {
+    pub before: ByteSize,
+    pub after: ByteSize,
+}
+
+/// Clones the seed and grows it (or clones a cached grown seed).
+#[tracing::instrument(level = "debug", skip_all, fields(dest = %request.dest.display(), size = %request.size))]
+pub fn make_work_disk(request: &WorkDiskRequest) -> Result<WorkDisk, MakeWorkDiskError> {
+    let seed = superblock::read_superblock(&request.seed).map_err(MakeWorkDiskError::Seed)?;
+    if request.size.bytes() < seed.size_bytes() {
+        return Err(MakeWorkDiskError::SmallerThanSeed {
+            requested: request.size,
+            seed_size: ByteSize(seed.size_bytes()),
+        });
+    }
+    if let Some(cache_dir) = &request.grown_seed_cache {
+        match grown_seed(&request.seed, cache_dir, request.size, request.strategy) {
+            Ok(grown) => {
+                let method = clone::clone_file(&grown, &request.dest, request.strategy)
+                    .map_err(MakeWorkDiskError::Clone)?;
+                let size = match superblock::read_superblock(&request.dest) {
+                    Ok(sb) => ByteSize(sb.size_bytes()),
+                    Err(source) => {
+                        remove_quietly(&request.dest);
+                        return Err(MakeWorkDiskError::Grow {
+                            path: request.dest.clone(),
+                            source: source.into(),
+                        });
+                    }
+                };
+                return Ok(WorkDisk {
+                    path: request.dest.clone(),
+                    size,
+                    method,
+                    from_cache: true,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(cache = %cache_dir.display(), error = %crate::rollback::chain(&error), "grown-seed cache unusable; growing this disk directly");
+            }
+        }
+    }
+    let method = clone::clone_file(&request.seed, &request.dest, request.strategy)
+        .map_err(MakeWorkDiskError::Clone)?;
+    match grow_work_disk(&request.dest, request.size) {
+        Ok(outcome) => Ok(WorkDisk {
+            path: request.dest.clone(),
+            size: outcome.after,
+            method,
+            from_cache: false,
+        }),
+        Err(source) => {
+            remove_quietly(&request.dest);
+            Err(MakeWorkDiskError::Grow {
+                path: request.dest.clone(),
+                source,
+            })
+        }
+    }
+}
+
+/// The cached grown copy of `seed` for `size`, made if missing.
+fn grown_seed(
+    seed: &Path,
+    cache_dir: &Path,
+    size: ByteSize,
+    strategy: StorageStrategy,
+) -> Result<PathBuf, MakeWorkDiskError> {
+    let stem = seed
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "work-seed".to_owned());
+    let name = format!("{stem}.grown-{}.ext4", size.bytes());
+    let cached = cache_dir.join(&name);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    let temp = cache_dir.join(format!(".{name}.{}-{nanos}.tmp", std::process::id()));
+    clone::clone_file(seed, &temp, strategy).map_err(MakeWorkDiskError::Clone)?;
+    let result = grow_work_disk(&temp, size)
+        .map_err(|source| MakeWorkDiskError::Grow {
+            path: temp.clone(),
+            source,
+        })
+        .and_then(|_| {
+            // Racing creators produce identical files; the last rename wins.
+            fs::rename(&temp, &cached).map_err(|error| MakeWorkDiskError::Grow {
+                path: cached.clone(),
+                source: GrowWorkDiskError::Extend {
+                    path: cached.clone(),
+                    source: error,
+                },
+            })
+        });
+    match result {
+        Ok(()) => {
+            tracing::info!(path = %cached.display(), size = %size, "cached grown work seed");
+            Ok(cached)
+        }
+        Err(error) => {
+            remove_quietly(&temp);
+            Err(error)
+        }
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), %error, "could not remove");
+    }
+}
+
+/// Grows the filesystem in the image file `path` to `size` (rounded down
+/// to whole filesystem blocks). The disk must not be in use. Asking for
+/// less than the filesystem holds is an error; asking for the same size is
+/// a no-op.
+#[tracing::instrument(level = "debug", skip_all, fields(path = %path.display(), size = %size))]
+pub fn grow_work_disk(path: &Path, size: ByteSize) -> Result<GrowOutcome, GrowWorkDiskError> {
+    let before = superblock::read_superblock(path)?;
+    let target_blocks = size.bytes() / before.block_size;
+    if target_blocks < before.blocks {
+        return Err(GrowWorkDiskError::Shrink {
+            path: path.to_owned(),
+            current: ByteSize(before.size_bytes()),
+            requested: size,
+        });
+    }
+    let target_len = target_blocks * before.block_size;
+    if target_blocks == before.blocks {
+        return Ok(GrowOutcome {
+            before: ByteSize(before.size_bytes()),
+            after: ByteSize(before.size_bytes()),
+        });
+    }
+    let extend_error = |source: io::Error| GrowWorkDiskError::Extend {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(extend_error)?;
+    if file.metadata().map_err(extend_error)?.len() < target_len {
+        file.set_len(target_len).map_err(extend_error)?;
+    }
+    drop(file);
+    let resize_args = exec::args([path.as_os_str(), format!("{target_blocks}").as_ref()]);
+    if let Err(first) = exec::run(Tool::Resize2fs, &resize_args) {
+        // resize2fs wants a freshly checked filesystem when the disk was
+        // used since its last check.
+        let wants_fsck = first.output().is_some_and(|out| out.contains("e2fsck -f"));
+        if !wants_fsck {
+            return Err(GrowWorkDiskError::Resize {
+                path: path.to_owned(),
+                source: first,
+            });
+        }
+        fsck_preen(path).map_err(|source| GrowWorkDiskError::Fsck {
+            path: path.to_owned(),
+            source,
+        })?;
+        exec::run(Tool::Resize2fs, &resize_args).map_err(|source| GrowWorkDiskError::Resize {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    let after = superblock::read_superblock(path)?;
+    tracing::debug!(
+        before = before.size_bytes(),
+        after = after.size_bytes(),
+        "grew work disk"
+    );
+    Ok(GrowOutcome {
+        before: ByteSize(before.size_bytes()),
+        after: ByteSize(after.size_bytes()),
+    })
+}
+
+/// `e2fsck -fp`: fixes what is safe to fix; exit codes below 4 mean the
+/// filesystem is now consistent.
+pub(crate) fn fsck_preen(path: &Path) -> Result<(), ExecError> {
+    exec::run_accepting(
+        Tool::E2fsck,
+        &exec::args([std::ffi::OsStr::new("-fp"), path.as_os_str()]),
+        |status| status.code().is_some_and(|code| code < 4),
+    )
+    .map(|_| ())
+}

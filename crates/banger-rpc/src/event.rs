@@ -1,0 +1,37 @@
+//! Progress events streamed while a long request runs.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Started,
+    Done,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A named step of an operation (`prepare_disks`, `start_vmm`, …).
+    Stage {
+        stage: String,
+        status: StageStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// Measurable progress of a transfer or build.
+    Progress {
+        task: String,
+        current: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+        /// `bytes` or `items`.
+        unit: String,
+    },
+    /// A message for the user, e.g. a warning.
+    Log { level: String, message: String },
+}

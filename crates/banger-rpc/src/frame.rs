@@ -1,0 +1,117 @@
+//! Frame envelopes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::RpcError;
+use crate::event::Event;
+
+/// Bumped when a change would make an old peer misread frames.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts, in bytes (without the newline).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Client → daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub v: u32,
+    pub id: u64,
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+}
+
+/// Daemon → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub v: u32,
+    /// The request this answers; absent when the request could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(flatten)]
+    pub body: ResponseBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseBody {
+    Event(Event),
+    Result(Value),
+    Error(RpcError),
+}
+
+impl ResponseFrame {
+    pub fn event(id: u64, event: Event) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id: Some(id),
+            body: ResponseBody::Event(event),
+        }
+    }
+
+    pub fn result(id: u64, value: Value) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id: Some(id),
+            body: ResponseBody::Result(value),
+        }
+    }
+
+    pub fn error(id: Option<u64>, error: RpcError) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            body: ResponseBody::Error(error),
+        }
+    }
+
+    /// Whether this frame ends its request.
+    pub fn is_final(&self) -> bool {
+        !matches!(self.body, ResponseBody::Event(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::event::StageStatus;
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let frame = ResponseFrame::result(7, serde_json::json!({"ok": true}));
+        assert_eq!(
+            serde_json::to_string(&frame).unwrap(),
+            r#"{"v":1,"id":7,"result":{"ok":true}}"#
+        );
+        let frame = ResponseFrame::error(None, RpcError::new(ErrorCode::MalformedFrame, "bad"));
+        assert_eq!(
+            serde_json::to_string(&frame).unwrap(),
+            r#"{"v":1,"error":{"code":"malformed_frame","message":"bad"}}"#
+        );
+        let frame = ResponseFrame::event(
+            3,
+            Event::Stage {
+                stage: "start_vmm".into(),
+                status: StageStatus::Done,
+                elapsed_ms: Some(12),
+                detail: None,
+            },
+        );
+        let text = serde_json::to_string(&frame).unwrap();
+        assert_eq!(
+            text,
+            r#"{"v":1,"id":3,"event":{"type":"stage","stage":"start_vmm","status":"done","elapsed_ms":12}}"#
+        );
+        assert_eq!(serde_json::from_str::<ResponseFrame>(&text).unwrap(), frame);
+        assert!(!frame.is_final());
+    }
+
+    #[test]
+    fn request_params_default_to_null() {
+        let frame: RequestFrame =
+            serde_json::from_str(r#"{"v":1,"id":1,"method":"daemon.ping"}"#).unwrap();
+        assert_eq!(frame.params, Value::Null);
+    }
+}

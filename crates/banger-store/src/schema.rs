@@ -1,0 +1,106 @@
+//! Versioned migrations. Append new migrations; never edit a released one.
+
+use rusqlite_migration::{M, Migrations};
+
+const V1: &str = r#"
+CREATE TABLE kernels (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    vmlinux_path TEXT NOT NULL,
+    initrd_path  TEXT,
+    version      TEXT,
+    source       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+
+CREATE TABLE images (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,
+    kernel_id      TEXT REFERENCES kernels(id) ON DELETE RESTRICT,
+    rootfs_path    TEXT NOT NULL,
+    work_seed_path TEXT,
+    rootfs_size    INTEGER NOT NULL CHECK (rootfs_size >= 0),
+    source         TEXT NOT NULL,
+    is_default     INTEGER NOT NULL DEFAULT 0 CHECK (is_default IN (0, 1)),
+    created_at     INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX images_single_default ON images(is_default) WHERE is_default = 1;
+
+CREATE TABLE vms (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+    state       TEXT NOT NULL CHECK (state IN
+                    ('creating', 'starting', 'running', 'stopping', 'stopped', 'error')),
+    vcpu        INTEGER NOT NULL CHECK (vcpu > 0),
+    memory_mib  INTEGER NOT NULL CHECK (memory_mib > 0),
+    disk_size   INTEGER NOT NULL CHECK (disk_size > 0),
+    nat         INTEGER NOT NULL CHECK (nat IN (0, 1)),
+    vmm         TEXT NOT NULL CHECK (vmm IN ('firecracker', 'sim')),
+    guest_ip    TEXT UNIQUE,
+    prefix_len  INTEGER,
+    gateway     TEXT,
+    mac         TEXT,
+    tap         TEXT UNIQUE,
+    storage     TEXT CHECK (storage IN ('reflink', 'dm_snapshot', 'copy')),
+    dir         TEXT NOT NULL,
+    pid         INTEGER,
+    vsock_cid   INTEGER UNIQUE,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    last_error  TEXT,
+    workspace   TEXT
+);
+CREATE INDEX vms_image ON vms(image_id);
+"#;
+
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_records_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/banger.db");
+        drop(crate::Store::open(&path).unwrap());
+        drop(crate::Store::open(&path).unwrap());
+        let conn = crate::open_connection(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let fks: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+            .unwrap();
+        assert_eq!(fks, 1);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banger.db");
+        drop(crate::Store::open(&path).unwrap());
+        let conn = crate::open_connection(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = crate::Store::open(&path).unwrap_err();
+        assert!(
+            matches!(err, crate::OpenStoreError::Migrate { .. }),
+            "{err:?}"
+        );
+    }
+}

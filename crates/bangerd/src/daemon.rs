@@ -1,0 +1,140 @@
+//! The daemon's shared context and its request dispatch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use banger_buildinfo::BuildInfo;
+use banger_model::config::Config;
+use banger_model::layout::Layout;
+use banger_rpc::{ErrorCode, Request, RpcError};
+use banger_store::{ResolveError, Store, StoreError};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::network::Network;
+use crate::server::{EventSink, Handler};
+use crate::vm_locks::VmLocks;
+
+/// Everything a request handler can reach.
+#[derive(Debug)]
+pub struct Daemon {
+    pub layout: Layout,
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub build: BuildInfo,
+    pub network: Network,
+    pub vm_locks: VmLocks,
+    pub started_at: jiff::Timestamp,
+    /// Fired to stop the daemon (by `daemon.shutdown` or a signal).
+    pub shutdown: CancellationToken,
+    active_requests: AtomicUsize,
+}
+
+impl Daemon {
+    pub fn new(
+        layout: Layout,
+        config: Config,
+        store: Arc<Store>,
+        build: BuildInfo,
+        network: Network,
+    ) -> Self {
+        Self {
+            layout,
+            config,
+            store,
+            build,
+            network,
+            vm_locks: VmLocks::default(),
+            started_at: jiff::Timestamp::now(),
+            shutdown: CancellationToken::new(),
+            active_requests: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests currently running, including the caller's.
+    pub fn active_requests(&self) -> usize {
+        self.active_requests.load(Ordering::SeqCst)
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> Result<Value, RpcError> {
+        use crate::services::*;
+        match request {
+            Request::Ping => reply(daemon_ops::ping(self)),
+            Request::Status => reply(daemon_ops::status(self)),
+            Request::Shutdown => reply(daemon_ops::shutdown(self)),
+            Request::Sleep(params) => reply(daemon_ops::sleep(params, &events, &cancel).await?),
+            Request::VmList => reply(vm_list::list(self)?),
+            Request::VmShow(params) => reply(vm_list::show(self, &params.reference)?),
+            Request::ImageList => reply(image_list::list(self)?),
+            Request::ImageShow(params) => reply(image_list::show(self, &params.reference)?),
+            Request::KernelList => reply(kernel_list::list(self)?),
+            Request::KernelShow(params) => reply(kernel_list::show(self, &params.reference)?),
+            other => Err(RpcError::new(
+                ErrorCode::NotImplemented,
+                format!("{} is not implemented yet", other.method()),
+            )),
+        }
+    }
+}
+
+impl Handler for Daemon {
+    async fn handle(
+        &self,
+        request: Request,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> Result<Value, RpcError> {
+        self.active_requests.fetch_add(1, Ordering::SeqCst);
+        let _active = ActiveGuard(&self.active_requests);
+        self.dispatch(request, events, cancel).await
+    }
+}
+
+struct ActiveGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn reply<T: Serialize>(value: T) -> Result<Value, RpcError> {
+    serde_json::to_value(value).map_err(|err| RpcError::internal(format!("encoding reply: {err}")))
+}
+
+/// Maps store errors onto wire errors.
+pub(crate) fn store_error(err: StoreError) -> RpcError {
+    match err {
+        StoreError::NameTaken { .. } => RpcError::new(ErrorCode::AlreadyExists, err.to_string()),
+        StoreError::Conflict { .. } => RpcError::new(ErrorCode::Conflict, err.to_string()),
+        StoreError::Missing { .. } => RpcError::not_found(err.to_string()),
+        StoreError::Corrupt { .. } | StoreError::Sql(_) => {
+            tracing::error!(error = ?err, "store failure");
+            RpcError::internal(format!("{err}: {}", error_chain(&err)))
+        }
+    }
+}
+
+pub(crate) fn resolve_error(err: ResolveError) -> RpcError {
+    match err {
+        ResolveError::NotFound { .. } => RpcError::not_found(err.to_string()),
+        ResolveError::Ambiguous { .. } => RpcError::new(ErrorCode::Ambiguous, err.to_string()),
+    }
+}
+
+/// `outer: inner: innermost` for an error and its sources.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,80 @@
+//! `bangerd`: wiring only. See the library for everything else.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use banger_buildinfo::BuildInfo;
+use banger_model::config::Config;
+use banger_model::layout::Layout;
+use banger_store::Store;
+use bangerd::network::Network;
+use bangerd::{Daemon, instance, logging};
+use clap::Parser;
+use tracing::info;
+
+/// banger's daemon. The `banger` CLI starts it on demand; you rarely run it
+/// yourself.
+#[derive(Debug, Parser)]
+#[command(name = "bangerd", version = banger_buildinfo::version_line())]
+struct Args {}
+
+fn main() -> ExitCode {
+    let _args = Args::parse();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bangerd: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let layout = Layout::from_env()?;
+    let config = Config::load(&layout.config_file())?;
+    instance::private_dir(&layout.state_dir)?;
+    let _lock = instance::acquire(&layout.daemon_lock())?;
+    logging::init(&layout.daemon_log(), config.log_level)?;
+    let store = Store::open(&layout.database()).context("opening the store")?;
+
+    let mut build = BuildInfo::current();
+    // Test seam: lets the test suite pose as a daemon from another build.
+    if let Ok(fake) = std::env::var("BANGER_FAKE_BUILD_ID") {
+        build.build_id = fake;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = instance::bind(&layout.socket())?;
+        let socket = layout.socket();
+        let net_ops = banger_net::RealNetOps::connect().context("opening netlink")?;
+        let network = Network::start(Arc::new(net_ops), config.network.clone()).await;
+        let daemon = Arc::new(Daemon::new(layout, config, Arc::new(store), build, network));
+        info!(pid = std::process::id(), socket = %socket.display(), build = %daemon.build.build_id, "bangerd started");
+        spawn_signal_handler(daemon.shutdown.clone())?;
+        bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()).await;
+        daemon.network.shutdown().await;
+        let _ = std::fs::remove_file(&socket);
+        info!("bangerd stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
