@@ -1,0 +1,28 @@
+//! banger's side of the VMM boundary: the Firecracker v1.16 API types, a
+//! typed client for them, the guest kernel command line, and launching VMM
+//! processes (`firecracker` or `banger-simvm`, which speak the same API).
+//!
+//! Layout:
+//! - [`api`]: request and response bodies, field for field from Firecracker's
+//!   swagger, with Firecracker's own strictness and value limits.
+//! - [`client`]: [`client::ApiClient`], HTTP/1.1 over a unix socket (or any
+//!   stream), errors carrying the status and `fault_message`.
+//! - [`boot_args`]: [`boot_args::BootArgs`] builds the kernel command line
+//!   banger sends; [`boot_args::Cmdline`] parses it back (used by simvm).
+//! - [`launch`]: start a VMM detached, wait for its API, configure and boot
+//!   it, stop or kill it, find it again by its API socket.
+//! - [`vmm`]: the [`vmm::Vmm`] seam the daemon uses, the real
+//!   [`vmm::ProcessVmm`] and the recording [`vmm::FakeVmm`].
+//! - `exec`: the only module that spawns processes.
+
+pub mod api;
+pub mod boot_args;
+pub mod client;
+mod exec;
+pub mod launch;
+mod pidfd;
+pub mod vmm;
+
+pub use client::{ApiClient, ApiRequestError};
+pub use launch::{LaunchSpec, VmConfig, VmmProcess};
+pub use vmm::{FakeVmm, ProcessVmm, Vmm};

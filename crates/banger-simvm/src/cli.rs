@@ -1,0 +1,116 @@
+//! Command-line arguments: Firecracker's, so the launcher can start either
+//! binary the same way.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Firecracker's default API socket.
+pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+/// Firecracker's default instance id.
+pub const DEFAULT_ID: &str = "anonymous-instance";
+
+/// banger-simvm: speaks the Firecracker API on a unix socket and, on
+/// InstanceStart, runs the root drive as a container (Linux namespaces, not
+/// a hypervisor).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "banger-simvm", version, about, long_about = None)]
+pub struct Args {
+    /// Path of the unix socket the API is served on.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_API_SOCK)]
+    pub api_sock: PathBuf,
+
+    /// Instance id (1-64 alphanumerics or '-'), reported by `GET /` and used
+    /// to name the host end of the guest's veth.
+    #[arg(long, value_name = "ID", default_value = DEFAULT_ID)]
+    pub id: String,
+
+    /// File or named pipe for simvm's own log (the guest console goes to
+    /// stdout, like Firecracker's serial port).
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+
+    /// Log level: Error, Warning, Info, Debug, Trace or Off.
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "MODULE", hide = true)]
+    pub module: Option<String>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, hide = true)]
+    pub show_level: bool,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, hide = true)]
+    pub show_log_origin: bool,
+    /// Metrics file, as Firecracker's `--metrics-path`.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub seccomp_filter: Option<PathBuf>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, hide = true)]
+    pub no_seccomp: bool,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, hide = true)]
+    pub boot_timer: bool,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub http_api_max_payload_size: Option<u64>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub mmds_size_limit: Option<u64>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, hide = true)]
+    pub enable_pci: bool,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_us: Option<u64>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_cpu_us: Option<u64>,
+    /// Accepted for Firecracker compatibility; ignored.
+    #[arg(long, value_name = "US", hide = true)]
+    pub parent_cpu_time_us: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_firecracker_flags() {
+        let args = Args::try_parse_from([
+            "banger-simvm",
+            "--api-sock",
+            "/tmp/a.sock",
+            "--id",
+            "vm-1",
+            "--level",
+            "Debug",
+            "--show-level",
+            "--no-seccomp",
+            "--boot-timer",
+            "--http-api-max-payload-size",
+            "51200",
+        ])
+        .unwrap();
+        assert_eq!(args.api_sock, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(args.id, "vm-1");
+        assert_eq!(args.level.as_deref(), Some("Debug"));
+    }
+
+    #[test]
+    fn defaults_are_firecrackers() {
+        let args = Args::try_parse_from(["banger-simvm"]).unwrap();
+        assert_eq!(args.api_sock, PathBuf::from(DEFAULT_API_SOCK));
+        assert_eq!(args.id, DEFAULT_ID);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_do() {
+        assert!(Args::try_parse_from(["banger-simvm", "--config-file", "x"]).is_err());
+        assert!(Args::try_parse_from(["banger-simvm", "--no-api"]).is_err());
+    }
+}

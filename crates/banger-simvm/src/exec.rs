@@ -1,0 +1,82 @@
+//! The only place simvm starts processes.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+
+use crate::guest::proto::{CTL_FD, HELPER_ARG};
+
+/// Namespaces the guest gets.
+const GUEST_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWNS
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWIPC);
+
+/// Re-executes simvm as the single-threaded guest helper, with `ctl` as
+/// fd 3, stdout and stderr on simvm's stdout (the guest console), SIGKILL
+/// when the spawning thread dies, and in new mount, PID, UTS, network and
+/// IPC namespaces (the helper's first child is the guest's PID 1).
+///
+/// Call from a thread that lives as long as the guest may: the death signal
+/// follows the thread, not the process.
+pub(crate) fn spawn_guest_helper(ctl: OwnedFd) -> io::Result<Child> {
+    let console = io::stdout().as_fd().try_clone_to_owned()?;
+    let parent = nix::unistd::getpid();
+    let ctl_raw = ctl.as_raw_fd();
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg(HELPER_ARG)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::from(console));
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // raw system calls (prctl, getppid, dup2/fcntl, unshare), all
+    // async-signal-safe; it allocates nothing and takes no locks. `ctl_raw`
+    // stays open in the parent until spawn returns because `ctl` is moved
+    // into this function and dropped after it.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // simvm is already gone; no allocation here (after fork).
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if ctl_raw == CTL_FD {
+                let flags = libc::fcntl(CTL_FD, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(CTL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(ctl_raw, CTL_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            nix::sched::unshare(GUEST_NAMESPACES)?;
+            Ok(())
+        });
+    }
+    let child = command.spawn();
+    drop(ctl);
+    child
+}
+
+/// Starts the image's first-boot script inside the guest (already pivoted
+/// into its root): stdin from /dev/null, output on the console, a clean
+/// environment.
+pub(crate) fn spawn_first_boot(
+    path: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> io::Result<Child> {
+    Command::new(path)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .spawn()
+}

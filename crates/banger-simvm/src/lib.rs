@@ -1,0 +1,169 @@
+//! banger-simvm: a stand-in VMM for hosts without KVM. It is started like
+//! `firecracker` (`--api-sock PATH --id ID`), answers the Firecracker v1.16
+//! API with Firecracker's paths, field names, status codes and error bodies,
+//! and on `InstanceStart` runs the root drive as a container: its own mount,
+//! PID, UTS, network and IPC namespaces, the second drive at `/root`, a veth
+//! on the bridge of the configured TAP, and the image's first-boot script
+//! in container mode. Isolation is namespaces, not a hypervisor.
+//!
+//! Layout:
+//! - [`cli`]: Firecracker's command-line flags.
+//! - [`controller`]: the API as a state machine (pure; no root needed).
+//! - [`server`]: HTTP/1.1 on the API unix socket.
+//! - [`vsock`]: Firecracker's hybrid vsock (`CONNECT <port>`) to guest unix sockets.
+//! - [`guest`]: the container boot (host side and the re-executed helper).
+//! - [`net`]: the guest's veth and addresses, over netlink.
+//! - [`loopdev`]: autoclear loop devices.
+//! - [`log`]: simvm's own log (`--log-path`, `PUT /logger`).
+//! - `exec`: the only module that spawns processes.
+
+pub mod cli;
+pub mod controller;
+mod exec;
+pub mod guest;
+pub mod log;
+pub mod loopdev;
+pub mod net;
+pub mod server;
+pub mod vsock;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use banger_firecracker::api::LogLevel;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, watch};
+
+use crate::controller::{Controller, Guest, GuestSlot};
+
+/// How long guest processes get between SIGTERM and SIGKILL.
+pub const GUEST_GRACE: Duration = Duration::from_secs(3);
+/// How long simvm waits for the guest to go after asking it to.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long simvm waits for loop devices and the veth to disappear.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs the VMM until the guest is gone or simvm is told to stop.
+pub async fn run(args: cli::Args) -> anyhow::Result<()> {
+    banger_firecracker::launch::validate_id(&args.id).context("invalid --id")?;
+    let level = args
+        .level
+        .as_deref()
+        .map(str::parse::<LogLevel>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("invalid --level: {e}"))?;
+    let log = log::LogControl::init(args.log_path.as_deref(), level).with_context(|| {
+        format!(
+            "could not open the log {}",
+            args.log_path.as_deref().unwrap_or(Path::new("")).display()
+        )
+    })?;
+    tracing::info!(id = %args.id, api = %args.api_sock.display(), "banger-simvm starting");
+
+    let (slot, _) = watch::channel(None);
+    let slot: Arc<GuestSlot> = Arc::new(slot);
+    let launcher = Arc::new(
+        guest::NamespaceLauncher::new(GUEST_GRACE).context("could not start the guest spawner")?,
+    );
+    let mut controller = Controller::new(args.id.clone(), launcher, log, slot.clone());
+    if let Some(metrics) = &args.metrics_path {
+        controller
+            .init_metrics(metrics)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let controller = Arc::new(Mutex::new(controller));
+
+    let listener = tokio::net::UnixListener::bind(&args.api_sock).with_context(|| {
+        format!(
+            "could not bind the api socket {}; remove it if no vmm uses it",
+            args.api_sock.display()
+        )
+    })?;
+    let server = tokio::spawn(server::serve(listener, controller.clone()));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut guests = slot.subscribe();
+    let stopped_by_signal = tokio::select! {
+        _ = sigterm.recv() => true,
+        _ = sigint.recv() => true,
+        () = guest_gone(&mut guests) => false,
+    };
+    let guest = slot.borrow().clone();
+    if stopped_by_signal {
+        tracing::info!("signal received, stopping");
+        if let Some(guest) = &guest {
+            stop_guest(guest.as_ref()).await;
+        }
+    } else {
+        tracing::info!("guest is gone, exiting");
+    }
+    server.abort();
+    if let Some(guest) = &guest {
+        wait_released(guest.as_ref()).await;
+    }
+    let vsock = controller
+        .try_lock()
+        .ok()
+        .and_then(|c| c.vsock_path().map(Path::to_path_buf));
+    remove_sockets([Some(args.api_sock.clone()), vsock]);
+    Ok(())
+}
+
+/// Resolves once a guest has been started and has exited.
+async fn guest_gone(guests: &mut watch::Receiver<Option<Arc<dyn Guest>>>) {
+    let guest = loop {
+        if let Some(guest) = guests.borrow_and_update().clone() {
+            break guest;
+        }
+        if guests.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    };
+    let mut exited = guest.exited();
+    let _ = exited.wait_for(|gone| *gone).await;
+}
+
+/// Ctrl-Alt-Del, then SIGKILL if the guest does not go in time.
+async fn stop_guest(guest: &dyn Guest) {
+    let mut exited = guest.exited();
+    if let Err(error) = guest.ctrl_alt_del() {
+        tracing::warn!(%error, "could not ask the guest to stop");
+    }
+    if tokio::time::timeout(STOP_WAIT, exited.wait_for(|gone| *gone))
+        .await
+        .is_err()
+    {
+        tracing::warn!("guest did not stop in time; killing it");
+        guest.kill();
+        let _ = tokio::time::timeout(STOP_WAIT, exited.wait_for(|gone| *gone)).await;
+    }
+}
+
+/// Waits until the kernel has released the guest's loop devices and veth.
+async fn wait_released(guest: &dyn Guest) {
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        let left = guest.leftovers();
+        if left.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(?left, "guest resources still present at exit");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn remove_sockets(paths: impl IntoIterator<Item = Option<PathBuf>>) {
+    for path in paths.into_iter().flatten() {
+        if let Err(error) = fs_err::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, "could not remove socket");
+        }
+    }
+}
