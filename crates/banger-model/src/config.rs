@@ -21,6 +21,7 @@ pub const DEFAULT_SUBNET: &str = "172.30.0.1/24";
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:42069";
 pub const DEFAULT_TAP_POOL: u32 = 2;
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Daemon log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -57,6 +58,7 @@ struct RawConfig {
     ssh_key_path: Option<String>,
     default_image: Option<String>,
     stop_grace_seconds: Option<u64>,
+    boot_timeout_seconds: Option<u64>,
     catalog_url: Option<String>,
     update_url: Option<String>,
     allow_device_nodes: Option<bool>,
@@ -93,6 +95,8 @@ pub struct Config {
     pub ssh_key_path: Option<String>,
     pub default_image: Option<String>,
     pub stop_grace: Duration,
+    /// How long each boot wait (agent, then SSH) may take.
+    pub boot_timeout: Duration,
     pub catalog_url: Option<String>,
     pub update_url: Option<String>,
     pub allow_device_nodes: bool,
@@ -149,6 +153,7 @@ impl Default for Config {
             ssh_key_path: None,
             default_image: None,
             stop_grace: DEFAULT_STOP_GRACE,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
             catalog_url: None,
             update_url: None,
             allow_device_nodes: false,
@@ -249,6 +254,15 @@ impl Config {
                 ));
             }
             config.stop_grace = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = raw.boot_timeout_seconds {
+            if !(1..=3600).contains(&seconds) {
+                return Err(invalid(
+                    "boot_timeout_seconds",
+                    format!("must be between 1 and 3600, got {seconds}"),
+                ));
+            }
+            config.boot_timeout = Duration::from_secs(seconds);
         }
         for (key, value) in [
             ("catalog_url", &config.catalog_url),
@@ -454,6 +468,7 @@ mod tests {
             ("ssh_key_path = \"id_ed25519\"", "ssh_key_path"),
             ("default_image = \"Debian\"", "default_image"),
             ("stop_grace_seconds = 0", "stop_grace_seconds"),
+            ("boot_timeout_seconds = 0", "boot_timeout_seconds"),
             ("catalog_url = \"ftp://x\"", "catalog_url"),
             ("[vm_defaults]\nvcpu = 0", "vm_defaults.vcpu"),
             ("[vm_defaults]\nvcpu = -1", "vm_defaults.vcpu"),

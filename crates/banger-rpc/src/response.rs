@@ -64,3 +64,39 @@ pub struct KernelListResult {
 pub struct SleepResult {
     pub slept_ms: u64,
 }
+
+/// `vm.ssh_info`: what the CLI needs to exec `ssh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshInfo {
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+    pub user: String,
+    pub key_path: PathBuf,
+    /// This VM's own known_hosts file.
+    pub known_hosts: PathBuf,
+    pub state: banger_model::vm::VmState,
+}
+
+/// `vm.health`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmHealth {
+    pub name: String,
+    pub state: banger_model::vm::VmState,
+    /// The agent answered `/healthz`.
+    pub agent_ok: bool,
+    pub agent_version: Option<String>,
+    /// Why the agent did not answer.
+    pub agent_error: Option<String>,
+}
+
+/// `vm.stats`: the VMM process as the host sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStats {
+    pub name: String,
+    pub pid: u32,
+    /// Over a short sample; 100 = one full core.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    pub threads: u32,
+    pub uptime_seconds: u64,
+}

@@ -1,9 +1,13 @@
 //! The daemon's shared context and its request dispatch.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use banger_buildinfo::BuildInfo;
+use banger_disk::{DiskOps, StrategyProbe};
+use banger_firecracker::{Vmm, VmmProcess};
+use banger_model::Id;
 use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_rpc::{ErrorCode, Request, RpcError};
@@ -12,18 +16,20 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use banger_disk::{DiskOps, StrategyProbe};
-
 use crate::network::Network;
 use crate::server::{EventSink, Handler};
+use crate::ssh::KeyStore;
+use crate::vm::halt::Mode;
 use crate::vm_locks::VmLocks;
 
-/// The host-facing parts, real in `main`, fakes in tests.
+/// The host-facing parts: real in `main`, fakes in tests.
 #[derive(Debug)]
 pub struct Subsystems {
     pub network: Network,
     pub disk: Arc<dyn DiskOps>,
+    /// How VM root disks are made in the state dir (probed at start).
     pub storage: StrategyProbe,
+    pub vmm: Arc<dyn Vmm>,
 }
 
 /// Everything a request handler can reach.
@@ -35,15 +41,21 @@ pub struct Daemon {
     pub build: BuildInfo,
     pub network: Network,
     pub disk: Arc<dyn DiskOps>,
-    /// How VM root disks are made in the state dir (probed at start).
     pub storage: StrategyProbe,
+    pub vmm: Arc<dyn Vmm>,
+    pub keys: KeyStore,
     pub vm_locks: VmLocks,
     /// Serialises image and kernel registry changes (names, default image).
     pub images_lock: tokio::sync::Mutex<()>,
+    /// Serialises picking guest addresses and vsock ids.
+    pub alloc_lock: tokio::sync::Mutex<()>,
     pub started_at: jiff::Timestamp,
     /// Fired to stop the daemon (by `daemon.shutdown` or a signal).
     pub shutdown: CancellationToken,
+    /// VMM processes of running VMs.
+    processes: Mutex<HashMap<Id, VmmProcess>>,
     active_requests: AtomicUsize,
+    me: Weak<Daemon>,
 }
 
 impl Daemon {
@@ -53,8 +65,9 @@ impl Daemon {
         store: Arc<Store>,
         build: BuildInfo,
         subsystems: Subsystems,
-    ) -> Self {
-        Self {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            keys: KeyStore::new(&layout, &config),
             layout,
             config,
             store,
@@ -62,17 +75,42 @@ impl Daemon {
             network: subsystems.network,
             disk: subsystems.disk,
             storage: subsystems.storage,
+            vmm: subsystems.vmm,
             vm_locks: VmLocks::default(),
             images_lock: tokio::sync::Mutex::new(()),
+            alloc_lock: tokio::sync::Mutex::new(()),
             started_at: jiff::Timestamp::now(),
             shutdown: CancellationToken::new(),
+            processes: Mutex::new(HashMap::new()),
             active_requests: AtomicUsize::new(0),
-        }
+            me: me.clone(),
+        })
+    }
+
+    /// This daemon as an `Arc`, for work that outlives a request.
+    pub fn arc(&self) -> Arc<Self> {
+        self.me
+            .upgrade()
+            .expect("the daemon is alive while it serves requests")
     }
 
     /// Requests currently running, including the caller's.
     pub fn active_requests(&self) -> usize {
         self.active_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn put_process(&self, id: &Id, process: VmmProcess) {
+        self.lock_processes().insert(id.clone(), process);
+    }
+
+    pub fn take_process(&self, id: &Id) -> Option<VmmProcess> {
+        self.lock_processes().remove(id)
+    }
+
+    fn lock_processes(&self) -> std::sync::MutexGuard<'_, HashMap<Id, VmmProcess>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn dispatch(
@@ -82,6 +120,7 @@ impl Daemon {
         cancel: CancellationToken,
     ) -> Result<Value, RpcError> {
         use crate::services::*;
+        let me = self.arc();
         match request {
             Request::Ping => reply(daemon_ops::ping(self)),
             Request::Status => reply(daemon_ops::status(self)),
@@ -89,16 +128,28 @@ impl Daemon {
             Request::Sleep(params) => reply(daemon_ops::sleep(params, &events, &cancel).await?),
             Request::VmList => reply(vm_list::list(self)?),
             Request::VmShow(params) => reply(vm_list::show(self, &params.reference)?),
+            Request::VmCreate(params) => {
+                reply(vm_create::create(&me, params, &events, &cancel).await?)
+            }
+            Request::VmStart(params) => {
+                reply(vm_start::start(&me, &params.reference, &events, &cancel).await?)
+            }
+            Request::VmRestart(params) => {
+                reply(vm_start::restart(&me, &params.reference, &events, &cancel).await?)
+            }
+            Request::VmStop(params) => {
+                reply(vm_stop::stop(&me, &params.reference, Mode::Graceful).await?)
+            }
+            Request::VmKill(params) => {
+                reply(vm_stop::stop(&me, &params.reference, Mode::Kill).await?)
+            }
+            Request::VmDelete(params) => reply(vm_delete::delete(&me, &params.reference).await?),
+            Request::VmSet(params) => reply(vm_set::set(&me, params).await?),
+            Request::VmSshInfo(params) => reply(vm_info::ssh_info(self, &params.reference).await?),
+            Request::VmHealth(params) => reply(vm_info::health(self, &params.reference).await?),
+            Request::VmStats(params) => reply(vm_info::stats(self, &params.reference).await?),
             Request::ImageList => reply(image_list::list(self)?),
             Request::ImageShow(params) => reply(image_list::show(self, &params.reference)?),
-            Request::KernelList => reply(kernel_list::list(self)?),
-            Request::KernelShow(params) => reply(kernel_list::show(self, &params.reference)?),
-            Request::KernelImport(params) => {
-                reply(kernel_import::import(self, params, &cancel).await?)
-            }
-            Request::KernelRm(params) => {
-                reply(kernel_import::remove(self, &params.reference).await?)
-            }
             Request::ImageImport(params) => {
                 reply(image_import::import(self, params, &events, &cancel).await?)
             }
@@ -107,6 +158,14 @@ impl Daemon {
             }
             Request::ImagePromote(params) => {
                 reply(image_import::promote(self, &params.reference).await?)
+            }
+            Request::KernelList => reply(kernel_list::list(self)?),
+            Request::KernelShow(params) => reply(kernel_list::show(self, &params.reference)?),
+            Request::KernelImport(params) => {
+                reply(kernel_import::import(self, params, &cancel).await?)
+            }
+            Request::KernelRm(params) => {
+                reply(kernel_import::remove(self, &params.reference).await?)
             }
             other => Err(RpcError::new(
                 ErrorCode::NotImplemented,
@@ -161,7 +220,7 @@ pub(crate) fn resolve_error(err: ResolveError) -> RpcError {
     }
 }
 
-/// `outer: inner: innermost` for an error and its sources.
+/// `outer: inner: innermost` for an error's sources.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut parts = Vec::new();
     let mut source = err.source();

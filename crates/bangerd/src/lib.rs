@@ -16,15 +16,25 @@
 //! - [`logging`]: JSON logs to the daemon's log file.
 //! - [`network`]: DNS server, bridge and TAP pool.
 //! - [`vm_locks`]: per-VM locks.
+//! - [`vm`]: disks, boot, halt and exit watching shared by the VM services.
+//! - [`undo`]: rollback of multi-step setups.
+//! - [`ssh`]: the managed SSH key and banger's ssh_config.
+//! - [`file_sync`]: `[[file_sync]]` entries into the work disk.
+//! - [`exec`]: the processes the daemon starts itself.
 
 pub mod binaries;
 pub mod daemon;
+pub mod exec;
+pub mod file_sync;
 pub mod guest_install;
 pub mod instance;
 pub mod logging;
 pub mod network;
 pub mod server;
 pub mod services;
+pub mod ssh;
+pub mod undo;
+pub mod vm;
 pub mod vm_locks;
 
 pub use daemon::Daemon;

@@ -62,8 +62,12 @@ fn run() -> anyhow::Result<()> {
             network,
             disk: Arc::new(banger_disk::HostDiskOps::new()),
             storage,
+            vmm: Arc::new(banger_firecracker::ProcessVmm),
         };
-        let daemon = Arc::new(Daemon::new(layout, config, Arc::new(store), build, subsystems));
+        let daemon = Daemon::new(layout, config, Arc::new(store), build, subsystems);
+        if let Err(err) = bangerd::ssh::write_ssh_config(&daemon.layout, daemon.keys.private_path()) {
+            tracing::warn!(error = %err, "cannot write banger's ssh_config");
+        }
         info!(pid = std::process::id(), socket = %socket.display(), build = %daemon.build.build_id, "bangerd started");
         spawn_signal_handler(daemon.shutdown.clone())?;
         bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()).await;

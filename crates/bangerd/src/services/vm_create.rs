@@ -1,0 +1,223 @@
+//! `vm.create`: validate, allocate an address, make the disks, boot.
+//!
+//! Stages streamed to the client: `prepare_disks`, `start_vmm`,
+//! `wait_vsock_agent`, `wait_ssh`, `ready`. A failure before the VMM runs,
+//! or a cancellation, rolls everything back (no VM is left). A failure after
+//! the VMM started keeps the VM in `error` with its logs, releasing every
+//! host resource.
+
+use std::sync::Arc;
+
+use banger_model::defaults::{HostFacts, VmDefaults};
+use banger_model::image::Image;
+use banger_model::kernel::Kernel;
+use banger_model::spec::{self, SpecError};
+use banger_model::vm::{NetworkAllocation, Vm, VmState, VmmKind};
+use banger_model::{Id, Name, VmSpec};
+use banger_rpc::request::VmCreateParams;
+use banger_rpc::{ErrorCode, RpcError};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{Daemon, resolve_error, store_error};
+use crate::server::EventSink;
+use crate::undo::{Class, Undo};
+use crate::vm::boot::{self, BootInput};
+use crate::vm::{Failure, disks, finish};
+
+/// Lowest guest context id (0–2 are reserved by vsock).
+const FIRST_CID: u32 = 3;
+
+/// Everything decided before anything is created.
+#[derive(Debug)]
+struct Plan {
+    name: Name,
+    spec: VmSpec,
+    nat: bool,
+    vmm: VmmKind,
+    image: Image,
+    kernel: Option<Kernel>,
+}
+
+pub async fn create(
+    daemon: &Arc<Daemon>,
+    params: VmCreateParams,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Vm, RpcError> {
+    let plan = plan(daemon, params)?;
+    let mut vm = allocate(daemon, &plan).await?;
+    let _lock = daemon.vm_locks.lock(&vm.id).await;
+    tracing::info!(vm = %vm.name, id = %vm.id, spec = %vm.spec, vmm = %vm.vmm, "creating VM");
+
+    let mut undo = Undo::default();
+    undo.push("delete the VM record", Class::Data, {
+        let (store, id) = (Arc::clone(&daemon.store), vm.id.clone());
+        async move { store.delete_vm(&id).map_err(|err| err.to_string()) }
+    });
+    let outcome = async {
+        let stage = events.stage("prepare_disks");
+        let key = daemon
+            .keys
+            .ensure()
+            .await
+            .map_err(|err| crate::vm::internal("preparing the SSH key", &err))?;
+        let root_device = disks::create(daemon, &vm, &plan.image, &mut undo).await?;
+        for warning in disks::write_work_files(daemon, &vm, &key).await? {
+            events.log("warning", warning);
+        }
+        stage.done();
+        if cancel.is_cancelled() {
+            return Err(Failure::before_launch(RpcError::cancelled()));
+        }
+        let input = BootInput {
+            image: &plan.image,
+            kernel: plan.kernel.as_ref(),
+            root_device,
+        };
+        boot::boot(daemon, &mut vm, input, events, cancel, &mut undo).await
+    }
+    .await;
+    finish(daemon, vm, outcome, undo, events, true).await
+}
+
+fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
+    let existing = daemon.store.list_vms().map_err(store_error)?;
+    let name = match params.name {
+        Some(raw) => {
+            let name = Name::parse(&raw).map_err(|err| RpcError::invalid(err.to_string()))?;
+            if existing.iter().any(|vm| vm.name == name) {
+                return Err(RpcError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("a VM named {name} already exists"),
+                )
+                .with_hint("pick another --name, or delete it with `banger vm delete`"));
+            }
+            name
+        }
+        None => unused_random_name(&existing),
+    };
+    let defaults = VmDefaults::resolve(&daemon.config.vm_defaults, HostFacts::detect());
+    let spec = VmSpec {
+        vcpu: spec::validate_vcpu(params.vcpu.unwrap_or(i64::from(defaults.vcpu.value)))
+            .map_err(spec_error)?,
+        memory_mib: spec::validate_memory_mib(
+            params
+                .memory_mib
+                .unwrap_or(i64::from(defaults.memory_mib.value)),
+        )
+        .map_err(spec_error)?,
+        disk_size: spec::validate_disk(params.disk_size.unwrap_or(defaults.disk_size.value))
+            .map_err(spec_error)?,
+    };
+    let vmm = params.vmm.unwrap_or(daemon.config.vmm);
+    let image = resolve_image(daemon, params.image.as_deref())?;
+    let kernel = match &image.kernel_id {
+        Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
+        None => None,
+    };
+    if vmm == VmmKind::Firecracker && kernel.is_none() {
+        return Err(RpcError::new(
+            ErrorCode::FailedPrecondition,
+            format!("image {} has no kernel, and Firecracker needs one", image.name),
+        )
+        .with_hint("import one (`banger kernel import DIR --name K`) and re-import the image with --kernel-ref K, or use --vmm sim"));
+    }
+    if image.work_seed_path.is_none() {
+        return Err(RpcError::new(
+            ErrorCode::FailedPrecondition,
+            format!("image {} has no work seed", image.name),
+        )
+        .with_hint("re-import the image"));
+    }
+    Ok(Plan {
+        name,
+        spec,
+        nat: params.nat,
+        vmm,
+        image,
+        kernel,
+    })
+}
+
+fn spec_error(err: SpecError) -> RpcError {
+    RpcError::invalid(err.to_string())
+}
+
+fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, RpcError> {
+    match reference {
+        Some(reference) => {
+            let images = daemon.store.list_images().map_err(store_error)?;
+            banger_store::resolve(&images, reference)
+                .cloned()
+                .map_err(|err| {
+                    resolve_error(err).with_hint("`banger image list` shows the images you have")
+                })
+        }
+        None => daemon
+            .store
+            .default_image()
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                RpcError::not_found("there is no default image")
+                    .with_hint("import one (`banger image import DIR --name N`), or pass --image")
+            }),
+    }
+}
+
+fn unused_random_name(existing: &[Vm]) -> Name {
+    loop {
+        let name = Name::random();
+        if !existing.iter().any(|vm| vm.name == name) {
+            return name;
+        }
+    }
+}
+
+/// Picks an address and a vsock context id and records the VM as
+/// `creating`, under the allocation lock so concurrent creates never pick
+/// the same ones.
+async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, RpcError> {
+    let _alloc = daemon.alloc_lock.lock().await;
+    let net = &daemon.network.config;
+    let used = daemon.store.used_ips().map_err(store_error)?;
+    let ip = banger_net::next_free_ip(net.subnet, net.gateway(), used.iter().copied()).map_err(
+        |err| {
+            RpcError::new(ErrorCode::FailedPrecondition, err.to_string())
+                .with_hint("delete VMs you no longer need, or widen [network] subnet")
+        },
+    )?;
+    let cids = daemon.store.used_cids().map_err(store_error)?;
+    let cid = (FIRST_CID..)
+        .find(|cid| !cids.contains(cid))
+        .expect("a free context id");
+    let id = Id::generate();
+    let now = jiff::Timestamp::now();
+    let vm = Vm {
+        dir: daemon.layout.vm_dir(&id),
+        tap: None,
+        id,
+        name: plan.name.clone(),
+        image_id: plan.image.id.clone(),
+        image_name: plan.image.name.to_string(),
+        state: VmState::Creating,
+        spec: plan.spec,
+        nat: plan.nat,
+        vmm: plan.vmm,
+        network: Some(NetworkAllocation {
+            ip,
+            prefix_len: net.subnet.prefix_len(),
+            gateway: net.gateway(),
+            mac: NetworkAllocation::mac_for(ip),
+        }),
+        storage: Some(daemon.storage.strategy),
+        pid: None,
+        vsock_cid: Some(cid),
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        last_error: None,
+        workspace: None,
+    };
+    daemon.store.insert_vm(&vm).map_err(store_error)?;
+    Ok(vm)
+}

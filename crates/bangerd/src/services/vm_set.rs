@@ -1,0 +1,62 @@
+//! `vm.set`: change vcpu, memory or disk size. vcpu and memory apply at the
+//! next start; the disk grows now when the VM is stopped, else at its next
+//! start. The disk never shrinks.
+
+use std::sync::Arc;
+
+use banger_model::spec;
+use banger_model::vm::{Vm, VmState};
+use banger_rpc::RpcError;
+use banger_rpc::request::VmSetParams;
+
+use crate::daemon::Daemon;
+use crate::vm::{blocking, internal, load, resolve, save};
+
+pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, RpcError> {
+    let invalid = |err: spec::SpecError| RpcError::invalid(err.to_string());
+    let vcpu = params
+        .vcpu
+        .map(spec::validate_vcpu)
+        .transpose()
+        .map_err(invalid)?;
+    let memory = params
+        .memory_mib
+        .map(spec::validate_memory_mib)
+        .transpose()
+        .map_err(invalid)?;
+    let disk = params
+        .disk_size
+        .map(spec::validate_disk)
+        .transpose()
+        .map_err(invalid)?;
+
+    let found = resolve(daemon, &params.reference)?;
+    let _lock = daemon.vm_locks.lock(&found.id).await;
+    let mut vm = load(daemon, &found.id)?;
+    if let Some(disk) = disk
+        && disk < vm.spec.disk_size
+    {
+        return Err(RpcError::invalid(format!(
+            "the disk only grows: {} has {}, asked for {disk}",
+            vm.name, vm.spec.disk_size
+        )));
+    }
+    if let Some(vcpu) = vcpu {
+        vm.spec.vcpu = vcpu;
+    }
+    if let Some(memory) = memory {
+        vm.spec.memory_mib = memory;
+    }
+    if let Some(disk) = disk {
+        vm.spec.disk_size = disk;
+        if vm.state == VmState::Stopped {
+            let disk_ops = Arc::clone(&daemon.disk);
+            let path = vm.paths().work_disk();
+            blocking(move || disk_ops.grow_work_disk(&path, disk))
+                .await?
+                .map_err(|err| internal("growing the work disk", &err))?;
+        }
+    }
+    save(daemon, &mut vm)?;
+    Ok(vm)
+}

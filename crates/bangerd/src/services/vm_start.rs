@@ -1,0 +1,143 @@
+//! `vm.start` and `vm.restart`.
+
+use std::sync::Arc;
+
+use banger_model::vm::{StorageStrategy, Vm, VmState, VmmKind};
+use banger_rpc::{ErrorCode, RpcError};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{Daemon, store_error};
+use crate::server::EventSink;
+use crate::undo::{Class, Undo};
+use crate::vm::boot::{self, BootInput};
+use crate::vm::halt::{self, Mode};
+use crate::vm::{Failure, blocking, disks, finish, internal, load, resolve};
+
+pub async fn start(
+    daemon: &Arc<Daemon>,
+    reference: &str,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Vm, RpcError> {
+    let found = resolve(daemon, reference)?;
+    let _lock = daemon.vm_locks.lock(&found.id).await;
+    let vm = load(daemon, &found.id)?;
+    start_locked(daemon, vm, events, cancel).await
+}
+
+pub async fn restart(
+    daemon: &Arc<Daemon>,
+    reference: &str,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Vm, RpcError> {
+    let found = resolve(daemon, reference)?;
+    let _lock = daemon.vm_locks.lock(&found.id).await;
+    let mut vm = load(daemon, &found.id)?;
+    if vm.state == VmState::Creating {
+        return Err(creating(&vm));
+    }
+    let stage = events.stage("stop");
+    for problem in halt::halt(daemon, &mut vm, Mode::Graceful).await {
+        events.log("warning", problem);
+    }
+    stage.done();
+    start_locked(daemon, vm, events, cancel).await
+}
+
+/// Starts a VM whose lock the caller holds.
+async fn start_locked(
+    daemon: &Arc<Daemon>,
+    mut vm: Vm,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Vm, RpcError> {
+    match vm.state {
+        VmState::Running => return Ok(vm),
+        VmState::Creating => return Err(creating(&vm)),
+        // Leftovers of an interrupted operation or a failed boot: clean first.
+        VmState::Starting | VmState::Stopping | VmState::Error => {
+            for problem in halt::halt(daemon, &mut vm, Mode::Kill).await {
+                events.log("warning", problem);
+            }
+        }
+        VmState::Stopped => {}
+    }
+    let image = daemon
+        .store
+        .get_image(&vm.image_id)
+        .map_err(store_error)?
+        .ok_or_else(|| RpcError::not_found(format!("the image of VM {} is gone", vm.name)))?;
+    let kernel = match &image.kernel_id {
+        Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
+        None => None,
+    };
+    if vm.vmm == VmmKind::Firecracker && kernel.is_none() {
+        return Err(RpcError::new(
+            ErrorCode::FailedPrecondition,
+            format!("image {} has no kernel", image.name),
+        ));
+    }
+
+    let mut undo = Undo::default();
+    let outcome = async {
+        let stage = events.stage("prepare_disks");
+        let overlay = disks::overlay_for(&vm, &image);
+        let root_device = if vm.storage == Some(StorageStrategy::DmSnapshot) {
+            let disk = Arc::clone(&daemon.disk);
+            let active = blocking(move || disk.activate_root(&overlay))
+                .await?
+                .map_err(|err| internal("activating the root disk", &err))?;
+            undo.push("deactivate the root disk", Class::Host, {
+                let (disk, active) = (Arc::clone(&daemon.disk), active.clone());
+                async move {
+                    blocking(move || {
+                        disk.deactivate_root(&active)
+                            .map(drop)
+                            .map_err(|err| err.to_string())
+                    })
+                    .await
+                    .map_err(|err| err.message)?
+                }
+            });
+            active.device()
+        } else {
+            overlay.device()
+        };
+        grow_work_disk(daemon, &vm).await?;
+        let key = daemon
+            .keys
+            .ensure()
+            .await
+            .map_err(|err| internal("preparing the SSH key", &err))?;
+        for warning in disks::write_work_files(daemon, &vm, &key).await? {
+            events.log("warning", warning);
+        }
+        stage.done();
+        let input = BootInput {
+            image: &image,
+            kernel: kernel.as_ref(),
+            root_device,
+        };
+        boot::boot(daemon, &mut vm, input, events, cancel, &mut undo).await
+    }
+    .await;
+    finish(daemon, vm, outcome, undo, events, false).await
+}
+
+/// Applies a `vm set --disk-size` made while the VM was running.
+async fn grow_work_disk(daemon: &Daemon, vm: &Vm) -> Result<(), Failure> {
+    let disk = Arc::clone(&daemon.disk);
+    let (path, size) = (vm.paths().work_disk(), vm.spec.disk_size);
+    blocking(move || disk.grow_work_disk(&path, size))
+        .await?
+        .map_err(|err| Failure::before_launch(internal("growing the work disk", &err)))?;
+    Ok(())
+}
+
+fn creating(vm: &Vm) -> RpcError {
+    RpcError::new(
+        ErrorCode::Conflict,
+        format!("VM {} is still being created", vm.name),
+    )
+}

@@ -1,0 +1,347 @@
+//! Booting a VM whose disks exist: its TAP (from the warm pool), NAT rules
+//! when asked for, the VMM process and its configuration, then the two
+//! readiness waits: the guest agent's `/healthz` through the hybrid vsock
+//! socket, then sshd's banner. Every acquisition registers its release.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_firecracker::api::{
+    BootSource, Drive, LogLevel, Logger, MacAddr, MachineConfiguration, NetworkInterface, Vsock,
+};
+use banger_firecracker::boot_args::{BootArgs, IpConfig};
+use banger_firecracker::{LaunchSpec, VmConfig, VmmProcess};
+use banger_guest::agent::{AGENT_VSOCK_PORT, AgentClient};
+use banger_model::image::Image;
+use banger_model::kernel::Kernel;
+use banger_model::vm::{Vm, VmState, VmmKind};
+use banger_rpc::{ErrorCode, RpcError};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Failure, internal, save};
+use crate::daemon::Daemon;
+use crate::server::EventSink;
+use crate::undo::{Class, Undo};
+
+/// Resolvers handed to guests (they reach them through NAT).
+const GUEST_DNS: [Ipv4Addr; 2] = [Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(8, 8, 8, 8)];
+/// Pause between readiness probes.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// Bound on one probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a boot needs besides the VM record.
+#[derive(Debug)]
+pub struct BootInput<'a> {
+    pub image: &'a Image,
+    pub kernel: Option<&'a Kernel>,
+    pub root_device: PathBuf,
+}
+
+/// Boots `vm`. On success the VM is booted and answering SSH; its record
+/// has the pid and TAP but is still `starting` (the caller finishes it).
+pub async fn boot(
+    daemon: &Arc<Daemon>,
+    vm: &mut Vm,
+    input: BootInput<'_>,
+    events: &EventSink,
+    cancel: &CancellationToken,
+    undo: &mut Undo,
+) -> Result<VmmProcess, Failure> {
+    let stage = events.stage("start_vmm");
+    let process = start_vmm(daemon, vm, &input, cancel, undo).await?;
+    stage.done();
+
+    let deadline = tokio::time::Instant::now() + daemon.config.boot_timeout;
+    let stage = events.stage("wait_vsock_agent");
+    let vsock = vm.paths().vsock_socket();
+    wait_for(
+        vm,
+        "wait_vsock_agent",
+        "the guest agent",
+        &process,
+        deadline,
+        cancel,
+        || agent_answers(&vsock),
+    )
+    .await?;
+    stage.done();
+
+    let stage = events.stage("wait_ssh");
+    let ip = vm
+        .network
+        .as_ref()
+        .map(|net| net.ip)
+        .expect("booting VMs have an address");
+    wait_for(vm, "wait_ssh", "sshd", &process, deadline, cancel, || {
+        ssh_answers(ip)
+    })
+    .await?;
+    stage.done();
+    Ok(process)
+}
+
+async fn start_vmm(
+    daemon: &Arc<Daemon>,
+    vm: &mut Vm,
+    input: &BootInput<'_>,
+    cancel: &CancellationToken,
+    undo: &mut Undo,
+) -> Result<VmmProcess, Failure> {
+    let network = vm.network.clone().expect("VMs get an address when created");
+    let pool = daemon.network.pool().await.map_err(|err| {
+        Failure::before_launch(
+            internal("preparing the bridge", &err)
+                .with_hint("bangerd needs root (CAP_NET_ADMIN) to manage networking"),
+        )
+    })?;
+    let tap = banger_net::vm_tap_name(&vm.id);
+    pool.acquire(&tap)
+        .await
+        .map_err(|err| internal("creating the VM's TAP", &err))?;
+    undo.push(format!("release TAP {tap}"), Class::Host, {
+        let daemon = Arc::clone(daemon);
+        let tap = tap.clone();
+        async move {
+            let pool = daemon.network.pool().await.map_err(|err| err.to_string())?;
+            pool.release(&tap)
+                .await
+                .map(drop)
+                .map_err(|err| err.to_string())
+        }
+    });
+    vm.tap = Some(tap.clone());
+
+    if vm.nat {
+        let ops = &daemon.network.ops;
+        ops.enable_ip_forward()
+            .await
+            .map_err(|err| internal("enabling IP forwarding", &err))?;
+        ops.add_vm_nat(&vm.id, network.ip, &daemon.network.config.bridge)
+            .await
+            .map_err(|err| internal("adding NAT rules", &err))?;
+        undo.push("remove NAT rules", Class::Host, {
+            let (ops, id) = (Arc::clone(ops), vm.id.clone());
+            async move {
+                ops.remove_vm_nat(&id)
+                    .await
+                    .map(drop)
+                    .map_err(|err| err.to_string())
+            }
+        });
+    }
+
+    let paths = vm.paths();
+    let kernel_path = match (input.kernel, vm.vmm) {
+        (Some(kernel), _) => kernel.vmlinux_path.clone(),
+        (None, VmmKind::Sim) => sim_placeholder_kernel(&paths.dir)?,
+        (None, VmmKind::Firecracker) => {
+            return Err(Failure::before_launch(RpcError::new(
+                ErrorCode::FailedPrecondition,
+                format!("image {} has no kernel", input.image.name),
+            )));
+        }
+    };
+    let spec = LaunchSpec {
+        vsock_socket: Some(paths.vsock_socket()),
+        log_path: Some(paths.vmm_log()),
+        ..LaunchSpec::new(
+            vmm_binary(daemon, vm.vmm)?,
+            vm.id.as_str(),
+            paths.api_socket(),
+            paths.console_log(),
+        )
+    };
+    let process = daemon.vmm.start(&spec, cancel).await.map_err(|err| {
+        let failure = internal("starting the VMM", &err);
+        Failure::before_launch(match vm.vmm {
+            VmmKind::Firecracker => failure.with_hint(
+                "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm sim",
+            ),
+            VmmKind::Sim => failure.with_hint(format!("see {}", paths.console_log().display())),
+        })
+    })?;
+    undo.push("stop the VMM", Class::Host, {
+        let (vmm, process) = (Arc::clone(&daemon.vmm), process.clone());
+        async move { vmm.kill(&process).await.map_err(|err| err.to_string()) }
+    });
+    vm.pid = Some(process.pid());
+    vm.state = VmState::Starting;
+    save(daemon, vm).map_err(Failure::after_launch)?;
+
+    let config = vm_config(vm, input, &kernel_path);
+    daemon
+        .vmm
+        .configure(&process, &config)
+        .await
+        .map_err(|err| {
+            Failure::after_launch(
+                internal("configuring the VMM", &err)
+                    .with_hint(format!("see {}", paths.vmm_log().display())),
+            )
+        })?;
+    Ok(process)
+}
+
+/// Everything sent to the VMM before `InstanceStart`.
+fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path) -> VmConfig {
+    let network = vm.network.as_ref().expect("booting VMs have an address");
+    let paths = vm.paths();
+    let mut ip = IpConfig::new(
+        network.ip,
+        network.prefix_len,
+        network.gateway,
+        vm.name.as_str(),
+    )
+    .expect("stored prefixes are valid");
+    ip.dns = GUEST_DNS.to_vec();
+    let mut args = BootArgs::new(ip);
+    let initrd = input.kernel.and_then(|kernel| kernel.initrd_path.as_ref());
+    if initrd.is_none() {
+        args.init = Some(banger_guest::files::FIRST_BOOT_PATH.to_owned());
+    }
+    VmConfig {
+        logger: Some(Logger {
+            log_path: Some(paths.vmm_log()),
+            level: Some(LogLevel::Info),
+            show_level: Some(true),
+            show_log_origin: Some(false),
+            module: None,
+        }),
+        metrics: None,
+        machine: MachineConfiguration::new(vm.spec.vcpu as u8, vm.spec.memory_mib as usize),
+        boot_source: BootSource {
+            kernel_image_path: kernel.to_string_lossy().into_owned(),
+            initrd_path: initrd.map(|path| path.to_string_lossy().into_owned()),
+            boot_args: Some(args.to_string()),
+        },
+        drives: vec![
+            Drive::virtio("rootfs", input.root_device.to_string_lossy(), true),
+            Drive::virtio("work", paths.work_disk().to_string_lossy(), false),
+        ],
+        network_interfaces: vec![NetworkInterface::new(
+            "eth0",
+            vm.tap
+                .clone()
+                .expect("the TAP is acquired before configuring"),
+            network.mac.parse::<MacAddr>().ok(),
+        )],
+        vsock: vm.vsock_cid.map(|cid| Vsock {
+            vsock_id: None,
+            guest_cid: cid,
+            uds_path: paths.vsock_socket().to_string_lossy().into_owned(),
+        }),
+    }
+}
+
+/// banger-simvm boots no kernel but, like Firecracker, wants a readable
+/// `kernel_image_path`: an empty file stands in.
+fn sim_placeholder_kernel(dir: &Path) -> Result<PathBuf, Failure> {
+    let path = dir.join("sim-kernel.placeholder");
+    if !path.exists() {
+        fs_err::write(&path, b"")
+            .map_err(|err| internal("writing the sim kernel placeholder", &err))?;
+    }
+    Ok(path)
+}
+
+fn vmm_binary(daemon: &Daemon, kind: VmmKind) -> Result<PathBuf, Failure> {
+    match kind {
+        VmmKind::Firecracker => Ok(daemon
+            .config
+            .firecracker_bin
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("firecracker"))),
+        VmmKind::Sim => match &daemon.config.simvm_bin {
+            Some(path) => Ok(path.clone()),
+            None => crate::binaries::find(crate::binaries::SIMVM).map_err(|err| {
+                Failure::before_launch(RpcError::new(
+                    ErrorCode::FailedPrecondition,
+                    err.to_string(),
+                ))
+            }),
+        },
+    }
+}
+
+async fn agent_answers(vsock: &Path) -> bool {
+    AgentClient::hybrid_vsock(vsock, AGENT_VSOCK_PORT)
+        .with_step_timeout(PROBE_TIMEOUT)
+        .health()
+        .await
+        .is_ok()
+}
+
+/// sshd accepted a connection and sent its `SSH-` banner.
+async fn ssh_answers(ip: Ipv4Addr) -> bool {
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(SocketAddr::from((ip, 22)))
+            .await
+            .ok()?;
+        let mut banner = [0u8; 4];
+        stream.read_exact(&mut banner).await.ok()?;
+        (&banner == b"SSH-").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(()))
+    )
+}
+
+/// Probes until `ready` answers, the VMM exits, the client cancels or the
+/// deadline passes.
+async fn wait_for<F, Fut>(
+    vm: &Vm,
+    stage: &str,
+    what: &str,
+    process: &VmmProcess,
+    deadline: tokio::time::Instant,
+    cancel: &CancellationToken,
+    mut ready: F,
+) -> Result<(), Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let logs = format!(
+        "see `banger vm logs {}` ({})",
+        vm.name,
+        vm.paths().console_log().display()
+    );
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Failure::after_launch(RpcError::cancelled()));
+        }
+        if let Some(exit) = process.exited() {
+            return Err(Failure::after_launch(
+                RpcError::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("the VMM exited during {stage} ({exit})"),
+                )
+                .with_hint(logs),
+            ));
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::after_launch(
+                RpcError::new(
+                    ErrorCode::Timeout,
+                    format!("{what} did not answer within the boot timeout ({stage})"),
+                )
+                .with_hint(format!(
+                    "{logs}; raise boot_timeout_seconds in config.toml if the guest is just slow"
+                )),
+            ));
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}

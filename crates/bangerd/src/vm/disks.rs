@@ -1,0 +1,202 @@
+//! A VM's disks: the copy-on-write root over the image's rootfs, the work
+//! disk cloned from the image's seed, and the per-VM files written into them
+//! before boot (without mounting, through debugfs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_disk::edits::Meta;
+use banger_disk::{DiskOps, Ext4Edits, RootOverlay, RootRequest, WorkDiskRequest};
+use banger_model::image::Image;
+use banger_model::vm::{StorageStrategy, Vm};
+use banger_rpc::RpcError;
+
+use super::{blocking, internal};
+use crate::daemon::Daemon;
+use crate::ssh::SshKey;
+use crate::undo::{Class, Undo};
+
+/// The VM's root overlay as it exists on disk (rebuilt from the VM, never
+/// stored: file strategies are a path, dm is named after the VM id).
+pub fn overlay_for(vm: &Vm, image: &Image) -> RootOverlay {
+    let paths = vm.paths();
+    match vm.storage.unwrap_or(StorageStrategy::Copy) {
+        StorageStrategy::DmSnapshot => RootOverlay::DmSnapshot {
+            name: banger_disk::dm::root_dm_name(&vm.id)
+                .expect("VM ids are hex, which always makes a valid dm name"),
+            base: image.rootfs_path.clone(),
+            cow: banger_disk::overlay::cow_path(&paths.dir),
+            loops: None,
+        },
+        strategy => RootOverlay::File {
+            strategy,
+            path: paths.root_disk(),
+        },
+    }
+}
+
+/// Creates the VM dir, root overlay and work disk, registering their
+/// removal in `undo`. Returns the root device for the VMM.
+pub async fn create(
+    daemon: &Daemon,
+    vm: &Vm,
+    image: &Image,
+    undo: &mut Undo,
+) -> Result<PathBuf, RpcError> {
+    let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
+    let dir = vm.dir.clone();
+    fs_err::create_dir_all(&dir).map_err(|err| internal("creating the VM directory", &err))?;
+    undo.push("remove the VM directory", Class::Data, {
+        let dir = dir.clone();
+        async move { remove_dir(&dir) }
+    });
+
+    let request = RootRequest {
+        base: image.rootfs_path.clone(),
+        vm_dir: dir.clone(),
+        vm_id: vm.id.clone(),
+        strategy: vm.storage.unwrap_or(daemon.storage.strategy),
+    };
+    let overlay = blocking({
+        let disk = Arc::clone(&disk);
+        move || disk.create_root(&request)
+    })
+    .await?
+    .map_err(|err| internal("creating the root disk", &err))?;
+    undo.push("remove the root disk", Class::Data, {
+        let (disk, overlay) = (Arc::clone(&disk), overlay.clone());
+        async move {
+            blocking(move || disk.remove_root(&overlay).map_err(|err| err.to_string()))
+                .await
+                .map_err(|err| err.message)?
+        }
+    });
+
+    let seed = image.work_seed_path.clone().ok_or_else(|| {
+        RpcError::invalid(format!("image {} has no work seed", image.name))
+            .with_hint("re-import or re-register the image")
+    })?;
+    let request = WorkDiskRequest {
+        seed,
+        dest: vm.paths().work_disk(),
+        size: vm.spec.disk_size,
+        strategy: daemon.storage.strategy,
+        grown_seed_cache: image.rootfs_path.parent().map(Path::to_owned),
+    };
+    let work = vm.paths().work_disk();
+    blocking({
+        let disk = Arc::clone(&disk);
+        move || disk.make_work_disk(&request)
+    })
+    .await?
+    .map_err(|err| internal("creating the work disk", &err))?;
+    undo.push("remove the work disk", Class::Data, {
+        let disk = Arc::clone(&disk);
+        async move {
+            blocking(move || disk.remove_work_disk(&work).map_err(|err| err.to_string()))
+                .await
+                .map_err(|err| err.message)?
+        }
+    });
+
+    let device = overlay.device();
+    write_root_files(daemon, vm, &device).await?;
+    Ok(device)
+}
+
+/// `/etc/hostname` and `/etc/hosts` in the root disk.
+async fn write_root_files(daemon: &Daemon, vm: &Vm, root: &Path) -> Result<(), RpcError> {
+    let mut edits = Ext4Edits::new();
+    let file = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{name} {name}.vm\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        name = vm.name
+    );
+    edits
+        .write_file("/etc/hostname", format!("{}\n", vm.name), file)
+        .and_then(|edits| edits.write_file("/etc/hosts", hosts, file))
+        .map_err(|err| internal("preparing root disk edits", &err))?;
+    apply(daemon, root, edits, "writing hostname into the root disk").await
+}
+
+/// Refreshed at every start: /root normalised for sshd's StrictModes, the
+/// managed key in `authorized_keys`, and `[[file_sync]]` entries.
+pub async fn write_work_files(
+    daemon: &Daemon,
+    vm: &Vm,
+    key: &SshKey,
+) -> Result<Vec<String>, RpcError> {
+    let mut edits = Ext4Edits::new();
+    let root_owned = |mode| Meta {
+        mode,
+        uid: 0,
+        gid: 0,
+    };
+    edits
+        .chmod("/", 0o755)
+        .and_then(|edits| edits.chown("/", 0, 0))
+        .and_then(|edits| edits.mkdir_p("/.ssh", root_owned(0o700)))
+        .and_then(|edits| edits.chmod("/.ssh", 0o700))
+        .and_then(|edits| {
+            edits.write_file(
+                "/.ssh/authorized_keys",
+                format!("{}\n", key.public),
+                root_owned(0o600),
+            )
+        })
+        .map_err(|err| internal("preparing work disk edits", &err))?;
+    let warnings =
+        crate::file_sync::add_edits(&daemon.config.file_sync, &daemon.layout.home, &mut edits)?;
+    apply(
+        daemon,
+        &vm.paths().work_disk(),
+        edits,
+        "writing files into the work disk",
+    )
+    .await?;
+    Ok(warnings)
+}
+
+async fn apply(
+    daemon: &Daemon,
+    image: &Path,
+    edits: Ext4Edits,
+    what: &'static str,
+) -> Result<(), RpcError> {
+    let disk = Arc::clone(&daemon.disk);
+    let image = image.to_owned();
+    blocking(move || disk.apply_edits(&image, &edits))
+        .await?
+        .map_err(|err| internal(what, &err))
+}
+
+/// Removes a VM's disks and directory (delete).
+pub async fn destroy(daemon: &Daemon, vm: &Vm, image: Option<&Image>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let disk = Arc::clone(&daemon.disk);
+    if let Some(image) = image {
+        let overlay = overlay_for(vm, image);
+        let disk = Arc::clone(&disk);
+        match blocking(move || disk.remove_root(&overlay)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => problems.push(format!("root disk: {err}")),
+            Err(err) => problems.push(err.message),
+        }
+    }
+    if let Err(err) = remove_dir(&vm.dir) {
+        problems.push(err);
+    }
+    problems
+}
+
+fn remove_dir(dir: &Path) -> Result<(), String> {
+    match fs_err::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err.to_string()),
+    }
+}

@@ -1,0 +1,127 @@
+//! Stopping a VM's VMM and releasing what a running VM holds on the host:
+//! its TAP, its NAT rules, its DNS record, its dm devices. Every step runs
+//! even when an earlier one failed, and each tolerates the resource already
+//! being gone, so halting never hangs and never leaks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_firecracker::VmmProcess;
+use banger_model::image::Image;
+use banger_model::vm::{StorageStrategy, Vm};
+use tracing::{info, warn};
+
+use super::{blocking, disks, save};
+use crate::daemon::Daemon;
+
+/// How long a SIGKILLed VMM may take to disappear before we give up waiting.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// How to stop the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Ctrl-Alt-Del, wait the grace window, then kill.
+    Graceful,
+    /// Kill at once.
+    Kill,
+}
+
+/// The VM's VMM handle: the one we launched or adopted, else found again
+/// by its API socket.
+pub async fn find_process(daemon: &Daemon, vm: &Vm) -> Option<VmmProcess> {
+    if let Some(process) = daemon.take_process(&vm.id) {
+        return Some(process);
+    }
+    match daemon.vmm.adopt(&vm.paths().api_socket()).await {
+        Ok(found) => found,
+        Err(err) => {
+            warn!(vm = %vm.name, error = %err, "cannot look for the VM's VMM");
+            None
+        }
+    }
+}
+
+/// Stops the VMM, releases host resources and marks the VM stopped (the
+/// caller saves other fields it changes). Returns problems met on the way.
+pub async fn halt(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(process) = find_process(daemon, vm).await {
+        stop_process(daemon, vm, &process, mode, &mut problems).await;
+    }
+    problems.extend(release_host(daemon, vm).await);
+    vm.pid = None;
+    vm.tap = None;
+    vm.state = banger_model::vm::VmState::Stopped;
+    if let Err(err) = save(daemon, vm) {
+        problems.push(err.message);
+    }
+    problems
+}
+
+async fn stop_process(
+    daemon: &Daemon,
+    vm: &mut Vm,
+    process: &VmmProcess,
+    mode: Mode,
+    problems: &mut Vec<String>,
+) {
+    if mode == Mode::Graceful && process.exited().is_none() {
+        vm.state = banger_model::vm::VmState::Stopping;
+        if let Err(err) = save(daemon, vm) {
+            problems.push(err.message);
+        }
+        match daemon.vmm.stop(process).await {
+            Ok(()) => {
+                let mut exit = process.exit_watch();
+                match tokio::time::timeout(daemon.config.stop_grace, exit.wait()).await {
+                    Ok(exit) => info!(vm = %vm.name, %exit, "guest shut down"),
+                    Err(_) => warn!(
+                        vm = %vm.name,
+                        grace_s = daemon.config.stop_grace.as_secs(),
+                        "guest ignored Ctrl-Alt-Del; killing the VMM"
+                    ),
+                }
+            }
+            Err(err) => warn!(vm = %vm.name, error = %err, "Ctrl-Alt-Del failed; killing the VMM"),
+        }
+    }
+    if process.exited().is_none() {
+        match tokio::time::timeout(KILL_GRACE, daemon.vmm.kill(process)).await {
+            Ok(Ok(())) => info!(vm = %vm.name, pid = process.pid(), "VMM killed"),
+            Ok(Err(err)) => problems.push(format!("killing the VMM: {err}")),
+            Err(_) => problems.push(format!(
+                "the VMM (pid {}) did not die within {KILL_GRACE:?}",
+                process.pid()
+            )),
+        }
+    }
+}
+
+/// Releases the TAP, NAT rules, DNS record and (dm) root devices.
+pub async fn release_host(daemon: &Arc<Daemon>, vm: &Vm) -> Vec<String> {
+    let mut problems = Vec::new();
+    daemon.network.unpublish(&vm.name);
+    let tap = banger_net::vm_tap_name(&vm.id);
+    if let Err(err) = daemon.network.ops.delete_tap(&tap).await {
+        problems.push(format!("deleting TAP {tap}: {err}"));
+    }
+    if let Err(err) = daemon.network.ops.remove_vm_nat(&vm.id).await {
+        problems.push(format!("removing NAT rules: {err}"));
+    }
+    if vm.storage == Some(StorageStrategy::DmSnapshot)
+        && let Ok(Some(image)) = daemon.store.get_image(&vm.image_id)
+    {
+        problems.extend(deactivate_root(daemon, vm, &image).await);
+    }
+    problems
+}
+
+async fn deactivate_root(daemon: &Daemon, vm: &Vm, image: &Image) -> Vec<String> {
+    let overlay = disks::overlay_for(vm, image);
+    let disk = Arc::clone(&daemon.disk);
+    match blocking(move || disk.deactivate_root(&overlay)).await {
+        Ok(Ok(_)) => Vec::new(),
+        Ok(Err(err)) => vec![format!("deactivating the root disk: {err}")],
+        Err(err) => vec![err.message],
+    }
+}

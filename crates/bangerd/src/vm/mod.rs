@@ -1,0 +1,170 @@
+//! Pieces shared by the VM lifecycle services: preparing disks, booting
+//! (network, VMM, readiness waits), tearing down, watching the VMM.
+//!
+//! Layout:
+//! - [`disks`]: the copy-on-write root, the work disk, per-VM file edits.
+//! - [`boot`]: TAP, NAT, VMM launch and configuration, agent and SSH waits.
+//! - [`halt`]: stopping a VMM and releasing what a running VM holds.
+//! - [`watch`]: noticing a VMM that exits on its own.
+
+pub mod boot;
+pub mod disks;
+pub mod halt;
+pub mod watch;
+
+use banger_model::Id;
+use banger_model::vm::Vm;
+use banger_rpc::{ErrorCode, RpcError};
+
+use crate::daemon::{Daemon, store_error};
+
+/// A failed lifecycle step: the error for the client, and whether the VMM
+/// had been launched (then the VM is kept, in `error`, for `vm logs`).
+#[derive(Debug)]
+pub struct Failure {
+    pub error: RpcError,
+    pub launched: bool,
+}
+
+impl Failure {
+    pub fn before_launch(error: RpcError) -> Self {
+        Self {
+            error,
+            launched: false,
+        }
+    }
+
+    pub fn after_launch(error: RpcError) -> Self {
+        Self {
+            error,
+            launched: true,
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.error.code == ErrorCode::Cancelled
+    }
+}
+
+impl From<RpcError> for Failure {
+    fn from(error: RpcError) -> Self {
+        Self::before_launch(error)
+    }
+}
+
+/// Reads a VM back from the store.
+pub fn load(daemon: &Daemon, id: &Id) -> Result<Vm, RpcError> {
+    daemon
+        .store
+        .get_vm(id)
+        .map_err(store_error)?
+        .ok_or_else(|| RpcError::not_found(format!("VM {id} no longer exists")))
+}
+
+/// Writes a VM's fields to the store.
+pub fn save(daemon: &Daemon, vm: &mut Vm) -> Result<(), RpcError> {
+    daemon.store.update_vm(vm).map_err(store_error)
+}
+
+/// Resolves a user's reference against the current VMs.
+pub fn resolve(daemon: &Daemon, reference: &str) -> Result<Vm, RpcError> {
+    let vms = daemon.store.list_vms().map_err(store_error)?;
+    banger_store::resolve(&vms, reference)
+        .cloned()
+        .map_err(crate::daemon::resolve_error)
+}
+
+/// Runs blocking disk work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))
+}
+
+/// `what: error: cause: cause`
+pub fn internal(what: &str, err: &dyn std::error::Error) -> RpcError {
+    RpcError::internal(format!("{what}: {err}{}", chain_suffix(err)))
+}
+
+fn chain_suffix(err: &dyn std::error::Error) -> String {
+    let chain = crate::daemon::error_chain(err);
+    if chain.is_empty() {
+        String::new()
+    } else {
+        format!(": {chain}")
+    }
+}
+
+/// Ends a create or start: on success the VM is running, published in DNS
+/// and watched; on failure the rollback runs. `may_delete` (create) allows a
+/// full rollback when the VMM never ran or the client cancelled; otherwise
+/// the VM is kept in `error` (or `stopped` after a cancelled start).
+pub async fn finish(
+    daemon: &std::sync::Arc<Daemon>,
+    mut vm: Vm,
+    outcome: Result<banger_firecracker::VmmProcess, Failure>,
+    undo: crate::undo::Undo,
+    events: &crate::server::EventSink,
+    may_delete: bool,
+) -> Result<Vm, RpcError> {
+    use banger_model::vm::VmState;
+    match outcome {
+        Ok(process) => {
+            let stage = events.stage("ready");
+            vm.state = VmState::Running;
+            vm.started_at = Some(jiff::Timestamp::now());
+            vm.last_error = None;
+            if let Err(err) = save(daemon, &mut vm) {
+                let failure = Failure::after_launch(err);
+                return Box::pin(finish(daemon, vm, Err(failure), undo, events, may_delete)).await;
+            }
+            undo.disarm();
+            if let Some(net) = &vm.network {
+                daemon.network.publish(&vm.name, net.ip);
+            }
+            daemon.put_process(&vm.id, process.clone());
+            watch::spawn(daemon, vm.id.clone(), process);
+            stage.done();
+            tracing::info!(vm = %vm.name, id = %vm.id, "VM running");
+            Ok(vm)
+        }
+        Err(failure) => {
+            let delete = may_delete && (!failure.launched || failure.is_cancelled());
+            let problems = undo.rollback(!delete).await;
+            let mut error = failure.error;
+            if !problems.is_empty() {
+                error.message = format!(
+                    "{}; cleaning up also failed: {}",
+                    error.message,
+                    problems.join("; ")
+                );
+            }
+            if !delete {
+                vm.pid = None;
+                vm.tap = None;
+                if failure.launched || !may_delete {
+                    daemon.network.unpublish(&vm.name);
+                }
+                vm.state = if error.code == ErrorCode::Cancelled && !may_delete {
+                    VmState::Stopped
+                } else {
+                    VmState::Error
+                };
+                vm.last_error = (vm.state == VmState::Error).then(|| error.message.clone());
+                if let Err(err) = save(daemon, &mut vm) {
+                    tracing::warn!(vm = %vm.name, error = %err, "cannot record the failure");
+                }
+                if vm.state == VmState::Error && error.hint.is_none() {
+                    error.hint = Some(format!(
+                        "the VM is kept for `banger vm logs {}`; `banger vm delete {}` removes it",
+                        vm.name, vm.name
+                    ));
+                }
+            }
+            tracing::warn!(vm = %vm.name, code = %error.code, error = %error.message, deleted = delete, "VM did not boot");
+            Err(error)
+        }
+    }
+}
