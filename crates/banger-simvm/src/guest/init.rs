@@ -122,9 +122,7 @@ fn run_helper(ctl: &UnixStream) -> Result<i32, SetupError> {
         work.mount(&target)?;
     }
 
-    // SAFETY: this process is single-threaded (a fresh exec of simvm that
-    // started no threads), so the child may do anything after fork.
-    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+    match crate::exec::fork_guest_init().map_err(sys("fork"))? {
         ForkResult::Child => {
             let code = guest_init(ctl, reader, &config);
             std::process::exit(code)
