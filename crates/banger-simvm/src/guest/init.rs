@@ -389,16 +389,12 @@ fn build_root(config: &HelperConfig) -> Result<(), SetupError> {
 
 fn write_resolv_conf(dns: &[std::net::Ipv4Addr]) -> io::Result<()> {
     let path = Path::new("/etc/resolv.conf");
-    if path
-        .symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_symlink())
-    {
-        std::fs::remove_file(path)?;
+    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        fs_err::remove_file(path)?;
     }
     let body: String = dns.iter().map(|s| format!("nameserver {s}\n")).collect();
-    let mut file = File::create(path)?;
-    file.write_all(body.as_bytes())?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+    fs_err::write(path, body)?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
 /// PID 1's loop: reap every child; on SIGTERM/SIGINT/SIGHUP send SIGTERM to
