@@ -389,7 +389,10 @@ fn build_root(config: &HelperConfig) -> Result<(), SetupError> {
 
 fn write_resolv_conf(dns: &[std::net::Ipv4Addr]) -> io::Result<()> {
     let path = Path::new("/etc/resolv.conf");
-    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+    if path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
         fs_err::remove_file(path)?;
     }
     let body: String = dns.iter().map(|s| format!("nameserver {s}\n")).collect();
