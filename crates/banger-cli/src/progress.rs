@@ -28,7 +28,12 @@ impl Progress {
         let multi = std::io::stderr()
             .is_terminal()
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Self { multi, stages: HashMap::new(), tasks: HashMap::new(), printed_tenths: HashMap::new() }
+        Self {
+            multi,
+            stages: HashMap::new(),
+            tasks: HashMap::new(),
+            printed_tenths: HashMap::new(),
+        }
     }
 
     /// Prints a line without tearing a live spinner.
@@ -43,17 +48,35 @@ impl Progress {
 
     pub fn on_event(&mut self, event: Event) {
         match event {
-            Event::Stage { stage, status, elapsed_ms, detail } => {
+            Event::Stage {
+                stage,
+                status,
+                elapsed_ms,
+                detail,
+            } => {
                 self.on_stage(stage, status, elapsed_ms, detail);
             }
-            Event::Progress { task, current, total, unit } => self.on_progress(task, current, total, &unit),
+            Event::Progress {
+                task,
+                current,
+                total,
+                unit,
+            } => self.on_progress(task, current, total, &unit),
             Event::Log { level, message } => self.println(&format!("{level}: {message}")),
         }
     }
 
-    fn on_stage(&mut self, stage: String, status: StageStatus, elapsed_ms: Option<u64>, detail: Option<String>) {
+    fn on_stage(
+        &mut self,
+        stage: String,
+        status: StageStatus,
+        elapsed_ms: Option<u64>,
+        detail: Option<String>,
+    ) {
         let elapsed = elapsed_ms.map(format_ms).unwrap_or_default();
-        let suffix = detail.map(|detail| format!(" ({detail})")).unwrap_or_default();
+        let suffix = detail
+            .map(|detail| format!(" ({detail})"))
+            .unwrap_or_default();
         let (mark, word) = match status {
             StageStatus::Started => ("…", "started"),
             StageStatus::Done => ("✓", "done"),
@@ -68,13 +91,18 @@ impl Progress {
         };
         if status == StageStatus::Started {
             let bar = multi.add(ProgressBar::new_spinner());
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+            );
             bar.set_message(stage.clone());
             bar.enable_steady_tick(Duration::from_millis(100));
             self.stages.insert(stage, bar);
             return;
         }
-        let bar = self.stages.remove(&stage).unwrap_or_else(|| multi.add(ProgressBar::new_spinner()));
+        let bar = self
+            .stages
+            .remove(&stage)
+            .unwrap_or_else(|| multi.add(ProgressBar::new_spinner()));
         bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
         bar.finish_with_message(format!("{mark} {stage:<18} {elapsed}{suffix}"));
     }
@@ -98,7 +126,11 @@ impl Progress {
             } else {
                 "{msg:20} [{bar:30}] {pos}/{len}"
             };
-            bar.set_style(ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "));
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
             bar.set_message(task.clone());
             bar
         });
@@ -123,7 +155,11 @@ impl Progress {
 }
 
 fn format_ms(ms: u64) -> String {
-    if ms < 1000 { format!("{ms} ms") } else { format!("{:.1} s", ms as f64 / 1000.0) }
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
 }
 
 #[cfg(test)]

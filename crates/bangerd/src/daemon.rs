@@ -12,9 +12,19 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use banger_disk::{DiskOps, StrategyProbe};
+
 use crate::network::Network;
 use crate::server::{EventSink, Handler};
 use crate::vm_locks::VmLocks;
+
+/// The host-facing parts, real in `main`, fakes in tests.
+#[derive(Debug)]
+pub struct Subsystems {
+    pub network: Network,
+    pub disk: Arc<dyn DiskOps>,
+    pub storage: StrategyProbe,
+}
 
 /// Everything a request handler can reach.
 #[derive(Debug)]
@@ -24,7 +34,12 @@ pub struct Daemon {
     pub store: Arc<Store>,
     pub build: BuildInfo,
     pub network: Network,
+    pub disk: Arc<dyn DiskOps>,
+    /// How VM root disks are made in the state dir (probed at start).
+    pub storage: StrategyProbe,
     pub vm_locks: VmLocks,
+    /// Serialises image and kernel registry changes (names, default image).
+    pub images_lock: tokio::sync::Mutex<()>,
     pub started_at: jiff::Timestamp,
     /// Fired to stop the daemon (by `daemon.shutdown` or a signal).
     pub shutdown: CancellationToken,
@@ -37,15 +52,18 @@ impl Daemon {
         config: Config,
         store: Arc<Store>,
         build: BuildInfo,
-        network: Network,
+        subsystems: Subsystems,
     ) -> Self {
         Self {
             layout,
             config,
             store,
             build,
-            network,
+            network: subsystems.network,
+            disk: subsystems.disk,
+            storage: subsystems.storage,
             vm_locks: VmLocks::default(),
+            images_lock: tokio::sync::Mutex::new(()),
             started_at: jiff::Timestamp::now(),
             shutdown: CancellationToken::new(),
             active_requests: AtomicUsize::new(0),
@@ -75,6 +93,21 @@ impl Daemon {
             Request::ImageShow(params) => reply(image_list::show(self, &params.reference)?),
             Request::KernelList => reply(kernel_list::list(self)?),
             Request::KernelShow(params) => reply(kernel_list::show(self, &params.reference)?),
+            Request::KernelImport(params) => {
+                reply(kernel_import::import(self, params, &cancel).await?)
+            }
+            Request::KernelRm(params) => {
+                reply(kernel_import::remove(self, &params.reference).await?)
+            }
+            Request::ImageImport(params) => {
+                reply(image_import::import(self, params, &events, &cancel).await?)
+            }
+            Request::ImageDelete(params) => {
+                reply(image_import::delete(self, &params.reference).await?)
+            }
+            Request::ImagePromote(params) => {
+                reply(image_import::promote(self, &params.reference).await?)
+            }
             other => Err(RpcError::new(
                 ErrorCode::NotImplemented,
                 format!("{} is not implemented yet", other.method()),

@@ -11,11 +11,15 @@
 //! - [`daemon`]: the shared context and request dispatch.
 //! - [`services`]: one module per operation (`vm_list`, `daemon_status`, …).
 //! - [`instance`]: the single-instance lock and socket binding.
+//! - [`binaries`]: finding the agent and simvm binaries.
+//! - [`guest_install`]: banger's guest files into ext4 images.
 //! - [`logging`]: JSON logs to the daemon's log file.
 //! - [`network`]: DNS server, bridge and TAP pool.
 //! - [`vm_locks`]: per-VM locks.
 
+pub mod binaries;
 pub mod daemon;
+pub mod guest_install;
 pub mod instance;
 pub mod logging;
 pub mod network;

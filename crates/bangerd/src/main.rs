@@ -8,6 +8,7 @@ use banger_buildinfo::BuildInfo;
 use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_store::Store;
+use bangerd::daemon::Subsystems;
 use bangerd::network::Network;
 use bangerd::{Daemon, instance, logging};
 use clap::Parser;
@@ -54,7 +55,15 @@ fn run() -> anyhow::Result<()> {
         let socket = layout.socket();
         let net_ops = banger_net::RealNetOps::connect().context("opening netlink")?;
         let network = Network::start(Arc::new(net_ops), config.network.clone()).await;
-        let daemon = Arc::new(Daemon::new(layout, config, Arc::new(store), build, network));
+        let storage = banger_disk::detect_strategy(&layout.state_dir)
+            .context("probing storage in the state dir")?;
+        info!(strategy = %storage.strategy, dir = %storage.dir.display(), "storage strategy");
+        let subsystems = Subsystems {
+            network,
+            disk: Arc::new(banger_disk::HostDiskOps::new()),
+            storage,
+        };
+        let daemon = Arc::new(Daemon::new(layout, config, Arc::new(store), build, subsystems));
         info!(pid = std::process::id(), socket = %socket.display(), build = %daemon.build.build_id, "bangerd started");
         spawn_signal_handler(daemon.shutdown.clone())?;
         bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()).await;

@@ -3,6 +3,7 @@
 mod completion;
 mod daemon;
 mod image_list;
+mod image_ops;
 mod kernel_list;
 mod version;
 mod vm_batch;
@@ -62,11 +63,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ImageCommand::List(args) => image_list::list(&layout, &args).await,
                 ImageCommand::Show(args) => image_list::show(&layout, &args).await,
                 ImageCommand::Pull(_) => Err(not_implemented("image pull")),
-                ImageCommand::Import(_) => Err(not_implemented("image import")),
+                ImageCommand::Import(args) => image_ops::image_import(&layout, &args).await,
                 ImageCommand::Register(_) => Err(not_implemented("image register")),
                 ImageCommand::Bootstrap(_) => Err(not_implemented("image bootstrap")),
-                ImageCommand::Delete(_) => Err(not_implemented("image delete")),
-                ImageCommand::Promote(_) => Err(not_implemented("image promote")),
+                ImageCommand::Delete(args) => image_ops::image_delete(&layout, &args).await,
+                ImageCommand::Promote(args) => image_ops::image_promote(&layout, &args).await,
             }
         }
         Command::Kernel(command) => {
@@ -75,9 +76,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 KernelCommand::List(args) => kernel_list::list(&layout, &args).await,
                 KernelCommand::Show(args) => kernel_list::show(&layout, &args).await,
                 KernelCommand::Pull(_) => Err(not_implemented("kernel pull")),
-                KernelCommand::Import(_) => Err(not_implemented("kernel import")),
+                KernelCommand::Import(args) => image_ops::kernel_import(&layout, &args).await,
                 KernelCommand::Bootstrap(_) => Err(not_implemented("kernel bootstrap")),
-                KernelCommand::Rm(_) => Err(not_implemented("kernel rm")),
+                KernelCommand::Rm(args) => image_ops::kernel_rm(&layout, &args).await,
             }
         }
         Command::Doctor(_) => Err(not_implemented("doctor")),

@@ -22,7 +22,11 @@ pub(super) struct Batch<'a> {
     pub describe: &'a dyn Fn(&Vm) -> String,
 }
 
-pub(super) async fn run(layout: &Layout, refs: &[String], batch: Batch<'_>) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(
+    layout: &Layout,
+    refs: &[String],
+    batch: Batch<'_>,
+) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let snapshot: VmListResult = client.call(&Request::VmList, |_| {}).await?;
     drop(client);
@@ -43,7 +47,10 @@ pub(super) async fn run(layout: &Layout, refs: &[String], batch: Batch<'_>) -> a
             .await
             .map_err(|err| format!("{err:#}"))?
             .ok_or_else(|| "the daemon stopped".to_owned())?;
-        client.call::<Vm>(&(batch.request)(vm), |_| {}).await.map_err(|err| err.to_string())
+        client
+            .call::<Vm>(&(batch.request)(vm), |_| {})
+            .await
+            .map_err(|err| err.to_string())
     }))
     .await;
 
@@ -57,5 +64,9 @@ pub(super) async fn run(layout: &Layout, refs: &[String], batch: Batch<'_>) -> a
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

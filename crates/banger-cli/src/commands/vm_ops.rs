@@ -22,33 +22,75 @@ fn state_line(vm: &Vm) -> String {
 
 pub(super) async fn start(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
     let request = |vm: &Vm| Request::VmStart(by_id(vm));
-    vm_batch::run(layout, refs, Batch { request: &request, describe: &state_line }).await
+    vm_batch::run(
+        layout,
+        refs,
+        Batch {
+            request: &request,
+            describe: &state_line,
+        },
+    )
+    .await
 }
 
 pub(super) async fn stop(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
     let request = |vm: &Vm| Request::VmStop(by_id(vm));
-    vm_batch::run(layout, refs, Batch { request: &request, describe: &state_line }).await
+    vm_batch::run(
+        layout,
+        refs,
+        Batch {
+            request: &request,
+            describe: &state_line,
+        },
+    )
+    .await
 }
 
 pub(super) async fn restart(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
     let request = |vm: &Vm| Request::VmRestart(by_id(vm));
-    vm_batch::run(layout, refs, Batch { request: &request, describe: &state_line }).await
+    vm_batch::run(
+        layout,
+        refs,
+        Batch {
+            request: &request,
+            describe: &state_line,
+        },
+    )
+    .await
 }
 
 pub(super) async fn kill(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
     let request = |vm: &Vm| Request::VmKill(by_id(vm));
-    vm_batch::run(layout, refs, Batch { request: &request, describe: &state_line }).await
+    vm_batch::run(
+        layout,
+        refs,
+        Batch {
+            request: &request,
+            describe: &state_line,
+        },
+    )
+    .await
 }
 
 pub(super) async fn delete(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
     let request = |vm: &Vm| Request::VmDelete(by_id(vm));
     let describe = |vm: &Vm| format!("{}: deleted", vm.name);
-    vm_batch::run(layout, refs, Batch { request: &request, describe: &describe }).await
+    vm_batch::run(
+        layout,
+        refs,
+        Batch {
+            request: &request,
+            describe: &describe,
+        },
+    )
+    .await
 }
 
 pub(super) async fn set(layout: &Layout, args: &VmSetArgs) -> anyhow::Result<ExitCode> {
     if args.vcpu.is_none() && args.memory.is_none() && args.disk_size.is_none() {
-        return Err(usage("nothing to change: give --vcpu, --memory or --disk-size"));
+        return Err(usage(
+            "nothing to change: give --vcpu, --memory or --disk-size",
+        ));
     }
     // Refuse nonsense here; the daemon checks again.
     if let Some(vcpu) = args.vcpu {
@@ -69,9 +111,21 @@ pub(super) async fn set(layout: &Layout, args: &VmSetArgs) -> anyhow::Result<Exi
         })
     };
     let describe = |vm: &Vm| format!("{}: {} ({})", vm.name, vm.spec, vm.state);
-    vm_batch::run(layout, &args.refs, Batch { request: &request, describe: &describe }).await
+    vm_batch::run(
+        layout,
+        &args.refs,
+        Batch {
+            request: &request,
+            describe: &describe,
+        },
+    )
+    .await
 }
 
 fn usage(message: &str) -> anyhow::Error {
-    ExitError { message: message.to_owned(), code: crate::output::EXIT_USAGE }.into()
+    ExitError {
+        message: message.to_owned(),
+        code: crate::output::EXIT_USAGE,
+    }
+    .into()
 }

@@ -1,0 +1,261 @@
+//! `image.import` (a rootfs directory or tarball becomes an image),
+//! `image.delete`, `image.promote`.
+
+use std::path::{Path, PathBuf};
+
+use banger_disk::{Ext4BuildOptions, build_ext4_from_dir, make_work_seed};
+use banger_model::image::{Image, ImageSource};
+use banger_model::kernel::Kernel;
+use banger_model::{ByteSize, Id, Name};
+use banger_rpc::request::ImageImportParams;
+use banger_rpc::response::Empty;
+use banger_rpc::{ErrorCode, RpcError};
+use tokio_util::sync::CancellationToken;
+
+use crate::binaries;
+use crate::daemon::{Daemon, error_chain, resolve_error, store_error};
+use crate::guest_install;
+use crate::server::EventSink;
+
+/// File names inside an image directory.
+pub const ROOTFS: &str = "rootfs.ext4";
+pub const WORK_SEED: &str = "work-seed.ext4";
+
+pub async fn import(
+    daemon: &Daemon,
+    params: ImageImportParams,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Image, RpcError> {
+    let name = Name::parse(&params.name).map_err(|err| RpcError::invalid(err.to_string()))?;
+    check_name_free(daemon, &name)?;
+    let kernel = resolve_kernel(daemon, params.kernel_ref.as_deref())?;
+    let source = params.path;
+    let meta = fs_err::metadata(&source)
+        .map_err(|err| RpcError::invalid(format!("cannot import {}: {err}", source.display())))?;
+    if !meta.is_dir() {
+        return Err(RpcError::new(
+            ErrorCode::NotImplemented,
+            format!(
+                "{} is not a directory; importing tarballs is not implemented yet",
+                source.display()
+            ),
+        )
+        .with_hint("unpack it into a directory and import that"));
+    }
+    let agent = binaries::find(binaries::AGENT)
+        .map_err(|err| RpcError::new(ErrorCode::FailedPrecondition, err.to_string()))?;
+
+    let id = Id::generate();
+    let staging = daemon.layout.staging_dir().join(id.as_str());
+    let built = build_image_files(daemon, &source, &staging, &agent, events, cancel).await;
+    let size = match built {
+        Ok(size) => size,
+        Err(err) => {
+            remove_dir(&staging);
+            return Err(err);
+        }
+    };
+    let image = publish(
+        daemon,
+        &staging,
+        Image {
+            id,
+            name,
+            kernel_id: kernel.as_ref().map(|kernel| kernel.id.clone()),
+            kernel_name: kernel.map(|kernel| kernel.name.to_string()),
+            rootfs_path: PathBuf::new(),
+            work_seed_path: None,
+            rootfs_size: size,
+            source: ImageSource::Import { path: source },
+            is_default: false,
+            created_at: jiff::Timestamp::now(),
+        },
+    )
+    .await?;
+    Ok(image)
+}
+
+/// Builds `rootfs.ext4` (with banger's guest files) and `work-seed.ext4`
+/// from a rootfs directory into `staging`; returns the rootfs size.
+pub async fn build_image_files(
+    daemon: &Daemon,
+    rootfs_dir: &Path,
+    staging: &Path,
+    agent: &Path,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<ByteSize, RpcError> {
+    fs_err::create_dir_all(staging).map_err(|err| RpcError::internal(err.to_string()))?;
+    let rootfs = staging.join(ROOTFS);
+    let seed = staging.join(WORK_SEED);
+
+    let stage = events.stage("build_rootfs");
+    let image = blocking({
+        let (src, out) = (rootfs_dir.to_owned(), rootfs.clone());
+        move || build_ext4_from_dir(&src, &out, &Ext4BuildOptions::default())
+    })
+    .await?
+    .map_err(|err| failure("building rootfs.ext4", &err))?;
+    stage.done();
+    check_cancel(cancel)?;
+
+    let stage = events.stage("install_guest_files");
+    let disk = daemon.disk.clone();
+    blocking({
+        let (rootfs, agent) = (rootfs.clone(), agent.to_owned());
+        move || guest_install::install(disk.as_ref(), &rootfs, &agent)
+    })
+    .await?
+    .map_err(|err| failure("installing guest files", &err))?;
+    stage.done();
+    check_cancel(cancel)?;
+
+    let stage = events.stage("build_work_seed");
+    blocking({
+        let (src, out) = (rootfs_dir.to_owned(), seed.clone());
+        move || make_work_seed(&src, &out)
+    })
+    .await?
+    .map_err(|err| failure("building work-seed.ext4", &err))?;
+    stage.done();
+    check_cancel(cancel)?;
+    Ok(image.size)
+}
+
+/// Moves a staged image into place and records it; the first image becomes
+/// the default. Removes the files again when recording fails.
+pub async fn publish(daemon: &Daemon, staging: &Path, mut image: Image) -> Result<Image, RpcError> {
+    let _registry = daemon.images_lock.lock().await;
+    let target = daemon.layout.image_dir(&image.id);
+    if let Some(parent) = target.parent() {
+        fs_err::create_dir_all(parent).map_err(|err| RpcError::internal(err.to_string()))?;
+    }
+    if let Err(err) = fs_err::rename(staging, &target) {
+        remove_dir(staging);
+        return Err(RpcError::internal(format!("publishing the image: {err}")));
+    }
+    image.rootfs_path = target.join(ROOTFS);
+    let seed = target.join(WORK_SEED);
+    image.work_seed_path = seed.is_file().then_some(seed);
+    let first = daemon.store.default_image().map_err(store_error)?.is_none();
+    if let Err(err) = daemon.store.insert_image(&image) {
+        remove_dir(&target);
+        return Err(store_error(err));
+    }
+    if first {
+        daemon
+            .store
+            .set_default_image(&image.id)
+            .map_err(store_error)?;
+        image.is_default = true;
+    }
+    tracing::info!(image = %image.name, id = %image.id, default = image.is_default, "image published");
+    Ok(image)
+}
+
+pub fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {
+    let images = daemon.store.list_images().map_err(store_error)?;
+    if images.iter().any(|image| &image.name == name) {
+        return Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!("image named {name:?} already exists"),
+        )
+        .with_hint("pick another --name, or delete the old image with `banger image delete`"));
+    }
+    Ok(())
+}
+
+/// The kernel named by `reference`, else the default kernel: the default
+/// image's kernel, else the only kernel there is.
+pub fn resolve_kernel(
+    daemon: &Daemon,
+    reference: Option<&str>,
+) -> Result<Option<Kernel>, RpcError> {
+    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+    if let Some(reference) = reference {
+        return banger_store::resolve(&kernels, reference)
+            .cloned()
+            .map(Some)
+            .map_err(resolve_error);
+    }
+    if let Some(default) = daemon.store.default_image().map_err(store_error)?
+        && let Some(kernel_id) = default.kernel_id
+    {
+        return Ok(kernels.into_iter().find(|kernel| kernel.id == kernel_id));
+    }
+    Ok(if kernels.len() == 1 {
+        kernels.into_iter().next()
+    } else {
+        None
+    })
+}
+
+pub async fn delete(daemon: &Daemon, reference: &str) -> Result<Empty, RpcError> {
+    let _registry = daemon.images_lock.lock().await;
+    let images = daemon.store.list_images().map_err(store_error)?;
+    let image = banger_store::resolve(&images, reference)
+        .map_err(resolve_error)?
+        .clone();
+    let users: Vec<String> = daemon
+        .store
+        .list_vms()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|vm| vm.image_id == image.id)
+        .map(|vm| vm.name.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(RpcError::new(
+            ErrorCode::Conflict,
+            format!("image {} is used by VMs: {}", image.name, users.join(", ")),
+        )
+        .with_hint("delete those VMs first (`banger vm delete NAME...`)"));
+    }
+    daemon.store.delete_image(&image.id).map_err(store_error)?;
+    remove_dir(&daemon.layout.image_dir(&image.id));
+    tracing::info!(image = %image.name, "image deleted");
+    Ok(Empty {})
+}
+
+pub async fn promote(daemon: &Daemon, reference: &str) -> Result<Image, RpcError> {
+    let _registry = daemon.images_lock.lock().await;
+    let images = daemon.store.list_images().map_err(store_error)?;
+    let mut image = banger_store::resolve(&images, reference)
+        .map_err(resolve_error)?
+        .clone();
+    daemon
+        .store
+        .set_default_image(&image.id)
+        .map_err(store_error)?;
+    image.is_default = true;
+    Ok(image)
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(err) = fs_err::remove_dir_all(dir)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %err, "could not remove directory");
+    }
+}
+
+fn check_cancel(cancel: &CancellationToken) -> Result<(), RpcError> {
+    if cancel.is_cancelled() {
+        Err(RpcError::cancelled())
+    } else {
+        Ok(())
+    }
+}
+
+fn failure(what: &str, err: &dyn std::error::Error) -> RpcError {
+    RpcError::internal(format!("{what}: {err}: {}", error_chain(err)))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))
+}
