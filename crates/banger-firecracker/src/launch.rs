@@ -307,7 +307,11 @@ pub async fn launch(
     {
         Ok(_) => Ok(process),
         Err(err) => {
-            let _ = process.signal(Signal::SIGKILL);
+            // Leave nothing running behind a failed start: kill it and wait
+            // (bounded) until it is gone, so a rollback sees it gone.
+            if let Err(error) = kill(&process, Duration::from_secs(10)).await {
+                tracing::warn!(%error, "could not kill a vmm that failed to start");
+            }
             Err(match err {
                 WaitForApiError::Exited(exit) => LaunchError::Exited {
                     binary: spec.binary.clone(),

@@ -13,7 +13,8 @@
 //!   it, stop or kill it, find it again by its API socket.
 //! - [`vmm`]: the [`vmm::Vmm`] seam the daemon uses, the real
 //!   [`vmm::ProcessVmm`] and the recording [`vmm::FakeVmm`].
-//! - `exec`: the only module that spawns processes.
+//! - `exec`: the only module that spawns processes; `pidfd`: race-free
+//!   signalling and exit watching of VMMs, including re-adopted ones.
 
 pub mod api;
 pub mod boot_args;

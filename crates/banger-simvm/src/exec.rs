@@ -80,3 +80,14 @@ pub(crate) fn spawn_first_boot(
         .stdin(Stdio::null())
         .spawn()
 }
+
+/// Forks the guest's PID 1 from the guest helper (its first child in the
+/// new PID namespace).
+///
+/// Only for the helper: a fresh exec of simvm that has started no threads,
+/// so the child may do anything after the fork.
+pub(crate) fn fork_guest_init() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: the caller is the single-threaded guest helper (see above); no
+    // other thread can hold a lock the child would inherit.
+    unsafe { nix::unistd::fork() }
+}

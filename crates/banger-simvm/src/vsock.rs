@@ -19,8 +19,9 @@ use tokio::task::JoinHandle;
 
 use crate::controller::Guest;
 
-/// Where, inside the guest, the listener for a vsock port lives.
-pub const GUEST_VSOCK_DIR: &str = "/run/banger/vsock";
+/// Where, inside the guest, the listener for vsock port P lives, as
+/// `<P>.sock` (banger-guest's contract with the agent).
+pub use banger_guest::agent::SIM_VSOCK_DIR as GUEST_VSOCK_DIR;
 /// Firecracker waits this long for the guest to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
 /// How long a client may take to send its `CONNECT` line.

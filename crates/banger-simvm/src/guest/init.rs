@@ -122,9 +122,7 @@ fn run_helper(ctl: &UnixStream) -> Result<i32, SetupError> {
         work.mount(&target)?;
     }
 
-    // SAFETY: this process is single-threaded (a fresh exec of simvm that
-    // started no threads), so the child may do anything after fork.
-    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+    match crate::exec::fork_guest_init().map_err(sys("fork"))? {
         ForkResult::Child => {
             let code = guest_init(ctl, reader, &config);
             std::process::exit(code)
@@ -395,12 +393,11 @@ fn write_resolv_conf(dns: &[std::net::Ipv4Addr]) -> io::Result<()> {
         .symlink_metadata()
         .is_ok_and(|m| m.file_type().is_symlink())
     {
-        std::fs::remove_file(path)?;
+        fs_err::remove_file(path)?;
     }
     let body: String = dns.iter().map(|s| format!("nameserver {s}\n")).collect();
-    let mut file = File::create(path)?;
-    file.write_all(body.as_bytes())?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))
+    fs_err::write(path, body)?;
+    fs_err::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
 /// PID 1's loop: reap every child; on SIGTERM/SIGINT/SIGHUP send SIGTERM to

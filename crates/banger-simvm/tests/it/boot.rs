@@ -4,11 +4,14 @@
 //! each, nothing may remain: processes, namespaces, mounts, loop devices,
 //! veth.
 //!
-//! The rootfs comes from `BANGER_TEST_ROOTFS` (a directory), falling back to
-//! `/tmp/dbs/root` (a debootstrap of bookworm with openssh-server, iproute2
-//! and python3). It is only read: images are built from it with
-//! `mkfs.ext4 -d`, and a stand-in first-boot script is written into the
-//! image with debugfs.
+//! The rootfs is `BANGER_TEST_ROOTFS` or the fixture
+//! `.cache/fixtures/debian-bookworm/rootfs` (`tests/fixtures/debian-rootfs.sh`).
+//! It is only read: the root image is made with `mkfs.ext4 -d` and banger's
+//! guest files (banger-guest's first-boot script, units, sshd drop-in and the
+//! `banger-vsock-agent` built next to simvm) are written into the image with
+//! debugfs. When the agent has not been built (`cargo build -p banger-agent`),
+//! a stand-in first-boot script with a unix-socket echo server takes its
+//! place, and the test says so.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,8 @@ use banger_firecracker::api::{
 use banger_firecracker::boot_args::{BootArgs, IpConfig};
 use banger_firecracker::launch::{LaunchSpec, VmConfig, VmmExit, VmmProcess};
 use banger_firecracker::vmm::{ProcessVmm, Vmm};
+use banger_guest::agent::{AGENT_VSOCK_PORT, AgentClient};
+use banger_guest::{EntryKind, FileSource, GuestEntry};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, KillOnDrop};
 
-const FIRST_BOOT: &str = "/usr/local/libexec/banger-first-boot";
+const FIRST_BOOT: &str = banger_guest::files::FIRST_BOOT_PATH;
 
 /// Starts sshd and a unix-socket echo server on vsock port 1024, then exits
 /// (what the real script does with sshd and the agent).
@@ -56,6 +61,43 @@ while True:
 echo "first-boot: done"
 "#;
 
+/// Writes guest entries into an ext4 image with debugfs (no mount): the
+/// image editor banger's image import needs, in test form.
+fn inject<'a>(image: &Path, entries: impl IntoIterator<Item = &'a GuestEntry>, scratch: &Path) {
+    fs_err::create_dir_all(scratch).unwrap();
+    let mut commands = String::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let path = entry.path.as_ref();
+        match &entry.kind {
+            EntryKind::Dir { mode } => {
+                commands.push_str(&format!(
+                    "mkdir {path}\nsif {path} mode 0{:o}\n",
+                    0o040000 | mode
+                ));
+            }
+            EntryKind::File { source, mode } => {
+                let local = scratch.join(format!("file{i}"));
+                fs_err::write(&local, source.read().unwrap()).unwrap();
+                commands.push_str(&format!(
+                    "rm {path}\nwrite {} {path}\nsif {path} mode 0{:o}\n",
+                    local.display(),
+                    0o100000 | mode
+                ));
+            }
+            EntryKind::Symlink { target } => {
+                commands.push_str(&format!("rm {path}\nsymlink {path} {target}\n"));
+            }
+        }
+        commands.push_str(&format!("sif {path} uid 0\nsif {path} gid 0\n"));
+    }
+    let file = scratch.join("debugfs.cmd");
+    fs_err::write(&file, commands).unwrap();
+    support::run(
+        "debugfs",
+        &["-w", "-f", file.to_str().unwrap(), image.to_str().unwrap()],
+    );
+}
+
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 const HOSTNAME: &str = "simguest";
@@ -63,8 +105,17 @@ const HOSTNAME: &str = "simguest";
 fn rootfs() -> Option<PathBuf> {
     let dir = std::env::var_os("BANGER_TEST_ROOTFS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/dbs/root"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/fixtures/debian-bookworm/rootfs")
+        });
     dir.join("usr/sbin/sshd").exists().then_some(dir)
+}
+
+/// The agent binary built next to simvm, if any.
+fn agent_binary() -> Option<PathBuf> {
+    let agent = support::simvm_bin().parent()?.join("banger-vsock-agent");
+    agent.exists().then_some(agent)
 }
 
 /// Whether the boot tests can run here; prints why not.
@@ -82,11 +133,21 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
     let Some(rootfs) = rootfs() else {
         support::skip(
             test,
-            "no rootfs: set BANGER_TEST_ROOTFS to a Debian tree with openssh-server, iproute2 and python3",
+            "no rootfs: build it with tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm \
+             or set BANGER_TEST_ROOTFS to a Debian tree with openssh-server, iproute2 and python3",
         );
         return None;
     };
     Some(rootfs)
+}
+
+/// How the guest's vsock listener is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The real banger-vsock-agent: `GET /healthz`.
+    Agent,
+    /// The stand-in echo server.
+    Echo,
 }
 
 /// The images and key for one boot.
@@ -96,6 +157,7 @@ struct Fixture {
     work: PathBuf,
     key: PathBuf,
     kernel: PathBuf,
+    listener: Listener,
 }
 
 impl Fixture {
@@ -105,29 +167,38 @@ impl Fixture {
 
         let root = path("root.ext4");
         support::mkfs_ext4(rootfs, &root, "2G");
-        let has_first_boot = rootfs.join(FIRST_BOOT.trim_start_matches('/')).exists();
-        if !has_first_boot {
-            let script = path("first-boot");
-            fs_err::write(&script, STAND_IN_FIRST_BOOT).unwrap();
-            let commands = path("debugfs.cmd");
-            fs_err::write(
-                &commands,
-                format!(
-                    "mkdir /usr/local/libexec\nwrite {} {FIRST_BOOT}\nsif {FIRST_BOOT} mode 0100755\nsif {FIRST_BOOT} uid 0\nsif {FIRST_BOOT} gid 0\n",
-                    script.display()
-                ),
-            )
-            .unwrap();
-            support::run(
-                "debugfs",
-                &[
-                    "-w",
-                    "-f",
-                    commands.to_str().unwrap(),
-                    root.to_str().unwrap(),
-                ],
-            );
-        }
+        let listener = match agent_binary() {
+            Some(agent) => {
+                inject(
+                    &root,
+                    &banger_guest::GuestFiles::new(agent),
+                    &path("inject"),
+                );
+                Listener::Agent
+            }
+            None => {
+                eprintln!(
+                    "note: banger-vsock-agent is not built next to banger-simvm; \
+                     using a stand-in first-boot script with an echo listener"
+                );
+                let mut files = vec![GuestEntry {
+                    path: FIRST_BOOT.into(),
+                    kind: EntryKind::File {
+                        source: FileSource::Embedded(STAND_IN_FIRST_BOOT),
+                        mode: 0o755,
+                    },
+                }];
+                files.insert(
+                    0,
+                    GuestEntry {
+                        path: "/usr/local/libexec".into(),
+                        kind: EntryKind::Dir { mode: 0o755 },
+                    },
+                );
+                inject(&root, &files, &path("inject"));
+                Listener::Echo
+            }
+        };
 
         let key = path("id_ed25519");
         support::run(
@@ -162,6 +233,7 @@ impl Fixture {
             work,
             key,
             kernel,
+            listener,
         }
     }
 
@@ -439,17 +511,39 @@ async fn boot_and_stop(rootfs: PathBuf, stop: Stop) {
     assert!(hostname.contains("nameserver 192.0.2.53"), "{hostname}");
     assert!(hostname.contains(&format!("{GUEST_IP}/24")), "{hostname}");
 
-    // The agent-like listener through the hybrid vsock socket.
+    // The agent (or its stand-in) through the hybrid vsock socket.
     let vsock = fixture.path("vsock.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let echo = loop {
-        match vsock_echo(&vsock).await {
-            Ok(echo) => break echo,
+    loop {
+        let answer = match fixture.listener {
+            Listener::Agent => AgentClient::hybrid_vsock(&vsock, AGENT_VSOCK_PORT)
+                .health()
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|h| {
+                    h.is_ok()
+                        .then_some(())
+                        .ok_or_else(|| format!("unhealthy: {h:?}"))
+                }),
+            Listener::Echo => vsock_echo(&vsock).await.and_then(|echo| {
+                (echo == "hello guest\n")
+                    .then_some(())
+                    .ok_or_else(|| format!("echo {echo:?}"))
+            }),
+        };
+        match answer {
+            Ok(()) => break,
             Err(e) if Instant::now() >= deadline => fail(&format!("vsock never answered: {e}")),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-    };
-    assert_eq!(echo, "hello guest\n");
+    }
+    if fixture.listener == Listener::Agent {
+        let console = fs_err::read_to_string(fixture.path("console.log")).unwrap();
+        assert!(
+            console.contains("banger-first-boot: container mode ready"),
+            "the real first-boot script ran in container mode:\n{console}"
+        );
+    }
     // A port nobody listens on: the connection is closed, as Firecracker does.
     let mut stream = tokio::net::UnixStream::connect(&vsock).await.unwrap();
     stream.write_all(b"CONNECT 5\n").await.unwrap();

@@ -820,3 +820,98 @@ fn real_firecracker_answers_the_same_table() {
     }
     support::in_netns(move || check(binary, true, false));
 }
+
+/// The launcher drives a real Firecracker end to end: start detached, wait
+/// for the API, configure everything over one connection, InstanceStart,
+/// find it again by its socket, Ctrl-Alt-Del, kill.
+#[test]
+fn real_firecracker_boots_through_the_launcher() {
+    let test = "real_firecracker_boots_through_the_launcher";
+    let Some(binary) = std::env::var_os("BANGER_TEST_FIRECRACKER").map(PathBuf::from) else {
+        support::skip(
+            test,
+            "set BANGER_TEST_FIRECRACKER=/path/to/firecracker (v1.16)",
+        );
+        return;
+    };
+    if !support::is_root() {
+        support::skip(test, "needs root (TAP, KVM)");
+        return;
+    }
+    support::in_netns(move || async move {
+        use banger_firecracker::api::{
+            BootSource, Drive, Logger, MachineConfiguration, NetworkInterface, Vsock,
+        };
+        use banger_firecracker::boot_args::{BootArgs, IpConfig};
+        use std::net::Ipv4Addr;
+
+        let dir = tempfile::tempdir().unwrap();
+        scratch(dir.path(), false);
+        support::bridge_with_tap("br-fc", "172.31.0.1/24", "tap-fc");
+        let mut spec = LaunchSpec::new(
+            &binary,
+            "launcher-test",
+            dir.path().join("api.sock"),
+            dir.path().join("console.log"),
+        );
+        spec.vsock_socket = Some(dir.path().join("v.sock"));
+        spec.log_path = Some(dir.path().join("vmm.log"));
+        let vmm = ProcessVmm;
+        let process = vmm.start(&spec, &CancellationToken::new()).await.unwrap();
+        let _kill = KillOnDrop(process.pid());
+        let ip = IpConfig::new(
+            Ipv4Addr::new(172, 31, 0, 2),
+            24,
+            Ipv4Addr::new(172, 31, 0, 1),
+            "fc-guest",
+        )
+        .unwrap();
+        let config = launch::VmConfig {
+            logger: Some(Logger {
+                level: Some(banger_firecracker::api::LogLevel::Debug),
+                ..Logger::default()
+            }),
+            metrics: None,
+            machine: MachineConfiguration::new(1, 128),
+            boot_source: BootSource {
+                kernel_image_path: dir.path().join("vmlinux").display().to_string(),
+                initrd_path: None,
+                boot_args: Some(BootArgs::new(ip).with_first_boot_init().to_string()),
+            },
+            drives: vec![
+                Drive::virtio(
+                    "rootfs",
+                    dir.path().join("root.ext4").display().to_string(),
+                    true,
+                ),
+                Drive::virtio(
+                    "work",
+                    dir.path().join("work.ext4").display().to_string(),
+                    false,
+                ),
+            ],
+            network_interfaces: vec![NetworkInterface::new(
+                "eth0",
+                "tap-fc",
+                Some("02:fc:ac:1f:00:02".parse().unwrap()),
+            )],
+            vsock: Some(Vsock {
+                vsock_id: None,
+                guest_cid: 3,
+                uds_path: dir.path().join("v.sock").display().to_string(),
+            }),
+        };
+        vmm.configure(&process, &config).await.unwrap();
+        let mut client = ApiClient::connect(&spec.api_socket).await.unwrap();
+        let info = client.describe_instance().await.unwrap();
+        assert_eq!(info.state, banger_firecracker::api::InstanceState::Running);
+        assert_eq!(info.app_name, "Firecracker");
+        let adopted = vmm.adopt(&spec.api_socket).await.unwrap().unwrap();
+        assert_eq!(adopted.pid(), process.pid());
+        vmm.stop(&process).await.unwrap();
+        vmm.kill(&process).await.unwrap();
+        assert_eq!(process.exited(), Some(launch::VmmExit::Signal(9)));
+        let log = fs_err::read_to_string(dir.path().join("vmm.log")).unwrap();
+        assert!(log.contains("Running Firecracker v1.16"), "{log}");
+    });
+}
