@@ -22,3 +22,13 @@ pub fn spawn_daemon(bangerd: &Path, startup_log: &Path) -> std::io::Result<Child
     }
     command.spawn()
 }
+
+/// Runs the system `ssh` with `args`, inheriting the terminal, and returns
+/// its exit status. Ctrl-C reaches `ssh` (same process group); the caller
+/// keeps a handler installed so banger itself survives it.
+pub async fn run_ssh(args: &[std::ffi::OsString]) -> std::io::Result<std::process::ExitStatus> {
+    tokio::process::Command::new("ssh")
+        .args(args)
+        .status()
+        .await
+}

@@ -88,7 +88,9 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(&str, bool) -> Step) {
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    fn recorder() -> (Log, impl Fn(&str, bool) -> Step) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = Arc::clone(&log);
         let make = move |name: &str, fail: bool| -> Step {

@@ -5,10 +5,14 @@ mod daemon;
 mod image_list;
 mod image_ops;
 mod kernel_list;
+mod ssh_args;
 mod version;
 mod vm_batch;
+mod vm_create;
+mod vm_inspect;
 mod vm_list;
 mod vm_ops;
+mod vm_ssh;
 
 use std::process::ExitCode;
 
@@ -37,17 +41,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 VmCommand::List(args) => vm_list::list(&layout, &args).await,
                 VmCommand::Show(args) => vm_list::show(&layout, &args).await,
                 VmCommand::Run(_) => Err(not_implemented("vm run")),
-                VmCommand::Create(_) => Err(not_implemented("vm create")),
+                VmCommand::Create(args) => vm_create::run(&layout, &args).await,
                 VmCommand::Start(args) => vm_ops::start(&layout, &args.refs).await,
                 VmCommand::Stop(args) => vm_ops::stop(&layout, &args.refs).await,
                 VmCommand::Restart(args) => vm_ops::restart(&layout, &args.refs).await,
                 VmCommand::Delete(args) => vm_ops::delete(&layout, &args.refs).await,
                 VmCommand::Kill(args) => vm_ops::kill(&layout, &args.refs).await,
                 VmCommand::Set(args) => vm_ops::set(&layout, &args).await,
-                VmCommand::Logs(_) => Err(not_implemented("vm logs")),
-                VmCommand::Stats(_) => Err(not_implemented("vm stats")),
-                VmCommand::Ssh(_) => Err(not_implemented("vm ssh")),
-                VmCommand::Health(_) => Err(not_implemented("vm health")),
+                VmCommand::Logs(args) => vm_inspect::logs(&layout, &args).await,
+                VmCommand::Stats(args) => vm_inspect::stats(&layout, &args).await,
+                VmCommand::Ssh(args) => vm_ssh::run(&layout, &args).await,
+                VmCommand::Health(args) => vm_inspect::health(&layout, &args).await,
                 VmCommand::Ports(_) => Err(not_implemented("vm ports")),
                 VmCommand::Workspace(WorkspaceCommand::Prepare(_)) => {
                     Err(not_implemented("vm workspace prepare"))
