@@ -69,14 +69,20 @@ fn main() {
     println!("cargo:rustc-env=BANGER_BUILD_EPOCH={build_epoch}");
 }
 
+/// Source files that end up in binaries: tests, benches and examples are
+/// skipped so that editing a test does not make the CLI and daemon disagree.
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let skipped = matches!(
+            entry.file_name().to_str(),
+            Some("tests" | "benches" | "examples" | "fuzz")
+        );
         match entry.file_type() {
-            Ok(kind) if kind.is_dir() => collect(&path, out),
+            Ok(kind) if kind.is_dir() && !skipped => collect(&path, out),
             Ok(kind) if kind.is_file() => out.push(path),
             _ => {}
         }

@@ -20,10 +20,12 @@ use tokio::net::UnixStream;
 
 pub type DaemonConnection = Client<UnixStream>;
 
-/// How long a freshly started daemon has to answer.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a stopping daemon has to release its lock.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a freshly started daemon has to answer (it may first wait for a
+/// stopping one to finish its requests).
+const START_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a stopping daemon has to release its lock (it lets running
+/// requests finish for up to 30 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Connects, starting or restarting the daemon as needed.
 pub async fn connect(layout: &Layout) -> anyhow::Result<DaemonConnection> {

@@ -5,8 +5,12 @@
 //! the workspace's target directory. Dropping it stops the test's daemon.
 //!
 //! Layout:
-//! - [`env`]: [`TestEnv`], binaries, running commands, diagnostics.
+//! - [`env`]: [`TestEnv`], binaries, running commands.
+//! - [`sim`]: [`sim::SimEnv`], a daemon with sim VMs in its own network
+//!   namespace, leak assertions and diagnostics.
 
 pub mod env;
+pub mod sim;
 
 pub use env::{Output, TestEnv, binary};
+pub use sim::{SimEnv, e2e_ready};

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -32,10 +33,30 @@ pub enum AcquireInstanceError {
     },
 }
 
-/// Held for the daemon's life; dropping it releases the lock.
+/// Held for the daemon's life; dropping it releases the lock. The file holds
+/// the daemon's pid, followed by ` stopping` once it drains for shutdown.
 #[derive(Debug)]
 pub struct InstanceLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+}
+
+impl InstanceLock {
+    /// Tells a daemon starting next that this one is on its way out, so it
+    /// waits for the lock instead of refusing to start.
+    pub fn mark_stopping(&mut self) {
+        let _ = write_state(&mut self.lock, "stopping");
+    }
+}
+
+fn write_state(file: &mut File, state: &str) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    let pid = std::process::id();
+    if state.is_empty() {
+        writeln!(file, "{pid}")
+    } else {
+        writeln!(file, "{pid} {state}")
+    }
 }
 
 /// Creates `dir` (and parents) and makes it owner-only (0700).
@@ -52,7 +73,11 @@ pub fn private_dir(dir: &Path) -> Result<(), AcquireInstanceError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)
 }
 
-/// Takes the daemon lock without waiting and records our pid in it.
+/// How long a new daemon waits for a stopping one to let go.
+pub const STOPPING_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the daemon lock and records our pid in it. A running daemon makes
+/// this fail at once; a stopping one is waited for (bounded).
 pub fn acquire(lock_path: &Path) -> Result<InstanceLock, AcquireInstanceError> {
     if let Some(dir) = lock_path.parent() {
         private_dir(dir)?;
@@ -61,33 +86,34 @@ pub fn acquire(lock_path: &Path) -> Result<InstanceLock, AcquireInstanceError> {
         path: lock_path.to_owned(),
         source,
     };
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock_path)
-        .map_err(lock_err)?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            return Err(AcquireInstanceError::AlreadyRunning {
-                pid: if pid.is_empty() {
-                    "unknown".into()
-                } else {
-                    pid.to_owned()
-                },
-            });
+    let deadline = Instant::now() + STOPPING_WAIT;
+    loop {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock_path)
+            .map_err(lock_err)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                write_state(&mut lock, "").map_err(lock_err)?;
+                return Ok(InstanceLock { lock });
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut content = String::new();
+                let _ = file.read_to_string(&mut content);
+                let mut words = content.split_whitespace();
+                let pid = words.next().unwrap_or("unknown").to_owned();
+                let stopping = words.next() == Some("stopping");
+                if !stopping || Instant::now() > deadline {
+                    return Err(AcquireInstanceError::AlreadyRunning { pid });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, errno)) => return Err(lock_err(std::io::Error::from(errno))),
         }
-        Err((_, errno)) => return Err(lock_err(std::io::Error::from(errno))),
-    };
-    lock.set_len(0).map_err(lock_err)?;
-    lock.rewind().map_err(lock_err)?;
-    writeln!(lock, "{}", std::process::id()).map_err(lock_err)?;
-    Ok(InstanceLock { _lock: lock })
+    }
 }
 
 /// Whether a daemon currently holds the lock at `lock_path`.
@@ -137,6 +163,22 @@ mod tests {
         drop(held);
         assert!(!is_held(&path));
         let _again = acquire(&path).unwrap();
+    }
+
+    #[test]
+    fn a_stopping_daemon_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bangerd.lock");
+        let mut held = acquire(&path).unwrap();
+        held.mark_stopping();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let started = Instant::now();
+        let _next = acquire(&path).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        releaser.join().unwrap();
     }
 
     #[tokio::test]

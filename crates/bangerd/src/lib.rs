@@ -15,6 +15,7 @@
 //! - [`guest_install`]: banger's guest files into ext4 images.
 //! - [`logging`]: JSON logs to the daemon's log file.
 //! - [`network`]: DNS server, bridge and TAP pool.
+//! - [`reconcile`]: store and host brought back into agreement at start.
 //! - [`vm_locks`]: per-VM locks.
 //! - [`vm`]: disks, boot, halt and exit watching shared by the VM services.
 //! - [`undo`]: rollback of multi-step setups.
@@ -30,6 +31,7 @@ pub mod guest_install;
 pub mod instance;
 pub mod logging;
 pub mod network;
+pub mod reconcile;
 pub mod server;
 pub mod services;
 pub mod ssh;

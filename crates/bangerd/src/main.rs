@@ -35,7 +35,7 @@ fn run() -> anyhow::Result<()> {
     let layout = Layout::from_env()?;
     let config = Config::load(&layout.config_file())?;
     instance::private_dir(&layout.state_dir)?;
-    let _lock = instance::acquire(&layout.daemon_lock())?;
+    let mut lock = instance::acquire(&layout.daemon_lock())?;
     logging::init(&layout.daemon_log(), config.log_level)?;
     let store = Store::open(&layout.database()).context("opening the store")?;
 
@@ -68,11 +68,16 @@ fn run() -> anyhow::Result<()> {
         if let Err(err) = bangerd::ssh::write_ssh_config(&daemon.layout, daemon.keys.private_path()) {
             tracing::warn!(error = %err, "cannot write banger's ssh_config");
         }
+        bangerd::reconcile::reconcile(&daemon).await;
         info!(pid = std::process::id(), socket = %socket.display(), build = %daemon.build.build_id, "bangerd started");
         spawn_signal_handler(daemon.shutdown.clone())?;
-        bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()).await;
-        daemon.network.shutdown().await;
+        let server = tokio::spawn(bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()));
+        daemon.shutdown.cancelled().await;
+        // A daemon started now waits for us instead of refusing to start.
+        lock.mark_stopping();
         let _ = std::fs::remove_file(&socket);
+        let _ = server.await;
+        daemon.network.shutdown().await;
         info!("bangerd stopped");
         anyhow::Ok(())
     })

@@ -119,13 +119,19 @@ impl Drop for Stage {
     }
 }
 
-/// Serves `listener` until `shutdown` fires, then cancels every request and
-/// waits for them to finish.
+/// How long requests still running at shutdown may take before they are
+/// cancelled (and roll back).
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `listener` until `shutdown` fires. Then it stops accepting and
+/// reading, lets running requests finish for up to [`DRAIN`], and cancels
+/// whatever is left.
 pub async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
+    let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {
@@ -133,8 +139,7 @@ pub async fn serve<H: Handler>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let handler = Arc::clone(&handler);
-                    let token = shutdown.child_token();
-                    tracker.spawn(connection(stream, handler, token));
+                    tracker.spawn(connection(stream, handler, shutdown.clone(), abort.child_token()));
                 }
                 Err(err) => {
                     warn!(error = %err, "accept failed");
@@ -143,11 +148,24 @@ pub async fn serve<H: Handler>(
             },
         }
     }
+    drop(listener);
     tracker.close();
-    tracker.wait().await;
+    if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
+        warn!(
+            drain_s = DRAIN.as_secs(),
+            "cancelling requests still running at shutdown"
+        );
+        abort.cancel();
+        tracker.wait().await;
+    }
 }
 
-async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>, token: CancellationToken) {
+async fn connection<H: Handler>(
+    stream: UnixStream,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    token: CancellationToken,
+) {
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ResponseFrame>();
 
@@ -169,17 +187,18 @@ async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>, token: Canc
 
     let requests = TaskTracker::new();
     let mut reader = FrameReader::new(read);
-    loop {
+    let client_gone = loop {
         let line = tokio::select! {
-            () = token.cancelled() => break,
+            () = shutdown.cancelled() => break false,
+            () = token.cancelled() => break false,
             line = reader.next_line() => line,
         };
         let line = match line {
-            None => break,
+            None => break true,
             Some(Ok(line)) => line,
             Some(Err(FrameReadError::Io(err))) => {
                 debug!(error = %err, "read failed; closing connection");
-                break;
+                break true;
             }
             Some(Err(err)) => {
                 let code = match err {
@@ -229,9 +248,12 @@ async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>, token: Canc
             };
             let _ = sink.tx.send(frame);
         });
+    };
+    // A client that went away cancels what it started; at shutdown running
+    // requests are left to finish (the server bounds that).
+    if client_gone {
+        token.cancel();
     }
-    // The client is gone (or the daemon is stopping): cancel what is running.
-    token.cancel();
     requests.close();
     requests.wait().await;
     drop(tx);

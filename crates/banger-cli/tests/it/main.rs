@@ -3,4 +3,5 @@
 
 mod cli;
 mod daemon;
+mod e2e_lifecycle;
 mod protocol;

@@ -43,7 +43,8 @@ pub struct BootInput<'a> {
 }
 
 /// Boots `vm`. On success the VM is booted and answering SSH; its record
-/// has the pid and TAP but is still `starting` (the caller finishes it).
+/// has the pid and TAP but is still `creating`/`starting` (the caller
+/// finishes it).
 pub async fn boot(
     daemon: &Arc<Daemon>,
     vm: &mut Vm,
@@ -170,7 +171,11 @@ async fn start_vmm(
         async move { vmm.kill(&process).await.map_err(|err| err.to_string()) }
     });
     vm.pid = Some(process.pid());
-    vm.state = VmState::Starting;
+    // A create stays `creating` until ready, so that reconcile removes an
+    // interrupted create entirely.
+    if vm.state != VmState::Creating {
+        vm.state = VmState::Starting;
+    }
     save(daemon, vm).map_err(Failure::after_launch)?;
 
     let config = vm_config(vm, input, &kernel_path);
