@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::network::Network;
 use crate::server::{EventSink, Handler};
 use crate::ssh::KeyStore;
+use crate::vm::boot::Readiness;
 use crate::vm::halt::Mode;
 use crate::vm_locks::VmLocks;
 
@@ -30,6 +31,7 @@ pub struct Subsystems {
     /// How VM root disks are made in the state dir (probed at start).
     pub storage: StrategyProbe,
     pub vmm: Arc<dyn Vmm>,
+    pub readiness: Arc<dyn Readiness>,
 }
 
 /// Everything a request handler can reach.
@@ -43,6 +45,7 @@ pub struct Daemon {
     pub disk: Arc<dyn DiskOps>,
     pub storage: StrategyProbe,
     pub vmm: Arc<dyn Vmm>,
+    pub readiness: Arc<dyn Readiness>,
     pub keys: KeyStore,
     pub vm_locks: VmLocks,
     /// Serialises image and kernel registry changes (names, default image).
@@ -76,6 +79,7 @@ impl Daemon {
             disk: subsystems.disk,
             storage: subsystems.storage,
             vmm: subsystems.vmm,
+            readiness: subsystems.readiness,
             vm_locks: VmLocks::default(),
             images_lock: tokio::sync::Mutex::new(()),
             alloc_lock: tokio::sync::Mutex::new(()),

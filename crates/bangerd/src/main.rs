@@ -63,6 +63,7 @@ fn run() -> anyhow::Result<()> {
             disk: Arc::new(banger_disk::HostDiskOps::new()),
             storage,
             vmm: Arc::new(banger_firecracker::ProcessVmm),
+            readiness: Arc::new(bangerd::vm::boot::Probes),
         };
         let daemon = Daemon::new(layout, config, Arc::new(store), build, subsystems);
         if let Err(err) = bangerd::ssh::write_ssh_config(&daemon.layout, daemon.keys.private_path()) {

@@ -473,3 +473,59 @@ fn bad_input_is_refused_and_creates_nothing() {
     assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
     sim.assert_clean();
 }
+
+/// The Firecracker path (kernel required, `init=` for images without an
+/// initrd, every API request) against banger-simvm standing in for the
+/// `firecracker` binary: simvm checks each request as Firecracker v1.16 does.
+#[test]
+fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
+    if !e2e_ready() {
+        return;
+    }
+    let simvm = banger_testkit::binary("banger-simvm");
+    let sim = SimEnv::new(&format!("firecracker_bin = \"{}\"\n", simvm.display()));
+    // Any ELF passes as a kernel for the stand-in (it does not boot it).
+    let kernel_dir = sim.env.root().join("kernel");
+    std::fs::create_dir_all(&kernel_dir).unwrap();
+    std::fs::copy("/bin/true", kernel_dir.join("vmlinux")).unwrap();
+    let out = sim.ok([
+        "kernel",
+        "import",
+        &kernel_dir.to_string_lossy(),
+        "--name",
+        "k1",
+    ]);
+    assert!(out.stderr.contains("kernel k1 imported"), "{out}");
+    let rootfs = banger_testkit::sim::fixture_rootfs();
+    sim.ok([
+        "image",
+        "import",
+        &rootfs.to_string_lossy(),
+        "--name",
+        "debian",
+        "--kernel-ref",
+        "k1",
+    ]);
+    let image: Value =
+        serde_json::from_str(&sim.ok(["image", "show", "debian", "--json"]).stdout).unwrap();
+    assert_eq!(image["kernel_name"], "k1");
+
+    sim.ok(["vm", "create", "--name", "fc", "--vmm", "firecracker"]);
+    let vm = vm_json(&sim, "fc");
+    assert_eq!(vm["vmm"], "firecracker");
+    assert_eq!(
+        sim.ok(["vm", "ssh", "fc", "--", "hostname"]).stdout.trim(),
+        "fc"
+    );
+    // The kernel command line the guest saw.
+    let cmdline = sim.ok(["vm", "logs", "fc"]).stdout;
+    assert!(cmdline.contains("banger-first-boot"), "{cmdline}");
+    // A kernel in use cannot be removed.
+    let out = sim.banger(["kernel", "rm", "k1"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("used by images: debian"), "{out}");
+    sim.ok(["vm", "delete", "fc"]);
+    sim.ok(["image", "delete", "debian"]);
+    sim.ok(["kernel", "rm", "k1"]);
+    sim.assert_clean();
+}

@@ -4,6 +4,8 @@
 //! socket, then sshd's banner. Every acquisition registers its release.
 
 use std::future::Future;
+
+use futures::future::BoxFuture;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,7 +69,7 @@ pub async fn boot(
         &process,
         deadline,
         cancel,
-        || agent_answers(&vsock),
+        || daemon.readiness.agent(&vsock),
     )
     .await?;
     stage.done();
@@ -79,7 +81,7 @@ pub async fn boot(
         .map(|net| net.ip)
         .expect("booting VMs have an address");
     wait_for(vm, "wait_ssh", "sshd", &process, deadline, cancel, || {
-        ssh_answers(ip)
+        daemon.readiness.ssh(ip)
     })
     .await?;
     stage.done();
@@ -273,28 +275,45 @@ fn vmm_binary(daemon: &Daemon, kind: VmmKind) -> Result<PathBuf, Failure> {
     }
 }
 
-async fn agent_answers(vsock: &Path) -> bool {
-    AgentClient::hybrid_vsock(vsock, AGENT_VSOCK_PORT)
-        .with_step_timeout(PROBE_TIMEOUT)
-        .health()
-        .await
-        .is_ok()
+/// How boot tells that a guest is ready: the real probes, or a fake in
+/// unit tests of the lifecycle.
+pub trait Readiness: Send + Sync + std::fmt::Debug {
+    /// The guest agent answered `/healthz` through the hybrid vsock socket.
+    fn agent<'a>(&'a self, vsock: &'a Path) -> BoxFuture<'a, bool>;
+    /// sshd accepted a connection and sent its `SSH-` banner.
+    fn ssh(&self, ip: Ipv4Addr) -> BoxFuture<'_, bool>;
 }
 
-/// sshd accepted a connection and sent its `SSH-` banner.
-async fn ssh_answers(ip: Ipv4Addr) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(SocketAddr::from((ip, 22)))
-            .await
-            .ok()?;
-        let mut banner = [0u8; 4];
-        stream.read_exact(&mut banner).await.ok()?;
-        (&banner == b"SSH-").then_some(())
-    };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
-        Ok(Some(()))
-    )
+/// The real probes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Probes;
+
+impl Readiness for Probes {
+    fn agent<'a>(&'a self, vsock: &'a Path) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            AgentClient::hybrid_vsock(vsock, AGENT_VSOCK_PORT)
+                .with_step_timeout(PROBE_TIMEOUT)
+                .health()
+                .await
+                .is_ok()
+        })
+    }
+
+    fn ssh(&self, ip: Ipv4Addr) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let probe = async {
+                let address = SocketAddr::from((ip, 22));
+                let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+                let mut banner = [0u8; 4];
+                stream.read_exact(&mut banner).await.ok()?;
+                (&banner == b"SSH-").then_some(())
+            };
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+                Ok(Some(()))
+            )
+        })
+    }
 }
 
 /// Probes until `ready` answers, the VMM exits, the client cancels or the

@@ -187,6 +187,13 @@ pub async fn destroy(daemon: &Daemon, vm: &Vm, image: Option<&Image>) -> Vec<Str
             Err(err) => problems.push(err.message),
         }
     }
+    let work = vm.paths().work_disk();
+    let disk_ops = Arc::clone(&disk);
+    match blocking(move || disk_ops.remove_work_disk(&work)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => problems.push(format!("work disk: {err}")),
+        Err(err) => problems.push(err.message),
+    }
     if let Err(err) = remove_dir(&vm.dir) {
         problems.push(err);
     }

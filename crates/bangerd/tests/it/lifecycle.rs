@@ -1,0 +1,294 @@
+//! Create, stop, delete and every failure in between.
+
+use std::time::Duration;
+
+use banger_disk::fake::DiskOp;
+use banger_firecracker::launch::VmmExit;
+use banger_firecracker::vmm::{VmmCall, VmmOp};
+use banger_model::vm::VmState;
+use banger_net::fake::Op;
+use banger_rpc::ErrorCode;
+use bangerd::server::EventSink;
+use bangerd::vm::halt::Mode;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::Harness;
+
+#[tokio::test]
+async fn create_then_delete_holds_then_releases_everything() {
+    let h = Harness::new().await;
+    let vm = h.create("web", true).await.unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    let api = vm.paths().api_socket();
+    assert!(h.vmm.is_running(&api));
+    assert_eq!(h.vm_taps(), [banger_net::vm_tap_name(&vm.id)]);
+    assert!(h.net.nat().contains_key(&vm.id));
+    assert!(h.net.ip_forward());
+    assert_eq!(h.disk.live_roots().len(), 1);
+    assert_eq!(h.disk.live_work_disks().len(), 1);
+    assert_eq!(
+        h.daemon.network.records.get("web"),
+        vm.network.as_ref().map(|n| n.ip)
+    );
+
+    // What the VMM was told.
+    let config = h.vmm.calls().into_iter().find_map(|call| match call {
+        VmmCall::Configure { config, .. } => Some(config),
+        _ => None,
+    });
+    let config = config.expect("the VMM was configured");
+    let ip = vm.network.as_ref().unwrap().ip;
+    let boot_args = config.boot_source.boot_args.clone().unwrap();
+    assert!(
+        boot_args.contains(&format!("ip={ip}::172.30.0.1:255.255.255.0:web:eth0:off")),
+        "{boot_args}"
+    );
+    assert!(
+        boot_args.contains("init=/usr/local/libexec/banger-first-boot"),
+        "{boot_args}"
+    );
+    assert_eq!(config.drives.len(), 2);
+    assert!(config.drives[0].is_root_device);
+    assert_eq!(
+        config.network_interfaces[0].host_dev_name,
+        banger_net::vm_tap_name(&vm.id)
+    );
+    assert_eq!(config.vsock.as_ref().unwrap().guest_cid, 3);
+
+    bangerd::services::vm_delete::delete(&h.daemon, "web")
+        .await
+        .unwrap();
+    assert!(h.vm_names().is_empty());
+    assert!(h.host_clean(&[api]));
+    assert!(h.disk.is_clean(), "{:?}", h.disk.calls());
+    assert_eq!(h.daemon.network.records.get("web"), None);
+    assert!(!vm.dir.exists());
+}
+
+/// Where a failure is injected, and whether the VM should survive it.
+#[derive(Debug, Clone, Copy)]
+enum Inject {
+    Disk(DiskOp),
+    Net(Op),
+    Vmm(VmmOp),
+    NeverReady,
+}
+
+#[tokio::test]
+async fn every_failure_rolls_back_what_was_acquired() {
+    // (injection, kept in `error` because the VMM had run)
+    let cases = [
+        (Inject::Disk(DiskOp::CreateRoot), false),
+        (Inject::Disk(DiskOp::MakeWorkDisk), false),
+        (Inject::Disk(DiskOp::ApplyEdits), false),
+        (Inject::Net(Op::EnsureBridge), false),
+        (Inject::Net(Op::CreateTap), false),
+        (Inject::Net(Op::AddVmNat), false),
+        (Inject::Net(Op::EnableIpForward), false),
+        (Inject::Vmm(VmmOp::Start), false),
+        (Inject::Vmm(VmmOp::Configure), true),
+        (Inject::NeverReady, true),
+    ];
+    for (inject, kept) in cases {
+        let h = Harness::new().await;
+        match inject {
+            Inject::Disk(op) => {
+                h.disk.fail_always(op);
+            }
+            Inject::Net(op) => h.net.fail_always(op),
+            Inject::Vmm(op) => h.vmm.fail_always(op),
+            Inject::NeverReady => h
+                .ready
+                .never
+                .store(true, std::sync::atomic::Ordering::SeqCst),
+        }
+        let err = h
+            .create("web", true)
+            .await
+            .expect_err("the injected failure must fail the create");
+        let sockets = vec![
+            h.daemon
+                .layout
+                .vm_dir(&banger_model::Id::from_stored("x"))
+                .join("api.sock"),
+        ];
+        assert!(
+            h.vm_taps().is_empty(),
+            "{inject:?}: TAPs left: {:?}",
+            h.vm_taps()
+        );
+        assert!(h.net.nat().is_empty(), "{inject:?}: NAT rules left");
+        assert!(h.host_clean(&sockets), "{inject:?}");
+        for call in h.vmm.calls() {
+            if let VmmCall::Start { api_socket, .. } = call {
+                assert!(
+                    !h.vmm.is_running(&api_socket),
+                    "{inject:?}: the VMM still runs"
+                );
+            }
+        }
+        if kept {
+            let vms = h.daemon.store.list_vms().unwrap();
+            assert_eq!(
+                vms.len(),
+                1,
+                "{inject:?}: the VM should be kept for its logs"
+            );
+            assert_eq!(vms[0].state, VmState::Error, "{inject:?}");
+            assert!(vms[0].last_error.is_some());
+            assert!(vms[0].pid.is_none());
+            assert!(err.hint.is_some(), "{inject:?}: {err:?}");
+            if matches!(inject, Inject::NeverReady) {
+                assert_eq!(err.code, ErrorCode::Timeout);
+            }
+            // And deleting it afterwards releases the disks too.
+            bangerd::services::vm_delete::delete(&h.daemon, "web")
+                .await
+                .unwrap();
+        } else {
+            assert!(
+                h.vm_names().is_empty(),
+                "{inject:?}: the VM record should be gone: {err:?}"
+            );
+        }
+        assert!(
+            h.disk.is_clean(),
+            "{inject:?}: disks left: {:?}",
+            h.disk.live_roots()
+        );
+        assert!(
+            std::fs::read_dir(h.daemon.layout.vms_dir())
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true)
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_create_removes_everything() {
+    let h = Harness::new().await;
+    h.ready
+        .never
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let cancel = CancellationToken::new();
+    let params = banger_rpc::request::VmCreateParams {
+        name: Some("web".into()),
+        nat: true,
+        ..Default::default()
+    };
+    let events = EventSink::discard();
+    let create = bangerd::services::vm_create::create(&h.daemon, params, &events, &cancel);
+    let canceller = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cancel.cancel();
+    };
+    let (outcome, ()) = tokio::join!(create, canceller);
+    assert_eq!(outcome.unwrap_err().code, ErrorCode::Cancelled);
+    assert!(h.vm_names().is_empty());
+    assert!(h.vm_taps().is_empty());
+    assert!(h.net.nat().is_empty());
+    assert!(h.disk.is_clean());
+}
+
+#[tokio::test]
+async fn a_guest_ignoring_ctrl_alt_del_is_killed_after_the_grace_window() {
+    let h = Harness::new().await;
+    let vm = h.create("web", false).await.unwrap();
+    h.vmm.ignore_stop(true);
+    let stopped = bangerd::services::vm_stop::stop(&h.daemon, "web", Mode::Graceful)
+        .await
+        .unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    let ops: Vec<&'static str> = h
+        .vmm
+        .calls()
+        .iter()
+        .map(|call| match call {
+            VmmCall::Start { .. } => "start",
+            VmmCall::Configure { .. } => "configure",
+            VmmCall::Stop { .. } => "stop",
+            VmmCall::Kill { .. } => "kill",
+            VmmCall::Adopt { .. } => "adopt",
+        })
+        .collect();
+    assert_eq!(ops, ["start", "configure", "stop", "kill"]);
+    assert!(h.host_clean(&[vm.paths().api_socket()]));
+    // Stopping again is a no-op; starting brings it back.
+    bangerd::services::vm_stop::stop(&h.daemon, "web", Mode::Graceful)
+        .await
+        .unwrap();
+    let started = bangerd::services::vm_start::start(
+        &h.daemon,
+        "web",
+        &EventSink::discard(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.state, VmState::Running);
+    assert_eq!(
+        started.network, vm.network,
+        "the address is kept across restarts"
+    );
+}
+
+#[tokio::test]
+async fn a_vmm_that_dies_is_noticed_and_its_resources_released() {
+    let h = Harness::new().await;
+    let vm = h.create("web", true).await.unwrap();
+    h.vmm.exit(&vm.paths().api_socket(), VmmExit::Signal(9));
+    let mut state = VmState::Running;
+    for _ in 0..100 {
+        state = h.daemon.store.get_vm(&vm.id).unwrap().unwrap().state;
+        if state != VmState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, VmState::Error);
+    let stored = h.daemon.store.get_vm(&vm.id).unwrap().unwrap();
+    assert!(stored.last_error.unwrap().contains("signal 9"));
+    assert!(h.vm_taps().is_empty());
+    assert!(h.net.nat().is_empty());
+    assert_eq!(h.daemon.network.records.get("web"), None);
+}
+
+#[tokio::test]
+async fn failed_start_keeps_the_vm_and_frees_the_host() {
+    let h = Harness::new().await;
+    let vm = h.create("web", true).await.unwrap();
+    bangerd::services::vm_stop::stop(&h.daemon, "web", Mode::Kill)
+        .await
+        .unwrap();
+    h.vmm.fail_always(VmmOp::Configure);
+    let err = bangerd::services::vm_start::start(
+        &h.daemon,
+        "web",
+        &EventSink::discard(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.message.contains("configuring the VMM"), "{err:?}");
+    let stored = h.daemon.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!(stored.state, VmState::Error);
+    assert!(h.vm_taps().is_empty());
+    assert!(h.net.nat().is_empty());
+    assert_eq!(
+        h.disk.live_roots().len(),
+        1,
+        "a failed start keeps the VM's disks"
+    );
+    // After fixing the cause, start works from the error state.
+    h.vmm.clear_failures();
+    let started = bangerd::services::vm_start::start(
+        &h.daemon,
+        "web",
+        &EventSink::discard(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.state, VmState::Running);
+    assert!(started.last_error.is_none());
+}

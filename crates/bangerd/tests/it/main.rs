@@ -1,0 +1,6 @@
+//! The daemon's lifecycle against recording fakes of the host (network,
+//! disks, VMM, readiness): every rollback path, without root.
+
+mod harness;
+mod lifecycle;
+mod reconcile;
