@@ -26,10 +26,7 @@ async fn leftovers_of_unknown_vms_are_swept_and_running_vms_adopted() {
     assert_eq!(report.adopted, ["web"], "{report:?}");
     assert!(report.problems.is_empty(), "{report:?}");
     assert_eq!(h.vm_taps(), [banger_net::vm_tap_name(&vm.id)]);
-    assert_eq!(
-        h.net.nat().keys().cloned().collect::<Vec<_>>(),
-        [vm.id.clone()]
-    );
+    assert_eq!(h.net.nat().keys().collect::<Vec<_>>(), [&vm.id]);
     assert!(!stray_dir.exists());
     assert_eq!(
         h.daemon.store.get_vm(&vm.id).unwrap().unwrap().state,
