@@ -28,7 +28,7 @@ test:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run
 
 clean:
 	$(CARGO) clean

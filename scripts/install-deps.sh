@@ -9,7 +9,7 @@ packages=(
     # building the guest image fixtures and default images
     debootstrap ca-certificates
     # test suite: guests' sshd comes from the image, but sshd/ssh-keygen are used on the host too
-    openssh-server dnsutils docker-registry skopeo shellcheck btrfs-progs xfsprogs curl python3 make
+    openssh-server dnsutils docker-registry skopeo umoci jq procps shellcheck btrfs-progs xfsprogs curl python3 make
 )
 
 missing=()
