@@ -529,3 +529,59 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
     sim.ok(["kernel", "rm", "k1"]);
     sim.assert_clean();
 }
+
+#[test]
+fn ctrl_c_during_create_rolls_back() {
+    if !e2e_ready() {
+        return;
+    }
+    // A rootfs with nothing but a shell: its guest never becomes ready, so
+    // the create is still waiting when Ctrl-C arrives.
+    let sim = SimEnv::new("");
+    let rootfs = shell_only_rootfs(sim.env.root());
+    sim.ok([
+        "image",
+        "import",
+        &rootfs.to_string_lossy(),
+        "--name",
+        "bare",
+    ]);
+    let mut command = sim.in_netns(banger_testkit::binary("banger"));
+    command
+        .args(["vm", "create", "--name", "interrupted"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().unwrap();
+    // `ip netns exec` enters the namespace and execs banger in place.
+    let store = sim.layout().database();
+    sim.wait_for("the VM's VMM to run", Duration::from_secs(30), || {
+        vm_state_in_db(&store, "interrupted").is_some() && has_vmm(&sim, "interrupted")
+    });
+    let banger = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(banger, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("rolled back"), "{stderr}");
+    assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
+/// `/bin/sh` (dash) and the libraries it needs, nothing else.
+fn shell_only_rootfs(root: &std::path::Path) -> std::path::PathBuf {
+    let rootfs = root.join("bare-rootfs");
+    for dir in ["bin", "root", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/dash", rootfs.join("bin/sh")).unwrap();
+    let ldd = Command::new("ldd").arg("/bin/dash").output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let library = line.split_whitespace().find(|word| word.starts_with('/'));
+        if let Some(library) = library {
+            let target = rootfs.join(library.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(library, target).unwrap();
+        }
+    }
+    rootfs
+}
