@@ -70,9 +70,18 @@ impl<S: AsyncRead + AsyncWrite> Client<S> {
             method: method.to_owned(),
             params,
         };
-        write_frame(&mut self.writer, &frame)
-            .await
-            .map_err(CallError::Io)?;
+        if let Err(err) = write_frame(&mut self.writer, &frame).await {
+            // A daemon that refuses a connection answers and closes at once;
+            // its answer explains the broken pipe better than the pipe does.
+            if let Some(Ok(ResponseFrame {
+                body: ResponseBody::Error(refusal),
+                ..
+            })) = self.reader.next_frame::<ResponseFrame>().await
+            {
+                return Err(refusal.into());
+            }
+            return Err(CallError::Io(err));
+        }
         loop {
             let frame: ResponseFrame = match self.reader.next_frame().await {
                 None => return Err(CallError::Closed),
