@@ -426,7 +426,7 @@ pub async fn wait_for_api(
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut exit = exit.cloned();
-    let mut delay = Duration::from_millis(2);
+    let mut delay = Duration::from_millis(1);
     let mut last: Option<Box<dyn std::error::Error + Send + Sync>> = None;
     loop {
         if let Some(code) = exit.as_ref().and_then(ExitWatch::exited) {
@@ -452,7 +452,7 @@ pub async fn wait_for_api(
             });
         }
         let sleep = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay));
-        delay = (delay * 2).min(Duration::from_millis(50));
+        delay = (delay * 2).min(Duration::from_millis(8));
         tokio::select! {
             _ = cancel.cancelled() => return Err(WaitForApiError::Cancelled),
             code = async {

@@ -45,6 +45,11 @@ impl Undo {
         self.steps.push((what.into(), class, Box::pin(step)));
     }
 
+    /// Takes over `other`'s steps (run after this one's own, in reverse).
+    pub fn extend(&mut self, mut other: Undo) {
+        self.steps.append(&mut other.steps);
+    }
+
     /// Success: nothing is released.
     pub fn disarm(mut self) {
         self.steps.clear();

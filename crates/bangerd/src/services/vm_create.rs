@@ -22,7 +22,7 @@ use crate::daemon::{Daemon, resolve_error, store_error};
 use crate::server::EventSink;
 use crate::undo::{Class, Undo};
 use crate::vm::boot::{self, BootInput};
-use crate::vm::{Failure, disks, finish};
+use crate::vm::{disks, finish};
 
 /// Lowest guest context id (0–2 are reserved by vsock).
 const FIRST_CID: u32 = 3;
@@ -44,6 +44,7 @@ pub async fn create(
     events: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Vm, RpcError> {
+    let requested_at = std::time::Instant::now();
     let plan = plan(daemon, params)?;
     let mut vm = allocate(daemon, &plan).await?;
     let _lock = daemon.vm_locks.lock(&vm.id).await;
@@ -55,26 +56,20 @@ pub async fn create(
         async move { store.delete_vm(&id).map_err(|err| err.to_string()) }
     });
     let outcome = async {
-        let stage = events.stage("prepare_disks");
         let key = daemon
             .keys
             .ensure()
             .await
             .map_err(|err| crate::vm::internal("preparing the SSH key", &err))?;
-        let root_device = disks::create(daemon, &vm, &plan.image, &mut undo).await?;
-        for warning in disks::write_work_files(daemon, &vm, &key).await? {
-            events.log("warning", warning);
-        }
-        stage.done();
-        if cancel.is_cancelled() {
-            return Err(Failure::before_launch(RpcError::cancelled()));
-        }
+        disks::create_dir(&vm, &mut undo)?;
+        let snapshot = vm.clone();
+        let prepare = disks::prepare_new(daemon, &snapshot, &plan.image, &key, events);
         let input = BootInput {
             image: &plan.image,
             kernel: plan.kernel.as_ref(),
-            root_device,
+            requested_at,
         };
-        boot::boot(daemon, &mut vm, input, events, cancel, &mut undo).await
+        boot::boot(daemon, &mut vm, input, prepare, events, cancel, &mut undo).await
     }
     .await;
     finish(daemon, vm, outcome, undo, events, true).await

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use banger_model::vm::{StorageStrategy, Vm, VmState, VmmKind};
+use banger_model::vm::{Vm, VmState, VmmKind};
 use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::{Daemon, store_error};
 use crate::server::EventSink;
-use crate::undo::{Class, Undo};
+use crate::undo::Undo;
 use crate::vm::boot::{self, BootInput};
 use crate::vm::halt::{self, Mode};
-use crate::vm::{Failure, blocking, disks, finish, internal, load, resolve};
+use crate::vm::{disks, finish, internal, load, resolve};
 
 pub async fn start(
     daemon: &Arc<Daemon>,
@@ -52,6 +52,7 @@ async fn start_locked(
     events: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Vm, RpcError> {
+    let requested_at = std::time::Instant::now();
     match vm.state {
         VmState::Running => return Ok(vm),
         VmState::Creating => return Err(creating(&vm)),
@@ -81,58 +82,22 @@ async fn start_locked(
 
     let mut undo = Undo::default();
     let outcome = async {
-        let stage = events.stage("prepare_disks");
-        let overlay = disks::overlay_for(&vm, &image);
-        let root_device = if vm.storage == Some(StorageStrategy::DmSnapshot) {
-            let disk = Arc::clone(&daemon.disk);
-            let active = blocking(move || disk.activate_root(&overlay))
-                .await?
-                .map_err(|err| internal("activating the root disk", &err))?;
-            undo.push("deactivate the root disk", Class::Host, {
-                let (disk, active) = (Arc::clone(&daemon.disk), active.clone());
-                async move {
-                    blocking(move || {
-                        disk.deactivate_root(&active)
-                            .map(drop)
-                            .map_err(|err| err.to_string())
-                    })
-                    .await
-                    .map_err(|err| err.message)?
-                }
-            });
-            active.device()
-        } else {
-            overlay.device()
-        };
-        grow_work_disk(daemon, &vm).await?;
         let key = daemon
             .keys
             .ensure()
             .await
             .map_err(|err| internal("preparing the SSH key", &err))?;
-        for warning in disks::write_work_files(daemon, &vm, &key).await? {
-            events.log("warning", warning);
-        }
-        stage.done();
+        let snapshot = vm.clone();
+        let prepare = disks::prepare_existing(daemon, &snapshot, &image, &key, events);
         let input = BootInput {
             image: &image,
             kernel: kernel.as_ref(),
-            root_device,
+            requested_at,
         };
-        boot::boot(daemon, &mut vm, input, events, cancel, &mut undo).await
+        boot::boot(daemon, &mut vm, input, prepare, events, cancel, &mut undo).await
     }
     .await;
     finish(daemon, vm, outcome, undo, events, false).await
-}
-
-/// Applies a `vm set --disk-size` made while the VM was running.
-async fn grow_work_disk(daemon: &Daemon, vm: &Vm) -> Result<(), Failure> {
-    let disk = Arc::clone(&daemon.disk);
-    let (path, size) = (vm.paths().work_disk(), vm.spec.disk_size);
-    blocking(move || disk.grow_work_disk(&path, size))
-        .await?
-        .map_err(|err| Failure::before_launch(internal("growing the work disk", &err)))?;
-    Ok(())
 }
 
 fn creating(vm: &Vm) -> RpcError {

@@ -41,27 +41,86 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct BootInput<'a> {
     pub image: &'a Image,
     pub kernel: Option<&'a Kernel>,
-    pub root_device: PathBuf,
+    /// When the request arrived: the control-plane time (request in →
+    /// `InstanceStart` sent) is logged as `control_plane_ms`.
+    pub requested_at: std::time::Instant,
 }
 
-/// Boots `vm`. On success the VM is booted and answering SSH; its record
-/// has the pid and TAP but is still `creating`/`starting` (the caller
-/// finishes it).
+/// What disk preparation yields: the root device for the VMM, and the
+/// rollback of what it made (returned even when it failed half-way).
+pub type Prepared = (Result<PathBuf, Failure>, Undo);
+
+/// A launched VMM, not configured yet.
+#[derive(Debug)]
+struct Launched {
+    process: VmmProcess,
+    tap: String,
+    kernel: PathBuf,
+}
+
+/// Boots `vm`: `prepare` (its disks) runs alongside the VMM launch (TAP,
+/// NAT, process, API), then the VMM is configured and started, then the
+/// readiness waits run. On success the record has the pid and TAP but is
+/// still `creating`/`starting` (the caller finishes it).
 pub async fn boot(
     daemon: &Arc<Daemon>,
     vm: &mut Vm,
     input: BootInput<'_>,
+    prepare: impl Future<Output = Prepared>,
     events: &EventSink,
     cancel: &CancellationToken,
     undo: &mut Undo,
 ) -> Result<VmmProcess, Failure> {
-    let stage = events.stage("start_vmm");
-    let process = start_vmm(daemon, vm, &input, cancel, undo).await?;
-    stage.done();
+    let disks_stage = events.stage("prepare_disks");
+    let vmm_stage = events.stage("start_vmm");
+    let disks = async move {
+        let prepared = prepare.await;
+        if prepared.0.is_ok() {
+            disks_stage.done();
+        }
+        prepared
+    };
+    let ((root, disk_undo), (launched, vmm_undo)) =
+        tokio::join!(disks, launch(daemon, vm, &input, cancel));
+    undo.extend(disk_undo);
+    undo.extend(vmm_undo);
+    let root_device = match root {
+        Ok(root) => root,
+        Err(failure) => {
+            vmm_stage.skipped("the disks could not be prepared");
+            return Err(failure);
+        }
+    };
+    let launched = launched?;
+
+    vm.pid = Some(launched.process.pid());
+    vm.tap = Some(launched.tap.clone());
+    // A create stays `creating` until ready, so that reconcile removes an
+    // interrupted create entirely.
+    if vm.state != VmState::Creating {
+        vm.state = VmState::Starting;
+    }
+    save(daemon, vm).map_err(Failure::after_launch)?;
+    let config = vm_config(vm, &input, &launched.kernel, &root_device);
+    let paths = vm.paths();
+    daemon
+        .vmm
+        .configure(&launched.process, &config)
+        .await
+        .map_err(|err| {
+            Failure::after_launch(
+                internal("configuring the VMM", &err)
+                    .with_hint(format!("see {}", paths.vmm_log().display())),
+            )
+        })?;
+    let control_plane_ms = input.requested_at.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(vm = %vm.name, control_plane_ms, "InstanceStart sent");
+    vmm_stage.done();
+    let process = launched.process;
 
     let deadline = tokio::time::Instant::now() + daemon.config.boot_timeout;
     let stage = events.stage("wait_vsock_agent");
-    let vsock = vm.paths().vsock_socket();
+    let vsock = paths.vsock_socket();
     wait_for(
         vm,
         "wait_vsock_agent",
@@ -88,13 +147,25 @@ pub async fn boot(
     Ok(process)
 }
 
-async fn start_vmm(
+/// TAP, NAT rules and the VMM process with its API answering.
+async fn launch(
     daemon: &Arc<Daemon>,
-    vm: &mut Vm,
+    vm: &Vm,
+    input: &BootInput<'_>,
+    cancel: &CancellationToken,
+) -> (Result<Launched, Failure>, Undo) {
+    let mut undo = Undo::default();
+    let result = launch_steps(daemon, vm, input, cancel, &mut undo).await;
+    (result, undo)
+}
+
+async fn launch_steps(
+    daemon: &Arc<Daemon>,
+    vm: &Vm,
     input: &BootInput<'_>,
     cancel: &CancellationToken,
     undo: &mut Undo,
-) -> Result<VmmProcess, Failure> {
+) -> Result<Launched, Failure> {
     let network = vm.network.clone().expect("VMs get an address when created");
     let pool = daemon.network.pool().await.map_err(|err| {
         Failure::before_launch(
@@ -117,7 +188,6 @@ async fn start_vmm(
                 .map_err(|err| err.to_string())
         }
     });
-    vm.tap = Some(tap.clone());
 
     if vm.nat {
         let ops = &daemon.network.ops;
@@ -139,7 +209,7 @@ async fn start_vmm(
     }
 
     let paths = vm.paths();
-    let kernel_path = match (input.kernel, vm.vmm) {
+    let kernel = match (input.kernel, vm.vmm) {
         (Some(kernel), _) => kernel.vmlinux_path.clone(),
         (None, VmmKind::Sim) => sim_placeholder_kernel(&paths.dir)?,
         (None, VmmKind::Firecracker) => {
@@ -172,30 +242,15 @@ async fn start_vmm(
         let (vmm, process) = (Arc::clone(&daemon.vmm), process.clone());
         async move { vmm.kill(&process).await.map_err(|err| err.to_string()) }
     });
-    vm.pid = Some(process.pid());
-    // A create stays `creating` until ready, so that reconcile removes an
-    // interrupted create entirely.
-    if vm.state != VmState::Creating {
-        vm.state = VmState::Starting;
-    }
-    save(daemon, vm).map_err(Failure::after_launch)?;
-
-    let config = vm_config(vm, input, &kernel_path);
-    daemon
-        .vmm
-        .configure(&process, &config)
-        .await
-        .map_err(|err| {
-            Failure::after_launch(
-                internal("configuring the VMM", &err)
-                    .with_hint(format!("see {}", paths.vmm_log().display())),
-            )
-        })?;
-    Ok(process)
+    Ok(Launched {
+        process,
+        tap,
+        kernel,
+    })
 }
 
 /// Everything sent to the VMM before `InstanceStart`.
-fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path) -> VmConfig {
+fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) -> VmConfig {
     let network = vm.network.as_ref().expect("booting VMs have an address");
     let paths = vm.paths();
     let mut ip = IpConfig::new(
@@ -227,7 +282,7 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path) -> VmConfig {
             boot_args: Some(args.to_string()),
         },
         drives: vec![
-            Drive::virtio("rootfs", input.root_device.to_string_lossy(), true),
+            Drive::virtio("rootfs", root_device.to_string_lossy(), true),
             Drive::virtio("work", paths.work_disk().to_string_lossy(), false),
         ],
         network_interfaces: vec![NetworkInterface::new(

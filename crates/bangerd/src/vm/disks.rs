@@ -13,8 +13,11 @@ use banger_rpc::RpcError;
 
 use super::{blocking, internal};
 use crate::daemon::Daemon;
+use crate::server::EventSink;
 use crate::ssh::SshKey;
 use crate::undo::{Class, Undo};
+use crate::vm::Failure;
+use crate::vm::boot::Prepared;
 
 /// The VM's root overlay as it exists on disk (rebuilt from the VM, never
 /// stored: file strategies are a path, dm is named after the VM id).
@@ -35,25 +38,102 @@ pub fn overlay_for(vm: &Vm, image: &Image) -> RootOverlay {
     }
 }
 
-/// Creates the VM dir, root overlay and work disk, registering their
-/// removal in `undo`. Returns the root device for the VMM.
-pub async fn create(
+/// Creates the VM's directory (before disks and VMM, which both use it).
+pub fn create_dir(vm: &Vm, undo: &mut Undo) -> Result<(), RpcError> {
+    let dir = vm.dir.clone();
+    fs_err::create_dir_all(&dir).map_err(|err| internal("creating the VM directory", &err))?;
+    undo.push("remove the VM directory", Class::Data, async move {
+        remove_dir(&dir)
+    });
+    Ok(())
+}
+
+/// A new VM's disks: the root overlay and the work disk, then the per-VM
+/// files written into both (concurrently).
+pub async fn prepare_new(
+    daemon: &Daemon,
+    vm: &Vm,
+    image: &Image,
+    key: &SshKey,
+    events: &EventSink,
+) -> Prepared {
+    let mut undo = Undo::default();
+    let result = async {
+        let root = create_root(daemon, vm, image, &mut undo).await?;
+        create_work_disk(daemon, vm, image, &mut undo).await?;
+        let (root_files, work_files) = tokio::join!(
+            write_root_files(daemon, vm, &root),
+            write_work_files(daemon, vm, key)
+        );
+        root_files?;
+        for warning in work_files? {
+            events.log("warning", warning);
+        }
+        Ok(root)
+    }
+    .await
+    .map_err(Failure::before_launch);
+    (result, undo)
+}
+
+/// An existing VM's disks before a start: the root reactivated (dm), the
+/// work disk grown to the VM's size, the per-start files refreshed.
+pub async fn prepare_existing(
+    daemon: &Daemon,
+    vm: &Vm,
+    image: &Image,
+    key: &SshKey,
+    events: &EventSink,
+) -> Prepared {
+    let mut undo = Undo::default();
+    let result = async {
+        let overlay = overlay_for(vm, image);
+        let root = if vm.storage == Some(StorageStrategy::DmSnapshot) {
+            let disk = Arc::clone(&daemon.disk);
+            let active = blocking(move || disk.activate_root(&overlay))
+                .await?
+                .map_err(|err| internal("activating the root disk", &err))?;
+            undo.push("deactivate the root disk", Class::Host, {
+                let (disk, active) = (Arc::clone(&daemon.disk), active.clone());
+                async move {
+                    blocking(move || {
+                        disk.deactivate_root(&active)
+                            .map(drop)
+                            .map_err(|err| err.to_string())
+                    })
+                    .await
+                    .map_err(|err| err.message)?
+                }
+            });
+            active.device()
+        } else {
+            overlay.device()
+        };
+        let disk = Arc::clone(&daemon.disk);
+        let (path, size) = (vm.paths().work_disk(), vm.spec.disk_size);
+        blocking(move || disk.grow_work_disk(&path, size))
+            .await?
+            .map_err(|err| internal("growing the work disk", &err))?;
+        for warning in write_work_files(daemon, vm, key).await? {
+            events.log("warning", warning);
+        }
+        Ok(root)
+    }
+    .await
+    .map_err(Failure::before_launch);
+    (result, undo)
+}
+
+async fn create_root(
     daemon: &Daemon,
     vm: &Vm,
     image: &Image,
     undo: &mut Undo,
 ) -> Result<PathBuf, RpcError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
-    let dir = vm.dir.clone();
-    fs_err::create_dir_all(&dir).map_err(|err| internal("creating the VM directory", &err))?;
-    undo.push("remove the VM directory", Class::Data, {
-        let dir = dir.clone();
-        async move { remove_dir(&dir) }
-    });
-
     let request = RootRequest {
         base: image.rootfs_path.clone(),
-        vm_dir: dir.clone(),
+        vm_dir: vm.dir.clone(),
         vm_id: vm.id.clone(),
         strategy: vm.storage.unwrap_or(daemon.storage.strategy),
     };
@@ -64,44 +144,47 @@ pub async fn create(
     .await?
     .map_err(|err| internal("creating the root disk", &err))?;
     undo.push("remove the root disk", Class::Data, {
-        let (disk, overlay) = (Arc::clone(&disk), overlay.clone());
+        let overlay = overlay.clone();
         async move {
             blocking(move || disk.remove_root(&overlay).map_err(|err| err.to_string()))
                 .await
                 .map_err(|err| err.message)?
         }
     });
+    Ok(overlay.device())
+}
 
+async fn create_work_disk(
+    daemon: &Daemon,
+    vm: &Vm,
+    image: &Image,
+    undo: &mut Undo,
+) -> Result<(), RpcError> {
+    let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
     let seed = image.work_seed_path.clone().ok_or_else(|| {
         RpcError::invalid(format!("image {} has no work seed", image.name))
             .with_hint("re-import or re-register the image")
     })?;
+    let work = vm.paths().work_disk();
     let request = WorkDiskRequest {
         seed,
-        dest: vm.paths().work_disk(),
+        dest: work.clone(),
         size: vm.spec.disk_size,
         strategy: daemon.storage.strategy,
         grown_seed_cache: image.rootfs_path.parent().map(Path::to_owned),
     };
-    let work = vm.paths().work_disk();
     blocking({
         let disk = Arc::clone(&disk);
         move || disk.make_work_disk(&request)
     })
     .await?
     .map_err(|err| internal("creating the work disk", &err))?;
-    undo.push("remove the work disk", Class::Data, {
-        let disk = Arc::clone(&disk);
-        async move {
-            blocking(move || disk.remove_work_disk(&work).map_err(|err| err.to_string()))
-                .await
-                .map_err(|err| err.message)?
-        }
+    undo.push("remove the work disk", Class::Data, async move {
+        blocking(move || disk.remove_work_disk(&work).map_err(|err| err.to_string()))
+            .await
+            .map_err(|err| err.message)?
     });
-
-    let device = overlay.device();
-    write_root_files(daemon, vm, &device).await?;
-    Ok(device)
+    Ok(())
 }
 
 /// `/etc/hostname` and `/etc/hosts` in the root disk.

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Prints banger's performance figures (DESIGN.md §5) on this machine.
+# Run as root from the repository: scripts/bench.sh [--runs N]
+#
+# Figures, each with its target:
+#   vm create control plane (request in -> InstanceStart sent), reflink, p50   < 30 ms
+#   root overlay + work disk, 1/4/16 GiB images, reflink                       < 20 ms, flat
+#   copy fallback vs `cp --sparse=always`                                      <= 1.2x
+#   `banger vm list` with 100 VMs, wall                                         < 15 ms
+#   idle daemon RSS                                                             < 20 MiB
+#
+# Everything runs in a private network namespace with the state dir on a
+# loop-mounted XFS (reflink); all of it is removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs=20
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs="$2"; shift 2 ;;
+        *) echo "usage: scripts/bench.sh [--runs N]" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
+command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
+
+rootfs=.cache/fixtures/debian-bookworm/rootfs
+[ -d "$rootfs" ] || tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm
+
+echo "== building release binaries" >&2
+cargo build --release --locked --workspace -q
+cargo build --release --locked -q -p banger-disk --example disk_bench
+
+work=$(mktemp -d /tmp/banger-bench.XXXXXX)
+netns="banger-bench-$$"
+cleanup() {
+    set +e
+    if [ -n "${BANGER:-}" ]; then
+        ip netns exec "$netns" "$BANGER" daemon stop >/dev/null 2>&1
+    fi
+    ip netns del "$netns" 2>/dev/null
+    umount "$work/state" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+truncate -s 64G "$work/xfs.img"
+mkfs.xfs -q -m reflink=1 "$work/xfs.img"
+mkdir -p "$work/state" "$work/home" "$work/config/banger" "$work/run"
+mount -o loop "$work/xfs.img" "$work/state"
+ip netns add "$netns"
+ip -n "$netns" link set lo up
+printf 'vmm = "sim"\nlog_level = "info"\n' > "$work/config/banger/config.toml"
+
+export HOME="$work/home" XDG_STATE_HOME="$work/state" XDG_CONFIG_HOME="$work/config" \
+    XDG_RUNTIME_DIR="$work/run" NO_COLOR=1
+BANGER=$PWD/target/release/banger
+b() { ip netns exec "$netns" "$BANGER" "$@"; }
+p50() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] }'; }
+p90() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int(NR * 0.9 + 0.5)] }'; }
+
+b daemon start >/dev/null 2>&1
+daemon_pid=$(cut -d' ' -f1 "$work/run/banger/bangerd.lock")
+echo
+echo "idle daemon RSS (fresh)                : $(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$daemon_pid/status")   target < 20 MiB"
+
+b image import "$rootfs" --name debian >/dev/null 2>&1
+strategy=$(grep -o '"strategy":"[a-z_]*"' "$work/state/banger/bangerd.log" | tail -1)
+echo "storage                                : $strategy"
+
+for i in $(seq 1 "$runs"); do
+    b vm create --name "bench$i" >/dev/null 2>&1
+    b vm delete "bench$i" >/dev/null
+done
+grep '"InstanceStart sent"' "$work/state/banger/bangerd.log" \
+    | grep -o '"control_plane_ms":[0-9.]*' | cut -d: -f2 > "$work/control_plane.txt"
+echo "vm create control plane, p50 / p90     : $(p50 < "$work/control_plane.txt") / $(p90 < "$work/control_plane.txt") ms over $runs runs   target p50 < 30 ms"
+
+echo "== creating 100 VMs for vm list" >&2
+for batch in $(seq 0 9); do
+    for i in $(seq 0 9); do b vm create --name "list$batch$i" >/dev/null 2>&1 & done
+    wait
+done
+count=$(b vm list --json | grep -c '"name"')
+echo "VMs                                    : $count"
+list_ms=$(hyperfine -N --warmup 3 --runs 30 --export-json "$work/list.json" \
+    "ip netns exec $netns $BANGER vm list" >/dev/null 2>&1 \
+    && python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.1f" % (r["median"]*1000))' "$work/list.json")
+echo "vm list with 100 VMs, median wall      : $list_ms ms (includes ip netns exec)   target < 15 ms"
+echo "idle daemon RSS (100 VMs)              : $(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$daemon_pid/status")"
+mapfile -t names < <(b vm list --json | grep -o '"name": "[a-z0-9-]*"' | cut -d'"' -f4)
+b vm delete "${names[@]}" >/dev/null
+
+echo
+echo "== disks (banger-disk's disk_bench)" >&2
+target/release/examples/disk_bench --runs "$runs" --sizes 1,4,16
