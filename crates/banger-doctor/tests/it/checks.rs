@@ -1,0 +1,536 @@
+//! Each check judged against [`FakeHost`]: pass, warn and fail.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use banger_doctor::checks::{self, *};
+use banger_doctor::{CheckStatus, DeviceProbe, DoctorCheck, FakeHost, KvmProbe, Privileges, Space};
+use banger_model::config::Config;
+use banger_model::defaults::{HostFacts, VmDefaults};
+use banger_model::vm::{StorageStrategy, VmmKind};
+
+#[track_caller]
+fn assert_status(check: &DoctorCheck, status: CheckStatus, needle: &str) {
+    assert_eq!(check.status, status, "{check:?}");
+    assert!(
+        check.detail.contains(needle),
+        "{:?} lacks {needle:?}",
+        check.detail
+    );
+    // Every non-pass says how to fix it; a pass carries no fix.
+    match status {
+        CheckStatus::Pass => assert!(check.fix.is_none(), "{check:?}"),
+        _ => assert!(
+            check.fix.as_deref().is_some_and(|fix| !fix.is_empty()),
+            "{check:?} has no fix"
+        ),
+    }
+}
+
+fn sim_config() -> Config {
+    Config {
+        vmm: VmmKind::Sim,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn arch_passes_on_x86_64_and_fails_elsewhere_naming_the_assumptions() {
+    assert_status(&arch(&FakeHost::default()), CheckStatus::Pass, "x86_64");
+    let host = FakeHost {
+        arch: "aarch64".into(),
+        ..FakeHost::default()
+    };
+    let check = arch(&host);
+    assert_status(&check, CheckStatus::Fail, "aarch64");
+    for place in ["kernels", "catalogs", "agent"] {
+        assert!(check.detail.contains(place), "{check:?} lacks {place}");
+    }
+}
+
+#[test]
+fn vmm_warns_that_sim_is_not_a_hypervisor() {
+    assert_status(&vmm(&Config::default()), CheckStatus::Pass, "firecracker");
+    let check = vmm(&sim_config());
+    assert_status(&check, CheckStatus::Warn, "namespaces");
+    assert!(check.detail.contains("NOT under a hypervisor"), "{check:?}");
+}
+
+#[test]
+fn kvm_pass_and_each_failure() {
+    let firecracker = VmmKind::Firecracker;
+    assert_status(
+        &kvm(&FakeHost::default(), firecracker),
+        CheckStatus::Pass,
+        "API 12",
+    );
+    let cases = [
+        (KvmProbe::Missing, "does not exist", "modprobe"),
+        (
+            KvmProbe::Open("Permission denied".into()),
+            "Permission denied",
+            "kvm group",
+        ),
+        (
+            KvmProbe::ApiVersion("Inappropriate ioctl".into()),
+            "KVM_GET_API_VERSION",
+            "char 10,232",
+        ),
+        (KvmProbe::UnexpectedApi(11), "API 11", "kernel"),
+        (
+            KvmProbe::CreateVm("Device or resource busy".into()),
+            "cannot create a VM",
+            "firmware",
+        ),
+    ];
+    for (probe, detail, fix) in cases {
+        let host = FakeHost {
+            kvm: probe.clone(),
+            ..FakeHost::default()
+        };
+        let check = kvm(&host, firecracker);
+        assert_status(&check, CheckStatus::Fail, detail);
+        assert!(check.fix.as_deref().unwrap().contains(fix), "{check:?}");
+        // The sim does not need KVM: the same finding only warns.
+        assert_status(
+            &kvm(&host, VmmKind::Sim),
+            CheckStatus::Warn,
+            "does not need it",
+        );
+    }
+}
+
+#[test]
+fn vhost_vsock_pass_and_warn() {
+    assert_status(
+        &vhost_vsock(&FakeHost::default()),
+        CheckStatus::Pass,
+        "usable",
+    );
+    let mut host = FakeHost::default();
+    host.devices.clear();
+    let check = vhost_vsock(&host);
+    assert_status(&check, CheckStatus::Warn, "absent");
+    assert_eq!(check.fix.as_deref(), Some("sudo modprobe vhost_vsock"));
+    host.devices.insert(
+        PathBuf::from("/dev/vhost-vsock"),
+        DeviceProbe::Unusable("Permission denied".into()),
+    );
+    assert_status(&vhost_vsock(&host), CheckStatus::Warn, "Permission denied");
+}
+
+#[test]
+fn firecracker_found_versioned_missing_and_old() {
+    let config = Config::default();
+    assert_status(
+        &firecracker(&FakeHost::default(), &config),
+        CheckStatus::Pass,
+        "Firecracker v1.16.0",
+    );
+
+    let missing = FakeHost::default().without_program("firecracker");
+    assert_status(
+        &firecracker(&missing, &config),
+        CheckStatus::Fail,
+        "not in PATH",
+    );
+    assert_status(
+        &firecracker(&missing, &sim_config()),
+        CheckStatus::Warn,
+        "does not need it",
+    );
+
+    let mut old = FakeHost::default();
+    old.versions.insert(
+        PathBuf::from("/usr/local/bin/firecracker"),
+        Ok("Firecracker v1.4.1".into()),
+    );
+    assert_status(
+        &firecracker(&old, &config),
+        CheckStatus::Warn,
+        "tested with v1.16",
+    );
+
+    let mut broken = FakeHost::default();
+    broken.versions.insert(
+        PathBuf::from("/usr/local/bin/firecracker"),
+        Err("cannot run /usr/local/bin/firecracker: Exec format error".into()),
+    );
+    assert_status(
+        &firecracker(&broken, &config),
+        CheckStatus::Fail,
+        "Exec format error",
+    );
+
+    // firecracker_bin wins over PATH, and must be executable.
+    let configured = Config {
+        firecracker_bin: Some("/opt/fc/firecracker".into()),
+        ..Config::default()
+    };
+    assert_status(
+        &firecracker(&FakeHost::default(), &configured),
+        CheckStatus::Fail,
+        "firecracker_bin = /opt/fc/firecracker",
+    );
+    let mut host = FakeHost::default();
+    host.executables.insert("/opt/fc/firecracker".into());
+    host.versions.insert(
+        "/opt/fc/firecracker".into(),
+        Ok("Firecracker v1.17.2".into()),
+    );
+    assert_status(
+        &firecracker(&host, &configured),
+        CheckStatus::Pass,
+        "/opt/fc/firecracker",
+    );
+}
+
+#[test]
+fn firecracker_versions_parse() {
+    assert_eq!(
+        parse_firecracker_version("Firecracker v1.16.0"),
+        Some((1, 16))
+    );
+    assert_eq!(
+        parse_firecracker_version("Firecracker v1.7.0-dev"),
+        Some((1, 7))
+    );
+    assert_eq!(parse_firecracker_version("firecracker 1.16"), None);
+}
+
+#[test]
+fn tools_name_what_is_missing_and_the_packages() {
+    assert_status(&tools(&FakeHost::default()), CheckStatus::Pass, "mkfs.ext4");
+    let host = FakeHost::default()
+        .without_program("debugfs")
+        .without_program("resize2fs")
+        .without_program("iptables");
+    let check = tools(&host);
+    assert_status(&check, CheckStatus::Fail, "debugfs, resize2fs, iptables");
+    assert_eq!(
+        check.fix.as_deref(),
+        Some("sudo apt install e2fsprogs iptables")
+    );
+}
+
+#[test]
+fn privileges_root_caps_and_neither() {
+    assert_status(&privileges(&FakeHost::default()), CheckStatus::Pass, "root");
+    let with_caps = FakeHost {
+        privileges: Privileges {
+            euid: 1000,
+            cap_net_admin: true,
+            cap_sys_admin: true,
+        },
+        ..FakeHost::default()
+    };
+    assert_status(
+        &privileges(&with_caps),
+        CheckStatus::Pass,
+        "CAP_NET_ADMIN and CAP_SYS_ADMIN",
+    );
+    let user = FakeHost {
+        privileges: Privileges {
+            euid: 1000,
+            cap_net_admin: false,
+            cap_sys_admin: true,
+        },
+        ..FakeHost::default()
+    };
+    let check = privileges(&user);
+    assert_status(&check, CheckStatus::Fail, "lacks CAP_NET_ADMIN");
+    assert!(!check.detail.contains("CAP_SYS_ADMIN"), "{check:?}");
+    assert!(check.fix.unwrap().contains("setcap"));
+}
+
+#[test]
+fn disk_space_thresholds() {
+    let with = |available: u64| FakeHost {
+        space: Ok(Space {
+            available,
+            total: 100 << 30,
+        }),
+        ..FakeHost::default()
+    };
+    let dir = Path::new("/home/me/.local/state/banger");
+    assert_status(
+        &disk_space(&with(50 << 30), dir),
+        CheckStatus::Pass,
+        "50.0 GiB free",
+    );
+    assert_status(
+        &disk_space(&with(2 << 30), dir),
+        CheckStatus::Warn,
+        "2.0 GiB free",
+    );
+    assert_status(
+        &disk_space(&with(300 << 20), dir),
+        CheckStatus::Fail,
+        "300 MiB free",
+    );
+    let broken = FakeHost {
+        space: Err("statvfs /x: Permission denied".into()),
+        ..FakeHost::default()
+    };
+    assert_status(
+        &disk_space(&broken, dir),
+        CheckStatus::Warn,
+        "Permission denied",
+    );
+}
+
+#[test]
+fn defaults_show_provenance() {
+    let config = Config::parse("[vm_defaults]\nvcpu = 3\n", Path::new("c.toml")).unwrap();
+    let defaults = VmDefaults::resolve(
+        &config.vm_defaults,
+        Some(HostFacts {
+            cpus: 8,
+            memory_bytes: 32 << 30,
+        }),
+    );
+    let check = vm_defaults(&defaults, Path::new("/home/me/.config/banger/config.toml"));
+    assert_status(&check, CheckStatus::Pass, "3 vcpu (config)");
+    assert!(check.detail.contains("4096 MiB (host)"), "{check:?}");
+    assert!(check.detail.contains("8G disk (builtin)"), "{check:?}");
+    assert!(check.detail.contains("/home/me/.config/banger/config.toml"));
+}
+
+#[test]
+fn storage_reflink_dm_and_copy() {
+    let facts = |strategy| StorageFacts {
+        dir: "/state".into(),
+        strategy,
+        reflink_problem: (strategy != StorageStrategy::Reflink)
+            .then(|| "ext4 cannot share extents".to_owned()),
+        dm_problem: (strategy == StorageStrategy::Copy)
+            .then(|| "dmsetup is not installed".to_owned()),
+    };
+    assert_status(
+        &storage(&facts(StorageStrategy::Reflink)),
+        CheckStatus::Pass,
+        "reflink",
+    );
+    assert_status(
+        &storage(&facts(StorageStrategy::DmSnapshot)),
+        CheckStatus::Pass,
+        "device-mapper",
+    );
+    let check = storage(&facts(StorageStrategy::Copy));
+    assert_status(&check, CheckStatus::Warn, "dmsetup is not installed");
+    assert!(check.fix.unwrap().contains("btrfs or xfs"));
+}
+
+#[test]
+fn default_image_local_catalog_and_missing() {
+    let facts = |configured: Option<&str>, store_default: Option<&str>, catalog| ImageFacts {
+        configured: configured.map(str::to_owned),
+        store_default: store_default.map(str::to_owned),
+        local: store_default.into_iter().map(str::to_owned).collect(),
+        catalog,
+    };
+    use CatalogLookup::*;
+    assert_status(
+        &default_image(&facts(None, Some("debian"), Unavailable)),
+        CheckStatus::Pass,
+        "debian (local)",
+    );
+    assert_status(
+        &default_image(&facts(None, None, Found)),
+        CheckStatus::Pass,
+        "pulled on first use",
+    );
+    assert_status(
+        &default_image(&facts(None, None, Unavailable)),
+        CheckStatus::Warn,
+        "no default image",
+    );
+    assert_status(
+        &default_image(&facts(Some("debian"), Some("debian"), Unavailable)),
+        CheckStatus::Pass,
+        "present locally",
+    );
+    assert_status(
+        &default_image(&facts(Some("arch"), Some("debian"), Found)),
+        CheckStatus::Pass,
+        "in the catalog",
+    );
+    assert_status(
+        &default_image(&facts(Some("arch"), Some("debian"), NotFound)),
+        CheckStatus::Fail,
+        "neither",
+    );
+    assert_status(
+        &default_image(&facts(Some("arch"), None, Unavailable)),
+        CheckStatus::Fail,
+        "not a local image",
+    );
+}
+
+#[test]
+fn dns_listener_and_routing() {
+    let serving = DnsFacts {
+        listener: Ok(vec![
+            "udp://127.0.0.1:42069".into(),
+            "tcp://127.0.0.1:42069".into(),
+        ]),
+        routing: RoutingFacts::ResolvedInactive,
+    };
+    assert_status(
+        &dns_listener(&serving, "127.0.0.1:42069"),
+        CheckStatus::Pass,
+        "udp://127.0.0.1:42069",
+    );
+    assert_status(&dns_routing(&serving), CheckStatus::Pass, "dns-routing.md");
+    let failed = DnsFacts {
+        listener: Err("Address already in use".into()),
+        routing: RoutingFacts::Failed {
+            link: "br-banger".into(),
+            error: "Access denied".into(),
+        },
+    };
+    assert_status(
+        &dns_listener(&failed, "127.0.0.1:42069"),
+        CheckStatus::Warn,
+        "Address already in use",
+    );
+    let check = dns_routing(&failed);
+    assert_status(&check, CheckStatus::Warn, "Access denied");
+    assert!(check.fix.unwrap().contains("resolvectl status br-banger"));
+    let applied = DnsFacts {
+        routing: RoutingFacts::Applied {
+            link: "br-banger".into(),
+            dns: "127.0.0.1:42069".into(),
+        },
+        ..serving.clone()
+    };
+    assert_status(
+        &dns_routing(&applied),
+        CheckStatus::Pass,
+        "routes ~vm to 127.0.0.1:42069 on br-banger",
+    );
+    let pending = DnsFacts {
+        routing: RoutingFacts::Pending {
+            link: "br-banger".into(),
+        },
+        ..serving
+    };
+    assert_status(
+        &dns_routing(&pending),
+        CheckStatus::Pass,
+        "once the bridge is up",
+    );
+}
+
+#[test]
+fn vm_resolution_through_the_system_resolver() {
+    let probe = ResolveProbe {
+        name: "doctor-1a2b.vm".into(),
+        expected: "172.30.0.1".parse().unwrap(),
+    };
+    let mut host = FakeHost::default();
+    let check = vm_resolution(&host, Some(&probe));
+    assert_status(&check, CheckStatus::Warn, "do not resolve");
+    assert!(check.fix.unwrap().contains("dns-routing.md"));
+    host.names.insert(
+        probe.name.clone(),
+        Ok(vec!["172.30.0.1".parse::<IpAddr>().unwrap()]),
+    );
+    assert_status(
+        &vm_resolution(&host, Some(&probe)),
+        CheckStatus::Pass,
+        "resolves",
+    );
+    host.names
+        .insert(probe.name.clone(), Ok(vec!["10.0.0.9".parse().unwrap()]));
+    assert_status(
+        &vm_resolution(&host, Some(&probe)),
+        CheckStatus::Warn,
+        "another resolver",
+    );
+    assert_status(
+        &vm_resolution(&host, None),
+        CheckStatus::Warn,
+        "not checked",
+    );
+}
+
+#[test]
+fn ssh_include_only_ever_warns() {
+    let path = Path::new("/home/me/.ssh/config");
+    assert_status(
+        &ssh_include(&IncludeState::Installed, path),
+        CheckStatus::Pass,
+        "includes",
+    );
+    assert_status(
+        &ssh_include(&IncludeState::Missing, path),
+        CheckStatus::Warn,
+        "does not include",
+    );
+    assert_status(
+        &ssh_include(&IncludeState::Legacy, path),
+        CheckStatus::Warn,
+        "old inline",
+    );
+    assert_status(
+        &ssh_include(&IncludeState::Unreadable("Permission denied".into()), path),
+        CheckStatus::Warn,
+        "Permission denied",
+    );
+}
+
+#[test]
+fn daemon_reachable_or_not() {
+    assert_status(
+        &checks::daemon(Ok("pid 7".into())),
+        CheckStatus::Pass,
+        "pid 7",
+    );
+    assert_status(
+        &checks::daemon(Err("bangerd exited".into())),
+        CheckStatus::Fail,
+        "bangerd exited",
+    );
+}
+
+#[test]
+fn host_checks_on_a_healthy_and_a_hostile_host() {
+    let config = Config::default();
+    let defaults = VmDefaults::resolve(&config.vm_defaults, None);
+    let inputs = HostInputs {
+        config: &config,
+        config_path: Path::new("/c/config.toml"),
+        state_dir: Path::new("/s"),
+        defaults: &defaults,
+    };
+    let healthy = host_checks(&FakeHost::default(), &inputs);
+    let names: Vec<&str> = healthy.iter().map(|check| check.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "arch",
+            "vmm",
+            "kvm",
+            "vhost-vsock",
+            "firecracker",
+            "tools",
+            "privileges",
+            "disk-space",
+            "vm-defaults"
+        ]
+    );
+    assert!(
+        healthy
+            .iter()
+            .all(|check| check.status == CheckStatus::Pass),
+        "{healthy:#?}"
+    );
+    let hostile = FakeHost {
+        arch: "riscv64".into(),
+        kvm: KvmProbe::Missing,
+        ..FakeHost::default().without_program("firecracker")
+    };
+    let (pass, warn, fail) = banger_doctor::tally(&host_checks(&hostile, &inputs));
+    assert_eq!((pass, warn, fail), (6, 0, 3));
+}
