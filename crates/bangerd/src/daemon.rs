@@ -171,6 +171,7 @@ impl Daemon {
             Request::KernelRm(params) => {
                 reply(kernel_import::remove(self, &params.reference).await?)
             }
+            Request::Doctor => reply(doctor::run(self).await?),
             other => Err(RpcError::new(
                 ErrorCode::NotImplemented,
                 format!("{} is not implemented yet", other.method()),

@@ -54,7 +54,13 @@ fn run() -> anyhow::Result<()> {
         let listener = instance::bind(&layout.socket())?;
         let socket = layout.socket();
         let net_ops = banger_net::RealNetOps::connect().context("opening netlink")?;
-        let network = Network::start(Arc::new(net_ops), config.network.clone()).await;
+        let routing = banger_net::routing::systemd_resolved_active().then(|| {
+            Arc::new(banger_net::routing::Resolvectl::default())
+                as Arc<dyn banger_net::routing::DnsRouting>
+        });
+        let network = Network::start(Arc::new(net_ops), config.network.clone())
+            .await
+            .with_routing(routing);
         let storage = banger_disk::detect_strategy(&layout.state_dir)
             .context("probing storage in the state dir")?;
         info!(strategy = %storage.strategy, dir = %storage.dir.display(), "storage strategy");

@@ -1,12 +1,25 @@
 //! The daemon's network subsystem: the `.vm` DNS server (started with the
 //! daemon), and the bridge with its warm TAP pool (set up on first need, so
 //! a daemon that never runs a VM never touches host networking).
+//!
+//! DNS routing: on systemd-resolved hosts the daemon routes `~vm` to its DNS
+//! server through the bridge link (`resolvectl dns br-banger
+//! 127.0.0.1:42069`, `domain br-banger ~vm`, `default-route br-banger
+//! false`). resolved sends queries for a loopback server through the
+//! loopback interface whatever link it is configured on, so the server stays
+//! on loopback (DESIGN §3) and nothing listens on the bridge. Routing is
+//! applied in the background when the bridge comes up and again whenever a
+//! record is published (cheap and idempotent; it heals a resolved restart),
+//! and reverted at shutdown. A failure is logged and shown by `doctor`; it
+//! never fails the daemon or a VM.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use banger_model::Name;
 use banger_model::config::NetworkConfig;
+use banger_net::routing::DnsRouting;
 use banger_net::{DnsRecords, DnsServer, NetOps, TapPool};
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{info, warn};
@@ -19,6 +32,64 @@ pub struct Network {
     dns: Mutex<Option<DnsServer>>,
     dns_status: DnsStatus,
     pool: OnceCell<TapPool>,
+    routing: Routing,
+}
+
+/// Where `~vm` routing through the host resolver stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutingState {
+    /// No routing seam (systemd-resolved is not running).
+    Inactive,
+    /// Not applied yet: the bridge is not up.
+    Pending,
+    Applied {
+        dns: SocketAddr,
+    },
+    Failed(String),
+}
+
+/// The routing seam and its state, shared with background apply tasks.
+#[derive(Debug, Clone)]
+struct Routing {
+    seam: Option<Arc<dyn DnsRouting>>,
+    state: Arc<std::sync::Mutex<RoutingState>>,
+    /// Serialises apply and revert.
+    gate: Arc<Mutex<()>>,
+    /// An apply is queued and has not started yet (coalesces bursts).
+    queued: Arc<AtomicBool>,
+    /// Whether the bridge is up (set with the pool); nothing is applied before.
+    bridge_up: Arc<AtomicBool>,
+}
+
+impl Routing {
+    fn new(seam: Option<Arc<dyn DnsRouting>>) -> Self {
+        let state = if seam.is_some() {
+            RoutingState::Pending
+        } else {
+            RoutingState::Inactive
+        };
+        Self {
+            seam,
+            state: Arc::new(std::sync::Mutex::new(state)),
+            gate: Arc::new(Mutex::new(())),
+            queued: Arc::new(AtomicBool::new(false)),
+            bridge_up: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn set(&self, state: RoutingState) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+    }
+
+    fn get(&self) -> RoutingState {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
 /// What `daemon status` says about DNS.
@@ -66,6 +137,90 @@ impl Network {
             dns: Mutex::new(dns),
             dns_status,
             pool: OnceCell::new(),
+            routing: Routing::new(None),
+        }
+    }
+
+    /// Routes `~vm` through `routing` (the daemon passes `resolvectl` when
+    /// systemd-resolved runs, `None` otherwise).
+    pub fn with_routing(mut self, routing: Option<Arc<dyn DnsRouting>>) -> Self {
+        self.routing = Routing::new(routing);
+        self
+    }
+
+    pub fn routing_state(&self) -> RoutingState {
+        self.routing.get()
+    }
+
+    /// The address the host resolver should send `.vm` queries to: the DNS
+    /// server's UDP address, with an unspecified IP made loopback.
+    pub fn dns_server_addr(&self) -> Option<SocketAddr> {
+        match &self.dns_status {
+            DnsStatus::Serving { udp, .. } => {
+                let mut addr = *udp;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                    });
+                }
+                Some(addr)
+            }
+            DnsStatus::Failed(_) => None,
+        }
+    }
+
+    /// Queues a (re-)apply of `~vm` routing in the background, unless one is
+    /// already queued. Nothing happens before the bridge is up or without a
+    /// routing seam.
+    fn refresh_routing(&self) {
+        let Some(seam) = self.routing.seam.clone() else {
+            return;
+        };
+        if !self.routing.bridge_up.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.routing.queued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let routing = self.routing.clone();
+        let link = self.config.bridge.clone();
+        let dns = self.dns_server_addr();
+        runtime.spawn(async move {
+            let _gate = routing.gate.lock().await;
+            routing.queued.store(false, Ordering::SeqCst);
+            let Some(dns) = dns else {
+                routing.set(RoutingState::Failed(
+                    "banger's DNS server is not serving".to_owned(),
+                ));
+                return;
+            };
+            match seam.apply(&link, dns).await {
+                Ok(()) => routing.set(RoutingState::Applied { dns }),
+                Err(err) => {
+                    let detail = crate::daemon::error_chain(&err);
+                    warn!(error = %err, %detail, %link, "cannot route .vm through systemd-resolved");
+                    routing.set(RoutingState::Failed(if detail.is_empty() {
+                        err.to_string()
+                    } else {
+                        format!("{err}: {detail}")
+                    }));
+                }
+            }
+        });
+    }
+
+    /// Waits until no routing change is queued or running (tests, shutdown).
+    pub async fn routing_settled(&self) {
+        loop {
+            drop(self.routing.gate.lock().await);
+            if !self.routing.queued.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
         }
     }
 
@@ -95,6 +250,8 @@ impl Network {
                         source,
                     })?;
                 info!(%bridge, created = state.created, "bridge ready");
+                self.routing.bridge_up.store(true, Ordering::SeqCst);
+                self.refresh_routing();
                 Ok(TapPool::start(
                     Arc::clone(&self.ops),
                     bridge.clone(),
@@ -106,14 +263,29 @@ impl Network {
 
     pub fn publish(&self, name: &Name, ip: Ipv4Addr) {
         self.records.set(name, ip);
+        self.refresh_routing();
     }
 
     pub fn unpublish(&self, name: &Name) {
         self.records.remove(name);
     }
 
-    /// Stops DNS and deletes idle pool TAPs.
+    /// Reverts DNS routing, stops DNS and deletes idle pool TAPs.
     pub async fn shutdown(&self) {
+        self.routing_settled().await;
+        if let Some(seam) = &self.routing.seam
+            && matches!(
+                self.routing.get(),
+                RoutingState::Applied { .. } | RoutingState::Failed(_)
+            )
+        {
+            let _gate = self.routing.gate.lock().await;
+            let link = &self.config.bridge;
+            match seam.revert(link).await {
+                Ok(()) => self.routing.set(RoutingState::Pending),
+                Err(err) => warn!(error = %err, %link, "cannot revert .vm routing"),
+            }
+        }
         if let Some(pool) = self.pool.get() {
             let deleted = pool.shutdown().await;
             info!(deleted, "TAP pool stopped");

@@ -1,6 +1,7 @@
 //! One module per operation.
 
 pub mod daemon_ops;
+pub mod doctor;
 pub mod image_import;
 pub mod image_list;
 pub mod kernel_import;

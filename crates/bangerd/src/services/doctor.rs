@@ -1,0 +1,145 @@
+//! `doctor.run`: the readiness checks the daemon is the right process to
+//! run. It has the privileges the host work needs (it may run as root while
+//! the CLI runs as the user) and it knows the config, the storage probe, the
+//! store and the DNS server. The CLI adds the checks about its user.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use banger_disk::strategy::Support;
+use banger_doctor::checks::{self, DnsFacts, ImageFacts, ResolveProbe, RoutingFacts, StorageFacts};
+use banger_doctor::{CatalogLookup, Host, HostInputs, RealHost};
+use banger_model::Name;
+use banger_model::defaults::{HostFacts, VmDefaults};
+use banger_rpc::RpcError;
+use banger_rpc::response::{DoctorCheck, DoctorResult};
+
+use crate::daemon::{Daemon, store_error};
+use crate::network::{DnsStatus, RoutingState};
+
+pub async fn run(daemon: &Daemon) -> Result<DoctorResult, RpcError> {
+    run_with(daemon, Arc::new(RealHost)).await
+}
+
+/// [`run`] against any host (tests pass a `FakeHost`).
+pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, RpcError> {
+    let images = image_facts(daemon)?;
+    let storage = storage_facts(&daemon.storage);
+    let dns = dns_facts(daemon);
+    let probe = publish_probe(daemon)?;
+
+    let config = daemon.config.clone();
+    let config_path = daemon.layout.config_file();
+    let state_dir = daemon.layout.state_dir.clone();
+    let listen = daemon.config.network.dns_listen.to_string();
+    let probe_for_check = probe.clone().map(|(probe, _)| probe);
+    // The checks block (ioctls, `firecracker --version`, getaddrinfo).
+    let checks = tokio::task::spawn_blocking(move || {
+        let defaults = VmDefaults::resolve(&config.vm_defaults, HostFacts::detect());
+        let inputs = HostInputs {
+            config: &config,
+            config_path: &config_path,
+            state_dir: &state_dir,
+            defaults: &defaults,
+        };
+        let mut all = checks::host_checks(host.as_ref(), &inputs);
+        all.push(checks::storage(&storage));
+        all.push(checks::default_image(&images));
+        all.push(checks::dns_listener(&dns, &listen));
+        all.push(checks::dns_routing(&dns));
+        all.push(checks::vm_resolution(
+            host.as_ref(),
+            probe_for_check.as_ref(),
+        ));
+        all
+    })
+    .await;
+    if let Some((_, name)) = &probe {
+        daemon.network.unpublish(name);
+    }
+    let checks: Vec<DoctorCheck> =
+        checks.map_err(|err| RpcError::internal(format!("running the checks: {err}")))?;
+    Ok(DoctorResult { checks })
+}
+
+fn storage_facts(probe: &banger_disk::StrategyProbe) -> StorageFacts {
+    let reason = |support: &Support| match support {
+        Support::Yes => None,
+        Support::No(reason) => Some(reason.clone()),
+    };
+    StorageFacts {
+        dir: probe.dir.clone(),
+        strategy: probe.strategy,
+        reflink_problem: reason(&probe.reflink),
+        dm_problem: probe.device_mapper.as_ref().and_then(reason),
+    }
+}
+
+fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
+    let local = daemon.store.list_images().map_err(store_error)?;
+    let store_default = daemon
+        .store
+        .default_image()
+        .map_err(store_error)?
+        .map(|image| image.name.to_string());
+    let configured = daemon.config.default_image.clone();
+    Ok(ImageFacts {
+        catalog: catalog_lookup(configured.as_deref()),
+        configured,
+        store_default,
+        local: local.iter().map(|image| image.name.to_string()).collect(),
+    })
+}
+
+/// SEAM(banger-image): whether the embedded image catalog knows `name` (or,
+/// for `None`, has a default image). banger-image, with its embedded
+/// catalog, is not on main yet; until the daemon integrates it the answer
+/// is [`CatalogLookup::Unavailable`] and doctor judges the store alone.
+fn catalog_lookup(_name: Option<&str>) -> CatalogLookup {
+    CatalogLookup::Unavailable
+}
+
+fn dns_facts(daemon: &Daemon) -> DnsFacts {
+    let network = &daemon.network;
+    let listener = match network.dns_status() {
+        DnsStatus::Serving { .. } => Ok(network.dns_listeners()),
+        DnsStatus::Failed(err) => Err(err.clone()),
+    };
+    let link = network.config.bridge.clone();
+    let routing = match network.routing_state() {
+        RoutingState::Inactive => RoutingFacts::ResolvedInactive,
+        RoutingState::Pending => RoutingFacts::Pending { link },
+        RoutingState::Applied { dns } => RoutingFacts::Applied {
+            link,
+            dns: dns.to_string(),
+        },
+        RoutingState::Failed(error) => RoutingFacts::Failed { link, error },
+    };
+    DnsFacts { listener, routing }
+}
+
+/// Publishes a throwaway record (`doctor-<hex>.vm` → the bridge address) so
+/// the resolution check has a name whose answer only banger's DNS server
+/// knows. `None` when the server is not serving.
+fn publish_probe(daemon: &Daemon) -> Result<Option<(ResolveProbe, Name)>, RpcError> {
+    if daemon.network.dns_server_addr().is_none() {
+        return Ok(None);
+    }
+    let vms = daemon.store.list_vms().map_err(store_error)?;
+    let name = loop {
+        let candidate = format!("doctor-{}", &banger_model::Id::generate().as_str()[..8]);
+        if !vms.iter().any(|vm| vm.name.as_str() == candidate) {
+            break Name::parse(&candidate)
+                .map_err(|err| RpcError::internal(format!("probe name: {err}")))?;
+        }
+    };
+    let gateway = daemon.network.config.gateway();
+    daemon.network.records.set(&name, gateway);
+    Ok(Some((
+        ResolveProbe {
+            name: format!("{name}.vm"),
+            expected: IpAddr::V4(gateway),
+        },
+        name,
+    )))
+}
