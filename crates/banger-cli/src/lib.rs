@@ -8,6 +8,7 @@
 //! - [`exec`]: every process the CLI starts (the daemon, `ssh`).
 //! - [`output`]: tables, JSON, errors and hints.
 //! - [`progress`]: rendering the daemon's stage and progress events.
+//! - [`ssh_include`]: banger's `Include` block in `~/.ssh/config`, as byte edits.
 
 pub mod args;
 pub mod commands;
@@ -15,6 +16,7 @@ pub mod daemon_client;
 pub mod exec;
 pub mod output;
 pub mod progress;
+pub mod ssh_include;
 
 use std::process::ExitCode;
 

@@ -567,6 +567,9 @@ pub fn vm_resolution(host: &dyn Host, probe: Option<&ResolveProbe>) -> DoctorChe
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IncludeState {
     Installed,
+    /// banger's block sits inside a `Host`/`Match` block (moved by hand),
+    /// where it only applies to that block.
+    Misplaced,
     /// Only the pre-Include inline block of older banger versions.
     Legacy,
     Missing,
@@ -582,6 +585,14 @@ pub fn ssh_include(state: &IncludeState, user_config: &Path) -> DoctorCheck {
                 "{} includes banger's ssh_config: `ssh NAME.vm` works",
                 user_config.display()
             ),
+        ),
+        IncludeState::Misplaced => DoctorCheck::warn(
+            "ssh-config",
+            format!(
+                "banger's Include sits inside a Host/Match block of {}, so it only applies there",
+                user_config.display()
+            ),
+            "banger ssh-config --install (moves it to the top)",
         ),
         IncludeState::Legacy => DoctorCheck::warn(
             "ssh-config",

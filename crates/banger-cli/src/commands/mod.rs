@@ -2,10 +2,12 @@
 
 mod completion;
 mod daemon;
+mod doctor;
 mod image_list;
 mod image_ops;
 mod kernel_list;
 mod ssh_args;
+pub(crate) mod ssh_config;
 mod version;
 mod vm_batch;
 mod vm_create;
@@ -85,8 +87,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 KernelCommand::Rm(args) => image_ops::kernel_rm(&layout, &args).await,
             }
         }
-        Command::Doctor(_) => Err(not_implemented("doctor")),
-        Command::SshConfig(_) => Err(not_implemented("ssh-config")),
+        Command::Doctor(args) => doctor::run(&Layout::from_env()?, &args).await,
+        Command::SshConfig(args) => ssh_config::run(&Layout::from_env()?, &args),
         Command::Update(_) => Err(not_implemented("update")),
     }
 }

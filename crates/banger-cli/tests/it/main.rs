@@ -3,5 +3,7 @@
 
 mod cli;
 mod daemon;
+mod doctor;
 mod e2e_lifecycle;
 mod protocol;
+mod ssh_config;

@@ -1,0 +1,127 @@
+//! `banger doctor` for real on this machine, through the real daemon.
+
+use banger_testkit::TestEnv;
+use serde_json::Value;
+
+fn doctor_json(env: &TestEnv) -> (Option<i32>, Value) {
+    let out = env.banger(["doctor", "--json"]);
+    let value: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|err| panic!("doctor --json is not JSON ({err}):\n{out}"));
+    (out.code, value)
+}
+
+fn status<'a>(report: &'a Value, name: &str) -> &'a str {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report:#}"))["status"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn doctor_runs_every_check_through_the_daemon() {
+    let env = TestEnv::new();
+    let (code, report) = doctor_json(&env);
+    let checks = report["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for name in [
+        "daemon",
+        "arch",
+        "vmm",
+        "kvm",
+        "vhost-vsock",
+        "firecracker",
+        "tools",
+        "privileges",
+        "disk-space",
+        "vm-defaults",
+        "storage",
+        "default-image",
+        "dns",
+        "dns-routing",
+        "vm-resolution",
+        "ssh-config",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let mut fails = 0;
+    for check in checks {
+        let status = check["status"].as_str().unwrap();
+        assert!(["pass", "warn", "fail"].contains(&status), "{check}");
+        assert!(!check["detail"].as_str().unwrap().is_empty(), "{check}");
+        assert_eq!(status == "pass", check.get("fix").is_none(), "{check}");
+        fails += usize::from(status == "fail");
+    }
+    assert_eq!(report["summary"]["fail"], fails);
+    assert_eq!(report["ok"], fails == 0);
+    assert_eq!(code, Some(if fails == 0 { 0 } else { 1 }), "{report:#}");
+
+    // What must hold on the test machines.
+    for name in [
+        "daemon",
+        "arch",
+        "tools",
+        "vm-defaults",
+        "dns",
+        "dns-routing",
+    ] {
+        assert_eq!(status(&report, name), "pass", "{report:#}");
+    }
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(status(&report, "privileges"), "pass", "{report:#}");
+    }
+    // A fresh world has no image and no Include.
+    assert_eq!(status(&report, "default-image"), "warn");
+    assert_eq!(status(&report, "ssh-config"), "warn");
+
+    // The text form: one line per check, each non-pass followed by its fix.
+    let out = env.banger(["doctor"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let fixes = checks.iter().filter(|c| c.get("fix").is_some()).count();
+    assert_eq!(lines.len(), checks.len() + fixes, "{out}");
+    assert!(lines[0].starts_with("pass  daemon"), "{out}");
+    assert!(
+        out.stderr.contains(&format!("{} checks", checks.len())),
+        "{out}"
+    );
+}
+
+#[test]
+fn sim_is_called_out_and_installing_the_include_passes() {
+    let env = TestEnv::new();
+    env.write_config("vmm = \"sim\"\n");
+    env.banger(["ssh-config", "--install"]).assert_success();
+    let (_, report) = doctor_json(&env);
+    assert_eq!(status(&report, "vmm"), "warn");
+    let vmm = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vmm")
+        .unwrap();
+    assert!(
+        vmm["detail"]
+            .as_str()
+            .unwrap()
+            .contains("NOT under a hypervisor"),
+        "{vmm}"
+    );
+    assert_eq!(status(&report, "ssh-config"), "pass");
+}
+
+#[test]
+fn without_a_daemon_the_cli_runs_the_host_checks_itself() {
+    let env = TestEnv::new();
+    env.write_config("no_such_key = 1\n");
+    let (code, report) = doctor_json(&env);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(status(&report, "daemon"), "fail");
+    assert_eq!(status(&report, "config"), "fail");
+    // The host checks still ran, in the CLI.
+    assert_eq!(status(&report, "arch"), "pass");
+    assert_eq!(status(&report, "tools"), "pass");
+    assert!(env.daemon_pid().is_none());
+}
