@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`args`]: the clap command tree (parsing only).
+//! - [`complete`]: live shell completion of VM, image and kernel names.
 //! - [`commands`]: one module per verb; each resolves its arguments and acts.
 //! - [`daemon_client`]: connecting to `bangerd`, starting it when absent and
 //!   restarting it when its build differs from ours.
@@ -12,6 +13,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod complete;
 pub mod daemon_client;
 pub mod exec;
 pub mod output;
@@ -27,6 +29,8 @@ use clap::FromArgMatches;
 
 /// Parses arguments, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // A shell asking for completions gets them and nothing else.
+    complete::answer_and_exit_if_asked();
     let matches = args::command_with_defaults(&vm_defaults()).get_matches();
     let cli = match args::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

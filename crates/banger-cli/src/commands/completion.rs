@@ -1,18 +1,13 @@
-//! `banger completion bash|zsh|fish`
+//! `banger completion bash|zsh|fish`: the registration script for live
+//! completion (see [`crate::complete`]).
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::CommandFactory;
-use clap_complete::Shell as ClapShell;
-
-use crate::args::{Cli, CompletionArgs, Shell};
+use crate::args::CompletionArgs;
 
 pub(super) fn run(args: &CompletionArgs) -> anyhow::Result<ExitCode> {
-    let shell = match args.shell {
-        Shell::Bash => ClapShell::Bash,
-        Shell::Zsh => ClapShell::Zsh,
-        Shell::Fish => ClapShell::Fish,
-    };
-    clap_complete::generate(shell, &mut Cli::command(), "banger", &mut std::io::stdout());
+    let script = crate::complete::script(args.shell)?;
+    std::io::stdout().write_all(&script)?;
     Ok(ExitCode::SUCCESS)
 }

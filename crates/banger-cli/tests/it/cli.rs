@@ -94,28 +94,6 @@ fn usage_errors_exit_2_with_a_message() {
 }
 
 #[test]
-fn completion_scripts_for_each_shell() {
-    let env = TestEnv::new();
-    for (shell, marker) in [
-        ("bash", "complete"),
-        ("zsh", "#compdef banger"),
-        ("fish", "complete -c banger"),
-    ] {
-        let out = env.banger(["completion", shell]);
-        out.assert_success();
-        assert!(
-            out.stdout.contains(marker),
-            "{shell} completion lacks {marker:?}"
-        );
-        assert!(out.stdout.contains("banger"), "{shell}");
-    }
-    assert!(
-        env.daemon_pid().is_none(),
-        "completion must not start the daemon"
-    );
-}
-
-#[test]
 fn version_reports_commit_and_build_time() {
     let env = TestEnv::new();
     let out = env.banger(["version", "--json"]);

@@ -2,6 +2,7 @@
 //! isolated XDG environment per test.
 
 mod cli;
+mod completion;
 mod daemon;
 mod doctor;
 mod e2e_lifecycle;
