@@ -32,3 +32,13 @@ pub async fn run_ssh(args: &[std::ffi::OsString]) -> std::io::Result<std::proces
         .status()
         .await
 }
+
+/// Runs another `banger` (the freshly installed one after an update) with
+/// `args`, inheriting the terminal and environment, and waits for it.
+pub async fn run_banger(banger: &Path, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
+    tokio::process::Command::new(banger)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .await
+}

@@ -8,8 +8,12 @@
 //! - [`env`]: [`TestEnv`], binaries, running commands.
 //! - [`sim`]: [`sim::SimEnv`], a daemon with sim VMs in its own network
 //!   namespace, leak assertions and diagnostics.
+//! - [`http`]: a small HTTP server on loopback (release downloads).
+//! - [`release`]: signed test releases for `banger update`.
 
 pub mod env;
+pub mod http;
+pub mod release;
 pub mod sim;
 
 pub use env::{Output, TestEnv, binary};

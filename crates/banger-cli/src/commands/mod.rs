@@ -8,6 +8,7 @@ mod image_ops;
 mod kernel_list;
 mod ssh_args;
 pub(crate) mod ssh_config;
+mod update;
 mod version;
 mod vm_batch;
 mod vm_create;
@@ -89,6 +90,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Doctor(args) => doctor::run(&Layout::from_env()?, &args).await,
         Command::SshConfig(args) => ssh_config::run(&Layout::from_env()?, &args),
-        Command::Update(_) => Err(not_implemented("update")),
+        Command::Update(args) => update::run(&Layout::from_env()?, &args).await,
     }
 }

@@ -8,3 +8,4 @@ mod doctor;
 mod e2e_lifecycle;
 mod protocol;
 mod ssh_config;
+mod update;
