@@ -1,26 +1,83 @@
 # banger — build, install, test.
+#
+#   make install [PREFIX=/usr/local] [DESTDIR=] [PROFILE=release] [SKIP_BUILD=1]
+#   make uninstall
+#   make install-systemd-user     (optional user unit for bangerd)
+#
+# Layout under PREFIX: bin/{banger,bangerd}; lib/banger/{banger-vsock-agent,
+# banger-simvm} (bangerd looks for its companions next to itself, then in
+# ../lib/banger/, then in PATH); share/man/man1/banger*.1; shell completions
+# in share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}.
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib/banger
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man/man1
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+SYSTEMDUSERDIR ?= $(PREFIX)/lib/systemd/user
 CARGO ?= cargo
+# Cargo profile to build and install from (`debug` installs target/debug).
+PROFILE ?= release
+TARGET_DIR ?= target
+
+ifeq ($(PROFILE),debug)
+CARGO_PROFILE :=
+else
+CARGO_PROFILE := --profile $(PROFILE)
+endif
+OUT := $(TARGET_DIR)/$(PROFILE)
 
 BINARIES := banger bangerd
+COMPANIONS := banger-vsock-agent banger-simvm
 
-.PHONY: all build install uninstall test lint bench clean
+.PHONY: all build install uninstall install-systemd-user uninstall-systemd-user test lint bench clean
 
 all: build
 
 build:
-	$(CARGO) build --release --locked --workspace
+	$(CARGO) build $(CARGO_PROFILE) --locked --workspace
 
-install: build
-	install -d $(DESTDIR)$(BINDIR)
-	for bin in $(BINARIES); do install -m 0755 target/release/$$bin $(DESTDIR)$(BINDIR)/$$bin; done
-	@echo "installed $(BINARIES) to $(DESTDIR)$(BINDIR)"
+# SKIP_BUILD=1 installs what is already built (the test suite uses it).
+install: $(if $(SKIP_BUILD),,build)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(MANDIR) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	for bin in $(BINARIES); do install -m 0755 $(OUT)/$$bin $(DESTDIR)$(BINDIR)/$$bin; done
+	for bin in $(COMPANIONS); do install -m 0755 $(OUT)/$$bin $(DESTDIR)$(LIBDIR)/$$bin; done
+	$(OUT)/banger completion bash > $(DESTDIR)$(BASHCOMPDIR)/banger
+	$(OUT)/banger completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_banger
+	$(OUT)/banger completion fish > $(DESTDIR)$(FISHCOMPDIR)/banger.fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/banger $(DESTDIR)$(ZSHCOMPDIR)/_banger $(DESTDIR)$(FISHCOMPDIR)/banger.fish
+	tmp=$$(mktemp -d) && $(OUT)/banger __generate-man "$$tmp" && \
+		install -m 0644 "$$tmp"/*.1 $(DESTDIR)$(MANDIR)/ && rm -rf "$$tmp"
+	@echo "installed banger into $(DESTDIR)$(PREFIX): $(BINARIES) in $(BINDIR), $(COMPANIONS) in $(LIBDIR), man pages, completions"
+	@echo "next: banger doctor"
 
-uninstall:
-	-$(BINDIR)/banger daemon stop
+install-systemd-user:
+	install -d $(DESTDIR)$(SYSTEMDUSERDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' contrib/systemd/bangerd.service > $(DESTDIR)$(SYSTEMDUSERDIR)/bangerd.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUSERDIR)/bangerd.service
+	@echo "installed $(SYSTEMDUSERDIR)/bangerd.service; enable with: systemctl --user daemon-reload && systemctl --user enable --now bangerd"
+
+uninstall-systemd-user:
+	rm -f $(DESTDIR)$(SYSTEMDUSERDIR)/bangerd.service
+
+# Stops the daemon (running VMs keep running and are adopted by the next
+# one), removes what `install` put there and says where the data stays.
+uninstall: uninstall-systemd-user
+	-@if [ -x $(DESTDIR)$(BINDIR)/banger ]; then $(DESTDIR)$(BINDIR)/banger daemon stop; fi
 	for bin in $(BINARIES); do rm -f $(DESTDIR)$(BINDIR)/$$bin; done
-	@echo "removed $(BINARIES) from $(DESTDIR)$(BINDIR); your data stays in ~/.config/banger and ~/.local/state/banger"
+	for bin in $(COMPANIONS); do rm -f $(DESTDIR)$(LIBDIR)/$$bin; done
+	-rmdir $(DESTDIR)$(LIBDIR) 2>/dev/null
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/banger $(DESTDIR)$(ZSHCOMPDIR)/_banger $(DESTDIR)$(FISHCOMPDIR)/banger.fish
+	rm -f $(DESTDIR)$(MANDIR)/banger.1 $(DESTDIR)$(MANDIR)/banger-*.1
+	@echo "removed banger from $(DESTDIR)$(PREFIX). Your data stays; delete it for a full purge:"
+	@echo "  config      $${XDG_CONFIG_HOME:-$$HOME/.config}/banger"
+	@echo "  state       $${XDG_STATE_HOME:-$$HOME/.local/state}/banger   (VMs, images, kernels, SSH key, logs)"
+	@echo "  cache       $${XDG_CACHE_HOME:-$$HOME/.cache}/banger"
+	@echo "  ~/.ssh/config keeps banger's Include block if you added it; delete the lines between"
+	@echo "  '# >>> banger ssh-config >>>' and '# <<< banger ssh-config <<<' (ssh ignores a missing include)"
 
 test:
 	scripts/test.sh

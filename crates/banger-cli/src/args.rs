@@ -44,6 +44,9 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Update banger to the latest release (signature verified)
     Update(UpdateArgs),
+    /// Write man pages for every command into DIR (used by `make install`)
+    #[command(name = "__generate-man", hide = true)]
+    GenerateMan(GenerateManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -408,6 +411,12 @@ pub enum Shell {
 pub struct CompletionArgs {
     /// Shell to print the script for
     pub shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateManArgs {
+    /// Directory to write banger.1, banger-vm.1, banger-vm-run.1, … into
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -250,19 +250,27 @@ pub fn tools(host: &dyn Host) -> DoctorCheck {
     )
 }
 
-/// Root, or the two capabilities the host work needs.
+/// Root: the daemon creates bridges, TAPs and loop devices itself and runs
+/// helpers (iptables, dmsetup, resolvectl) that need root too. Capabilities
+/// alone are only a warning: file capabilities of bangerd are not inherited
+/// by the helpers it runs.
 pub fn privileges(host: &dyn Host) -> DoctorCheck {
     let privileges = host.privileges();
+    let fix = "run banger as root (`sudo -E banger …` starts a root daemon for your \
+               XDG dirs), or log in as root on a dedicated dev VM";
     if privileges.is_root() {
         return DoctorCheck::pass("privileges", "root (bridge, TAP, iptables, loop, mount)");
     }
     if privileges.cap_net_admin && privileges.cap_sys_admin {
-        return DoctorCheck::pass(
+        return DoctorCheck::warn(
             "privileges",
             format!(
-                "uid {} with CAP_NET_ADMIN and CAP_SYS_ADMIN",
+                "uid {} with CAP_NET_ADMIN and CAP_SYS_ADMIN: bridges, TAPs and mounts work, \
+                 but the helpers the daemon runs (iptables for --nat, dmsetup) do not inherit \
+                 the capabilities",
                 privileges.euid
             ),
+            fix,
         );
     }
     let mut lacking = Vec::new();
@@ -274,9 +282,12 @@ pub fn privileges(host: &dyn Host) -> DoctorCheck {
     }
     DoctorCheck::fail(
         "privileges",
-        format!("uid {} lacks {}", privileges.euid, lacking.join(" and ")),
-        "run banger as root (`sudo -E banger …`, which starts a root daemon), or grant the daemon \
-         both capabilities: `sudo setcap cap_net_admin,cap_sys_admin+ep \"$(command -v bangerd)\"`",
+        format!(
+            "uid {} is not root and lacks {}",
+            privileges.euid,
+            lacking.join(" and ")
+        ),
+        fix,
     )
 }
 

@@ -6,6 +6,7 @@ mod doctor;
 mod image_list;
 mod image_ops;
 mod kernel_list;
+mod man;
 mod ssh_args;
 pub(crate) mod ssh_config;
 mod update;
@@ -91,5 +92,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&Layout::from_env()?, &args).await,
         Command::SshConfig(args) => ssh_config::run(&Layout::from_env()?, &args),
         Command::Update(args) => update::run(&Layout::from_env()?, &args).await,
+        Command::GenerateMan(args) => man::generate(&args),
     }
 }

@@ -6,6 +6,7 @@ mod completion;
 mod daemon;
 mod doctor;
 mod e2e_lifecycle;
+mod install;
 mod protocol;
 mod ssh_config;
 mod update;
