@@ -49,26 +49,27 @@ pub(super) fn run(layout: &Layout, args: &SshConfigArgs) -> anyhow::Result<ExitC
 }
 
 fn show(user_config: &Path, banger_config: &Path) -> anyhow::Result<()> {
+    let user = user_config.display();
     let state = match std::fs::read(user_config) {
         Ok(text) => match ssh_include::state(&text) {
-            State::Installed => "installed".to_owned(),
-            State::Misplaced => {
-                "misplaced (inside a Host/Match block; --install moves it to the top)".to_owned()
-            }
-            State::Legacy => "old inline block (--install migrates it)".to_owned(),
-            State::Missing => "not installed".to_owned(),
+            State::Installed => format!("installed in {user}"),
+            State::Misplaced => format!(
+                "misplaced in {user}: inside a Host/Match block (--install moves it to the top)"
+            ),
+            State::Legacy => format!("old inline block in {user} (--install migrates it)"),
+            State::Missing => format!("not installed in {user}"),
         },
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            format!("not installed ({} does not exist)", user_config.display())
+            format!("not installed ({user} does not exist)")
         }
-        Err(err) => format!("cannot read {}: {err}", user_config.display()),
+        Err(err) => format!("cannot read {user}: {err}"),
     };
     println!("ssh_config   {}", banger_config.display());
     if !banger_config.exists() {
         println!("             (written by bangerd when it starts: `banger daemon start`)");
     }
     println!("include      {}", ssh_include::include_line(banger_config));
-    println!("status       {state} in {}", user_config.display());
+    println!("status       {state}");
     println!();
     println!(
         "banger ssh-config --install     add the Include to ~/.ssh/config so `ssh NAME.vm` works"
