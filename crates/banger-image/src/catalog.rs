@@ -508,17 +508,20 @@ pub fn extract_artifact(
         })
     })?;
     let mut reader = BufReader::with_capacity(256 * 1024, HashingReader::new(opened));
-    unpacker
+    let applied = unpacker
         .apply_compressed(&label, &mut reader, Some(artifact.size))
-        .map_err(unpack_error)?;
-    io::copy(&mut reader, &mut io::sink()).map_err(|source| {
-        unpack_error(UnpackError::Archive {
-            layer: label.clone(),
-            source,
-        })
-    })?;
-    let (actual, _) = reader.into_inner().finish();
-    if actual.hex() != artifact.sha256 {
+        .and_then(|_| {
+            io::copy(&mut reader, &mut io::sink()).map_err(|source| UnpackError::Archive {
+                layer: label.clone(),
+                source,
+            })
+        });
+    let actual = match &applied {
+        Ok(_) => Some(reader.into_inner().finish().0),
+        // A failure may come from a cached file that changed: hash it all.
+        Err(_) => hash_file(file).ok(),
+    };
+    if actual.is_some_and(|actual| actual.hex() != artifact.sha256) {
         drop(unpacker);
         if let Err(err) = fs_err::remove_file(file) {
             tracing::warn!(error = %err, "cannot delete a corrupt cached artifact");
@@ -529,7 +532,14 @@ pub fn extract_artifact(
             expected: artifact.sha256.clone(),
         });
     }
+    applied.map_err(unpack_error)?;
     unpacker.finish().map_err(unpack_error)
+}
+
+fn hash_file(path: &Path) -> io::Result<Digest> {
+    let mut reader = HashingReader::new(fs_err::File::open(path)?);
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok(reader.finish().0)
 }
 
 /// Moves `staging` to `dest` atomically; `dest` must not exist.

