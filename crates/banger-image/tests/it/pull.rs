@@ -445,6 +445,7 @@ async fn interrupted_pull_resumes_from_cached_and_partial_blobs() {
         path_contains: big_digest.clone(),
         after: 1024 * 1024,
         times: 2,
+        stall: false,
     });
     let sandbox = Sandbox::new();
     let err = puller
@@ -546,6 +547,7 @@ async fn a_dropped_connection_is_retried_within_one_pull() {
         path_contains: target.clone(),
         after: 100,
         times: 1,
+        stall: false,
     });
     let cache = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new();
@@ -713,4 +715,145 @@ async fn a_corrupt_cached_blob_is_detected_and_deleted() {
         .await
         .unwrap();
     check_fixture_tree(&third.staging());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_pull_removes_its_staging_directory() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let proxy = Server::proxy(&registry.addr()).await;
+    let mut layers = fixture_layers();
+    let mut slow = Tarball::new();
+    slow.file("slow", &vec![1u8; 512 * 1024]);
+    layers.push(Layer::plain(&slow.bytes()));
+    let slow_digest = layers[3].digest();
+    push_image(&registry.addr(), "test/drop", "v1", &layers, false, "amd64").await;
+    // The last layer hangs halfway: the first three get applied meanwhile.
+    proxy.cut(Cut {
+        path_contains: slow_digest,
+        after: 1000,
+        times: 1,
+        stall: true,
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let puller = puller(cache.path());
+    let sandbox = Sandbox::new();
+    let recorder = Recorder::default();
+    let target = reference(&format!("{}/test/drop:v1", proxy.addr()));
+    let staging = sandbox.staging();
+    let mut pull = Box::pin(puller.pull(&target, &staging, UnpackOptions::default(), &recorder));
+    // Run the pull until three layers are applied, then drop it.
+    let applied = |recorder: &Recorder| {
+        recorder
+            .events()
+            .iter()
+            .filter(|event| matches!(event, ProgressEvent::LayerApplied { .. }))
+            .count()
+    };
+    for _ in 0..600 {
+        tokio::select! {
+            result = &mut pull => panic!("the stalled pull finished: {:?}", result.map(|_| ())),
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        if applied(&recorder) == 3 {
+            break;
+        }
+    }
+    assert_eq!(applied(&recorder), 3);
+    assert!(sandbox.staging().join("etc/arch").exists());
+    drop(pull);
+    assert!(
+        !sandbox.staging().exists(),
+        "a dropped pull left its staging directory"
+    );
+    sandbox.assert_untouched();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_an_image_pushed_by_skopeo() {
+    if !Path::new("/usr/bin/skopeo").exists() {
+        eprintln!("skipping: skopeo is not installed");
+        return;
+    }
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    // An OCI layout on disk, pushed by skopeo like any image tool would.
+    let layout = tempfile::tempdir().unwrap();
+    let blobs = layout.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = sha256_digest(bytes);
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+        serde_json::json!({ "digest": digest, "size": bytes.len() })
+    };
+    let mut descriptors = Vec::new();
+    for layer in fixture_layers() {
+        let mut descriptor = put(&layer.blob);
+        descriptor["mediaType"] = layer.media_type.into();
+        descriptors.push(descriptor);
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Env": ["FROM_SKOPEO=1"] },
+        "rootfs": { "type": "layers", "diff_ids": [] }
+    }))
+    .unwrap();
+    let mut config_descriptor = put(&config);
+    config_descriptor["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_descriptor,
+        "layers": descriptors,
+    }))
+    .unwrap();
+    let mut manifest_descriptor = put(&manifest);
+    manifest_descriptor["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    manifest_descriptor["annotations"] =
+        serde_json::json!({ "org.opencontainers.image.ref.name": "v1" });
+    std::fs::write(
+        layout.path().join("index.json"),
+        serde_json::to_vec(
+            &serde_json::json!({ "schemaVersion": 2, "manifests": [manifest_descriptor] }),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.path().join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let output = std::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:v1", layout.path().display()))
+        .arg(format!("docker://{}/test/skopeo:v1", registry.addr()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
+    let pulled = puller(cache.path())
+        .pull(
+            &reference(&format!("{}/test/skopeo:v1", registry.addr())),
+            &sandbox.staging(),
+            UnpackOptions::default(),
+            &banger_image::NoProgress,
+        )
+        .await
+        .unwrap();
+    check_fixture_tree(&sandbox.staging());
+    assert_eq!(pulled.metadata.config.env, ["FROM_SKOPEO=1"]);
 }

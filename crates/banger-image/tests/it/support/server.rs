@@ -45,6 +45,8 @@ pub(crate) struct Cut {
     pub(crate) path_contains: String,
     pub(crate) after: u64,
     pub(crate) times: usize,
+    /// Hang instead of dropping the connection.
+    pub(crate) stall: bool,
 }
 
 #[derive(Default)]
@@ -295,7 +297,7 @@ async fn handle(
                 if cut.times > 0 && path.contains(&cut.path_contains) && status.is_success() =>
             {
                 cut.times -= 1;
-                Some(cut.after)
+                Some((cut.after, cut.stall))
             }
             _ => None,
         }
@@ -308,14 +310,17 @@ async fn handle(
             if done {
                 return None;
             }
-            if cut.is_some_and(|limit| sent >= limit) {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if let Some((limit, stall)) = cut
+                && sent >= limit
+            {
+                let pause = if stall { 3_600_000 } else { 100 };
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 let err = std::io::Error::other("connection cut by test");
                 return Some((Err(err), (body, counter, sent, true)));
             }
             match body.next().await {
                 Some(Ok(mut data)) => {
-                    if let Some(limit) = cut
+                    if let Some((limit, _)) = cut
                         && sent + data.len() as u64 > limit
                     {
                         data.truncate((limit - sent) as usize);
