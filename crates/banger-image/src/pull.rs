@@ -105,9 +105,10 @@ impl ImageMetadata {
 /// Transfer counts of one pull.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PullStats {
-    /// Blobs (layers and config) that were already cached.
+    /// Layer blobs that were already cached.
     pub blobs_cached: usize,
-    /// Blobs that were downloaded (fully or the rest of a partial file).
+    /// Layer blobs that were downloaded (fully or the rest of a partial
+    /// file). The config is small and fetched by [`Puller::resolve`].
     pub blobs_downloaded: usize,
     /// Bytes received from the network.
     pub bytes_downloaded: u64,
@@ -684,12 +685,13 @@ impl Puller {
         if let Err(source) = result {
             return Err((None, cache_io(digest, partial.path(), source)));
         }
-        if partial.len() < size {
+        let received = partial.len();
+        if received < size {
             return Err((
                 Some(partial),
                 FetchBlobError::Truncated {
                     digest: digest.clone(),
-                    received: offset,
+                    received,
                     expected: size,
                 },
             ));

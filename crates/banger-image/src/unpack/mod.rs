@@ -746,10 +746,18 @@ impl Unpacker {
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<Meta, UnpackError> {
         let header = entry.header();
-        let mode = header.mode().map_err(at.io("read the mode"))? & 0o7777;
-        let uid = header.uid().map_err(at.io("read the uid"))?;
-        let gid = header.gid().map_err(at.io("read the gid"))?;
-        let mtime = header.mtime().map_err(at.io("read the mtime"))?;
+        // Some writers leave numeric fields empty; read those as 0.
+        let old = header.as_old();
+        let numeric = |value: io::Result<u64>, raw: &[u8], what: &'static str| match value {
+            Ok(value) => Ok(value),
+            Err(_) if raw.iter().all(|byte| *byte == 0 || *byte == b' ') => Ok(0),
+            Err(source) => Err(at.io(what)(source)),
+        };
+        let mode =
+            numeric(header.mode().map(u64::from), &old.mode, "read the mode")? as u32 & 0o7777;
+        let uid = numeric(header.uid(), &old.uid, "read the uid")?;
+        let gid = numeric(header.gid(), &old.gid, "read the gid")?;
+        let mtime = numeric(header.mtime(), &old.mtime, "read the mtime")?;
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(at.refused(Refusal::BadOwner));
         };

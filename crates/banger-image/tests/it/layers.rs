@@ -286,9 +286,13 @@ fn ownership_modes_mtimes_and_xattrs() {
             name: b"usr/bin/ping",
             data: b"ping",
             mode: 0o755,
+            // The last two are skipped with a warning: the kernel refuses an
+            // unknown namespace, and overlayfs xattrs are never applied.
             xattrs: &[
                 ("security.capability", &capability),
                 ("user.banger", b"yes"),
+                ("bogus.namespace", b"x"),
+                ("trusted.overlay.redirect", b"/etc"),
             ],
             ..Entry::default()
         })
@@ -334,6 +338,14 @@ fn ownership_modes_mtimes_and_xattrs() {
     assert_eq!(
         xattr(&staging.join("usr/bin/ping"), "user.banger"),
         Some(b"yes".to_vec())
+    );
+    assert_eq!(
+        xattr(&staging.join("usr/bin/ping"), "trusted.overlay.redirect"),
+        None
+    );
+    assert_eq!(
+        std::fs::read(staging.join("usr/bin/ping")).unwrap(),
+        b"ping"
     );
 }
 
