@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Layout:
-//! - [`reference`]: parsing and normalising image references.
+//! - [`reference`](mod@reference): parsing and normalising image references.
 //! - [`digest`]: `sha256:` digests and streaming hashing.
 //! - [`manifest`]: OCI/Docker manifests, indexes, configs, platform choice.
 //! - [`http`]: the HTTP(S) transport (hyper + rustls/ring) and the

@@ -270,10 +270,22 @@ impl Puller {
                 actual,
             }));
         }
-        if let Err(err) = self.cache.store(&config.digest, &bytes) {
-            tracing::warn!(error = %err, "cannot cache an image config");
-        }
-        Ok(bytes)
+        let cache = self.cache.clone();
+        let digest = config.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = cache.store(&digest, &bytes) {
+                tracing::warn!(error = %err, "cannot cache an image config");
+            }
+            bytes
+        })
+        .await
+        .map_err(|_| {
+            config_error(FetchBlobError::Cache {
+                digest: config.digest.clone(),
+                path: self.cache.blob_path(&config.digest),
+                source: std::io::Error::other("the cache writer panicked"),
+            })
+        })
     }
 
     /// Downloads every layer of `image` into the cache.

@@ -857,3 +857,57 @@ async fn pulls_an_image_pushed_by_skopeo() {
     check_fixture_tree(&sandbox.staging());
     assert_eq!(pulled.metadata.config.env, ["FROM_SKOPEO=1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_layers_fills_the_cache_without_unpacking() {
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let addr = registry.addr();
+    let pushed = push_image(
+        &addr,
+        "test/prefetch",
+        "v1",
+        &fixture_layers(),
+        false,
+        "amd64",
+    )
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let puller = puller(cache.path());
+    let image = puller
+        .resolve(&reference(&format!("{addr}/test/prefetch:v1")))
+        .await
+        .unwrap();
+    assert_eq!(image.layers().len(), 3);
+    let stats = puller
+        .fetch_layers(&image, &banger_image::NoProgress)
+        .await
+        .unwrap();
+    assert_eq!((stats.blobs_downloaded, stats.blobs_cached), (3, 0));
+    for digest in &pushed.layer_digests {
+        assert!(
+            puller.cache().contains(
+                &digest.parse().unwrap(),
+                image
+                    .layers()
+                    .iter()
+                    .find(|l| l.digest.to_string() == *digest)
+                    .unwrap()
+                    .size
+            )
+        );
+    }
+    let sandbox = Sandbox::new();
+    let pulled = puller
+        .pull_resolved(
+            &image,
+            &sandbox.staging(),
+            UnpackOptions::default(),
+            &banger_image::NoProgress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pulled.stats.blobs_cached, 3);
+    check_fixture_tree(&sandbox.staging());
+}
