@@ -430,11 +430,14 @@ impl Unpacker {
                 return Err(staging_error(errno.into()));
             }
         };
+        // The root is 0755 root:root unless a layer says otherwise.
+        let mut dirs = BTreeMap::new();
+        dirs.insert(RelPath::root(), Meta::implicit_dir());
         Ok(Self {
             path: path.to_owned(),
             root,
             options,
-            dirs: BTreeMap::new(),
+            dirs,
             total_bytes: 0,
             entries: 0,
             poisoned: false,

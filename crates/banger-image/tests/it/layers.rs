@@ -106,7 +106,8 @@ fn whiteouts_and_opaque_directories() {
     );
     assert_eq!(read(staging.join("etc/c")), "c2");
     assert_eq!(read(staging.join("opt/new")), "new");
-    // Implied parents get ordinary directory modes.
+    // The root and implied parents get ordinary directory modes.
+    assert_eq!(std::fs::metadata(&staging).unwrap().mode() & 0o7777, 0o755);
     assert_eq!(
         std::fs::metadata(staging.join("usr/bin")).unwrap().mode() & 0o7777,
         0o755
