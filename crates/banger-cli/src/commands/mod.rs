@@ -12,7 +12,10 @@ mod vm_create;
 mod vm_inspect;
 mod vm_list;
 mod vm_ops;
+mod vm_ports;
+mod vm_run;
 mod vm_ssh;
+mod vm_workspace;
 
 use std::process::ExitCode;
 
@@ -40,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 VmCommand::List(args) => vm_list::list(&layout, &args).await,
                 VmCommand::Show(args) => vm_list::show(&layout, &args).await,
-                VmCommand::Run(_) => Err(not_implemented("vm run")),
+                VmCommand::Run(args) => vm_run::run(&layout, &args).await,
                 VmCommand::Create(args) => vm_create::run(&layout, &args).await,
                 VmCommand::Start(args) => vm_ops::start(&layout, &args.refs).await,
                 VmCommand::Stop(args) => vm_ops::stop(&layout, &args.refs).await,
@@ -52,12 +55,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 VmCommand::Stats(args) => vm_inspect::stats(&layout, &args).await,
                 VmCommand::Ssh(args) => vm_ssh::run(&layout, &args).await,
                 VmCommand::Health(args) => vm_inspect::health(&layout, &args).await,
-                VmCommand::Ports(_) => Err(not_implemented("vm ports")),
-                VmCommand::Workspace(WorkspaceCommand::Prepare(_)) => {
-                    Err(not_implemented("vm workspace prepare"))
+                VmCommand::Ports(args) => vm_ports::run(&layout, &args).await,
+                VmCommand::Workspace(WorkspaceCommand::Prepare(args)) => {
+                    vm_workspace::prepare_cmd(&layout, &args).await
                 }
-                VmCommand::Workspace(WorkspaceCommand::Export(_)) => {
-                    Err(not_implemented("vm workspace export"))
+                VmCommand::Workspace(WorkspaceCommand::Export(args)) => {
+                    vm_workspace::export_cmd(&layout, &args).await
                 }
             }
         }

@@ -9,6 +9,8 @@ pub mod vm_create;
 pub mod vm_delete;
 pub mod vm_info;
 pub mod vm_list;
+pub mod vm_ports;
 pub mod vm_set;
 pub mod vm_start;
 pub mod vm_stop;
+pub mod vm_workspace;
