@@ -4,4 +4,5 @@
 mod cli;
 mod daemon;
 mod e2e_lifecycle;
+mod e2e_workspace;
 mod protocol;
