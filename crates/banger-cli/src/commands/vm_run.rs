@@ -57,6 +57,9 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
     let session = async {
         if let Some(repo) = &repo {
             vm_workspace::prepare(layout, vm.name.as_str(), repo, &plan).await?;
+            if args.command.is_empty() {
+                vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
+            }
         }
         let session = session(&args.command, repo.is_some());
         vm_ssh::ssh(layout, vm.name.as_str(), &session, !args.rm).await

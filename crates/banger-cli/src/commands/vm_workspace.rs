@@ -124,6 +124,19 @@ pub(super) async fn prepare(
     Ok(summary)
 }
 
+/// Best-effort `mise install` in the checkout (see
+/// [`crate::workspace::MISE_BOOTSTRAP`]); its messages go to stderr.
+pub(super) async fn bootstrap_tools(layout: &Layout, reference: &str) {
+    let Ok(info) = running_ssh_info(layout, reference).await else {
+        return;
+    };
+    let args = ssh_args(&info, Some(crate::workspace::MISE_BOOTSTRAP), false);
+    match crate::exec::ssh_with_input(&args, tokio::io::empty()).await {
+        Ok(output) => eprint!("{}", String::from_utf8_lossy(&output.stderr)),
+        Err(err) => eprintln!("warning: tool bootstrap skipped: {err}"),
+    }
+}
+
 /// SSH details of a VM that must be running.
 pub(super) async fn running_ssh_info(layout: &Layout, reference: &str) -> anyhow::Result<SshInfo> {
     let mut client = daemon_client::connect(layout).await?;

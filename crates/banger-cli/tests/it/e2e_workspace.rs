@@ -405,3 +405,44 @@ fn file_sync_copies_host_files_into_the_guest_at_start() {
     sim.ok(["vm", "delete", "sync"]);
     sim.assert_clean();
 }
+
+/// Interactive workspace sessions install the repo's pinned tools with the
+/// image's mise (best effort); command mode skips it. A stand-in `mise`
+/// (placed where mise installs itself, via file_sync) records its calls.
+#[test]
+fn interactive_workspace_sessions_bootstrap_mise_tools() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new(
+        "[[file_sync]]\nhost = \"~/fake-mise\"\nguest = \"~/.local/bin/mise\"\nmode = \"0755\"\n",
+    );
+    std::fs::write(
+        sim.env.layout.home.join("fake-mise"),
+        "#!/bin/sh\necho \"$*\" >> /root/mise-calls\n",
+    )
+    .unwrap();
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    std::fs::write(repo.join(".tool-versions"), "python 3.12\n").unwrap();
+    // Command mode: no bootstrap.
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--name",
+        "cmd",
+        &repo.to_string_lossy(),
+        "--",
+        "true",
+    ]);
+    assert!(!out.stderr.contains("installing tools"), "{out}");
+    let calls = sim.banger(["vm", "ssh", "cmd", "--", "cat", "/root/mise-calls"]);
+    assert_ne!(calls.code, Some(0), "mise ran in command mode: {calls}");
+    // Interactive mode (stdin is not a terminal here, so the shell exits at once).
+    let out = sim.ok(["vm", "run", "--name", "shell", &repo.to_string_lossy()]);
+    assert!(out.stderr.contains("installing tools with mise"), "{out}");
+    let calls = sim.ok(["vm", "ssh", "shell", "--", "cat", "/root/mise-calls"]);
+    assert_eq!(calls.stdout, "trust --yes .\ninstall --yes\n");
+    sim.ok(["vm", "delete", "cmd", "shell"]);
+    sim.assert_clean();
+}
