@@ -296,8 +296,14 @@ impl Puller {
     ) -> Result<PullStats, PullError> {
         let overall = self.announce(image, progress);
         let mut stats = PullStats::default();
+        // Owned descriptors keep the closure free of higher-ranked
+        // lifetimes, which would make this future fail `Send` inference.
+        let (image_ref, overall) = (&image.reference, &overall);
         let mut downloads = futures::stream::iter(unique_layers(image))
-            .map(|layer| self.download_blob(&image.reference, layer, progress, &overall))
+            .map(move |layer| async move {
+                self.download_blob(image_ref, &layer, progress, overall)
+                    .await
+            })
             .buffer_unordered(self.concurrency);
         while let Some((_, result)) = downloads.next().await {
             let outcome = result.map_err(|source| PullError::Blob {
@@ -376,8 +382,14 @@ impl Puller {
         let mut uncompressed: u64 = 0;
         let mut ready: HashSet<Digest> = HashSet::new();
         let mut next = 0;
+        // Owned descriptors keep the closure free of higher-ranked
+        // lifetimes, which would make this future fail `Send` inference.
+        let (image_ref, overall) = (&image.reference, &overall);
         let mut downloads = futures::stream::iter(unique_layers(image))
-            .map(|layer| self.download_blob(&image.reference, layer, progress, &overall))
+            .map(move |layer| async move {
+                self.download_blob(image_ref, &layer, progress, overall)
+                    .await
+            })
             .buffer_unordered(self.concurrency);
         let mut downloads_done = false;
 
@@ -726,13 +738,14 @@ impl PullStats {
 }
 
 /// Each distinct layer once, in manifest order.
-fn unique_layers(image: &ResolvedImage) -> Vec<&Descriptor> {
+fn unique_layers(image: &ResolvedImage) -> Vec<Descriptor> {
     let mut seen = HashSet::new();
     image
         .manifest
         .layers
         .iter()
         .filter(|layer| seen.insert(layer.digest.clone()))
+        .cloned()
         .collect()
 }
 

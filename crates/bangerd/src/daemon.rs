@@ -173,6 +173,15 @@ impl Daemon {
             Request::KernelRm(params) => {
                 reply(kernel_import::remove(self, &params.reference).await?)
             }
+            Request::ImagePull(params) => {
+                reply(image_pull::pull(self, params, &events, &cancel).await?)
+            }
+            Request::ImageRegister(params) => {
+                reply(image_register::register(self, params, &events).await?)
+            }
+            Request::KernelPull(params) => {
+                reply(image_pull::pull_kernel(self, params, &events, &cancel).await?)
+            }
             other => Err(RpcError::new(
                 ErrorCode::NotImplemented,
                 format!("{} is not implemented yet", other.method()),

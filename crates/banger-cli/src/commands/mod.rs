@@ -69,9 +69,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 ImageCommand::List(args) => image_list::list(&layout, &args).await,
                 ImageCommand::Show(args) => image_list::show(&layout, &args).await,
-                ImageCommand::Pull(_) => Err(not_implemented("image pull")),
+                ImageCommand::Pull(args) => image_ops::image_pull(&layout, &args).await,
                 ImageCommand::Import(args) => image_ops::image_import(&layout, &args).await,
-                ImageCommand::Register(_) => Err(not_implemented("image register")),
+                ImageCommand::Register(args) => image_ops::image_register(&layout, &args).await,
                 ImageCommand::Bootstrap(_) => Err(not_implemented("image bootstrap")),
                 ImageCommand::Delete(args) => image_ops::image_delete(&layout, &args).await,
                 ImageCommand::Promote(args) => image_ops::image_promote(&layout, &args).await,
@@ -82,7 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 KernelCommand::List(args) => kernel_list::list(&layout, &args).await,
                 KernelCommand::Show(args) => kernel_list::show(&layout, &args).await,
-                KernelCommand::Pull(_) => Err(not_implemented("kernel pull")),
+                KernelCommand::Pull(args) => image_ops::kernel_pull(&layout, &args).await,
                 KernelCommand::Import(args) => image_ops::kernel_import(&layout, &args).await,
                 KernelCommand::Bootstrap(_) => Err(not_implemented("kernel bootstrap")),
                 KernelCommand::Rm(args) => image_ops::kernel_rm(&layout, &args).await,

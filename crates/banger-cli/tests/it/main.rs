@@ -3,6 +3,7 @@
 
 mod cli;
 mod daemon;
+mod e2e_images;
 mod e2e_lifecycle;
 mod e2e_workspace;
 mod protocol;

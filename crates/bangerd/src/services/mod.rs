@@ -3,6 +3,8 @@
 pub mod daemon_ops;
 pub mod image_import;
 pub mod image_list;
+pub mod image_pull;
+pub mod image_register;
 pub mod kernel_import;
 pub mod kernel_list;
 pub mod vm_create;
