@@ -10,6 +10,7 @@
 #   idle daemon RSS                                                             < 20 MiB
 #   `banger vm run --rm --vmm sim -- true`, warm image, p50                     < 1 s
 #   workspace prepare, 10k files / 100 MB, vs `git push` over ssh to the guest  (side by side)
+#   image pull -> ext4 vs skopeo copy + umoci unpack + mkfs.ext4 -d             faster
 #
 # Everything runs in a private network namespace with the state dir on a
 # loop-mounted XFS (reflink); all of it is removed on exit.
@@ -26,12 +27,14 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
 command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
 
+OLDPWD_REPO=$PWD
 rootfs=.cache/fixtures/debian-bookworm/rootfs
 [ -d "$rootfs" ] || tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm
 
 echo "== building release binaries" >&2
 cargo build --release --locked --workspace -q
 cargo build --release --locked -q -p banger-disk --example disk_bench
+cargo build --release --locked -q -p banger-image --example pull_bench
 
 work=$(mktemp -d /tmp/banger-bench.XXXXXX)
 netns="banger-bench-$$"
@@ -126,3 +129,8 @@ b vm delete "${names[@]}" >/dev/null
 echo
 echo "== disks (banger-disk's disk_bench)" >&2
 target/release/examples/disk_bench --runs "$runs" --sizes 1,4,16
+
+echo
+echo "== image pull (banger-image's pull_bench, on tmpfs)" >&2
+"$OLDPWD_REPO/target/release/examples/pull_bench" --rootfs-tar "$OLDPWD_REPO/.cache/fixtures/debian-bookworm/rootfs.tar" \
+    --runs 3 --mkfs --work-dir /dev/shm
