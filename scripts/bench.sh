@@ -27,7 +27,7 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
 command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
 
-OLDPWD_REPO=$PWD
+repo_root=$PWD
 rootfs=.cache/fixtures/debian-bookworm/rootfs
 [ -d "$rootfs" ] || tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm
 
@@ -132,5 +132,5 @@ target/release/examples/disk_bench --runs "$runs" --sizes 1,4,16
 
 echo
 echo "== image pull (banger-image's pull_bench, on tmpfs)" >&2
-"$OLDPWD_REPO/target/release/examples/pull_bench" --rootfs-tar "$OLDPWD_REPO/.cache/fixtures/debian-bookworm/rootfs.tar" \
+"$repo_root/target/release/examples/pull_bench" --rootfs-tar "$repo_root/.cache/fixtures/debian-bookworm/rootfs.tar" \
     --runs 3 --mkfs --work-dir /dev/shm
