@@ -95,29 +95,20 @@ async fn pull_oci(
         .with_hint("layers already downloaded stay cached; pulling again resumes")
     })?;
     stage.done();
-    let agent = find_agent()?;
-    let size = build_image_files(
+    let source = pulled.metadata.source();
+    finish(
         daemon,
-        &staging.rootfs(),
-        &staging.out(),
-        &agent,
+        &staging,
+        Staged {
+            id,
+            name,
+            kernel,
+            source,
+        },
         events,
         cancel,
     )
-    .await?;
-    let image = Image {
-        id,
-        name,
-        kernel_id: kernel.as_ref().map(|kernel| kernel.id.clone()),
-        kernel_name: kernel.map(|kernel| kernel.name.to_string()),
-        rootfs_path: Default::default(),
-        work_seed_path: None,
-        rootfs_size: size,
-        source: pulled.metadata.source(),
-        is_default: false,
-        created_at: jiff::Timestamp::now(),
-    };
-    publish(daemon, &staging.out(), image).await
+    .await
 }
 
 async fn pull_catalog(
@@ -165,6 +156,42 @@ async fn pull_catalog(
         )
     })?;
     stage.done();
+    let source = ImageSource::Catalog {
+        name: entry.name.clone(),
+        sha256: entry.artifact.sha256.clone(),
+    };
+    finish(
+        daemon,
+        &staging,
+        Staged {
+            id,
+            name,
+            kernel,
+            source,
+        },
+        events,
+        cancel,
+    )
+    .await
+}
+
+/// What is known of an image whose rootfs tree is staged.
+struct Staged {
+    id: Id,
+    name: Name,
+    kernel: Option<Kernel>,
+    source: ImageSource,
+}
+
+/// From a staged rootfs tree to a published image: guest files, ext4,
+/// work seed, record.
+async fn finish(
+    daemon: &Daemon,
+    staging: &Staging,
+    staged: Staged,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Image, RpcError> {
     let agent = find_agent()?;
     let size = build_image_files(
         daemon,
@@ -176,17 +203,14 @@ async fn pull_catalog(
     )
     .await?;
     let image = Image {
-        id,
-        name,
-        kernel_id: kernel.as_ref().map(|kernel| kernel.id.clone()),
-        kernel_name: kernel.map(|kernel| kernel.name.to_string()),
+        id: staged.id,
+        name: staged.name,
+        kernel_id: staged.kernel.as_ref().map(|kernel| kernel.id.clone()),
+        kernel_name: staged.kernel.map(|kernel| kernel.name.to_string()),
         rootfs_path: Default::default(),
         work_seed_path: None,
         rootfs_size: size,
-        source: ImageSource::Catalog {
-            name: entry.name.clone(),
-            sha256: entry.artifact.sha256.clone(),
-        },
+        source: staged.source,
         is_default: false,
         created_at: jiff::Timestamp::now(),
     };
