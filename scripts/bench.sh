@@ -8,6 +8,9 @@
 #   copy fallback vs `cp --sparse=always`                                      <= 1.2x
 #   `banger vm list` with 100 VMs, wall                                         < 15 ms
 #   idle daemon RSS                                                             < 20 MiB
+#   `banger vm run --rm --vmm sim -- true`, warm image, p50                     < 1 s
+#   workspace prepare, 10k files / 100 MB, vs `git push` over ssh to the guest  (side by side)
+#   image pull -> ext4 vs skopeo copy + umoci unpack + mkfs.ext4 -d             faster
 #
 # Everything runs in a private network namespace with the state dir on a
 # loop-mounted XFS (reflink); all of it is removed on exit.
@@ -24,12 +27,14 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
 command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
 
+repo_root=$PWD
 rootfs=.cache/fixtures/debian-bookworm/rootfs
 [ -d "$rootfs" ] || tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm
 
 echo "== building release binaries" >&2
 cargo build --release --locked --workspace -q
 cargo build --release --locked -q -p banger-disk --example disk_bench
+cargo build --release --locked -q -p banger-image --example pull_bench
 
 work=$(mktemp -d /tmp/banger-bench.XXXXXX)
 netns="banger-bench-$$"
@@ -76,6 +81,36 @@ grep '"InstanceStart sent"' "$work/state/banger/bangerd.log" \
     | grep -o '"control_plane_ms":[0-9.]*' | cut -d: -f2 > "$work/control_plane.txt"
 echo "vm create control plane, p50 / p90     : $(p50 < "$work/control_plane.txt") / $(p90 < "$work/control_plane.txt") ms over $runs runs   target p50 < 30 ms"
 
+run_ms=$(hyperfine -N --warmup 1 --runs "$runs" --export-json "$work/run.json" \
+    "ip netns exec $netns $BANGER vm run --rm -- true" >/dev/null 2>&1 \
+    && python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.0f / %.0f" % (r["median"]*1000, max(r["times"])*1000))' "$work/run.json")
+echo "vm run --rm -- true, p50 / max         : $run_ms ms over $runs runs   target p50 < 1000 ms"
+
+echo "== workspace: a repository of 10k files / 100 MB" >&2
+repo="$work/bigrepo"
+mkdir -p "$repo"
+git -C "$repo" init -q -b main
+for d in $(seq 0 99); do
+    mkdir -p "$repo/d$d"
+    for f in $(seq 0 99); do head -c 10240 /dev/urandom > "$repo/d$d/f$f"; done
+done
+git -C "$repo" add -A
+git -C "$repo" -c user.name=bench -c user.email=bench@example.com commit -qm bench
+b vm create --name ws >/dev/null 2>&1
+start=$(date +%s%N)
+b vm workspace prepare ws "$repo" >/dev/null 2>&1
+prepare_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+ws_ip=$(b vm show ws --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["ip"])')
+ssh_opts=(-i "$work/state/banger/ssh/id_ed25519" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+start=$(date +%s%N)
+ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git init -q --bare /root/push.git' \
+    && ip netns exec "$netns" env GIT_SSH_COMMAND="ssh ${ssh_opts[*]}" git -C "$repo" push -q "root@$ws_ip:/root/push.git" main \
+    && ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git clone -q /root/push.git /root/pushed'
+push_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+echo "workspace prepare, 10k files / 100 MB   : $prepare_ms ms   (git push over ssh + checkout: $push_ms ms)"
+b vm delete ws >/dev/null
+
 echo "== creating 100 VMs for vm list" >&2
 for batch in $(seq 0 9); do
     for i in $(seq 0 9); do b vm create --name "list$batch$i" >/dev/null 2>&1 & done
@@ -94,3 +129,8 @@ b vm delete "${names[@]}" >/dev/null
 echo
 echo "== disks (banger-disk's disk_bench)" >&2
 target/release/examples/disk_bench --runs "$runs" --sizes 1,4,16
+
+echo
+echo "== image pull (banger-image's pull_bench, on tmpfs)" >&2
+"$repo_root/target/release/examples/pull_bench" --rootfs-tar "$repo_root/.cache/fixtures/debian-bookworm/rootfs.tar" \
+    --runs 3 --mkfs --work-dir /dev/shm

@@ -10,6 +10,7 @@
 //! - [`output`]: tables, JSON, errors and hints.
 //! - [`progress`]: rendering the daemon's stage and progress events.
 //! - [`ssh_include`]: banger's `Include` block in `~/.ssh/config`, as byte edits.
+//! - [`workspace`]: copying a git checkout into a VM and exporting work back.
 
 pub mod args;
 pub mod commands;
@@ -19,6 +20,7 @@ pub mod exec;
 pub mod output;
 pub mod progress;
 pub mod ssh_include;
+pub mod workspace;
 
 use std::process::ExitCode;
 

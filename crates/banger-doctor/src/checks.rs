@@ -389,66 +389,76 @@ pub fn storage(facts: &StorageFacts) -> DoctorCheck {
     }
 }
 
-/// Whether the image catalog knows a name. banger-image's embedded catalog
-/// answers this once it is integrated; until then the daemon reports
-/// [`CatalogLookup::Unavailable`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the image catalog says about the wanted default image.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogLookup {
-    Unavailable,
     Found,
     NotFound,
+    /// The catalog could not be read (e.g. `catalog_url` unreachable).
+    Unavailable(String),
 }
 
-/// The default image as the store (and catalog) know it.
+/// The default image as `vm create` resolves it: the store's default;
+/// else `default_image` from config (or the catalog's default name), taken
+/// from the local images or pulled from the catalog on first use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageFacts {
     /// `default_image` from config, if set.
     pub configured: Option<String>,
+    /// The name `vm create` looks for without a store default:
+    /// `configured`, else the catalog's default image name.
+    pub wanted: String,
     /// The image the store marks as default.
     pub store_default: Option<String>,
     /// Every image name in the store.
     pub local: Vec<String>,
-    /// The catalog's answer for `configured` (or the catalog's default).
+    /// The catalog's answer for `wanted` (only asked without a usable local
+    /// image).
     pub catalog: CatalogLookup,
 }
 
 pub fn default_image(facts: &ImageFacts) -> DoctorCheck {
-    let import = "`banger image import DIR --name N` (or `banger image pull REF`), then \
-                  `banger image promote N`";
-    if let Some(name) = &facts.configured {
-        if facts.local.iter().any(|local| local == name) {
-            return DoctorCheck::pass(
-                "default-image",
-                format!("{name} (default_image in config, present locally)"),
-            );
-        }
-        return match facts.catalog {
-            CatalogLookup::Found => DoctorCheck::pass(
-                "default-image",
-                format!("{name} (in the catalog; pulled on first use)"),
+    let import = "`banger image pull REF` (OCI or catalog) or `banger image import DIR --name N`; \
+                  the first image becomes the default (`banger image promote N` picks another)";
+    if let Some(name) = &facts.store_default {
+        let detail = match &facts.configured {
+            Some(configured) if configured != name => format!(
+                "{name} (local default; default_image = {configured:?} in config only applies \
+                 while no image is promoted)"
             ),
-            CatalogLookup::NotFound => DoctorCheck::fail(
-                "default-image",
-                format!("default_image = {name:?} is neither a local image nor in the catalog"),
-                format!("fix default_image in config.toml, or {import}"),
-            ),
-            CatalogLookup::Unavailable => DoctorCheck::fail(
-                "default-image",
-                format!("default_image = {name:?} is not a local image"),
-                format!("fix default_image in config.toml, or {import}"),
-            ),
+            _ => format!("{name} (local default)"),
         };
+        return DoctorCheck::pass("default-image", detail);
     }
-    match (&facts.store_default, facts.catalog) {
-        (Some(name), _) => DoctorCheck::pass("default-image", format!("{name} (local)")),
-        (None, CatalogLookup::Found) => DoctorCheck::pass(
+    let wanted = &facts.wanted;
+    if facts.local.iter().any(|local| local == wanted) {
+        return DoctorCheck::pass(
             "default-image",
-            "none local; the catalog's default is pulled on first use",
+            format!("{wanted} (local; becomes the default on first use)"),
+        );
+    }
+    match (&facts.catalog, &facts.configured) {
+        (CatalogLookup::Found, _) => DoctorCheck::pass(
+            "default-image",
+            format!("{wanted} (in the catalog; pulled with its kernel on first use)"),
         ),
-        (None, _) => DoctorCheck::warn(
+        (CatalogLookup::NotFound, Some(_)) => DoctorCheck::fail(
             "default-image",
-            "no default image: `vm run` and `vm create` need --image",
+            format!("default_image = {wanted:?} is neither a local image nor in the catalog"),
+            format!("fix default_image in config.toml, or {import}"),
+        ),
+        (CatalogLookup::NotFound, None) => DoctorCheck::warn(
+            "default-image",
+            format!(
+                "no default image, and the catalog does not list {wanted}: `vm run` and \
+                 `vm create` need --image"
+            ),
             import,
+        ),
+        (CatalogLookup::Unavailable(err), _) => DoctorCheck::warn(
+            "default-image",
+            format!("no local default image, and the catalog cannot be read: {err}"),
+            format!("check catalog_url in config.toml, or {import}"),
         ),
     }
 }

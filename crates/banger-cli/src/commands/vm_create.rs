@@ -29,6 +29,17 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
     let (name, spec) = resolve(flags)?;
+    create_resolved(layout, flags, &name, spec).await
+}
+
+/// [`create`] once the name and size are settled (`vm run` settles them
+/// first so that it can clean up by name).
+pub(super) async fn create_resolved(
+    layout: &Layout,
+    flags: &CreateFlags,
+    name: &Name,
+    spec: VmSpec,
+) -> anyhow::Result<Vm> {
     eprintln!("spec: {spec}");
     let params = VmCreateParams {
         name: Some(name.to_string()),
@@ -56,7 +67,7 @@ pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Resu
         None => {
             drop(client);
             eprintln!("cancelled; rolling back VM {name}…");
-            wait_until_gone(layout, &name).await;
+            wait_until_gone(layout, name).await;
             Err(ExitError {
                 message: format!("creating VM {name} was cancelled"),
                 code: 130,
@@ -67,7 +78,7 @@ pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Resu
 }
 
 /// Client-side checks (the daemon checks again) and defaults.
-fn resolve(flags: &CreateFlags) -> anyhow::Result<(Name, VmSpec)> {
+pub(super) fn resolve(flags: &CreateFlags) -> anyhow::Result<(Name, VmSpec)> {
     let usage = |message: String| {
         anyhow::Error::from(ExitError {
             message,

@@ -118,7 +118,7 @@ fn version_reports_commit_and_build_time() {
 #[test]
 fn unbuilt_commands_say_so_and_exit_2() {
     let env = TestEnv::new();
-    let out = env.banger(["vm", "ports", "x"]);
+    let out = env.banger(["kernel", "bootstrap"]);
     out.assert_code(2);
     assert!(out.stderr.contains("not implemented yet"), "{out}");
 }

@@ -319,47 +319,56 @@ fn storage_reflink_dm_and_copy() {
 
 #[test]
 fn default_image_local_catalog_and_missing() {
-    let facts = |configured: Option<&str>, store_default: Option<&str>, catalog| ImageFacts {
-        configured: configured.map(str::to_owned),
-        store_default: store_default.map(str::to_owned),
-        local: store_default.into_iter().map(str::to_owned).collect(),
-        catalog,
+    let facts = |configured: Option<&str>, store_default: Option<&str>, local: &[&str], catalog| {
+        ImageFacts {
+            configured: configured.map(str::to_owned),
+            wanted: configured.unwrap_or("debian-bookworm").to_owned(),
+            store_default: store_default.map(str::to_owned),
+            local: local.iter().map(|name| (*name).to_owned()).collect(),
+            catalog,
+        }
     };
     use CatalogLookup::*;
+    let check = |facts: ImageFacts| default_image(&facts);
     assert_status(
-        &default_image(&facts(None, Some("debian"), Unavailable)),
+        &check(facts(None, Some("debian"), &["debian"], NotFound)),
         CheckStatus::Pass,
-        "debian (local)",
+        "debian (local default)",
     );
     assert_status(
-        &default_image(&facts(None, None, Found)),
+        &check(facts(Some("arch"), Some("debian"), &["debian"], NotFound)),
         CheckStatus::Pass,
-        "pulled on first use",
+        "only applies while no image is promoted",
     );
     assert_status(
-        &default_image(&facts(None, None, Unavailable)),
+        &check(facts(Some("arch"), None, &["arch"], NotFound)),
+        CheckStatus::Pass,
+        "becomes the default on first use",
+    );
+    assert_status(
+        &check(facts(None, None, &[], Found)),
+        CheckStatus::Pass,
+        "debian-bookworm (in the catalog",
+    );
+    assert_status(
+        &check(facts(None, None, &[], NotFound)),
         CheckStatus::Warn,
-        "no default image",
+        "need --image",
     );
     assert_status(
-        &default_image(&facts(Some("debian"), Some("debian"), Unavailable)),
-        CheckStatus::Pass,
-        "present locally",
-    );
-    assert_status(
-        &default_image(&facts(Some("arch"), Some("debian"), Found)),
-        CheckStatus::Pass,
-        "in the catalog",
-    );
-    assert_status(
-        &default_image(&facts(Some("arch"), Some("debian"), NotFound)),
+        &check(facts(Some("arch"), None, &["debian"], NotFound)),
         CheckStatus::Fail,
-        "neither",
+        "neither a local image nor in the catalog",
     );
     assert_status(
-        &default_image(&facts(Some("arch"), None, Unavailable)),
-        CheckStatus::Fail,
-        "not a local image",
+        &check(facts(
+            None,
+            None,
+            &[],
+            Unavailable("connection refused".into()),
+        )),
+        CheckStatus::Warn,
+        "connection refused",
     );
 }
 

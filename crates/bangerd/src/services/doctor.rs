@@ -23,7 +23,7 @@ pub async fn run(daemon: &Daemon) -> Result<DoctorResult, RpcError> {
 
 /// [`run`] against any host (tests pass a `FakeHost`).
 pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, RpcError> {
-    let images = image_facts(daemon)?;
+    let images = image_facts(daemon).await?;
     let storage = storage_facts(&daemon.storage);
     let dns = dns_facts(daemon);
     let probe = publish_probe(daemon)?;
@@ -75,28 +75,61 @@ fn storage_facts(probe: &banger_disk::StrategyProbe) -> StorageFacts {
     }
 }
 
-fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
-    let local = daemon.store.list_images().map_err(store_error)?;
+/// How long doctor waits for the catalog (a remote `catalog_url`).
+const CATALOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The default image as `vm create` resolves it (see its
+/// `ensure_default_image`): the store's default, else the configured name
+/// (or the catalog default) locally, else in the catalog.
+async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
+    let local: Vec<String> = daemon
+        .store
+        .list_images()
+        .map_err(store_error)?
+        .iter()
+        .map(|image| image.name.to_string())
+        .collect();
     let store_default = daemon
         .store
         .default_image()
         .map_err(store_error)?
         .map(|image| image.name.to_string());
     let configured = daemon.config.default_image.clone();
+    let wanted = configured
+        .clone()
+        .unwrap_or_else(|| crate::images::CATALOG_DEFAULT_IMAGE.to_owned());
+    let catalog = if store_default.is_some() || local.contains(&wanted) {
+        // Not consulted: the catalog only matters without a local image.
+        CatalogLookup::NotFound
+    } else {
+        catalog_lookup(daemon, &wanted).await
+    };
     Ok(ImageFacts {
-        catalog: catalog_lookup(configured.as_deref()),
         configured,
+        wanted,
         store_default,
-        local: local.iter().map(|image| image.name.to_string()).collect(),
+        local,
+        catalog,
     })
 }
 
-/// SEAM(banger-image): whether the embedded image catalog knows `name` (or,
-/// for `None`, has a default image). banger-image, with its embedded
-/// catalog, is not on main yet; until the daemon integrates it the answer
-/// is [`CatalogLookup::Unavailable`] and doctor judges the store alone.
-fn catalog_lookup(_name: Option<&str>) -> CatalogLookup {
-    CatalogLookup::Unavailable
+/// Whether the catalog (built in, or `catalog_url`) lists image `name`.
+async fn catalog_lookup(daemon: &Daemon, name: &str) -> CatalogLookup {
+    let lookup = async {
+        let http = crate::images::http().map_err(|err| err.message)?;
+        let catalog = crate::images::catalog(daemon, &http)
+            .await
+            .map_err(|err| err.message)?;
+        Ok::<_, String>(catalog.image(name).is_some())
+    };
+    match tokio::time::timeout(CATALOG_TIMEOUT, lookup).await {
+        Ok(Ok(true)) => CatalogLookup::Found,
+        Ok(Ok(false)) => CatalogLookup::NotFound,
+        Ok(Err(err)) => CatalogLookup::Unavailable(err),
+        Err(_) => {
+            CatalogLookup::Unavailable(format!("no answer within {}s", CATALOG_TIMEOUT.as_secs()))
+        }
+    }
 }
 
 fn dns_facts(daemon: &Daemon) -> DnsFacts {

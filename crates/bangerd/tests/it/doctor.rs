@@ -136,6 +136,10 @@ async fn a_configured_default_image_that_is_missing_fails() {
         ..Config::default()
     };
     let harness = Harness::with_config(config).await;
+    // No image at all: `arch` is neither local nor in the (empty) built-in catalog.
+    for image in harness.daemon.store.list_images().unwrap() {
+        harness.daemon.store.delete_image(&image.id).unwrap();
+    }
     let host = FakeHost {
         arch: "aarch64".into(),
         ..FakeHost::default()
@@ -143,6 +147,8 @@ async fn a_configured_default_image_that_is_missing_fails() {
     let result = bangerd::services::doctor::run_with(&harness.daemon, Arc::new(host))
         .await
         .unwrap();
-    assert_eq!(check(&result, "default-image").status, CheckStatus::Fail);
+    let image = check(&result, "default-image");
+    assert_eq!(image.status, CheckStatus::Fail, "{image:?}");
+    assert!(image.detail.contains("\"arch\""), "{image:?}");
     assert_eq!(check(&result, "arch").status, CheckStatus::Fail);
 }
