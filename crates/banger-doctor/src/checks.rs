@@ -476,6 +476,10 @@ pub struct DnsFacts {
 pub enum RoutingFacts {
     /// systemd-resolved is not running: nothing is routed automatically.
     ResolvedInactive,
+    /// systemd-resolved runs, but the daemon does not route through it.
+    Skipped {
+        reason: String,
+    },
     /// resolved runs; routing is applied once the bridge exists.
     Pending {
         link: String,
@@ -512,6 +516,13 @@ pub fn dns_routing(facts: &DnsFacts) -> DoctorCheck {
             format!(
                 "systemd-resolved is not running, so banger routes nothing itself; other \
                  resolvers are configured by hand ({DNS_ROUTING_DOC})"
+            ),
+        ),
+        RoutingFacts::Skipped { reason } => DoctorCheck::pass(
+            "dns-routing",
+            format!(
+                "systemd-resolved runs, but banger does not route ~vm through it: {reason} \
+                 ({DNS_ROUTING_DOC})"
             ),
         ),
         RoutingFacts::Pending { link } => DoctorCheck::pass(

@@ -54,13 +54,20 @@ fn run() -> anyhow::Result<()> {
         let listener = instance::bind(&layout.socket())?;
         let socket = layout.socket();
         let net_ops = banger_net::RealNetOps::connect().context("opening netlink")?;
-        let routing = banger_net::routing::systemd_resolved_active().then(|| {
-            Arc::new(banger_net::routing::Resolvectl::default())
-                as Arc<dyn banger_net::routing::DnsRouting>
-        });
-        let network = Network::start(Arc::new(net_ops), config.network.clone())
-            .await
-            .with_routing(routing);
+        let resolved = banger_net::routing::systemd_resolved_active();
+        let host_netns = bangerd::network::shares_resolved_network_namespace();
+        let network = Network::start(Arc::new(net_ops), config.network.clone()).await;
+        let network = if resolved && !host_netns {
+            info!("systemd-resolved runs, but bangerd is in a private network namespace: .vm is not routed");
+            network.with_routing_skipped(
+                "bangerd runs in another network namespace than systemd-resolved",
+            )
+        } else {
+            network.with_routing(resolved.then(|| {
+                Arc::new(banger_net::routing::Resolvectl::default())
+                    as Arc<dyn banger_net::routing::DnsRouting>
+            }))
+        };
         let storage = banger_disk::detect_strategy(&layout.state_dir)
             .context("probing storage in the state dir")?;
         info!(strategy = %storage.strategy, dir = %storage.dir.display(), "storage strategy");

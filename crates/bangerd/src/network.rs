@@ -35,11 +35,33 @@ pub struct Network {
     routing: Routing,
 }
 
+/// Whether the calling thread shares systemd-resolved's network namespace.
+/// `resolvectl` names a link by its index in the caller's namespace and
+/// resolved applies the setting to the link with that index in its own, so
+/// a daemon in a private namespace (every end-to-end test's) must not
+/// route, or it would reconfigure an unrelated host link.
+///
+/// When PID 1's namespace can be read, it decides. Otherwise (sandboxes
+/// deny it even to root) resolved's stub listener decides: 127.0.0.53:53
+/// answers only in resolved's own namespace. A host with the stub disabled
+/// (`DNSStubListener=no`) then gets no automatic routing, which is safe.
+pub fn shares_resolved_network_namespace() -> bool {
+    let ours = std::fs::read_link("/proc/thread-self/ns/net");
+    let init = std::fs::read_link("/proc/1/ns/net");
+    if let (Ok(ours), Ok(init)) = (ours, init) {
+        return ours == init;
+    }
+    let stub = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 53), 53));
+    std::net::TcpStream::connect_timeout(&stub, std::time::Duration::from_millis(500)).is_ok()
+}
+
 /// Where `~vm` routing through the host resolver stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoutingState {
     /// No routing seam (systemd-resolved is not running).
     Inactive,
+    /// systemd-resolved runs but banger does not route through it (why).
+    Skipped(String),
     /// Not applied yet: the bridge is not up.
     Pending,
     Applied {
@@ -145,6 +167,14 @@ impl Network {
     /// systemd-resolved runs, `None` otherwise).
     pub fn with_routing(mut self, routing: Option<Arc<dyn DnsRouting>>) -> Self {
         self.routing = Routing::new(routing);
+        self
+    }
+
+    /// systemd-resolved runs, but routing through it would be wrong here
+    /// (`reason` is shown by `doctor`).
+    pub fn with_routing_skipped(mut self, reason: impl Into<String>) -> Self {
+        self.routing = Routing::new(None);
+        self.routing.set(RoutingState::Skipped(reason.into()));
         self
     }
 

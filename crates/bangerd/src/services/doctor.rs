@@ -141,6 +141,7 @@ fn dns_facts(daemon: &Daemon) -> DnsFacts {
     let link = network.config.bridge.clone();
     let routing = match network.routing_state() {
         RoutingState::Inactive => RoutingFacts::ResolvedInactive,
+        RoutingState::Skipped(reason) => RoutingFacts::Skipped { reason },
         RoutingState::Pending => RoutingFacts::Pending { link },
         RoutingState::Applied { dns } => RoutingFacts::Applied {
             link,

@@ -118,3 +118,35 @@ async fn without_resolved_nothing_is_routed() {
     assert_eq!(network.routing_state(), RoutingState::Inactive);
     network.shutdown().await;
 }
+
+/// A daemon in its own network namespace (like every end-to-end test's)
+/// must never route through the host's resolved: link indexes differ.
+#[test]
+fn a_private_network_namespace_does_not_route() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to unshare a network namespace");
+        return;
+    }
+    let inside = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        bangerd::network::shares_resolved_network_namespace()
+    })
+    .join()
+    .unwrap();
+    assert!(!inside);
+}
+
+#[tokio::test]
+async fn skipped_routing_is_reported_and_never_applied() {
+    let network = Network::start(Arc::new(FakeNetOps::new()), config())
+        .await
+        .with_routing_skipped("another network namespace");
+    network.pool().await.unwrap();
+    network.publish(&Name::parse("web").unwrap(), "172.30.0.3".parse().unwrap());
+    network.routing_settled().await;
+    assert_eq!(
+        network.routing_state(),
+        RoutingState::Skipped("another network namespace".into())
+    );
+    network.shutdown().await;
+}
