@@ -11,6 +11,7 @@
 #   `banger vm run --rm --vmm sim -- true`, warm image, p50                     < 1 s
 #   workspace prepare, 10k files / 100 MB, vs `git push` over ssh to the guest  (side by side)
 #   image pull -> ext4 vs skopeo copy + umoci unpack + mkfs.ext4 -d             faster
+#   DNS queries/s on loopback vs dnsmasq, side by side (dnsperf)               >= dnsmasq
 #
 # Everything runs in a private network namespace with the state dir on a
 # loop-mounted XFS (reflink); all of it is removed on exit.
@@ -25,7 +26,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
-command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
+for tool in hyperfine dnsperf dnsmasq; do
+    command -v "$tool" >/dev/null || { echo "install $tool (apt-get install hyperfine dnsperf dnsmasq-base)" >&2; exit 1; }
+done
 
 repo_root=$PWD
 rootfs=.cache/fixtures/debian-bookworm/rootfs
@@ -123,6 +126,26 @@ list_ms=$(hyperfine -N --warmup 3 --runs 30 --export-json "$work/list.json" \
     && python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.1f" % (r["median"]*1000))' "$work/list.json")
 echo "vm list with 100 VMs, median wall      : $list_ms ms (includes ip netns exec)   target < 15 ms"
 echo "idle daemon RSS (100 VMs)              : $(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$daemon_pid/status")"
+echo "== DNS: banger vs dnsmasq, 10 s each, 100 names" >&2
+queries="$work/queries.txt"
+mapfile -t dns_names < <(b vm list --json | grep -o '"name": "[a-z0-9-]*"' | cut -d'"' -f4)
+: > "$queries"
+for name in "${dns_names[@]}"; do echo "$name.vm A" >> "$queries"; done
+echo "nobody.vm A" >> "$queries"
+hosts="$work/dnsmasq.hosts"
+: > "$hosts"
+for name in "${dns_names[@]}"; do echo "172.30.0.9 $name.vm" >> "$hosts"; done
+ip netns exec "$netns" dnsmasq --keep-in-foreground --no-resolv --no-hosts --addn-hosts="$hosts" \
+    --listen-address=127.0.0.2 --bind-interfaces --port=5353 --cache-size=1000 --pid-file="$work/dnsmasq.pid" &
+dnsmasq_pid=$!
+ip -n "$netns" addr add 127.0.0.2/8 dev lo 2>/dev/null || true
+sleep 1
+qps() { ip netns exec "$netns" dnsperf -s "$1" -p "$2" -d "$queries" -l 10 -c 4 -Q 200000 2>/dev/null | awk '/Queries per second/ { print int($4) }'; }
+banger_qps=$(qps 127.0.0.1 42069)
+dnsmasq_qps=$(qps 127.0.0.2 5353)
+kill "$dnsmasq_pid" 2>/dev/null; wait "$dnsmasq_pid" 2>/dev/null || true
+echo "DNS queries/s (UDP, loopback)          : banger $banger_qps, dnsmasq $dnsmasq_qps   target banger >= dnsmasq"
+
 mapfile -t names < <(b vm list --json | grep -o '"name": "[a-z0-9-]*"' | cut -d'"' -f4)
 b vm delete "${names[@]}" >/dev/null
 
