@@ -160,7 +160,8 @@ pub struct FakeBootstrap {
     pub outcome: Mutex<FakeOutcome>,
     /// A preflight failure to report (`Some("debootstrap")` → not installed).
     pub preflight_failure: Mutex<Option<String>>,
-    /// Mount points `release_mounts` pretends it cannot unmount.
+    /// Mount points, relative to the released directory (`proc`), that
+    /// `release_mounts` pretends it cannot unmount.
     pub stuck_mounts: Mutex<Vec<PathBuf>>,
     calls: Mutex<Vec<String>>,
 }
@@ -269,8 +270,7 @@ impl BootstrapHost for FakeBootstrap {
         self.record(format!("release {}", dir.display()));
         let stuck: Vec<PathBuf> = lock(&self.stuck_mounts)
             .iter()
-            .filter(|mount| mount.starts_with(dir))
-            .cloned()
+            .map(|mount| dir.join(mount))
             .collect();
         match stuck.first() {
             Some(first) => Err(ReleaseMountsError {

@@ -1,6 +1,7 @@
 //! The daemon's lifecycle against recording fakes of the host (network,
 //! disks, VMM, readiness): every rollback path, without root.
 
+mod bootstrap;
 mod harness;
 mod lifecycle;
 mod reconcile;
