@@ -323,9 +323,12 @@ pub struct ImageBootstrapArgs {
     /// Extra packages, comma-separated
     #[arg(long, value_delimiter = ',')]
     pub packages: Vec<String>,
-    /// Package mirror URL
+    /// Package mirror URL [default: the distribution's, e.g. http://deb.debian.org/debian]
     #[arg(long)]
     pub mirror: Option<String>,
+    /// Kernel to boot it with [default: the default kernel]
+    #[arg(long, value_name = "K")]
+    pub kernel_ref: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

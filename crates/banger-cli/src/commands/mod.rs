@@ -1,7 +1,9 @@
 //! One module per verb.
 
+mod bootstrap;
 mod completion;
 mod daemon;
+pub(crate) mod default_image;
 mod image_list;
 mod image_ops;
 mod kernel_list;
@@ -69,7 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ImageCommand::Pull(_) => Err(not_implemented("image pull")),
                 ImageCommand::Import(args) => image_ops::image_import(&layout, &args).await,
                 ImageCommand::Register(_) => Err(not_implemented("image register")),
-                ImageCommand::Bootstrap(_) => Err(not_implemented("image bootstrap")),
+                ImageCommand::Bootstrap(args) => bootstrap::image(&layout, &args).await,
                 ImageCommand::Delete(args) => image_ops::image_delete(&layout, &args).await,
                 ImageCommand::Promote(args) => image_ops::image_promote(&layout, &args).await,
             }
@@ -81,7 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 KernelCommand::Show(args) => kernel_list::show(&layout, &args).await,
                 KernelCommand::Pull(_) => Err(not_implemented("kernel pull")),
                 KernelCommand::Import(args) => image_ops::kernel_import(&layout, &args).await,
-                KernelCommand::Bootstrap(_) => Err(not_implemented("kernel bootstrap")),
+                KernelCommand::Bootstrap(args) => bootstrap::kernel(&layout, &args).await,
                 KernelCommand::Rm(args) => image_ops::kernel_rm(&layout, &args).await,
             }
         }

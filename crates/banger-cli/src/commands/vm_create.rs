@@ -29,6 +29,7 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
     let (name, spec) = resolve(flags)?;
+    super::default_image::ensure_default_image(layout, flags).await?;
     eprintln!("spec: {spec}");
     let params = VmCreateParams {
         name: Some(name.to_string()),
