@@ -3,5 +3,6 @@
 
 mod cli;
 mod daemon;
+mod e2e_bootstrap;
 mod e2e_lifecycle;
 mod protocol;

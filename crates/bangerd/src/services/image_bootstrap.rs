@@ -3,7 +3,8 @@
 //! registered the way `image.import` does it.
 //!
 //! Files: the root filesystem tree is built in `staging/<id>.rootfs/`, the
-//! image files in `staging/<id>/`; both go away whatever happens. The
+//! image files in `staging/<id>/`; both go away whatever happens (the tree
+//! in the background, once nothing is mounted under it). The
 //! debootstrap log is `logs/image-bootstrap-<id>.log` under the state dir
 //! while building (and after a failure, which names it), then
 //! `images/<id>/debootstrap.log`. Downloaded `.deb`s stay in
@@ -215,8 +216,13 @@ async fn release_tree(daemon: &Daemon, tree: &Path) -> Result<(), RpcError> {
         RpcError::internal(err.to_string())
             .with_hint("unmount them (`umount -R`), then delete the directory")
     })?;
+    // Deleting a few hundred MB of small files can take half a minute on a
+    // busy disk, and nothing waits for it.
     let tree = tree.to_owned();
-    let _ = tokio::task::spawn_blocking(move || remove_dir(&tree)).await;
+    tokio::task::spawn_blocking(move || {
+        remove_dir(&tree);
+        tracing::debug!(tree = %tree.display(), "build tree removed");
+    });
     Ok(())
 }
 

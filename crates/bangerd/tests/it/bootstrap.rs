@@ -51,10 +51,18 @@ async fn run(
     (result, seen)
 }
 
+/// Whether staging empties (the build tree is removed in the background).
 fn staging_is_empty(h: &Harness) -> bool {
-    std::fs::read_dir(h.daemon.layout.staging_dir())
-        .map(|mut entries| entries.next().is_none())
-        .unwrap_or(true)
+    let empty = || {
+        std::fs::read_dir(h.daemon.layout.staging_dir())
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    empty()
 }
 
 fn bootstrapped_images(h: &Harness) -> Vec<Image> {
