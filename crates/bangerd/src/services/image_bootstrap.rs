@@ -105,6 +105,7 @@ pub async fn bootstrap_with_agent(
     };
     // The name may have been taken while we waited.
     check_name_free(daemon, &name)?;
+    sweep_stale_trees(daemon);
     events.log(
         "info",
         format!(
@@ -224,6 +225,35 @@ async fn release_tree(daemon: &Daemon, tree: &Path) -> Result<(), RpcError> {
         tracing::debug!(tree = %tree.display(), "build tree removed");
     });
     Ok(())
+}
+
+/// Build trees a previous daemon left in staging (it was killed mid-build):
+/// anything older than this daemon is no build of ours, and we hold the
+/// bootstrap lock. Released and removed in the background; one with a mount
+/// that will not go is left alone.
+fn sweep_stale_trees(daemon: &Daemon) {
+    let Ok(entries) = fs_err::read_dir(daemon.layout.staging_dir()) else {
+        return;
+    };
+    let started = std::time::SystemTime::from(daemon.started_at);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = path.extension().is_some_and(|ext| ext == "rootfs")
+            && entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified < started);
+        if !stale {
+            continue;
+        }
+        match daemon.bootstrap.release_mounts(&path) {
+            Ok(_) => {
+                tracing::info!(tree = %path.display(), "removing a build tree left by an earlier daemon");
+                tokio::task::spawn_blocking(move || remove_dir(&path));
+            }
+            Err(err) => tracing::warn!(error = %err, "stale build tree left in place"),
+        }
+    }
 }
 
 /// The wire error for a debootstrap failure, with what to do about it.

@@ -100,6 +100,14 @@ async fn builds_registers_and_cleans_up() {
         return;
     }
     let h = Harness::new().await;
+    // A tree an earlier daemon left behind (killed mid-build) is swept.
+    let stale = h.daemon.layout.staging_dir().join("0123.rootfs");
+    std::fs::create_dir_all(stale.join("etc")).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let (result, events) = run(&h, params("debian:bookworm"), &CancellationToken::new()).await;
     let image = result.unwrap();
     assert_eq!(image.name.as_str(), "debian-bookworm");
@@ -132,16 +140,17 @@ async fn builds_registers_and_cleans_up() {
     );
     let calls = h.bootstrap.calls();
     assert_eq!(calls[0], "preflight debian:bookworm");
+    assert_eq!(calls[1], format!("release {}", stale.display()));
     assert!(
-        calls[1].contains("openssh-server,iproute2,ca-certificates,git,procps,systemd-sysv,curl"),
+        calls[2].contains("openssh-server,iproute2,ca-certificates,git,procps,systemd-sysv,curl"),
         "{calls:?}"
     );
-    assert!(calls[2].starts_with("release "), "{calls:?}");
+    assert!(calls[3].starts_with("release "), "{calls:?}");
 
     // The same name again is refused before anything runs.
     let (again, _) = run(&h, params("debian"), &CancellationToken::new()).await;
     assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyExists);
-    assert_eq!(h.bootstrap.calls().len(), 3);
+    assert_eq!(h.bootstrap.calls().len(), 4);
 }
 
 #[tokio::test]
