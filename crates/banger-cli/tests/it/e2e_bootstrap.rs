@@ -410,6 +410,17 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
             "skipped the Firecracker boot: set BANGER_TEST_FIRECRACKER=/path/to/firecracker (v1.16) to run it"
         ),
     }
+    if have("qemu-system-x86_64") {
+        qemu_boots_through_the_initrd(
+            Path::new(kernel["vmlinux_path"].as_str().unwrap()),
+            Path::new(kernel["initrd_path"].as_str().unwrap()),
+            &initrd,
+        );
+    } else {
+        eprintln!(
+            "skipped the emulated boot: qemu-system-x86_64 (package qemu-system-x86) is not installed"
+        );
+    }
 
     // A second bootstrap downloads no package again (apt's log of that run).
     let out = env.banger(["kernel", "bootstrap", "debian", "--name", "again"]);
@@ -563,4 +574,144 @@ fn firecracker_accepts(firecracker: &Path, vmlinux: &Path, initrd: &Path) {
         );
         assert!(text.contains("InstanceStart"), "{text}");
     });
+}
+
+/// The kernel really boots through the initrd: QEMU's `microvm` machine
+/// (software emulation; virtio-mmio devices described through ACPI, as
+/// Firecracker ≥ 1.8 does) with a tiny root disk whose
+/// `/usr/local/libexec/banger-first-boot` reports what it sees and powers
+/// off. Checks that `/init` loaded the modules, mounted `/dev/vda`, applied
+/// `ip=` (address, route, hostname, resolv.conf) and chose first boot as
+/// the real init.
+fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u8]) {
+    let cpio = Compression::Gzip.decompress(initrd, 1 << 30).unwrap();
+    let archive = Archive::parse(&cpio).unwrap();
+    let Node::File(busybox) = &archive.entries()["bin/busybox"].node else {
+        panic!("no busybox in the initrd")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for sub in ["bin", "proc", "sys", "dev", "etc", "usr/local/libexec"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(root.join("bin/busybox"), busybox).unwrap();
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let report = "#!/bin/busybox sh\n\
+        echo \"REPORT pid=$$\"\n\
+        echo \"REPORT modules: $(/bin/busybox cut -d' ' -f1 /proc/modules | /bin/busybox tr '\\n' ' ')\"\n\
+        echo \"REPORT addr: $(/bin/busybox ip -4 -o addr show eth0)\"\n\
+        echo \"REPORT route: $(/bin/busybox ip route show default)\"\n\
+        echo \"REPORT resolv: $(/bin/busybox cat /etc/resolv.conf | /bin/busybox tr '\\n' ' ')\"\n\
+        echo \"REPORT hostname: $(/bin/busybox hostname)\"\n\
+        echo \"REPORT root: $(/bin/busybox grep ' / ' /proc/mounts)\"\n\
+        /bin/busybox poweroff -f\n";
+    let first_boot = root.join("usr/local/libexec/banger-first-boot");
+    std::fs::write(&first_boot, report).unwrap();
+    std::fs::set_permissions(&first_boot, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let disk = dir.path().join("root.ext4");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut mkfs = std::process::Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-d"]).arg(&root).arg(&disk);
+    run(mkfs).assert_success();
+
+    let console = dir.path().join("console.txt");
+    let mut qemu = std::process::Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-M",
+        "microvm,acpi=on,rtc=on,pit=on,pic=on",
+        "-cpu",
+        "max",
+        "-m",
+        "512",
+        "-smp",
+        "1",
+    ])
+    .args(["-nographic", "-no-reboot", "-kernel"])
+    .arg(vmlinux)
+    .arg("-initrd")
+    .arg(initrd_path)
+    // tsc_early_khz: under emulation the kernel cannot calibrate the TSC.
+    .args([
+        "-append",
+        "console=ttyS0 reboot=k panic=1 tsc_early_khz=2000000 root=/dev/vda rw \
+             ip=10.0.2.15::10.0.2.2:255.255.255.0:qguest:eth0:off:1.1.1.1:8.8.8.8",
+    ])
+    .arg("-drive")
+    .arg(format!(
+        "id=root,file={},format=raw,if=none",
+        disk.display()
+    ))
+    .args(["-device", "virtio-blk-device,drive=root"])
+    .args([
+        "-netdev",
+        "user,id=n0,restrict=on",
+        "-device",
+        "virtio-net-device,netdev=n0",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::fs::File::create(&console).unwrap())
+    .stderr(std::process::Stdio::null());
+    let started = Instant::now();
+    let mut child = qemu.spawn().unwrap();
+    let deadline = started + Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    eprintln!("emulated boot took {:?}", started.elapsed());
+    assert!(
+        status.is_some(),
+        "the emulated guest did not power off in time:\n{text}"
+    );
+    let report: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("REPORT"))
+        .collect();
+    let all = report.join("\n");
+    assert!(
+        all.contains("REPORT pid=1"),
+        "first boot was not PID 1:\n{text}"
+    );
+    for module in [
+        "virtio_mmio",
+        "virtio_blk",
+        "virtio_net",
+        "vsock",
+        "vmw_vsock_virtio_transport",
+    ] {
+        assert!(
+            all.contains(&format!(" {module} ")) || all.contains(&format!(": {module} ")),
+            "{module} not loaded:\n{all}"
+        );
+    }
+    assert!(all.contains("inet 10.0.2.15/24"), "{all}");
+    assert!(all.contains("default via 10.0.2.2 dev eth0"), "{all}");
+    assert!(
+        all.contains("nameserver 1.1.1.1 nameserver 8.8.8.8"),
+        "{all}"
+    );
+    assert!(all.contains("REPORT hostname: qguest"), "{all}");
+    assert!(all.contains("/dev/vda / ext4 rw"), "{all}");
+    assert!(
+        text.contains(
+            "banger-initrd: switching to /dev/vda, init /usr/local/libexec/banger-first-boot"
+        ),
+        "{text}"
+    );
 }
