@@ -8,6 +8,10 @@
 #   copy fallback vs `cp --sparse=always`                                      <= 1.2x
 #   `banger vm list` with 100 VMs, wall                                         < 15 ms
 #   idle daemon RSS                                                             < 20 MiB
+#   `banger vm run --rm --vmm sim -- true`, warm image, p50                     < 1 s
+#   workspace prepare, 10k files / 100 MB, vs `git push` over ssh to the guest  (side by side)
+#   image pull -> ext4 vs skopeo copy + umoci unpack + mkfs.ext4 -d             faster
+#   DNS queries/s on loopback vs dnsmasq, side by side (dnsperf)               >= dnsmasq
 #
 # Everything runs in a private network namespace with the state dir on a
 # loop-mounted XFS (reflink); all of it is removed on exit.
@@ -22,14 +26,18 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
-command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
+for tool in hyperfine dnsperf dnsmasq; do
+    command -v "$tool" >/dev/null || { echo "install $tool (apt-get install hyperfine dnsperf dnsmasq-base)" >&2; exit 1; }
+done
 
+repo_root=$PWD
 rootfs=.cache/fixtures/debian-bookworm/rootfs
 [ -d "$rootfs" ] || tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm
 
 echo "== building release binaries" >&2
 cargo build --release --locked --workspace -q
 cargo build --release --locked -q -p banger-disk --example disk_bench
+cargo build --release --locked -q -p banger-image --example pull_bench
 
 work=$(mktemp -d /tmp/banger-bench.XXXXXX)
 netns="banger-bench-$$"
@@ -76,6 +84,36 @@ grep '"InstanceStart sent"' "$work/state/banger/bangerd.log" \
     | grep -o '"control_plane_ms":[0-9.]*' | cut -d: -f2 > "$work/control_plane.txt"
 echo "vm create control plane, p50 / p90     : $(p50 < "$work/control_plane.txt") / $(p90 < "$work/control_plane.txt") ms over $runs runs   target p50 < 30 ms"
 
+run_ms=$(hyperfine -N --warmup 1 --runs "$runs" --export-json "$work/run.json" \
+    "ip netns exec $netns $BANGER vm run --rm -- true" >/dev/null 2>&1 \
+    && python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.0f / %.0f" % (r["median"]*1000, max(r["times"])*1000))' "$work/run.json")
+echo "vm run --rm -- true, p50 / max         : $run_ms ms over $runs runs   target p50 < 1000 ms"
+
+echo "== workspace: a repository of 10k files / 100 MB" >&2
+repo="$work/bigrepo"
+mkdir -p "$repo"
+git -C "$repo" init -q -b main
+for d in $(seq 0 99); do
+    mkdir -p "$repo/d$d"
+    for f in $(seq 0 99); do head -c 10240 /dev/urandom > "$repo/d$d/f$f"; done
+done
+git -C "$repo" add -A
+git -C "$repo" -c user.name=bench -c user.email=bench@example.com commit -qm bench
+b vm create --name ws >/dev/null 2>&1
+start=$(date +%s%N)
+b vm workspace prepare ws "$repo" >/dev/null 2>&1
+prepare_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+ws_ip=$(b vm show ws --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["ip"])')
+ssh_opts=(-i "$work/state/banger/ssh/id_ed25519" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+start=$(date +%s%N)
+ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git init -q --bare /root/push.git' \
+    && ip netns exec "$netns" env GIT_SSH_COMMAND="ssh ${ssh_opts[*]}" git -C "$repo" push -q "root@$ws_ip:/root/push.git" main \
+    && ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git clone -q /root/push.git /root/pushed'
+push_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+echo "workspace prepare, 10k files / 100 MB   : $prepare_ms ms   (git push over ssh + checkout: $push_ms ms)"
+b vm delete ws >/dev/null
+
 echo "== creating 100 VMs for vm list" >&2
 for batch in $(seq 0 9); do
     for i in $(seq 0 9); do b vm create --name "list$batch$i" >/dev/null 2>&1 & done
@@ -88,9 +126,34 @@ list_ms=$(hyperfine -N --warmup 3 --runs 30 --export-json "$work/list.json" \
     && python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.1f" % (r["median"]*1000))' "$work/list.json")
 echo "vm list with 100 VMs, median wall      : $list_ms ms (includes ip netns exec)   target < 15 ms"
 echo "idle daemon RSS (100 VMs)              : $(awk '/VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$daemon_pid/status")"
+echo "== DNS: banger vs dnsmasq, 10 s each, 100 names" >&2
+queries="$work/queries.txt"
+mapfile -t dns_names < <(b vm list --json | grep -o '"name": "[a-z0-9-]*"' | cut -d'"' -f4)
+: > "$queries"
+for name in "${dns_names[@]}"; do echo "$name.vm A" >> "$queries"; done
+echo "nobody.vm A" >> "$queries"
+hosts="$work/dnsmasq.hosts"
+: > "$hosts"
+for name in "${dns_names[@]}"; do echo "172.30.0.9 $name.vm" >> "$hosts"; done
+ip netns exec "$netns" dnsmasq --keep-in-foreground --no-resolv --no-hosts --addn-hosts="$hosts" \
+    --listen-address=127.0.0.2 --bind-interfaces --port=5353 --cache-size=1000 --pid-file="$work/dnsmasq.pid" &
+dnsmasq_pid=$!
+ip -n "$netns" addr add 127.0.0.2/8 dev lo 2>/dev/null || true
+sleep 1
+qps() { ip netns exec "$netns" dnsperf -s "$1" -p "$2" -d "$queries" -l 10 -c 4 -Q 200000 2>/dev/null | awk '/Queries per second/ { print int($4) }'; }
+banger_qps=$(qps 127.0.0.1 42069)
+dnsmasq_qps=$(qps 127.0.0.2 5353)
+kill "$dnsmasq_pid" 2>/dev/null; wait "$dnsmasq_pid" 2>/dev/null || true
+echo "DNS queries/s (UDP, loopback)          : banger $banger_qps, dnsmasq $dnsmasq_qps   target banger >= dnsmasq"
+
 mapfile -t names < <(b vm list --json | grep -o '"name": "[a-z0-9-]*"' | cut -d'"' -f4)
 b vm delete "${names[@]}" >/dev/null
 
 echo
 echo "== disks (banger-disk's disk_bench)" >&2
 target/release/examples/disk_bench --runs "$runs" --sizes 1,4,16
+
+echo
+echo "== image pull (banger-image's pull_bench, on tmpfs)" >&2
+"$repo_root/target/release/examples/pull_bench" --rootfs-tar "$repo_root/.cache/fixtures/debian-bookworm/rootfs.tar" \
+    --runs 3 --mkfs --work-dir /dev/shm

@@ -128,6 +128,9 @@ pub struct VmRunArgs {
     /// Delete the VM when the session or command ends
     #[arg(long)]
     pub rm: bool,
+    /// Copy the whole directory (submodules included) instead of git history plus changes
+    #[arg(long)]
+    pub full_copy: bool,
     /// A path inside the git repository to copy to /root/repo
     pub path: Option<PathBuf>,
     /// Command to run in the VM (after --); banger exits with its exit code

@@ -32,3 +32,54 @@ pub async fn run_ssh(args: &[std::ffi::OsString]) -> std::io::Result<std::proces
         .status()
         .await
 }
+
+/// `git ARGS` in `dir`, capturing its output (for reading a repository).
+pub fn git(dir: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+}
+
+/// `git bundle create FILE REFS...` in `dir`.
+pub fn git_bundle(dir: &Path, file: &Path, refs: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["bundle", "create", "--quiet"])
+        .arg(file)
+        .args(refs)
+        .stdin(Stdio::null())
+        .output()
+}
+
+/// Runs `ssh ARGS` with `input` on its stdin; returns its output.
+pub async fn ssh_with_input(
+    args: &[std::ffi::OsString],
+    input: impl tokio::io::AsyncRead + Unpin,
+) -> std::io::Result<std::process::Output> {
+    let mut input = input;
+    let mut child = tokio::process::Command::new("ssh")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let feed = async move {
+        let copied = tokio::io::copy(&mut input, &mut stdin).await;
+        drop(stdin);
+        copied
+    };
+    let (fed, output) = tokio::join!(feed, child.wait_with_output());
+    let output = output?;
+    // A remote side that exits early closes the pipe; its status says more.
+    if let Err(err) = fed
+        && output.status.success()
+    {
+        return Err(err);
+    }
+    Ok(output)
+}

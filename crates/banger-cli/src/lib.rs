@@ -8,6 +8,7 @@
 //! - [`exec`]: every process the CLI starts (the daemon, `ssh`).
 //! - [`output`]: tables, JSON, errors and hints.
 //! - [`progress`]: rendering the daemon's stage and progress events.
+//! - [`workspace`]: copying a git checkout into a VM and exporting work back.
 
 pub mod args;
 pub mod commands;
@@ -15,6 +16,7 @@ pub mod daemon_client;
 pub mod exec;
 pub mod output;
 pub mod progress;
+pub mod workspace;
 
 use std::process::ExitCode;
 

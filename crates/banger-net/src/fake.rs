@@ -41,6 +41,7 @@ pub enum Op {
     CreateTap,
     RenameTap,
     DeleteTap,
+    DeleteSimVeth,
     ListLinks,
     AddVmNat,
     RemoveVmNat,
@@ -55,6 +56,7 @@ impl fmt::Display for Op {
             Self::CreateTap => "create_tap",
             Self::RenameTap => "rename_tap",
             Self::DeleteTap => "delete_tap",
+            Self::DeleteSimVeth => "delete_sim_veth",
             Self::ListLinks => "list_links",
             Self::AddVmNat => "add_vm_nat",
             Self::RemoveVmNat => "remove_vm_nat",
@@ -83,6 +85,9 @@ pub enum Call {
     DeleteTap {
         name: String,
     },
+    DeleteSimVeth {
+        name: String,
+    },
     ListLinks {
         prefix: String,
     },
@@ -105,6 +110,7 @@ impl Call {
             Self::CreateTap { .. } => Op::CreateTap,
             Self::RenameTap { .. } => Op::RenameTap,
             Self::DeleteTap { .. } => Op::DeleteTap,
+            Self::DeleteSimVeth { .. } => Op::DeleteSimVeth,
             Self::ListLinks { .. } => Op::ListLinks,
             Self::AddVmNat { .. } => Op::AddVmNat,
             Self::RemoveVmNat { .. } => Op::RemoveVmNat,
@@ -378,6 +384,22 @@ impl NetOps for FakeNetOps {
         }
         validate_tap_name(name).map_err(DeleteTapError::InvalidName)?;
         Ok(state.taps.remove(name).is_some())
+    }
+
+    async fn delete_sim_veth(&self, name: &str) -> Result<bool, DeleteTapError> {
+        let mut state = self.state();
+        let call = Call::DeleteSimVeth {
+            name: name.to_owned(),
+        };
+        if let Some(n) = self.record(&mut state, call) {
+            return Err(DeleteTapError::Netlink {
+                name: name.to_owned(),
+                source: injected(Op::DeleteSimVeth, n),
+            });
+        }
+        crate::names::validate_sim_veth_name(name).map_err(DeleteTapError::InvalidName)?;
+        // The fake models no veths: banger-simvm makes them, not banger.
+        Ok(false)
     }
 
     async fn list_links(&self, prefix: &str) -> Result<Vec<String>, ListLinksError> {

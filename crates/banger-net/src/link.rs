@@ -441,6 +441,17 @@ impl Netlink {
     /// Deletes TAP `name`. Returns false when there was no such link.
     pub async fn delete_tap(&self, name: &str) -> Result<bool, DeleteTapError> {
         validate_tap_name(name).map_err(DeleteTapError::InvalidName)?;
+        self.delete_by_name(name).await
+    }
+
+    /// Deletes the host end of a banger-simvm guest's veth pair (which
+    /// removes both ends at once); `Ok(false)` when it is already gone.
+    pub async fn delete_sim_veth(&self, name: &str) -> Result<bool, DeleteTapError> {
+        crate::names::validate_sim_veth_name(name).map_err(DeleteTapError::InvalidName)?;
+        self.delete_by_name(name).await
+    }
+
+    async fn delete_by_name(&self, name: &str) -> Result<bool, DeleteTapError> {
         let failed = |source: io::Error| DeleteTapError::Netlink {
             name: name.to_owned(),
             source,
@@ -455,7 +466,7 @@ impl Netlink {
             .map_err(to_io)
         {
             Ok(()) => {
-                tracing::debug!(tap = name, "TAP deleted");
+                tracing::debug!(link = name, "link deleted");
                 Ok(true)
             }
             Err(error) if is_errno(&error, libc::ENODEV) => Ok(false),

@@ -43,6 +43,10 @@ pub trait NetOps: Send + Sync + fmt::Debug {
     /// Deletes TAP `name`; `Ok(false)` when it did not exist.
     async fn delete_tap(&self, name: &str) -> Result<bool, DeleteTapError>;
 
+    /// Deletes the host end of a banger-simvm veth (`bsv…`); `Ok(false)`
+    /// when it did not exist.
+    async fn delete_sim_veth(&self, name: &str) -> Result<bool, DeleteTapError>;
+
     /// Names of links starting with `prefix`, sorted.
     async fn list_links(&self, prefix: &str) -> Result<Vec<String>, ListLinksError>;
 
@@ -124,6 +128,10 @@ impl NetOps for RealNetOps {
 
     async fn delete_tap(&self, name: &str) -> Result<bool, DeleteTapError> {
         self.netlink.delete_tap(name).await
+    }
+
+    async fn delete_sim_veth(&self, name: &str) -> Result<bool, DeleteTapError> {
+        self.netlink.delete_sim_veth(name).await
     }
 
     async fn list_links(&self, prefix: &str) -> Result<Vec<String>, ListLinksError> {

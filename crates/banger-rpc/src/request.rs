@@ -48,10 +48,10 @@ pub enum Request {
     VmPorts(RefParams),
     #[serde(rename = "vm.ssh_info")]
     VmSshInfo(RefParams),
-    #[serde(rename = "vm.workspace.prepare")]
-    WorkspacePrepare(WorkspacePrepareParams),
-    #[serde(rename = "vm.workspace.export")]
-    WorkspaceExport(WorkspaceExportParams),
+    /// Records what `vm workspace prepare` (run by the CLI over SSH, as the
+    /// user) put in the guest, so that export knows its base.
+    #[serde(rename = "vm.workspace.record")]
+    WorkspaceRecord(WorkspaceRecordParams),
 
     #[serde(rename = "image.list")]
     ImageList,
@@ -106,8 +106,7 @@ pub const METHODS: &[&str] = &[
     "vm.health",
     "vm.ports",
     "vm.ssh_info",
-    "vm.workspace.prepare",
-    "vm.workspace.export",
+    "vm.workspace.record",
     "image.list",
     "image.show",
     "image.import",
@@ -225,23 +224,9 @@ pub struct VmSetParams {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WorkspacePrepareParams {
+pub struct WorkspaceRecordParams {
     pub reference: String,
-    pub path: PathBuf,
-    #[serde(default)]
-    pub branch: Option<String>,
-    #[serde(default)]
-    pub from: Option<String>,
-    #[serde(default)]
-    pub full_copy: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkspaceExportParams {
-    pub reference: String,
-    #[serde(default)]
-    pub base_commit: Option<String>,
+    pub workspace: banger_model::vm::WorkspaceInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,16 +324,14 @@ mod tests {
             Request::VmHealth(r()),
             Request::VmPorts(r()),
             Request::VmSshInfo(r()),
-            Request::WorkspacePrepare(WorkspacePrepareParams {
+            Request::WorkspaceRecord(WorkspaceRecordParams {
                 reference: "web".into(),
-                path: "/src".into(),
-                branch: None,
-                from: None,
-                full_copy: false,
-            }),
-            Request::WorkspaceExport(WorkspaceExportParams {
-                reference: "web".into(),
-                base_commit: None,
+                workspace: banger_model::vm::WorkspaceInfo {
+                    host_path: "/src".into(),
+                    guest_path: "/root/repo".into(),
+                    base_commit: "abc".into(),
+                    branch: None,
+                },
             }),
             Request::ImageList,
             Request::ImageShow(r()),

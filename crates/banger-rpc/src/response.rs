@@ -100,3 +100,22 @@ pub struct VmStats {
     pub threads: u32,
     pub uptime_seconds: u64,
 }
+
+/// One guest listener as `vm ports` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRow {
+    /// `https`, `http`, `tcp` or `udp`.
+    pub proto: String,
+    /// `https://web.vm:8443`, `tcp web.vm:22`, or a guest-local address.
+    pub endpoint: String,
+    pub port: u16,
+    pub process: Option<String>,
+    pub command: Option<String>,
+}
+
+/// `vm.ports`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsResult {
+    pub name: String,
+    pub ports: Vec<PortRow>,
+}

@@ -13,30 +13,10 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-/// Host-end veth names start with this, so leaks are recognisable.
-pub const VETH_PREFIX: &str = "bsv";
-/// Longest interface name.
-const IFNAME_MAX: usize = 15;
-
-/// The host end's name for instance `id`: `bsv` + the id when it is short
-/// and plain, otherwise `bsv` + four id characters + a hash of the id.
-pub fn host_veth_name(id: &str) -> String {
-    let plain: String = id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let room = IFNAME_MAX - VETH_PREFIX.len();
-    if !plain.is_empty() && plain.len() <= room && plain.len() == id.len() {
-        return format!("{VETH_PREFIX}{plain}");
-    }
-    // FNV-1a: stable across builds and platforms.
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let head: String = plain.chars().take(room - 8).collect();
-    format!("{VETH_PREFIX}{head}{:08x}", hash as u32)
-}
+/// Host-end veth names start with [`VETH_PREFIX`], so leaks are
+/// recognisable; the name is shared with the daemon, which deletes the veth
+/// of a VMM it kills.
+pub use banger_net::names::{SIM_VETH_PREFIX as VETH_PREFIX, sim_veth_name as host_veth_name};
 
 /// The bridge a TAP is attached to (its controller link), asked over
 /// netlink so it is right in whatever network namespace simvm runs in, even

@@ -157,6 +157,8 @@ impl Daemon {
             Request::VmSshInfo(params) => reply(vm_info::ssh_info(self, &params.reference).await?),
             Request::VmHealth(params) => reply(vm_info::health(self, &params.reference).await?),
             Request::VmStats(params) => reply(vm_info::stats(self, &params.reference).await?),
+            Request::VmPorts(params) => reply(vm_ports::ports(self, &params.reference).await?),
+            Request::WorkspaceRecord(params) => reply(vm_workspace::record(&me, params).await?),
             Request::ImageList => reply(image_list::list(self)?),
             Request::ImageShow(params) => reply(image_list::show(self, &params.reference)?),
             Request::ImageImport(params) => {
@@ -181,6 +183,15 @@ impl Daemon {
             }
             Request::KernelRm(params) => {
                 reply(kernel_import::remove(self, &params.reference).await?)
+            }
+            Request::ImagePull(params) => {
+                reply(image_pull::pull(self, params, &events, &cancel).await?)
+            }
+            Request::ImageRegister(params) => {
+                reply(image_register::register(self, params, &events).await?)
+            }
+            Request::KernelPull(params) => {
+                reply(image_pull::pull_kernel(self, params, &events, &cancel).await?)
             }
             other => Err(RpcError::new(
                 ErrorCode::NotImplemented,

@@ -13,6 +13,7 @@
 //! - [`instance`]: the single-instance lock and socket binding.
 //! - [`binaries`]: finding the agent and simvm binaries.
 //! - [`guest_install`]: banger's guest files into ext4 images.
+//! - [`images`]: HTTP, catalog, staging and naming shared by image services.
 //! - [`logging`]: JSON logs to the daemon's log file.
 //! - [`network`]: DNS server, bridge and TAP pool.
 //! - [`reconcile`]: store and host brought back into agreement at start.
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod exec;
 pub mod file_sync;
 pub mod guest_install;
+pub mod images;
 pub mod instance;
 pub mod logging;
 pub mod network;

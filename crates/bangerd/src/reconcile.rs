@@ -7,7 +7,8 @@
 //!   stopped and its host resources are released.
 //! - A VM caught `starting` or `stopping` ends stopped (its command failed).
 //! - Then the host is swept for banger's leftovers that no running VM owns:
-//!   TAPs (`btap-*`, idle pool TAPs excepted), tagged NAT rules, dm and loop
+//!   TAPs (`btap-*`, idle pool TAPs excepted), banger-simvm veths (`bsv*`),
+//!   tagged NAT rules, dm and loop
 //!   devices over files in the state dir, VM directories without a record,
 //!   and interrupted builds in the staging dir.
 
@@ -144,6 +145,29 @@ async fn sweep(daemon: &Arc<Daemon>, report: &mut Report) {
             }
         }
         Err(err) => report.problems.push(format!("listing TAPs: {err}")),
+    }
+
+    // banger-simvm veths whose VM is not running.
+    let live_veths: HashSet<String> = running
+        .iter()
+        .filter(|vm| vm.vmm == banger_model::vm::VmmKind::Sim)
+        .map(|vm| banger_net::names::sim_veth_name(vm.id.as_str()))
+        .collect();
+    match daemon
+        .network
+        .ops
+        .list_links(banger_net::names::SIM_VETH_PREFIX)
+        .await
+    {
+        Ok(links) => {
+            for link in links.iter().filter(|link| !live_veths.contains(*link)) {
+                match daemon.network.ops.delete_sim_veth(link).await {
+                    Ok(_) => report.swept.push(format!("veth {link}")),
+                    Err(err) => report.problems.push(format!("deleting veth {link}: {err}")),
+                }
+            }
+        }
+        Err(err) => report.problems.push(format!("listing veths: {err}")),
     }
 
     // NAT rules tagged for VMs that are not running with NAT.

@@ -1,7 +1,9 @@
-//! First use without `--image`: when there is no default image, build one
-//! from Debian's packages (and, for Firecracker, Debian's cloud kernel) —
-//! after asking on a terminal, straight away otherwise — and say what was
-//! done and how long it took. Shared by `vm create` and `vm run`.
+//! First use without `--image`: when the daemon finds no default image (none
+//! registered, none configured, and none in the catalog or the catalog
+//! unreachable), build one from Debian's packages (and, for Firecracker,
+//! Debian's cloud kernel) — after asking on a terminal, straight away
+//! otherwise — and say what was done and how long it took. Used by the
+//! create step `vm create` and `vm run` share.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
@@ -11,9 +13,9 @@ use banger_bootstrap::distro::{BASE_PACKAGES, DEBIAN_MIRROR, DEFAULT};
 use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_model::vm::VmmKind;
-use banger_rpc::Request;
 use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};
-use banger_rpc::response::{ImageListResult, KernelListResult};
+use banger_rpc::response::KernelListResult;
+use banger_rpc::{CallError, ErrorCode, Request, RpcError};
 
 use crate::args::CreateFlags;
 use crate::commands::bootstrap::{bootstrap_image, bootstrap_kernel, elapsed};
@@ -28,22 +30,27 @@ pub(crate) struct Plan {
     pub(crate) kernel: bool,
 }
 
-/// Makes sure `vm create`/`vm run` with `flags` has an image to use:
-/// nothing to do with `--image` or a default image; otherwise bootstraps one.
-pub(crate) async fn ensure_default_image(
+/// Whether a failed `vm.create` means "there is no default image" (the
+/// daemon found none and the catalog supplied none).
+pub(crate) fn is_no_default_image(err: &anyhow::Error) -> bool {
+    let rpc = match err.downcast_ref::<CallError>() {
+        Some(CallError::Rpc(rpc)) => Some(rpc),
+        _ => err.downcast_ref::<RpcError>(),
+    };
+    rpc.is_some_and(|rpc| {
+        rpc.code == ErrorCode::NotFound && rpc.message.contains("no default image")
+    })
+}
+
+/// Bootstraps the default image for `vm create`/`vm run` with `flags` (and,
+/// for Firecracker on a host with no kernel at all, Debian's kernel first):
+/// asks on a terminal, goes ahead otherwise, and says what it did and how
+/// long it took.
+pub(crate) async fn bootstrap_default_image(
     layout: &Layout,
     flags: &CreateFlags,
 ) -> anyhow::Result<()> {
-    if flags.image.is_some() {
-        return Ok(());
-    }
     let mut client = daemon_client::connect(layout).await?;
-    let images: ImageListResult = client.call(&Request::ImageList, |_| {}).await?;
-    if images.images.iter().any(|image| image.is_default) {
-        return Ok(());
-    }
-    // (When the catalog of issue 6 lands, pulling its default image goes
-    // here, before falling back to a local bootstrap.)
     let kernels: KernelListResult = client.call(&Request::KernelList, |_| {}).await?;
     drop(client);
     let vmm = flags.vmm.unwrap_or_else(|| {
@@ -107,7 +114,7 @@ pub(crate) async fn ensure_default_image(
 /// What the user is told before the bootstrap.
 pub(crate) fn describe(plan: &Plan) -> String {
     let mut text = format!(
-        "There is no default image yet. banger can build one on this host from Debian's own packages:\n  \
+        "There is no default image yet, and the catalog offers none. banger can build one on this host from Debian's own packages:\n  \
          debootstrap {} (minbase + {}) from {DEBIAN_MIRROR}, verified against Debian's archive keyring",
         plan.distro,
         BASE_PACKAGES.join(", ")

@@ -29,31 +29,8 @@ pub(super) async fn image_import(
         name: args.name.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
-    let mut client = daemon_client::connect(layout).await?;
-    let mut progress = Progress::new();
-    let image: Result<Image, _> = client
-        .call(&Request::ImageImport(params), |event| {
-            progress.on_event(event)
-        })
-        .await;
-    progress.finish();
-    let image = image?;
-    eprintln!(
-        "image {} imported ({}, {}){}",
-        image.name,
-        image.id.short(),
-        image.rootfs_size.human(),
-        if image.is_default {
-            ", now the default image"
-        } else {
-            ""
-        }
-    );
-    if image.kernel_id.is_none() {
-        eprintln!(
-            "note: no kernel attached; Firecracker VMs need one (`banger kernel import`), sim VMs do not"
-        );
-    }
+    let image = with_progress(layout, &Request::ImageImport(params)).await?;
+    report_image(&image, "imported");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,4 +93,95 @@ pub(super) async fn kernel_rm(layout: &Layout, args: &RefArg) -> anyhow::Result<
         .await?;
     eprintln!("kernel {} removed", args.reference);
     Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn image_pull(
+    layout: &Layout,
+    args: &crate::args::ImagePullArgs,
+) -> anyhow::Result<ExitCode> {
+    let params = banger_rpc::request::ImagePullParams {
+        reference: args.reference.clone(),
+        name: args.name.clone(),
+        kernel_ref: args.kernel_ref.clone(),
+    };
+    let image = with_progress(layout, &Request::ImagePull(params)).await?;
+    report_image(&image, "pulled");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn image_register(
+    layout: &Layout,
+    args: &crate::args::ImageRegisterArgs,
+) -> anyhow::Result<ExitCode> {
+    let params = banger_rpc::request::ImageRegisterParams {
+        name: args.name.clone(),
+        rootfs: absolute(&args.rootfs)?,
+        work_seed: args.work_seed.as_deref().map(absolute).transpose()?,
+        kernel_ref: args.kernel_ref.clone(),
+    };
+    let image = with_progress(layout, &Request::ImageRegister(params)).await?;
+    report_image(&image, "registered");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn kernel_pull(
+    layout: &Layout,
+    args: &crate::args::KernelPullArgs,
+) -> anyhow::Result<ExitCode> {
+    let params = banger_rpc::request::KernelPullParams {
+        name: args.name.clone(),
+    };
+    let mut client = daemon_client::connect(layout).await?;
+    let mut progress = Progress::new();
+    let kernel: Result<Kernel, _> = client
+        .call(&Request::KernelPull(params), |event| {
+            progress.on_event(event)
+        })
+        .await;
+    progress.finish();
+    let kernel = kernel?;
+    eprintln!("kernel {} pulled ({})", kernel.name, kernel.id.short());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs an image request, rendering its progress; Ctrl-C cancels it (the
+/// daemon removes what it staged).
+async fn with_progress(layout: &Layout, request: &Request) -> anyhow::Result<Image> {
+    let mut client = daemon_client::connect(layout).await?;
+    let mut progress = Progress::new();
+    let outcome = {
+        let call = client.call::<Image>(request, |event| progress.on_event(event));
+        tokio::select! {
+            outcome = call => Some(outcome),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    };
+    progress.finish();
+    match outcome {
+        Some(image) => Ok(image?),
+        None => Err(crate::output::ExitError {
+            message: "cancelled; nothing was registered".into(),
+            code: 130,
+        }
+        .into()),
+    }
+}
+
+fn report_image(image: &Image, verb: &str) {
+    eprintln!(
+        "image {} {verb} ({}, {}){}",
+        image.name,
+        image.id.short(),
+        image.rootfs_size.human(),
+        if image.is_default {
+            ", now the default image"
+        } else {
+            ""
+        }
+    );
+    if image.kernel_id.is_none() {
+        eprintln!(
+            "note: no kernel attached; Firecracker VMs need one (`banger kernel import`), sim VMs do not"
+        );
+    }
 }

@@ -14,7 +14,10 @@ mod vm_create;
 mod vm_inspect;
 mod vm_list;
 mod vm_ops;
+mod vm_ports;
+mod vm_run;
 mod vm_ssh;
+mod vm_workspace;
 
 use std::process::ExitCode;
 
@@ -42,7 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 VmCommand::List(args) => vm_list::list(&layout, &args).await,
                 VmCommand::Show(args) => vm_list::show(&layout, &args).await,
-                VmCommand::Run(_) => Err(not_implemented("vm run")),
+                VmCommand::Run(args) => vm_run::run(&layout, &args).await,
                 VmCommand::Create(args) => vm_create::run(&layout, &args).await,
                 VmCommand::Start(args) => vm_ops::start(&layout, &args.refs).await,
                 VmCommand::Stop(args) => vm_ops::stop(&layout, &args.refs).await,
@@ -54,12 +57,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 VmCommand::Stats(args) => vm_inspect::stats(&layout, &args).await,
                 VmCommand::Ssh(args) => vm_ssh::run(&layout, &args).await,
                 VmCommand::Health(args) => vm_inspect::health(&layout, &args).await,
-                VmCommand::Ports(_) => Err(not_implemented("vm ports")),
-                VmCommand::Workspace(WorkspaceCommand::Prepare(_)) => {
-                    Err(not_implemented("vm workspace prepare"))
+                VmCommand::Ports(args) => vm_ports::run(&layout, &args).await,
+                VmCommand::Workspace(WorkspaceCommand::Prepare(args)) => {
+                    vm_workspace::prepare_cmd(&layout, &args).await
                 }
-                VmCommand::Workspace(WorkspaceCommand::Export(_)) => {
-                    Err(not_implemented("vm workspace export"))
+                VmCommand::Workspace(WorkspaceCommand::Export(args)) => {
+                    vm_workspace::export_cmd(&layout, &args).await
                 }
             }
         }
@@ -68,9 +71,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 ImageCommand::List(args) => image_list::list(&layout, &args).await,
                 ImageCommand::Show(args) => image_list::show(&layout, &args).await,
-                ImageCommand::Pull(_) => Err(not_implemented("image pull")),
+                ImageCommand::Pull(args) => image_ops::image_pull(&layout, &args).await,
                 ImageCommand::Import(args) => image_ops::image_import(&layout, &args).await,
-                ImageCommand::Register(_) => Err(not_implemented("image register")),
+                ImageCommand::Register(args) => image_ops::image_register(&layout, &args).await,
                 ImageCommand::Bootstrap(args) => bootstrap::image(&layout, &args).await,
                 ImageCommand::Delete(args) => image_ops::image_delete(&layout, &args).await,
                 ImageCommand::Promote(args) => image_ops::image_promote(&layout, &args).await,
@@ -81,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 KernelCommand::List(args) => kernel_list::list(&layout, &args).await,
                 KernelCommand::Show(args) => kernel_list::show(&layout, &args).await,
-                KernelCommand::Pull(_) => Err(not_implemented("kernel pull")),
+                KernelCommand::Pull(args) => image_ops::kernel_pull(&layout, &args).await,
                 KernelCommand::Import(args) => image_ops::kernel_import(&layout, &args).await,
                 KernelCommand::Bootstrap(args) => bootstrap::kernel(&layout, &args).await,
                 KernelCommand::Rm(args) => image_ops::kernel_rm(&layout, &args).await,

@@ -6,7 +6,8 @@ use banger_rpc::response::SshInfo;
 
 /// Options that make ssh to a banger VM quiet and prompt-free: the managed
 /// key only, this VM's own known_hosts file, new host keys accepted.
-pub(super) fn ssh_args(info: &SshInfo, command: &[String], force_tty: bool) -> Vec<OsString> {
+/// `remote` is a shell command line banger wrote itself (or quoted).
+pub(super) fn ssh_args(info: &SshInfo, remote: Option<&str>, force_tty: bool) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "-i".into(),
         info.key_path.clone().into(),
@@ -27,9 +28,9 @@ pub(super) fn ssh_args(info: &SshInfo, command: &[String], force_tty: bool) -> V
         args.push("-t".into());
     }
     args.push(format!("{}@{}", info.user, info.ip).into());
-    if !command.is_empty() {
+    if let Some(remote) = remote {
         args.push("--".into());
-        args.push(remote_command(command).into());
+        args.push(remote.into());
     }
     args
 }

@@ -15,6 +15,8 @@ use crate::daemon_client;
 use crate::output::{EXIT_USAGE, ExitError, print_json};
 use crate::progress::Progress;
 
+use super::default_image;
+
 pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<ExitCode> {
     let vm = create(layout, &args.create).await?;
     if args.json {
@@ -29,8 +31,38 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
     let (name, spec) = resolve(flags)?;
-    super::default_image::ensure_default_image(layout, flags).await?;
+    create_resolved(layout, flags, &name, spec).await
+}
+
+/// [`create`] once the name and size are settled (`vm run` settles them
+/// first so that it can clean up by name).
+///
+/// Without `--image` and without a default image (none configured, none in
+/// the catalog, or the catalog unreachable), the default image is
+/// bootstrapped from Debian's packages (asking first on a terminal) and the
+/// create is tried once more.
+pub(super) async fn create_resolved(
+    layout: &Layout,
+    flags: &CreateFlags,
+    name: &Name,
+    spec: VmSpec,
+) -> anyhow::Result<Vm> {
     eprintln!("spec: {spec}");
+    match create_once(layout, flags, name, spec).await {
+        Err(err) if flags.image.is_none() && default_image::is_no_default_image(&err) => {
+            default_image::bootstrap_default_image(layout, flags).await?;
+            create_once(layout, flags, name, spec).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn create_once(
+    layout: &Layout,
+    flags: &CreateFlags,
+    name: &Name,
+    spec: VmSpec,
+) -> anyhow::Result<Vm> {
     let params = VmCreateParams {
         name: Some(name.to_string()),
         image: flags.image.clone(),
@@ -57,7 +89,7 @@ pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Resu
         None => {
             drop(client);
             eprintln!("cancelled; rolling back VM {name}…");
-            wait_until_gone(layout, &name).await;
+            wait_until_gone(layout, name).await;
             Err(ExitError {
                 message: format!("creating VM {name} was cancelled"),
                 code: 130,
@@ -68,7 +100,7 @@ pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Resu
 }
 
 /// Client-side checks (the daemon checks again) and defaults.
-fn resolve(flags: &CreateFlags) -> anyhow::Result<(Name, VmSpec)> {
+pub(super) fn resolve(flags: &CreateFlags) -> anyhow::Result<(Name, VmSpec)> {
     let usage = |message: String| {
         anyhow::Error::from(ExitError {
             message,

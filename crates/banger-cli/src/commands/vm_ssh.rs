@@ -1,4 +1,4 @@
-//! `banger vm ssh REF [-- CMD]`
+//! `banger vm ssh REF [-- CMD]`, and the session step of `vm run`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -8,45 +8,61 @@ use banger_model::layout::Layout;
 use banger_model::vm::{Vm, VmState};
 use banger_rpc::Request;
 use banger_rpc::request::RefParams;
-use banger_rpc::response::SshInfo;
 
-use super::ssh_args::ssh_args;
+use super::ssh_args::{remote_command, ssh_args};
+use super::vm_workspace::running_ssh_info;
 use crate::args::VmSshArgs;
 use crate::daemon_client;
-use crate::output::ExitError;
+
+/// What to run over SSH.
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    /// A shell command line for the guest (banger's own or quoted words);
+    /// `None` opens a login shell.
+    pub remote: Option<String>,
+    /// A person is at the keyboard: a TTY when stdin is one, and a reminder
+    /// afterwards when the VM still runs.
+    pub interactive: bool,
+}
+
+impl Session {
+    /// `vm ssh REF [-- CMD...]`
+    pub(super) fn for_command(command: &[String]) -> Self {
+        if command.is_empty() {
+            Self {
+                remote: None,
+                interactive: true,
+            }
+        } else {
+            Self {
+                remote: Some(remote_command(command)),
+                interactive: false,
+            }
+        }
+    }
+}
 
 pub(super) async fn run(layout: &Layout, args: &VmSshArgs) -> anyhow::Result<ExitCode> {
-    ssh(layout, &args.reference, &args.command).await
+    ssh(
+        layout,
+        &args.reference,
+        &Session::for_command(&args.command),
+        true,
+    )
+    .await
 }
 
 /// Connects to a running VM; propagates the remote exit code. After an
-/// interactive session, reminds the user when the VM still runs.
+/// interactive session, reminds the user when the VM still runs (`remind`).
 pub(super) async fn ssh(
     layout: &Layout,
     reference: &str,
-    command: &[String],
+    session: &Session,
+    remind: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut client = daemon_client::connect(layout).await?;
-    let info: SshInfo = client
-        .call(&Request::VmSshInfo(RefParams::new(reference)), |_| {})
-        .await?;
-    drop(client);
-    if info.state != VmState::Running {
-        return Err(ExitError {
-            message: format!(
-                "VM {} is {}; start it with `banger vm start {}`",
-                info.name, info.state, info.name
-            ),
-            code: 1,
-        }
-        .into());
-    }
-    let interactive = command.is_empty();
-    let args = ssh_args(
-        &info,
-        command,
-        interactive && std::io::stdin().is_terminal(),
-    );
+    let info = running_ssh_info(layout, reference).await?;
+    let tty = session.interactive && std::io::stdin().is_terminal();
+    let args = ssh_args(&info, session.remote.as_deref(), tty);
     let status = {
         let ssh = crate::exec::run_ssh(&args);
         tokio::pin!(ssh);
@@ -58,7 +74,7 @@ pub(super) async fn ssh(
             }
         }
     };
-    if interactive {
+    if session.interactive && remind {
         remind_if_running(layout, &info.name).await;
     }
     Ok(exit_code(status))

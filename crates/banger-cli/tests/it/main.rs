@@ -4,5 +4,7 @@
 mod cli;
 mod daemon;
 mod e2e_bootstrap;
+mod e2e_images;
 mod e2e_lifecycle;
+mod e2e_workspace;
 mod protocol;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::binaries;
 use crate::daemon::{Daemon, error_chain, resolve_error, store_error};
 use crate::guest_install;
+use crate::images::Staging;
 use crate::server::EventSink;
 
 /// File names inside an image directory.
@@ -33,32 +34,21 @@ pub async fn import(
     let source = params.path;
     let meta = fs_err::metadata(&source)
         .map_err(|err| RpcError::invalid(format!("cannot import {}: {err}", source.display())))?;
-    if !meta.is_dir() {
-        return Err(RpcError::new(
-            ErrorCode::NotImplemented,
-            format!(
-                "{} is not a directory; importing tarballs is not implemented yet",
-                source.display()
-            ),
-        )
-        .with_hint("unpack it into a directory and import that"));
-    }
     let agent = binaries::find(binaries::AGENT)
         .map_err(|err| RpcError::new(ErrorCode::FailedPrecondition, err.to_string()))?;
 
     let id = Id::generate();
-    let staging = daemon.layout.staging_dir().join(id.as_str());
-    let built = build_image_files(daemon, &source, &staging, &agent, events, cancel).await;
-    let size = match built {
-        Ok(size) => size,
-        Err(err) => {
-            remove_dir(&staging);
-            return Err(err);
-        }
+    let staging = Staging::new(daemon, &id)?;
+    let rootfs = if meta.is_dir() {
+        source.clone()
+    } else {
+        unpack_tarball(daemon, &source, &staging.rootfs(), events).await?;
+        staging.rootfs()
     };
+    let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel).await?;
     let image = publish(
         daemon,
-        &staging,
+        &staging.out(),
         Image {
             id,
             name,
@@ -74,6 +64,38 @@ pub async fn import(
     )
     .await?;
     Ok(image)
+}
+
+/// Unpacks a rootfs tarball (plain, gzip or zstd) with the same hardening
+/// as OCI layers: nothing may land outside `rootfs`.
+async fn unpack_tarball(
+    daemon: &Daemon,
+    tarball: &Path,
+    rootfs: &Path,
+    events: &EventSink,
+) -> Result<(), RpcError> {
+    let stage = events.stage("unpack");
+    let options = banger_image::UnpackOptions {
+        allow_devices: daemon.config.allow_device_nodes,
+        ..banger_image::UnpackOptions::default()
+    };
+    let (tarball, rootfs) = (tarball.to_owned(), rootfs.to_owned());
+    blocking(move || {
+        let file = fs_err::File::open(&tarball)?;
+        let size = file.metadata().ok().map(|meta| meta.len());
+        let mut reader = std::io::BufReader::new(file);
+        let mut unpacker =
+            banger_image::Unpacker::create(&rootfs, options).map_err(std::io::Error::other)?;
+        let label = tarball.display().to_string();
+        unpacker
+            .apply_compressed(&label, &mut reader, size)
+            .map_err(std::io::Error::other)?;
+        unpacker.finish().map(drop).map_err(std::io::Error::other)
+    })
+    .await?
+    .map_err(|err| RpcError::invalid(format!("cannot import the tarball: {err}")))?;
+    stage.done();
+    Ok(())
 }
 
 /// Builds `rootfs.ext4` (with banger's guest files) and `work-seed.ext4`

@@ -44,6 +44,9 @@ pub async fn create(
     events: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Vm, RpcError> {
+    if params.image.is_none() {
+        ensure_default_image(daemon, events, cancel).await?;
+    }
     let requested_at = std::time::Instant::now();
     let plan = plan(daemon, params)?;
     let mut vm = allocate(daemon, &plan).await?;
@@ -153,10 +156,59 @@ fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, RpcE
             .default_image()
             .map_err(store_error)?
             .ok_or_else(|| {
-                RpcError::not_found("there is no default image")
-                    .with_hint("import one (`banger image import DIR --name N`), or pass --image")
+                RpcError::not_found("there is no default image").with_hint(
+                    "`banger image bootstrap` builds one from Debian's packages; \
+                     `banger image pull REF` or `image import DIR --name N` make one from elsewhere",
+                )
             }),
     }
+}
+
+/// First use: without a default image, the configured default (or
+/// `debian-bookworm`) is pulled from the catalog with its kernel when the
+/// catalog lists it. Otherwise nothing happens and `plan` reports it.
+async fn ensure_default_image(
+    daemon: &Daemon,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<(), RpcError> {
+    if daemon.store.default_image().map_err(store_error)?.is_some() {
+        return Ok(());
+    }
+    let name = daemon
+        .config
+        .default_image
+        .clone()
+        .unwrap_or_else(|| crate::images::CATALOG_DEFAULT_IMAGE.to_owned());
+    let images = daemon.store.list_images().map_err(store_error)?;
+    if let Some(image) = images.iter().find(|image| image.name.as_str() == name) {
+        return daemon
+            .store
+            .set_default_image(&image.id)
+            .map_err(store_error);
+    }
+    let http = crate::images::http()?;
+    let Ok(catalog) = crate::images::catalog(daemon, &http).await else {
+        // An unreachable catalog is reported as "no default image" below.
+        return Ok(());
+    };
+    if catalog.image(&name).is_none() {
+        return Ok(());
+    }
+    events.log(
+        "info",
+        format!("no default image yet: pulling {name} from the catalog"),
+    );
+    let params = banger_rpc::request::ImagePullParams {
+        reference: name,
+        name: None,
+        kernel_ref: None,
+    };
+    let image = super::image_pull::pull(daemon, params, events, cancel).await?;
+    daemon
+        .store
+        .set_default_image(&image.id)
+        .map_err(store_error)
 }
 
 fn unused_random_name(existing: &[Vm]) -> Name {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use banger_firecracker::VmmProcess;
 use banger_model::image::Image;
-use banger_model::vm::{StorageStrategy, Vm};
+use banger_model::vm::{StorageStrategy, Vm, VmmKind};
 use tracing::{info, warn};
 
 use super::{blocking, disks, save};
@@ -107,6 +107,14 @@ pub async fn release_host(daemon: &Arc<Daemon>, vm: &Vm) -> Vec<String> {
     }
     if let Err(err) = daemon.network.ops.remove_vm_nat(&vm.id).await {
         problems.push(format!("removing NAT rules: {err}"));
+    }
+    if vm.vmm == VmmKind::Sim {
+        // A killed banger-simvm's guest namespace (and the veth in it) is
+        // freed by the kernel later; deleting the host end frees it now.
+        let veth = banger_net::names::sim_veth_name(vm.id.as_str());
+        if let Err(err) = daemon.network.ops.delete_sim_veth(&veth).await {
+            problems.push(format!("deleting veth {veth}: {err}"));
+        }
     }
     if vm.storage == Some(StorageStrategy::DmSnapshot)
         && let Ok(Some(image)) = daemon.store.get_image(&vm.image_id)

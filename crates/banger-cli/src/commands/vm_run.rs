@@ -1,0 +1,155 @@
+//! `banger vm run [PATH] [-- CMD...]`: a fresh VM, the checkout at PATH in
+//! it, then a shell or the command (whose exit code becomes banger's).
+//! With `--rm` the VM is deleted afterwards, whatever happened, except when
+//! the boot timed out waiting for the guest: then it is kept for `vm logs`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use banger_model::layout::Layout;
+use banger_model::vm::Vm;
+use banger_rpc::request::RefParams;
+use banger_rpc::{CallError, ErrorCode, Request, RpcError};
+
+use super::ssh_args::remote_command;
+use super::vm_ssh::Session;
+use super::vm_workspace::{self, open_repo};
+use super::{vm_create, vm_ssh};
+use crate::args::VmRunArgs;
+use crate::daemon_client;
+use crate::output::ExitError;
+use crate::workspace::GUEST_REPO;
+use crate::workspace::payload::Plan;
+
+pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan {
+        branch: args.branch.clone(),
+        from: args.from.clone(),
+        full_copy: args.full_copy,
+    };
+    if args.path.is_none() && (args.branch.is_some() || args.full_copy) {
+        return Err(ExitError {
+            message: "--branch and --full-copy need a PATH".into(),
+            code: 2,
+        }
+        .into());
+    }
+    // Everything that can be refused is refused before a VM exists.
+    let repo = args
+        .path
+        .as_deref()
+        .map(|path| open_repo(path, &plan))
+        .transpose()?;
+    let (name, spec) = vm_create::resolve(&args.create)?;
+
+    let created = vm_create::create_resolved(layout, &args.create, &name, spec).await;
+    let vm = match created {
+        Ok(vm) => vm,
+        Err(err) => {
+            if args.rm {
+                cleanup_failed_create(layout, name.as_str(), &err).await;
+            }
+            return Err(err);
+        }
+    };
+
+    // From here on, Ctrl-C must not skip the cleanup below.
+    let session = async {
+        if let Some(repo) = &repo {
+            vm_workspace::prepare(layout, vm.name.as_str(), repo, &plan).await?;
+            if args.command.is_empty() {
+                vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
+            }
+        }
+        let session = session(&args.command, repo.is_some());
+        vm_ssh::ssh(layout, vm.name.as_str(), &session, !args.rm).await
+    };
+    let outcome = tokio::select! {
+        outcome = session => outcome,
+        _ = interrupted() => Ok(ExitCode::from(130)),
+    };
+
+    if args.rm {
+        delete(layout, &vm).await;
+    }
+    outcome
+}
+
+/// With a workspace, commands run in it and shells start in it.
+fn session(command: &[String], workspace: bool) -> Session {
+    if !workspace {
+        return Session::for_command(command);
+    }
+    if command.is_empty() {
+        Session {
+            remote: Some(format!(
+                "cd {GUEST_REPO} && exec \"${{SHELL:-/bin/sh}}\" -l"
+            )),
+            interactive: true,
+        }
+    } else {
+        Session {
+            remote: Some(format!("cd {GUEST_REPO} && {}", remote_command(command))),
+            interactive: false,
+        }
+    }
+}
+
+/// Resolves on the first Ctrl-C (the handler keeps banger alive for cleanup).
+async fn interrupted() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `--rm` after a failed create: the daemon already rolled back a failure
+/// before boot; a VM whose guest never answered in time is kept for its
+/// logs; any other leftover is deleted.
+async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error) {
+    let timed_out = rpc_code(err) == Some(ErrorCode::Timeout);
+    if timed_out {
+        eprintln!(
+            "VM {name} is kept so that `banger vm logs {name}` can show why it did not come up; `banger vm delete {name}` removes it"
+        );
+        return;
+    }
+    if let Ok(Some(mut client)) = daemon_client::connect_existing(layout).await
+        && client
+            .call::<Vm>(&Request::VmShow(RefParams::new(name)), |_| {})
+            .await
+            .is_ok()
+    {
+        let _ = client
+            .call::<Vm>(&Request::VmDelete(RefParams::new(name)), |_| {})
+            .await;
+        eprintln!("VM {name} deleted (--rm)");
+    }
+}
+
+fn rpc_code(err: &anyhow::Error) -> Option<ErrorCode> {
+    match err.downcast_ref::<CallError>() {
+        Some(CallError::Rpc(RpcError { code, .. })) => Some(*code),
+        _ => err.downcast_ref::<RpcError>().map(|rpc| rpc.code),
+    }
+}
+
+/// Deletes the VM on a fresh connection with its own deadline, so that a
+/// Ctrl-C earlier does not stop the cleanup.
+async fn delete(layout: &Layout, vm: &Vm) {
+    let attempt = async {
+        let mut client = daemon_client::connect(layout).await?;
+        client
+            .call::<Vm>(&Request::VmDelete(RefParams::new(vm.id.as_str())), |_| {})
+            .await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(60), attempt).await {
+        Ok(Ok(())) => eprintln!("VM {} deleted (--rm)", vm.name),
+        Ok(Err(err)) => eprintln!(
+            "warning: deleting VM {} failed: {err:#}; `banger vm delete {}` retries",
+            vm.name, vm.name
+        ),
+        Err(_) => eprintln!(
+            "warning: deleting VM {} timed out; `banger vm delete {}` retries",
+            vm.name, vm.name
+        ),
+    }
+}

@@ -1,0 +1,195 @@
+//! Reading the host repository with the user's git.
+
+use std::path::{Path, PathBuf};
+
+use crate::exec;
+
+/// Why a path cannot become a workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{0} does not exist")]
+    Missing(PathBuf),
+    #[error(
+        "{0} is not inside a git repository; `banger vm run` without a path gives a bare sandbox"
+    )]
+    NotARepo(PathBuf),
+    #[error("{0} is a bare repository; clone it and run banger in the checkout")]
+    Bare(PathBuf),
+    #[error("{0} has submodules; pass --full-copy to copy the whole directory instead")]
+    Submodules(PathBuf),
+    #[error("--from {0:?} does not name a commit in the repository")]
+    BadFrom(String),
+    #[error("--branch {0:?} is not a valid branch name")]
+    BadBranch(String),
+    #[error("running git in {dir}: {message}")]
+    Git { dir: PathBuf, message: String },
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A repository to copy, as read at the moment of the copy.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    pub top: PathBuf,
+    /// HEAD's commit, `None` in a repository without commits.
+    pub head: Option<String>,
+    /// The branch HEAD is on, `None` when detached.
+    pub head_branch: Option<String>,
+}
+
+impl Repo {
+    /// Finds the repository enclosing `path` and checks it can be copied.
+    pub fn open(path: &Path, full_copy: bool) -> Result<Self, PrepareError> {
+        if !path.exists() {
+            return Err(PrepareError::Missing(path.to_owned()));
+        }
+        let dir = if path.is_dir() {
+            path.to_owned()
+        } else {
+            path.parent().unwrap_or(path).to_owned()
+        };
+        let bare = git(&dir, &["rev-parse", "--is-bare-repository"]);
+        match bare {
+            Ok(text) if text.trim() == "true" => return Err(PrepareError::Bare(dir)),
+            Ok(_) => {}
+            Err(_) => return Err(PrepareError::NotARepo(path.to_owned())),
+        }
+        let top = PathBuf::from(git(&dir, &["rev-parse", "--show-toplevel"])?.trim());
+        if !full_copy && top.join(".gitmodules").exists() {
+            return Err(PrepareError::Submodules(top));
+        }
+        let head = git(&top, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+            .ok()
+            .map(|sha| sha.trim().to_owned());
+        let head_branch = git(&top, &["symbolic-ref", "--quiet", "--short", "HEAD"])
+            .ok()
+            .map(|name| name.trim().to_owned());
+        Ok(Self {
+            top,
+            head,
+            head_branch,
+        })
+    }
+
+    /// The commit `reference` names, checked to be reachable by the bundle.
+    pub fn resolve_from(&self, reference: &str) -> Result<String, PrepareError> {
+        let sha = git(
+            &self.top,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{reference}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| PrepareError::BadFrom(reference.to_owned()))?;
+        Ok(sha.trim().to_owned())
+    }
+
+    pub fn check_branch_name(&self, branch: &str) -> Result<(), PrepareError> {
+        git(&self.top, &["check-ref-format", "--branch", branch])
+            .map(drop)
+            .map_err(|_| PrepareError::BadBranch(branch.to_owned()))
+    }
+
+    /// Paths (relative, raw bytes) present in the working tree that git
+    /// does not ignore: tracked files and untracked-but-not-ignored ones.
+    pub fn worktree_files(&self) -> Result<Vec<Vec<u8>>, PrepareError> {
+        let listed = git_bytes(
+            &self.top,
+            &[
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+        )?;
+        let mut files: Vec<Vec<u8>> = split_nul(&listed)
+            .into_iter()
+            .filter(|path| {
+                let full = self.top.join(bytes_path(path));
+                // Deleted tracked files are still in the index; directories
+                // are submodule gitlinks.
+                std::fs::symlink_metadata(&full).is_ok_and(|meta| !meta.is_dir())
+            })
+            .collect();
+        files.sort();
+        files.dedup();
+        Ok(files)
+    }
+
+    /// Paths in HEAD's tree that are gone from the working tree (deleted,
+    /// `git rm`ed, or moved).
+    pub fn deleted_files(&self, present: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, PrepareError> {
+        let Some(head) = &self.head else {
+            return Ok(Vec::new());
+        };
+        let tree = git_bytes(&self.top, &["ls-tree", "-r", "-z", "--name-only", head])?;
+        let present: std::collections::HashSet<&[u8]> = present.iter().map(Vec::as_slice).collect();
+        Ok(split_nul(&tree)
+            .into_iter()
+            .filter(|path| !present.contains(path.as_slice()))
+            .collect())
+    }
+
+    /// `user.name`/`user.email` as the repository sees them.
+    pub fn identity(&self) -> (Option<String>, Option<String>) {
+        (
+            config(&self.top, &["config", "user.name"]),
+            config(&self.top, &["config", "user.email"]),
+        )
+    }
+
+    /// The user's global identity.
+    pub fn global_identity(&self) -> (Option<String>, Option<String>) {
+        (
+            config(&self.top, &["config", "--global", "user.name"]),
+            config(&self.top, &["config", "--global", "user.email"]),
+        )
+    }
+}
+
+fn config(dir: &Path, args: &[&str]) -> Option<String> {
+    git(dir, args)
+        .ok()
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+pub(crate) fn bytes_path(bytes: &[u8]) -> &Path {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(std::ffi::OsStr::from_bytes(bytes))
+}
+
+fn split_nul(bytes: &[u8]) -> Vec<Vec<u8>> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|part| !part.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Runs git; its stdout as text, or an error with its stderr.
+fn git(dir: &Path, args: &[&str]) -> Result<String, PrepareError> {
+    git_bytes(dir, args).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>, PrepareError> {
+    let output = exec::git(dir, args).map_err(|source| PrepareError::Git {
+        dir: dir.to_owned(),
+        message: format!("cannot run git ({source}); install git"),
+    })?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(PrepareError::Git {
+            dir: dir.to_owned(),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}

@@ -1,0 +1,448 @@
+//! `vm run`, workspaces, export, ports and file sync, end to end.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use banger_testkit::{SimEnv, e2e_ready};
+use serde_json::Value;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A repository with every kind of change a checkout can carry.
+fn messy_repo(root: &Path) -> PathBuf {
+    let repo = root.join("project");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["config", "user.name", "Repo Person"]);
+    git(&repo, &["config", "user.email", "repo@example.com"]);
+    std::fs::write(repo.join("committed.txt"), "committed\n").unwrap();
+    std::fs::write(repo.join("modified.txt"), "old\n").unwrap();
+    std::fs::write(repo.join("deleted.txt"), "deleted\n").unwrap();
+    std::fs::write(repo.join(".gitignore"), "*.log\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "init"]);
+    std::fs::write(repo.join("modified.txt"), "new\n").unwrap();
+    std::fs::remove_file(repo.join("deleted.txt")).unwrap();
+    std::fs::write(repo.join("untracked dir ünï.txt"), "untracked\n").unwrap();
+    std::fs::write(repo.join("ignored.log"), "ignored\n").unwrap();
+    std::fs::write(
+        repo.join("blob.bin"),
+        (0..=255u8).cycle().take(4096).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    std::fs::write(repo.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(repo.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("committed.txt", repo.join("link")).unwrap();
+    repo
+}
+
+/// `sha256 mode path` for every file in a tree, .git excluded, sorted.
+const MANIFEST: &str = "find . -path ./.git -prune -o \\( -type f -o -type l \\) -printf '%m %y %p\\n' | sort; \
+                        find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha256sum";
+
+fn host_manifest(repo: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(MANIFEST)
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    // The host's global identity goes to /root/.gitconfig.
+    std::fs::write(
+        sim.env.layout.home.join(".gitconfig"),
+        "[user]\n\tname = Global Me\n\temail = me@example.com\n",
+    )
+    .unwrap();
+    let mut expected = host_manifest(&repo);
+    // Ignored files stay on the host.
+    expected = expected
+        .lines()
+        .filter(|line| !line.contains("ignored.log"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(expected.contains("untracked dir"), "{expected}");
+
+    let checks = format!(
+        "{MANIFEST}; echo ---; git log --format=%s; git status --short; echo ---; \
+         git config user.name; git config --global user.name; ./run.sh"
+    );
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        &checks,
+    ]);
+    let (tree, rest) = out.stdout.split_once("---\n").expect("three sections");
+    assert_eq!(
+        tree.trim_end(),
+        expected.trim_end(),
+        "guest tree differs from the host's"
+    );
+    let (history, identity) = rest.split_once("---\n").unwrap();
+    assert!(history.starts_with("init\n"), "{history}");
+    assert!(history.contains(" M modified.txt"), "{history}");
+    assert!(history.contains(" D deleted.txt"), "{history}");
+    assert_eq!(identity, "Repo Person\nGlobal Me\nran\n");
+    assert!(out.stderr.contains("deleted (--rm)"), "{out}");
+
+    let code = sim.banger([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    code.assert_code(7);
+    // Bare sandbox, no workspace, command mode.
+    let bare = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        "--",
+        "sh",
+        "-c",
+        "test ! -e /root/repo && echo bare",
+    ]);
+    assert_eq!(bare.stdout, "bare\n");
+    assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
+#[test]
+fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "host work"]);
+    let base = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+
+    sim.ok(["vm", "create", "--name", "dev"]);
+    let prepared = sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
+    assert!(prepared.stderr.contains("workspace:"), "{prepared}");
+    let vm: Value = serde_json::from_str(&sim.ok(["vm", "show", "dev", "--json"]).stdout).unwrap();
+    assert_eq!(vm["workspace"]["base_commit"], base.as_str());
+
+    // Work in the guest: a commit, then an uncommitted edit and a new binary file.
+    sim.ok([
+        "vm",
+        "ssh",
+        "dev",
+        "--",
+        "sh",
+        "-c",
+        "cd /root/repo && echo guest >> committed.txt && git commit -qam 'guest commit' \
+         && echo uncommitted > modified.txt && head -c 100 /dev/urandom > new.bin",
+    ]);
+    let patch_file = sim.env.root().join("work.patch");
+    let out = sim.ok([
+        "vm",
+        "workspace",
+        "export",
+        "dev",
+        "--output",
+        &patch_file.to_string_lossy(),
+    ]);
+    assert!(out.stderr.contains(&format!("base: {base}")), "{out}");
+
+    git(&repo, &["apply", "--index", &patch_file.to_string_lossy()]);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("committed.txt")).unwrap(),
+        "committed\nguest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("modified.txt")).unwrap(),
+        "uncommitted\n"
+    );
+    let guest_bin = sim
+        .ok(["vm", "ssh", "dev", "--", "sha256sum", "/root/repo/new.bin"])
+        .stdout;
+    let host_bin = Command::new("sha256sum")
+        .arg(repo.join("new.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        guest_bin.split_whitespace().next(),
+        String::from_utf8_lossy(&host_bin.stdout)
+            .split_whitespace()
+            .next()
+    );
+
+    // A guest-only branch from another commit.
+    let out = sim.ok([
+        "vm",
+        "workspace",
+        "prepare",
+        "dev",
+        &repo.to_string_lossy(),
+        "--branch",
+        "try",
+        "--from",
+        "HEAD~1",
+    ]);
+    assert!(out.stderr.contains("workspace:"), "{out}");
+    let branch = sim.ok([
+        "vm",
+        "ssh",
+        "dev",
+        "--",
+        "git",
+        "-C",
+        "/root/repo",
+        "log",
+        "-1",
+        "--format=%D %s",
+    ]);
+    assert_eq!(branch.stdout.trim(), "HEAD -> try init");
+    sim.ok(["vm", "delete", "dev"]);
+    sim.assert_clean();
+}
+
+#[test]
+fn bad_workspace_input_creates_no_vm() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let root = sim.env.root();
+    let plain = root.join("not-a-repo");
+    std::fs::create_dir_all(&plain).unwrap();
+    let bare = root.join("bare.git");
+    git(root, &["init", "-q", "--bare", &bare.to_string_lossy()]);
+    let with_sub = messy_repo(&root.join("sub"));
+    std::fs::write(
+        with_sub.join(".gitmodules"),
+        "[submodule \"x\"]\n\tpath = x\n\turl = ../x\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (
+            vec![
+                "vm".into(),
+                "run".into(),
+                plain.to_string_lossy().into(),
+                "--".into(),
+                "true".into(),
+            ],
+            1,
+            "not inside a git repository",
+        ),
+        (
+            vec!["vm".into(), "run".into(), bare.to_string_lossy().into()],
+            1,
+            "bare repository",
+        ),
+        (
+            vec![
+                "vm".into(),
+                "run".into(),
+                root.join("nope").to_string_lossy().into(),
+            ],
+            1,
+            "does not exist",
+        ),
+        (
+            vec![
+                "vm".into(),
+                "run".into(),
+                "--from".into(),
+                "main".into(),
+                ".".into(),
+            ],
+            2,
+            "--branch",
+        ),
+        (
+            vec!["vm".into(), "run".into(), with_sub.to_string_lossy().into()],
+            1,
+            "--full-copy",
+        ),
+        (
+            vec![
+                "vm".into(),
+                "run".into(),
+                "--branch".into(),
+                "x".into(),
+                "--from".into(),
+                "nowhere".into(),
+                with_sub.to_string_lossy().into(),
+                "--full-copy".into(),
+            ],
+            1,
+            "does not name a commit",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let out = sim.banger(&args);
+        out.assert_code(code);
+        assert!(
+            out.stderr.contains(message),
+            "{args:?} should say {message:?}:\n{out}"
+        );
+    }
+    assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
+#[test]
+fn ports_show_http_and_https_listeners_at_their_vm_name() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    sim.ok(["vm", "create", "--name", "web"]);
+    let start = "cd /tmp && openssl req -x509 -newkey rsa:2048 -nodes -keyout k.pem -out c.pem -days 1 -subj /CN=web 2>/dev/null \
+                 && (setsid python3 -m http.server 8080 >/dev/null 2>&1 < /dev/null &) \
+                 && (setsid openssl s_server -accept 8443 -cert c.pem -key k.pem -www >/dev/null 2>&1 < /dev/null &)";
+    sim.ok(["vm", "ssh", "web", "--", "sh", "-c", start]);
+    let mut rows = Vec::new();
+    sim.wait_for("both servers to listen", Duration::from_secs(20), || {
+        let out = sim.ok(["vm", "ports", "web", "--json"]);
+        rows = serde_json::from_str::<Vec<Value>>(&out.stdout).unwrap();
+        rows.iter().any(|row| row["port"] == 8080) && rows.iter().any(|row| row["port"] == 8443)
+    });
+    let find = |port: u16| rows.iter().find(|row| row["port"] == port).unwrap().clone();
+    assert_eq!(find(8080)["endpoint"], "http://web.vm:8080");
+    assert_eq!(find(8080)["process"], "python3");
+    assert_eq!(find(8443)["endpoint"], "https://web.vm:8443");
+    assert_eq!(find(8443)["process"], "openssl");
+    assert_eq!(find(22)["endpoint"], "tcp web.vm:22");
+    // sshd listens on 0.0.0.0 and :: but shows once.
+    assert_eq!(
+        rows.iter().filter(|row| row["port"] == 22).count(),
+        1,
+        "{rows:?}"
+    );
+    let table = sim.ok(["vm", "ports", "web"]);
+    assert!(table.stdout.starts_with("PROTO"), "{table}");
+    assert!(table.stdout.contains("https://web.vm:8443"), "{table}");
+    sim.ok(["vm", "delete", "web"]);
+    sim.assert_clean();
+}
+
+#[test]
+fn file_sync_copies_host_files_into_the_guest_at_start() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new(
+        "[[file_sync]]\nhost = \"~/token\"\nguest = \"~/.config/app/token\"\n\n\
+         [[file_sync]]\nhost = \"~/tools\"\nguest = \"~/tools\"\n\n\
+         [[file_sync]]\nhost = \"~/script\"\nguest = \"~/bin/script\"\nmode = \"0755\"\n\n\
+         [[file_sync]]\nhost = \"~/missing\"\nguest = \"~/missing\"\n",
+    );
+    let home = &sim.env.layout.home;
+    std::fs::write(home.join("token"), "s3cret\n").unwrap();
+    std::fs::create_dir_all(home.join("tools/sub")).unwrap();
+    std::fs::write(home.join("tools/sub/a.txt"), "a\n").unwrap();
+    std::fs::write(home.join("tools/run"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        home.join("tools/run"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::fs::write(home.join("script"), "#!/bin/sh\necho hi\n").unwrap();
+    sim.import_fixture();
+    let out = sim.ok(["vm", "create", "--name", "sync"]);
+    assert!(
+        out.stderr.contains("missing does not exist; skipped"),
+        "{out}"
+    );
+    let listing = sim.ok([
+        "vm", "ssh", "sync", "--", "sh", "-c",
+        "stat -c '%a %n' /root/.config/app/token /root/tools/run /root/tools/sub/a.txt /root/bin/script; cat /root/.config/app/token; /root/bin/script",
+    ]);
+    assert_eq!(
+        listing.stdout,
+        "600 /root/.config/app/token\n750 /root/tools/run\n644 /root/tools/sub/a.txt\n755 /root/bin/script\ns3cret\nhi\n"
+    );
+    // Refreshed at the next start.
+    std::fs::write(home.join("token"), "rotated\n").unwrap();
+    sim.ok(["vm", "restart", "sync"]);
+    assert_eq!(
+        sim.ok(["vm", "ssh", "sync", "--", "cat", "/root/.config/app/token"])
+            .stdout,
+        "rotated\n"
+    );
+    sim.ok(["vm", "delete", "sync"]);
+    sim.assert_clean();
+}
+
+/// Interactive workspace sessions install the repo's pinned tools with the
+/// image's mise (best effort); command mode skips it. A stand-in `mise`
+/// (placed where mise installs itself, via file_sync) records its calls.
+#[test]
+fn interactive_workspace_sessions_bootstrap_mise_tools() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new(
+        "[[file_sync]]\nhost = \"~/fake-mise\"\nguest = \"~/.local/bin/mise\"\nmode = \"0755\"\n",
+    );
+    std::fs::write(
+        sim.env.layout.home.join("fake-mise"),
+        "#!/bin/sh\necho \"$*\" >> /root/mise-calls\n",
+    )
+    .unwrap();
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    std::fs::write(repo.join(".tool-versions"), "python 3.12\n").unwrap();
+    // Command mode: no bootstrap.
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--name",
+        "cmd",
+        &repo.to_string_lossy(),
+        "--",
+        "true",
+    ]);
+    assert!(!out.stderr.contains("installing tools"), "{out}");
+    let calls = sim.banger(["vm", "ssh", "cmd", "--", "cat", "/root/mise-calls"]);
+    assert_ne!(calls.code, Some(0), "mise ran in command mode: {calls}");
+    // Interactive mode (stdin is not a terminal here, so the shell exits at once).
+    let out = sim.ok(["vm", "run", "--name", "shell", &repo.to_string_lossy()]);
+    assert!(out.stderr.contains("installing tools with mise"), "{out}");
+    let calls = sim.ok(["vm", "ssh", "shell", "--", "cat", "/root/mise-calls"]);
+    assert_eq!(calls.stdout, "trust --yes .\ninstall --yes\n");
+    sim.ok(["vm", "delete", "cmd", "shell"]);
+    sim.assert_clean();
+}
