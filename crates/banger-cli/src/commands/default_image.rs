@@ -146,6 +146,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recognises_only_the_no_default_image_error() {
+        let missing = RpcError::not_found("there is no default image");
+        assert!(is_no_default_image(&anyhow::Error::from(CallError::Rpc(
+            missing.clone()
+        ))));
+        assert!(is_no_default_image(&anyhow::Error::from(missing)));
+        let other = RpcError::not_found("image \"x\" not found");
+        assert!(!is_no_default_image(&anyhow::Error::from(other)));
+        let internal = RpcError::internal("no default image, oddly");
+        assert!(!is_no_default_image(&anyhow::Error::from(internal)));
+    }
+
+    #[test]
     fn the_description_says_what_and_from_where() {
         let text = describe(&Plan {
             distro: DEFAULT,
