@@ -320,18 +320,21 @@ pub struct ImageRegisterArgs {
 
 #[derive(Debug, Args)]
 pub struct ImageBootstrapArgs {
-    /// Distribution and release
+    /// Distribution and release: debian:bookworm or debian:trixie (debian:12, debian:13)
     #[arg(default_value = "debian:bookworm")]
     pub distro: String,
     /// Name for the image [default: derived from the distro]
     #[arg(long)]
     pub name: Option<String>,
-    /// Extra packages, comma-separated
+    /// Extra packages, comma-separated (on top of openssh-server, iproute2, ca-certificates, git, procps, systemd-sysv)
     #[arg(long, value_delimiter = ',')]
     pub packages: Vec<String>,
-    /// Package mirror URL
+    /// Package mirror URL [default: the distribution's, e.g. http://deb.debian.org/debian]
     #[arg(long)]
     pub mirror: Option<String>,
+    /// Kernel to boot it with [default: the default kernel]
+    #[arg(long, value_name = "K")]
+    pub kernel_ref: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,10 +371,10 @@ pub struct KernelImportArgs {
 
 #[derive(Debug, Args)]
 pub struct KernelBootstrapArgs {
-    /// Distribution
+    /// Distribution (its cloud kernel, e.g. Debian's linux-image-cloud-amd64): debian, debian:trixie
     #[arg(default_value = "debian")]
     pub distro: String,
-    /// Name for the kernel
+    /// Name for the kernel [default: e.g. debian-bookworm-cloud]
     #[arg(long)]
     pub name: Option<String>,
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use banger_bootstrap::BootstrapHost;
 use banger_buildinfo::BuildInfo;
 use banger_disk::{DiskOps, StrategyProbe};
 use banger_firecracker::{Vmm, VmmProcess};
@@ -32,6 +33,8 @@ pub struct Subsystems {
     pub storage: StrategyProbe,
     pub vmm: Arc<dyn Vmm>,
     pub readiness: Arc<dyn Readiness>,
+    /// debootstrap and its mounts, for `image.bootstrap`.
+    pub bootstrap: Arc<dyn BootstrapHost>,
 }
 
 /// Everything a request handler can reach.
@@ -46,6 +49,7 @@ pub struct Daemon {
     pub storage: StrategyProbe,
     pub vmm: Arc<dyn Vmm>,
     pub readiness: Arc<dyn Readiness>,
+    pub bootstrap: Arc<dyn BootstrapHost>,
     pub keys: KeyStore,
     pub vm_locks: VmLocks,
     /// Serialises image and kernel registry changes (names, default image).
@@ -80,6 +84,7 @@ impl Daemon {
             storage: subsystems.storage,
             vmm: subsystems.vmm,
             readiness: subsystems.readiness,
+            bootstrap: subsystems.bootstrap,
             vm_locks: VmLocks::default(),
             images_lock: tokio::sync::Mutex::new(()),
             alloc_lock: tokio::sync::Mutex::new(()),
@@ -159,6 +164,9 @@ impl Daemon {
             Request::ImageImport(params) => {
                 reply(image_import::import(self, params, &events, &cancel).await?)
             }
+            Request::ImageBootstrap(params) => {
+                reply(image_bootstrap::bootstrap(self, params, &events, &cancel).await?)
+            }
             Request::ImageDelete(params) => {
                 reply(image_import::delete(self, &params.reference).await?)
             }
@@ -169,6 +177,9 @@ impl Daemon {
             Request::KernelShow(params) => reply(kernel_list::show(self, &params.reference)?),
             Request::KernelImport(params) => {
                 reply(kernel_import::import(self, params, &cancel).await?)
+            }
+            Request::KernelBootstrap(params) => {
+                reply(kernel_bootstrap::bootstrap(self, params, &events, &cancel).await?)
             }
             Request::KernelRm(params) => {
                 reply(kernel_import::remove(self, &params.reference).await?)

@@ -77,6 +77,7 @@ fn run() -> anyhow::Result<()> {
             storage,
             vmm: Arc::new(banger_firecracker::ProcessVmm),
             readiness: Arc::new(bangerd::vm::boot::Probes),
+            bootstrap: Arc::new(banger_bootstrap::HostBootstrap),
         };
         let daemon = Daemon::new(layout, config, Arc::new(store), build, subsystems);
         if let Err(err) = bangerd::ssh::write_ssh_config(&daemon.layout, daemon.keys.private_path()) {

@@ -1,8 +1,10 @@
 //! One module per verb.
 
+mod bootstrap;
 mod completion;
 mod daemon;
 mod doctor;
+pub(crate) mod default_image;
 mod image_list;
 mod image_ops;
 mod kernel_list;
@@ -76,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ImageCommand::Pull(args) => image_ops::image_pull(&layout, &args).await,
                 ImageCommand::Import(args) => image_ops::image_import(&layout, &args).await,
                 ImageCommand::Register(args) => image_ops::image_register(&layout, &args).await,
-                ImageCommand::Bootstrap(_) => Err(not_implemented("image bootstrap")),
+                ImageCommand::Bootstrap(args) => bootstrap::image(&layout, &args).await,
                 ImageCommand::Delete(args) => image_ops::image_delete(&layout, &args).await,
                 ImageCommand::Promote(args) => image_ops::image_promote(&layout, &args).await,
             }
@@ -88,7 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 KernelCommand::Show(args) => kernel_list::show(&layout, &args).await,
                 KernelCommand::Pull(args) => image_ops::kernel_pull(&layout, &args).await,
                 KernelCommand::Import(args) => image_ops::kernel_import(&layout, &args).await,
-                KernelCommand::Bootstrap(_) => Err(not_implemented("kernel bootstrap")),
+                KernelCommand::Bootstrap(args) => bootstrap::kernel(&layout, &args).await,
                 KernelCommand::Rm(args) => image_ops::kernel_rm(&layout, &args).await,
             }
         }

@@ -15,6 +15,8 @@ use crate::daemon_client;
 use crate::output::{EXIT_USAGE, ExitError, print_json};
 use crate::progress::Progress;
 
+use super::default_image;
+
 pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<ExitCode> {
     let vm = create(layout, &args.create).await?;
     if args.json {
@@ -34,6 +36,11 @@ pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Resu
 
 /// [`create`] once the name and size are settled (`vm run` settles them
 /// first so that it can clean up by name).
+///
+/// Without `--image` and without a default image (none configured, none in
+/// the catalog, or the catalog unreachable), the default image is
+/// bootstrapped from Debian's packages (asking first on a terminal) and the
+/// create is tried once more.
 pub(super) async fn create_resolved(
     layout: &Layout,
     flags: &CreateFlags,
@@ -41,6 +48,21 @@ pub(super) async fn create_resolved(
     spec: VmSpec,
 ) -> anyhow::Result<Vm> {
     eprintln!("spec: {spec}");
+    match create_once(layout, flags, name, spec).await {
+        Err(err) if flags.image.is_none() && default_image::is_no_default_image(&err) => {
+            default_image::bootstrap_default_image(layout, flags).await?;
+            create_once(layout, flags, name, spec).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn create_once(
+    layout: &Layout,
+    flags: &CreateFlags,
+    name: &Name,
+    spec: VmSpec,
+) -> anyhow::Result<Vm> {
     let params = VmCreateParams {
         name: Some(name.to_string()),
         image: flags.image.clone(),

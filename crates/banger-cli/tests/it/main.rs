@@ -5,6 +5,7 @@ mod cli;
 mod completion;
 mod daemon;
 mod doctor;
+mod e2e_bootstrap;
 mod e2e_images;
 mod e2e_lifecycle;
 mod e2e_workspace;

@@ -2,10 +2,12 @@
 
 pub mod daemon_ops;
 pub mod doctor;
+pub mod image_bootstrap;
 pub mod image_import;
 pub mod image_list;
 pub mod image_pull;
 pub mod image_register;
+pub mod kernel_bootstrap;
 pub mod kernel_import;
 pub mod kernel_list;
 pub mod vm_create;

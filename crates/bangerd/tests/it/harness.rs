@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use banger_bootstrap::FakeBootstrap;
 use banger_disk::StrategyProbe;
 use banger_disk::fake::FakeDiskOps;
 use banger_disk::strategy::Support;
@@ -51,6 +52,7 @@ pub(crate) struct Harness {
     pub(crate) disk: Arc<FakeDiskOps>,
     pub(crate) vmm: Arc<FakeVmm>,
     pub(crate) ready: Arc<FakeReadiness>,
+    pub(crate) bootstrap: Arc<FakeBootstrap>,
 }
 
 impl Harness {
@@ -78,6 +80,7 @@ impl Harness {
         let disk = Arc::new(FakeDiskOps::new());
         let vmm = Arc::new(FakeVmm::new());
         let ready = Arc::new(FakeReadiness::default());
+        let bootstrap = Arc::new(FakeBootstrap::new());
         let network = Network::start(net.clone(), config.network.clone()).await;
         let storage = StrategyProbe {
             dir: layout.state_dir.clone(),
@@ -91,6 +94,7 @@ impl Harness {
             storage,
             vmm: vmm.clone(),
             readiness: ready.clone(),
+            bootstrap: bootstrap.clone(),
         };
         let daemon = Daemon::new(
             layout,
@@ -119,6 +123,7 @@ impl Harness {
             disk,
             vmm,
             ready,
+            bootstrap,
         }
     }
 

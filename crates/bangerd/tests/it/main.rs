@@ -2,6 +2,7 @@
 //! disks, VMM, readiness): every rollback path, without root.
 
 mod doctor;
+mod bootstrap;
 mod harness;
 mod lifecycle;
 mod reconcile;

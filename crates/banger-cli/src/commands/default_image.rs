@@ -1,0 +1,177 @@
+//! First use without `--image`: when the daemon finds no default image (none
+//! registered, none configured, and none in the catalog or the catalog
+//! unreachable), build one from Debian's packages (and, for Firecracker,
+//! Debian's cloud kernel) — after asking on a terminal, straight away
+//! otherwise — and say what was done and how long it took. Used by the
+//! create step `vm create` and `vm run` share.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::Context;
+use banger_bootstrap::distro::{BASE_PACKAGES, DEBIAN_MIRROR, DEFAULT};
+use banger_model::config::Config;
+use banger_model::layout::Layout;
+use banger_model::vm::VmmKind;
+use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};
+use banger_rpc::response::KernelListResult;
+use banger_rpc::{CallError, ErrorCode, Request, RpcError};
+
+use crate::args::CreateFlags;
+use crate::commands::bootstrap::{bootstrap_image, bootstrap_kernel, elapsed};
+use crate::daemon_client;
+use crate::output::{EXIT_USAGE, ExitError};
+
+/// What the fallback would build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) distro: &'static str,
+    /// Also bootstrap a kernel (Firecracker with no kernel at all).
+    pub(crate) kernel: bool,
+}
+
+/// Whether a failed `vm.create` means "there is no default image" (the
+/// daemon found none and the catalog supplied none).
+pub(crate) fn is_no_default_image(err: &anyhow::Error) -> bool {
+    let rpc = match err.downcast_ref::<CallError>() {
+        Some(CallError::Rpc(rpc)) => Some(rpc),
+        _ => err.downcast_ref::<RpcError>(),
+    };
+    rpc.is_some_and(|rpc| {
+        rpc.code == ErrorCode::NotFound && rpc.message.contains("no default image")
+    })
+}
+
+/// Bootstraps the default image for `vm create`/`vm run` with `flags` (and,
+/// for Firecracker on a host with no kernel at all, Debian's kernel first):
+/// asks on a terminal, goes ahead otherwise, and says what it did and how
+/// long it took.
+pub(crate) async fn bootstrap_default_image(
+    layout: &Layout,
+    flags: &CreateFlags,
+) -> anyhow::Result<()> {
+    let mut client = daemon_client::connect(layout).await?;
+    let kernels: KernelListResult = client.call(&Request::KernelList, |_| {}).await?;
+    drop(client);
+    let vmm = flags.vmm.unwrap_or_else(|| {
+        Config::load(&layout.config_file())
+            .map(|config| config.vmm)
+            .unwrap_or(VmmKind::Firecracker)
+    });
+    let plan = Plan {
+        distro: DEFAULT,
+        kernel: vmm == VmmKind::Firecracker && kernels.kernels.is_empty(),
+    };
+    eprintln!("{}", describe(&plan));
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if interactive && !confirm("Build it now? [y/N] ")? {
+        return Err(ExitError {
+            message: "no default image\nhint: `banger image bootstrap` builds one, `banger image import DIR --name N` imports one, or pass --image".into(),
+            code: EXIT_USAGE,
+        }
+        .into());
+    }
+    let started = Instant::now();
+    let kernel_ref = if plan.kernel {
+        let kernel = bootstrap_kernel(
+            layout,
+            KernelBootstrapParams {
+                distro: plan.distro.into(),
+                name: None,
+            },
+        )
+        .await?;
+        eprintln!(
+            "kernel {} bootstrapped ({})",
+            kernel.name,
+            kernel.version.as_deref().unwrap_or("unknown version")
+        );
+        Some(kernel.id.to_string())
+    } else {
+        None
+    };
+    let image = bootstrap_image(
+        layout,
+        ImageBootstrapParams {
+            distro: plan.distro.into(),
+            name: None,
+            packages: Vec::new(),
+            mirror: None,
+            kernel_ref,
+        },
+    )
+    .await?;
+    eprintln!(
+        "bootstrapped image {} ({}) from {} in {}; it is the default image from now on",
+        image.name,
+        image.rootfs_size.human(),
+        plan.distro,
+        elapsed(started.elapsed())
+    );
+    Ok(())
+}
+
+/// What the user is told before the bootstrap.
+pub(crate) fn describe(plan: &Plan) -> String {
+    let mut text = format!(
+        "There is no default image yet, and the catalog offers none. banger can build one on this host from Debian's own packages:\n  \
+         debootstrap {} (minbase + {}) from {DEBIAN_MIRROR}, verified against Debian's archive keyring",
+        plan.distro,
+        BASE_PACKAGES.join(", ")
+    );
+    if plan.kernel {
+        text.push_str(
+            "\n  plus Debian's cloud kernel (linux-image-cloud-amd64) as vmlinux + initrd, downloaded with apt into banger's cache",
+        );
+    }
+    text.push_str(
+        "\nThis needs debootstrap and takes a few minutes the first time (packages are cached for later builds).",
+    );
+    text
+}
+
+fn confirm(prompt: &str) -> anyhow::Result<bool> {
+    eprint!("{prompt}");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_the_no_default_image_error() {
+        let missing = RpcError::not_found("there is no default image");
+        assert!(is_no_default_image(&anyhow::Error::from(CallError::Rpc(
+            missing.clone()
+        ))));
+        assert!(is_no_default_image(&anyhow::Error::from(missing)));
+        let other = RpcError::not_found("image \"x\" not found");
+        assert!(!is_no_default_image(&anyhow::Error::from(other)));
+        let internal = RpcError::internal("no default image, oddly");
+        assert!(!is_no_default_image(&anyhow::Error::from(internal)));
+    }
+
+    #[test]
+    fn the_description_says_what_and_from_where() {
+        let text = describe(&Plan {
+            distro: DEFAULT,
+            kernel: true,
+        });
+        assert!(text.contains("debootstrap debian:bookworm"), "{text}");
+        assert!(text.contains("openssh-server"), "{text}");
+        assert!(text.contains("deb.debian.org"), "{text}");
+        assert!(text.contains("linux-image-cloud-amd64"), "{text}");
+        let text = describe(&Plan {
+            distro: DEFAULT,
+            kernel: false,
+        });
+        assert!(!text.contains("kernel"), "{text}");
+    }
+}

@@ -1,0 +1,208 @@
+//! `kernel.bootstrap`: the distribution's cloud kernel, downloaded with a
+//! private apt into banger's cache (never installed on the host), turned
+//! into `vmlinux` + `initrd.img` and registered.
+//!
+//! Files: apt's state and the `.deb`s live in `<cache>/apt/<distro>-amd64/`
+//! (reused by the next bootstrap; apt re-verifies them), its log is
+//! `apt.log` there; the kernel is built in `staging/<id>/` and renamed into
+//! `kernels/<id>/`.
+
+use std::path::Path;
+
+use banger_bootstrap::apt::{AptEnv, AptError};
+use banger_bootstrap::distro::Distro;
+use banger_bootstrap::kernel::{self, BuildKernelError};
+use banger_model::kernel::{Kernel, KernelSource};
+use banger_model::{Id, Name};
+use banger_rpc::request::KernelBootstrapParams;
+use banger_rpc::{ErrorCode, RpcError};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{Daemon, error_chain, store_error};
+use crate::server::EventSink;
+
+/// One kernel bootstrap at a time: they share apt's directories and locks.
+static KERNEL_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub async fn bootstrap(
+    daemon: &Daemon,
+    params: KernelBootstrapParams,
+    events: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Kernel, RpcError> {
+    let distro = Distro::parse(&params.distro).map_err(|err| {
+        RpcError::invalid(err.to_string()).with_hint("e.g. `banger kernel bootstrap debian`")
+    })?;
+    let name = match &params.name {
+        Some(name) => Name::parse(name),
+        None => Name::parse(&distro.kernel_name()),
+    }
+    .map_err(|err| RpcError::invalid(err.to_string()))?;
+    check_name_free(daemon, &name)?;
+
+    let _one_at_a_time = tokio::select! {
+        guard = KERNEL_LOCK.lock() => guard,
+        () = cancel.cancelled() => return Err(RpcError::cancelled()),
+    };
+    let apt = AptEnv::new(&daemon.layout.cache_dir, &distro, distro.default_mirror);
+
+    let stage = events.stage("apt_update");
+    apt.prepare().map_err(apt_error)?;
+    apt.update(cancel).await.map_err(apt_error)?;
+    stage.done();
+
+    let stage = events.stage("resolve_packages");
+    let kernel_package = apt
+        .kernel_package(distro.kernel_package, cancel)
+        .await
+        .map_err(apt_error)?;
+    let busybox = apt
+        .show(distro.busybox_package, cancel)
+        .await
+        .map_err(apt_error)?;
+    stage.done();
+    events.log(
+        "info",
+        format!(
+            "{} {} and {} {} from {} (verified against {})",
+            kernel_package.name,
+            kernel_package.version,
+            busybox.name,
+            busybox.version,
+            apt.mirror(),
+            distro.keyring
+        ),
+    );
+
+    let stage = events.stage("download_packages");
+    let debs = apt
+        .download(&[kernel_package.clone(), busybox], cancel)
+        .await
+        .map_err(apt_error)?;
+    stage.done();
+    if cancel.is_cancelled() {
+        return Err(RpcError::cancelled());
+    }
+
+    let id = Id::generate();
+    let staging = daemon.layout.staging_dir().join(id.as_str());
+    let stage = events.stage("build_vmlinux_initrd");
+    let built = {
+        let (kernel_deb, busybox_deb, out) = (debs[0].clone(), debs[1].clone(), staging.clone());
+        tokio::task::spawn_blocking(move || kernel::build(&kernel_deb, &busybox_deb, &out))
+            .await
+            .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
+    };
+    let built = match built {
+        Ok(built) => built,
+        Err(err) => {
+            remove_dir(&staging);
+            return Err(build_error(&err));
+        }
+    };
+    stage.done();
+    events.log(
+        "info",
+        format!(
+            "Linux {} ({} payload); initrd loads {} modules{}",
+            built.release,
+            built
+                .compression
+                .map_or_else(|| "uncompressed".to_owned(), |c| c.to_string()),
+            built.modules.len(),
+            if built.builtin.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} built in)", built.builtin.join(", "))
+            }
+        ),
+    );
+    if cancel.is_cancelled() {
+        remove_dir(&staging);
+        return Err(RpcError::cancelled());
+    }
+
+    let _registry = daemon.images_lock.lock().await;
+    if let Err(err) = check_name_free(daemon, &name) {
+        remove_dir(&staging);
+        return Err(err);
+    }
+    let target = daemon.layout.kernel_dir(&id);
+    let moved = target
+        .parent()
+        .map_or(Ok(()), fs_err::create_dir_all)
+        .and_then(|()| fs_err::rename(&staging, &target));
+    if let Err(err) = moved {
+        remove_dir(&staging);
+        return Err(RpcError::internal(format!("publishing the kernel: {err}")));
+    }
+    let kernel = Kernel {
+        id,
+        name,
+        vmlinux_path: target.join(kernel::VMLINUX),
+        initrd_path: Some(target.join(kernel::INITRD)),
+        version: Some(built.release),
+        source: KernelSource::Bootstrap {
+            distro: distro.to_string(),
+            package: format!("{} {}", kernel_package.name, kernel_package.version),
+        },
+        created_at: jiff::Timestamp::now(),
+    };
+    if let Err(err) = daemon.store.insert_kernel(&kernel) {
+        remove_dir(&target);
+        return Err(store_error(err));
+    }
+    tracing::info!(kernel = %kernel.name, id = %kernel.id, package = %kernel_package.name, "kernel bootstrapped");
+    Ok(kernel)
+}
+
+fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {
+    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+    if kernels.iter().any(|kernel| &kernel.name == name) {
+        return Err(RpcError::new(
+            ErrorCode::AlreadyExists,
+            format!("kernel named {name:?} already exists"),
+        )
+        .with_hint("pick another --name, or remove the old one with `banger kernel rm`"));
+    }
+    Ok(())
+}
+
+fn apt_error(err: AptError) -> RpcError {
+    let message = err.to_string();
+    match err {
+        AptError::NoApt => RpcError::new(ErrorCode::FailedPrecondition, message)
+            .with_hint("kernel bootstrap needs a Debian-family host with apt; or import a kernel with `banger kernel import DIR`"),
+        AptError::NoKeyring { package, .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
+            .with_hint(format!("install it: `sudo apt-get install {package}`")),
+        AptError::Unreachable { .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
+            .with_hint("check the network (banger downloads the kernel from the distribution's mirror)"),
+        AptError::Signature { .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
+            .with_hint("the mirror's index is not signed by the distribution's archive key; nothing was used"),
+        AptError::Exec(ref exec) if matches!(exec, banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
+            RpcError::cancelled()
+        }
+        _ => RpcError::internal(format!("{message}{}", chain_suffix(&err))),
+    }
+}
+
+fn build_error(err: &BuildKernelError) -> RpcError {
+    RpcError::internal(format!("{err}{}", chain_suffix(err)))
+}
+
+fn chain_suffix(err: &dyn std::error::Error) -> String {
+    let chain = error_chain(err);
+    if chain.is_empty() {
+        String::new()
+    } else {
+        format!(": {chain}")
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(err) = fs_err::remove_dir_all(dir)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %err, "could not remove directory");
+    }
+}
