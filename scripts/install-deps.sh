@@ -7,9 +7,11 @@ packages=(
     # banger at runtime
     e2fsprogs iproute2 iptables openssh-client git zstd
     # building the guest image fixtures and default images
-    debootstrap ca-certificates
+    debootstrap debian-archive-keyring ca-certificates
     # test suite: guests' sshd comes from the image, but sshd/ssh-keygen are used on the host too
     openssh-server dnsutils docker-registry skopeo umoci jq procps shellcheck btrfs-progs xfsprogs curl python3 make
+    # boots the bootstrapped kernel and initrd for real (QEMU microvm, virtio-mmio over ACPI)
+    qemu-system-x86
 )
 
 missing=()

@@ -8,7 +8,7 @@ use banger_rpc::{CallError, ErrorCode, RpcError};
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
 
-/// Exit code for usage errors and commands that are not implemented yet.
+/// Exit code for usage errors.
 pub const EXIT_USAGE: u8 = 2;
 
 /// A failure that carries its own exit code.
@@ -17,15 +17,6 @@ pub const EXIT_USAGE: u8 = 2;
 pub struct ExitError {
     pub message: String,
     pub code: u8,
-}
-
-/// Refuses a command whose capability has not been built yet.
-pub fn not_implemented(command: &str) -> anyhow::Error {
-    ExitError {
-        message: format!("`banger {command}` is not implemented yet"),
-        code: EXIT_USAGE,
-    }
-    .into()
 }
 
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

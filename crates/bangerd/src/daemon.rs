@@ -194,10 +194,6 @@ impl Daemon {
             Request::KernelPull(params) => {
                 reply(image_pull::pull_kernel(self, params, &events, &cancel).await?)
             }
-            other => Err(RpcError::new(
-                ErrorCode::NotImplemented,
-                format!("{} is not implemented yet", other.method()),
-            )),
         }
     }
 }

@@ -3,8 +3,8 @@
 mod bootstrap;
 mod completion;
 mod daemon;
-mod doctor;
 pub(crate) mod default_image;
+mod doctor;
 mod image_list;
 mod image_ops;
 mod kernel_list;
@@ -30,7 +30,6 @@ use banger_model::layout::Layout;
 use crate::args::{
     Cli, Command, DaemonCommand, ImageCommand, KernelCommand, VmCommand, WorkspaceCommand,
 };
-use crate::output::not_implemented;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -116,14 +116,6 @@ fn version_reports_commit_and_build_time() {
 }
 
 #[test]
-fn unbuilt_commands_say_so_and_exit_2() {
-    let env = TestEnv::new();
-    let out = env.banger(["kernel", "bootstrap"]);
-    out.assert_code(2);
-    assert!(out.stderr.contains("not implemented yet"), "{out}");
-}
-
-#[test]
 fn create_help_shows_resolved_defaults_with_provenance() {
     let env = TestEnv::new();
     env.write_config("[vm_defaults]\nvcpu = 3\n");

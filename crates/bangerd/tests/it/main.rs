@@ -1,8 +1,8 @@
 //! The daemon's lifecycle against recording fakes of the host (network,
 //! disks, VMM, readiness): every rollback path, without root.
 
-mod doctor;
 mod bootstrap;
+mod doctor;
 mod harness;
 mod lifecycle;
 mod reconcile;
