@@ -51,6 +51,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'echo "bench.sh: failed at line $LINENO; last output:" >&2; tail -20 "$work/last.log" >&2 2>/dev/null' ERR
 
 truncate -s 64G "$work/xfs.img"
 mkfs.xfs -q -m reflink=1 "$work/xfs.img"
@@ -99,9 +100,9 @@ for d in $(seq 0 99); do
 done
 git -C "$repo" add -A
 git -C "$repo" -c user.name=bench -c user.email=bench@example.com commit -qm bench
-b vm create --name ws >/dev/null 2>&1
+b vm create --name ws >"$work/last.log" 2>&1
 start=$(date +%s%N)
-b vm workspace prepare ws "$repo" >/dev/null 2>&1
+b vm workspace prepare ws "$repo" >"$work/last.log" 2>&1
 prepare_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 ws_ip=$(b vm show ws --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["network"]["ip"])')
 ssh_opts=(-i "$work/state/banger/ssh/id_ed25519" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
