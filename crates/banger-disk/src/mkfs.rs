@@ -64,6 +64,10 @@ pub struct Ext4BuildOptions {
     pub growable: bool,
     /// Never make the image smaller than this.
     pub min_size: Option<ByteSize>,
+    /// Free space to add on top of what the content needs (for a root
+    /// filesystem that guests install packages into). The image is sparse,
+    /// so unused free space costs no disk.
+    pub free_space: ByteSize,
 }
 
 /// A built image.
@@ -175,6 +179,9 @@ fn journal_blocks(blocks: u64) -> u64 {
     }
 }
 
+/// Inode density of [`Ext4BuildOptions::free_space`].
+const FREE_SPACE_BYTES_PER_INODE: u64 = 64 * 1024;
+
 /// The size and inode count for `content` (see the module docs).
 pub fn plan_ext4(content: ContentSize) -> Ext4Plan {
     let data = content.bytes + content.bytes / 5;
@@ -203,6 +210,15 @@ pub fn build_ext4_from_dir(
     }
     let content = measure_dir(src)?;
     let mut plan = plan_ext4(content);
+    if options.free_space.bytes() > 0 {
+        // Free space for packages: fewer inodes per byte than the content
+        // ratio, so inode tables stay small.
+        plan.size = ByteSize(round_up(
+            plan.size.bytes() + options.free_space.bytes(),
+            4 * MIB,
+        ));
+        plan.inodes += options.free_space.bytes() / FREE_SPACE_BYTES_PER_INODE;
+    }
     if let Some(min) = options.min_size
         && plan.size < min
     {
@@ -297,6 +313,7 @@ pub fn make_work_seed(rootfs_dir: &Path, out: &Path) -> Result<Ext4Image, BuildE
         label: Some("banger-work".to_owned()),
         growable: true,
         min_size: None,
+        free_space: banger_model::ByteSize(0),
     };
     let home = rootfs_dir.join("root");
     match std::fs::symlink_metadata(&home) {

@@ -13,7 +13,10 @@ use crate::exec;
 pub const APPLY_SCRIPT: &str = include_str!("apply.sh");
 
 /// The remote command: unpack stdin into a fresh directory and apply it.
-pub const REMOTE_COMMAND: &str = "set -e; d=$(mktemp -d /tmp/banger-workspace.XXXXXX); tar -x -C \"$d\"; sh \"$d/apply.sh\" \"$d\"";
+/// The directory is on the work disk (`/root`, sized by `--disk-size`),
+/// not on the root filesystem, which a large payload could fill.
+pub const REMOTE_COMMAND: &str = "set -e; d=$(mktemp -d /root/.banger-workspace.XXXXXX); \
+    tar -x -C \"$d\"; sh \"$d/apply.sh\" \"$d\"";
 
 /// What to put in the guest.
 #[derive(Debug, Clone, Default)]

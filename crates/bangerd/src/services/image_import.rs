@@ -18,6 +18,11 @@ use crate::guest_install;
 use crate::images::Staging;
 use crate::server::EventSink;
 
+/// Free space every image's root filesystem gets on top of its content,
+/// for what guests install. The file is sparse and VM roots are reflinks or
+/// sparse copies of it, so space nobody uses costs nothing on disk.
+pub const ROOTFS_FREE_SPACE: ByteSize = ByteSize::gib(4);
+
 /// File names inside an image directory.
 pub const ROOTFS: &str = "rootfs.ext4";
 pub const WORK_SEED: &str = "work-seed.ext4";
@@ -115,7 +120,13 @@ pub async fn build_image_files(
     let stage = events.stage("build_rootfs");
     let image = blocking({
         let (src, out) = (rootfs_dir.to_owned(), rootfs.clone());
-        move || build_ext4_from_dir(&src, &out, &Ext4BuildOptions::default())
+        move || {
+            let options = Ext4BuildOptions {
+                free_space: ROOTFS_FREE_SPACE,
+                ..Ext4BuildOptions::default()
+            };
+            build_ext4_from_dir(&src, &out, &options)
+        }
     })
     .await?
     .map_err(|err| failure("building rootfs.ext4", &err))?;

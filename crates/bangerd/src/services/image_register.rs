@@ -104,6 +104,7 @@ fn empty_seed(out: &Path) -> Result<(), banger_disk::BuildExt4Error> {
         label: Some("banger-work".into()),
         growable: true,
         min_size: None,
+        free_space: banger_model::ByteSize(0),
     };
     build_ext4_from_dir(empty.path(), &out.join(WORK_SEED), &options).map(drop)
 }
