@@ -99,7 +99,9 @@ for d in $(seq 0 99); do
     for f in $(seq 0 99); do head -c 10240 /dev/urandom > "$repo/d$d/f$f"; done
 done
 git -C "$repo" add -A
-git -C "$repo" -c user.name=bench -c user.email=bench@example.com commit -qm bench
+git -C "$repo" -c user.name=bench -c user.email=bench@example.com -c gc.auto=0 commit -qm bench
+# Packed, as repositories usually are (both sides below then reuse the pack).
+git -C "$repo" gc -q
 b vm create --name ws >"$work/last.log" 2>&1
 start=$(date +%s%N)
 b vm workspace prepare ws "$repo" >"$work/last.log" 2>&1
@@ -110,7 +112,7 @@ ssh_opts=(-i "$work/state/banger/ssh/id_ed25519" -o IdentitiesOnly=yes -o Strict
 start=$(date +%s%N)
 ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git init -q --bare /root/push.git' \
     && ip netns exec "$netns" env GIT_SSH_COMMAND="ssh ${ssh_opts[*]}" git -C "$repo" push -q "root@$ws_ip:/root/push.git" main \
-    && ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git clone -q /root/push.git /root/pushed'
+    && ip netns exec "$netns" ssh "${ssh_opts[@]}" "root@$ws_ip" 'git clone -q -b main /root/push.git /root/pushed'
 push_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 echo "workspace prepare, 10k files / 100 MB   : $prepare_ms ms   (git push over ssh + checkout: $push_ms ms)"
 b vm delete ws >/dev/null

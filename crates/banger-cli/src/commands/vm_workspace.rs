@@ -82,7 +82,7 @@ pub(super) async fn prepare(
         .map(|meta| meta.len())
         .unwrap_or(0);
     eprintln!(
-        "workspace: {} → {}:{GUEST_REPO} ({} files, {} deleted, {})",
+        "workspace: {} → {}:{GUEST_REPO} (history, {} changed files, {} deleted; {})",
         repo.top.display(),
         info.name,
         summary.files,

@@ -137,8 +137,8 @@ pub fn build(
     } else if plan.from.is_none() {
         // The working tree's files go over the checkout of HEAD; a branch
         // started elsewhere (--from) gets no local changes.
-        let files = repo.worktree_files()?;
-        for relative in &files {
+        let changes = repo.changes()?;
+        for relative in &changes.send {
             let path = bytes_path(relative);
             let full = repo.top.join(path);
             tar.append_path_with_name(&full, Path::new("tree").join(path))
@@ -147,9 +147,8 @@ pub fn build(
                 .map(|meta| meta.len())
                 .unwrap_or(0);
         }
-        let deleted = repo.deleted_files(&files)?;
         let mut list = Vec::new();
-        for path in &deleted {
+        for path in &changes.delete {
             list.extend_from_slice(path);
             list.push(0);
         }
@@ -159,8 +158,8 @@ pub fn build(
         header.set_cksum();
         tar.append_data(&mut header, "deleted", list.as_slice())
             .map_err(io(out))?;
-        summary.files = files.len();
-        summary.deleted = deleted.len();
+        summary.files = changes.send.len();
+        summary.deleted = changes.delete.len();
     }
 
     let (name, email) = repo.identity();

@@ -31,6 +31,13 @@ pub enum PrepareError {
     },
 }
 
+/// The working tree's difference from HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub send: Vec<Vec<u8>>,
+    pub delete: Vec<Vec<u8>>,
+}
+
 /// A repository to copy, as read at the moment of the copy.
 #[derive(Debug, Clone)]
 pub struct Repo {
@@ -96,45 +103,43 @@ impl Repo {
             .map_err(|_| PrepareError::BadBranch(branch.to_owned()))
     }
 
-    /// Paths (relative, raw bytes) present in the working tree that git
-    /// does not ignore: tracked files and untracked-but-not-ignored ones.
-    pub fn worktree_files(&self) -> Result<Vec<Vec<u8>>, PrepareError> {
-        let listed = git_bytes(
-            &self.top,
-            &[
-                "ls-files",
-                "-z",
-                "--cached",
-                "--others",
-                "--exclude-standard",
-            ],
-        )?;
-        let mut files: Vec<Vec<u8>> = split_nul(&listed)
-            .into_iter()
-            .filter(|path| {
-                let full = self.top.join(bytes_path(path));
-                // Deleted tracked files are still in the index; directories
-                // are submodule gitlinks.
-                std::fs::symlink_metadata(&full).is_ok_and(|meta| !meta.is_dir())
-            })
-            .collect();
-        files.sort();
-        files.dedup();
-        Ok(files)
-    }
-
-    /// Paths in HEAD's tree that are gone from the working tree (deleted,
-    /// `git rm`ed, or moved).
-    pub fn deleted_files(&self, present: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, PrepareError> {
-        let Some(head) = &self.head else {
-            return Ok(Vec::new());
+    /// How the working tree differs from HEAD (paths relative, raw bytes):
+    /// files to send — changed against HEAD (staged or not, mode changes
+    /// included) and untracked-but-not-ignored — and files to delete. Files
+    /// HEAD already has unchanged travel in the bundle only.
+    pub fn changes(&self) -> Result<Changes, PrepareError> {
+        let mut candidates = match &self.head {
+            Some(head) => split_nul(&git_bytes(
+                &self.top,
+                &[
+                    "diff",
+                    "--name-only",
+                    "-z",
+                    "--no-renames",
+                    "--no-ext-diff",
+                    head,
+                    "--",
+                ],
+            )?),
+            // No commits: everything in the index is new.
+            None => split_nul(&git_bytes(&self.top, &["ls-files", "-z", "--cached"])?),
         };
-        let tree = git_bytes(&self.top, &["ls-tree", "-r", "-z", "--name-only", head])?;
-        let present: std::collections::HashSet<&[u8]> = present.iter().map(Vec::as_slice).collect();
-        Ok(split_nul(&tree)
-            .into_iter()
-            .filter(|path| !present.contains(path.as_slice()))
-            .collect())
+        candidates.extend(split_nul(&git_bytes(
+            &self.top,
+            &["ls-files", "-z", "--others", "--exclude-standard"],
+        )?));
+        candidates.sort();
+        candidates.dedup();
+        let mut changes = Changes::default();
+        for path in candidates {
+            match std::fs::symlink_metadata(self.top.join(bytes_path(&path))) {
+                // Directories are submodule gitlinks; they are not copied.
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => changes.send.push(path),
+                Err(_) => changes.delete.push(path),
+            }
+        }
+        Ok(changes)
     }
 
     /// `user.name`/`user.email` as the repository sees them.
