@@ -1,5 +1,5 @@
 //! The `.vm` DNS server: `<name>.vm` A records for running VMs, served on a
-//! loopback address over UDP and TCP with hickory-server.
+//! loopback address over UDP (our own threads) and TCP (hickory-server).
 //!
 //! Answers, all authoritative:
 //! - `<name>.vm` A (or ANY) for a known name: the VM's address.
@@ -17,19 +17,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use banger_model::Name as VmName;
-use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::{TcpListener, UdpSocket};
+use nix::sys::socket::{Shutdown, shutdown};
+use tokio::net::TcpListener;
 
 /// The zone banger serves.
 pub const ZONE: &str = "vm.";
@@ -39,6 +43,15 @@ pub const RECORD_TTL: u32 = 5;
 
 /// How long an idle TCP client may keep its connection.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Threads answering UDP queries.
+const UDP_THREADS: usize = 2;
+
+/// The largest UDP query read; anything longer is cut and answered FORMERR.
+const UDP_MAX_QUERY: usize = 4096;
+
+/// How often UDP threads look at their stop flag while idle.
+const UDP_STOP_POLL: Duration = Duration::from_millis(250);
 
 /// Attempts at finding a port free for both UDP and TCP when asked for port 0.
 const EPHEMERAL_PORT_ATTEMPTS: usize = 20;
@@ -170,87 +183,192 @@ impl VmZone {
         }
     }
 
-    async fn respond<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let mut edns = None;
+    /// The reply to one wire-format message, or `None` when it deserves
+    /// none (it is itself a response, or too short to have a header).
+    fn reply_to_bytes(&self, bytes: &[u8]) -> Option<Message> {
+        match Message::from_vec(bytes) {
+            Ok(request) => self.reply(&request),
+            Err(_) => {
+                let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+                if header.metadata.message_type != MessageType::Query {
+                    return None;
+                }
+                let mut reply = Message::response(header.metadata.id, header.metadata.op_code);
+                reply.metadata.response_code = ResponseCode::FormErr;
+                Some(reply)
+            }
+        }
+    }
+
+    /// The reply to a decoded message.
+    fn reply(&self, request: &Message) -> Option<Message> {
+        if request.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+        reply.metadata = Metadata::response_from_request(&request.metadata);
+        reply.queries.clone_from(&request.queries);
         if let Some(request_edns) = &request.edns {
             let mut ours = Edns::new();
             ours.set_max_payload(request_edns.max_payload().max(512));
             ours.set_version(0);
+            reply.edns = Some(ours);
             if request_edns.version() > 0 {
-                ours.set_rcode_high(ResponseCode::BADVERS.high());
-                let builder = MessageResponseBuilder::new(&request.queries, Some(&ours));
-                let response = builder.error_msg(&request.metadata, ResponseCode::BADVERS);
-                return response_handle.send_response(response).await;
+                reply.metadata.response_code = ResponseCode::BADVERS;
+                return Some(reply);
             }
-            edns = Some(ours);
-        }
-        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
-
-        if request.metadata.message_type != MessageType::Query {
-            let response = builder.error_msg(&request.metadata, ResponseCode::FormErr);
-            return response_handle.send_response(response).await;
         }
         if request.metadata.op_code != OpCode::Query {
-            let response = builder.error_msg(&request.metadata, ResponseCode::NotImp);
-            return response_handle.send_response(response).await;
+            reply.metadata.response_code = ResponseCode::NotImp;
+            return Some(reply);
         }
-        let info = match request.request_info() {
-            Ok(info) => info,
-            Err(_) => {
-                let response = builder.error_msg(&request.metadata, ResponseCode::FormErr);
-                return response_handle.send_response(response).await;
-            }
+        let [query] = request.queries.as_slice() else {
+            reply.metadata.response_code = ResponseCode::FormErr;
+            return Some(reply);
         };
-        let query = info.query;
-        let answer = self.answer(query.name(), query.query_class(), query.query_type());
+        let name = LowerName::new(query.name());
+        let answer = self.answer(&name, query.query_class(), query.query_type());
         tracing::trace!(name = %query.name(), kind = %query.query_type(), ?answer, "dns query");
 
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = answer != Answer::Refused;
-        let mut answers = Vec::new();
-        let mut soa = Vec::new();
+        reply.metadata.authoritative = answer != Answer::Refused;
         match answer {
-            Answer::Refused => metadata.response_code = ResponseCode::Refused,
+            Answer::Refused => reply.metadata.response_code = ResponseCode::Refused,
             Answer::NxDomain => {
-                metadata.response_code = ResponseCode::NXDomain;
-                soa.push(&self.soa);
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                reply.authorities.push(self.soa.clone());
             }
-            Answer::NoData => soa.push(&self.soa),
-            Answer::Soa => answers.push(self.soa.clone()),
-            Answer::Address(ip) => answers.push(Record::from_rdata(
-                query.original().name().clone(),
+            Answer::NoData => reply.authorities.push(self.soa.clone()),
+            Answer::Soa => reply.answers.push(self.soa.clone()),
+            Answer::Address(ip) => reply.answers.push(Record::from_rdata(
+                query.name().clone(),
                 RECORD_TTL,
                 RData::A(A(ip)),
             )),
         }
-        let response = builder.build(metadata, answers.iter(), [], soa, []);
-        response_handle.send_response(response).await
+        Some(reply)
     }
 }
 
+/// TCP goes through hickory-server, which owns connection handling; the
+/// reply itself is the same one UDP gets.
 #[async_trait]
 impl RequestHandler for VmZone {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        response_handle: R,
+        mut response_handle: R,
     ) -> ResponseInfo {
-        match self.respond(request, response_handle).await {
+        let failed = |response_code| {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = response_code;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: Default::default(),
+            })
+        };
+        let Some(reply) = self.reply_to_bytes(request.as_slice()) else {
+            return failed(ResponseCode::FormErr);
+        };
+        let builder = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref());
+        let response = builder.build(
+            reply.metadata,
+            reply.answers.iter(),
+            [],
+            reply.authorities.iter(),
+            [],
+        );
+        match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(error) => {
                 tracing::debug!(error = %error, "cannot send DNS response");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                hickory_proto::op::Header {
-                    metadata,
-                    counts: Default::default(),
-                }
-                .into()
+                failed(ResponseCode::ServFail)
             }
+        }
+    }
+}
+
+/// UDP is answered on plain threads, each a blocking receive–answer–send
+/// loop over one shared socket: several times the queries per second of a
+/// task per query, which is what a resolver in front of it sends.
+#[derive(Debug)]
+struct UdpWorkers {
+    socket: Arc<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpWorkers {
+    fn start(socket: std::net::UdpSocket, zone: Arc<VmZone>) -> io::Result<Self> {
+        // A fallback wake-up: the stop flag is seen within this even if
+        // shutting the socket down did not wake a receiver.
+        socket.set_read_timeout(Some(UDP_STOP_POLL))?;
+        let socket = Arc::new(socket);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Self {
+            socket: socket.clone(),
+            stop: stop.clone(),
+            threads: Vec::with_capacity(UDP_THREADS),
+        };
+        for index in 0..UDP_THREADS {
+            let (socket, stop, zone) = (socket.clone(), stop.clone(), zone.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("dns-udp-{index}"))
+                .spawn(move || serve_udp(&socket, &stop, &zone))?;
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    /// Tells the threads to stop and wakes any blocked in a receive.
+    fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        // Shutting down an unconnected UDP socket reports ENOTCONN on Linux
+        // but still wakes its receivers, which then read 0 bytes.
+        let _ = shutdown(self.socket.as_raw_fd(), Shutdown::Read);
+    }
+
+    /// Stops the threads and waits for them (and so for the socket) to end.
+    fn stop_and_join(mut self) {
+        self.signal_stop();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for UdpWorkers {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+fn serve_udp(socket: &std::net::UdpSocket, stop: &AtomicBool, zone: &VmZone) {
+    let mut buffer = [0u8; UDP_MAX_QUERY];
+    while !stop.load(Ordering::Acquire) {
+        let (len, peer) = match socket.recv_from(&mut buffer) {
+            Ok(received) => received,
+            Err(error) => {
+                if !matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) {
+                    tracing::debug!(%error, "DNS receive failed");
+                }
+                continue;
+            }
+        };
+        let Some(reply) = zone.reply_to_bytes(&buffer[..len]) else {
+            continue;
+        };
+        match reply.to_vec() {
+            Ok(bytes) => {
+                if let Err(error) = socket.send_to(&bytes, peer) {
+                    tracing::debug!(%error, %peer, "cannot send DNS response");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot encode DNS response"),
         }
     }
 }
@@ -286,7 +404,8 @@ pub struct DnsServer {
     records: DnsRecords,
     udp_addr: SocketAddr,
     tcp_addr: SocketAddr,
-    server: Server<VmZone>,
+    udp: UdpWorkers,
+    tcp: Server<VmZone>,
 }
 
 impl fmt::Debug for DnsServer {
@@ -299,15 +418,13 @@ impl fmt::Debug for DnsServer {
     }
 }
 
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), StartDnsError> {
+async fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, TcpListener), StartDnsError> {
     let bind_udp = |addr| async move {
-        UdpSocket::bind(addr)
-            .await
-            .map_err(|source| StartDnsError::Bind {
-                protocol: "UDP",
-                addr,
-                source,
-            })
+        std::net::UdpSocket::bind(addr).map_err(|source| StartDnsError::Bind {
+            protocol: "UDP",
+            addr,
+            source,
+        })
     };
     let bind_tcp = |addr| async move {
         TcpListener::bind(addr)
@@ -352,15 +469,23 @@ impl DnsServer {
         };
         let udp_addr = local("UDP", udp.local_addr())?;
         let tcp_addr = local("TCP", tcp.local_addr())?;
+        let udp =
+            UdpWorkers::start(udp, Arc::new(VmZone::new(records.clone()))).map_err(|source| {
+                StartDnsError::Bind {
+                    protocol: "UDP",
+                    addr: udp_addr,
+                    source,
+                }
+            })?;
         let mut server = Server::new(VmZone::new(records.clone()));
-        server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
         tracing::info!(%udp_addr, %tcp_addr, "DNS server for .vm listening");
         Ok(Self {
             records,
             udp_addr,
             tcp_addr,
-            server,
+            udp,
+            tcp: server,
         })
     }
 
@@ -380,12 +505,17 @@ impl DnsServer {
     }
 
     /// Stops accepting queries and waits for the listeners to end.
-    pub async fn shutdown(mut self) -> Result<(), ShutdownDnsError> {
-        let addr = self.udp_addr;
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|source| ShutdownDnsError::Serve { addr, source })?;
+    pub async fn shutdown(self) -> Result<(), ShutdownDnsError> {
+        let Self {
+            udp_addr: addr,
+            udp,
+            mut tcp,
+            ..
+        } = self;
+        let udp_stopped = tokio::task::spawn_blocking(move || udp.stop_and_join());
+        let tcp_stopped = tcp.shutdown_gracefully().await;
+        let _ = udp_stopped.await;
+        tcp_stopped.map_err(|source| ShutdownDnsError::Serve { addr, source })?;
         tracing::info!(%addr, "DNS server stopped");
         Ok(())
     }
@@ -427,6 +557,97 @@ mod tests {
         assert_eq!(
             zone.answer(&name, DNSClass::CH, RecordType::A),
             Answer::Refused
+        );
+    }
+
+    fn query(name: &str, kind: RecordType) -> Message {
+        let mut message = Message::new(4242, MessageType::Query, OpCode::Query);
+        message.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            kind,
+        ));
+        message
+    }
+
+    fn reply(zone: &VmZone, request: &Message) -> Message {
+        let bytes = zone
+            .reply_to_bytes(&request.to_vec().unwrap())
+            .expect("a reply");
+        // What goes on the wire must decode again.
+        Message::from_vec(&bytes.to_vec().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn wire_replies_carry_the_question_and_the_right_code() {
+        let ip = Ipv4Addr::new(172, 30, 0, 2);
+        let zone = zone_with(&[("web", ip)]);
+
+        let found = reply(&zone, &query("WEB.vm.", RecordType::A));
+        assert_eq!(found.metadata.id, 4242);
+        assert_eq!(found.metadata.message_type, MessageType::Response);
+        assert!(found.metadata.authoritative);
+        assert_eq!(found.queries.len(), 1);
+        assert_eq!(found.answers.len(), 1);
+        assert_eq!(
+            found.answers[0].name.to_ascii(),
+            "WEB.vm.",
+            "asked case kept"
+        );
+        assert_eq!(found.answers[0].data, RData::A(A(ip)));
+
+        let missing = reply(&zone, &query("db.vm.", RecordType::A));
+        assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(missing.authorities.len(), 1);
+
+        let outside = reply(&zone, &query("example.com.", RecordType::A));
+        assert_eq!(outside.metadata.response_code, ResponseCode::Refused);
+        assert!(!outside.metadata.authoritative);
+
+        let mut update = query("web.vm.", RecordType::A);
+        update.metadata.op_code = OpCode::Update;
+        assert_eq!(
+            reply(&zone, &update).metadata.response_code,
+            ResponseCode::NotImp
+        );
+
+        let mut two = query("web.vm.", RecordType::A);
+        two.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("db.vm.").unwrap(),
+            RecordType::A,
+        ));
+        assert_eq!(
+            reply(&zone, &two).metadata.response_code,
+            ResponseCode::FormErr
+        );
+
+        let mut future = query("web.vm.", RecordType::A);
+        let mut edns = Edns::new();
+        edns.set_version(1);
+        future.set_edns(edns);
+        let refused = reply(&zone, &future);
+        // 16 decodes as BADSIG, the other name for the same code.
+        assert_eq!(
+            u16::from(refused.metadata.response_code),
+            u16::from(ResponseCode::BADVERS)
+        );
+        assert_eq!(refused.edns.map(|edns| edns.version()), Some(0));
+    }
+
+    #[test]
+    fn garbage_gets_formerr_and_responses_get_nothing() {
+        let zone = zone_with(&[]);
+        let mut bytes = query("web.vm.", RecordType::A).to_vec().unwrap();
+        bytes.truncate(14); // a header and a cut-off question
+        let formerr = zone.reply_to_bytes(&bytes).expect("a reply");
+        assert_eq!(formerr.metadata.id, 4242);
+        assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+
+        assert!(zone.reply_to_bytes(&bytes[..5]).is_none(), "no header");
+        let mut response = query("web.vm.", RecordType::A);
+        response.metadata.message_type = MessageType::Response;
+        assert!(
+            zone.reply_to_bytes(&response.to_vec().unwrap()).is_none(),
+            "never answer an answer"
         );
     }
 
