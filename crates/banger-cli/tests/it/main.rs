@@ -13,3 +13,4 @@ mod install;
 mod protocol;
 mod ssh_config;
 mod update;
+mod workspace_input;
