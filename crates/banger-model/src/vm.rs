@@ -21,6 +21,9 @@ pub enum VmState {
     Stopped,
     /// Failed to start or its VMM died; `last_error` says why.
     Error,
+    /// Being deleted: its disks may already be gone. A delete interrupted
+    /// by a crash is finished by the next daemon's reconcile.
+    Deleting,
 }
 
 impl VmState {
@@ -32,6 +35,7 @@ impl VmState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Error => "error",
+            Self::Deleting => "deleting",
         }
     }
 
@@ -43,6 +47,7 @@ impl VmState {
             "stopping" => Self::Stopping,
             "stopped" => Self::Stopped,
             "error" => Self::Error,
+            "deleting" => Self::Deleting,
             _ => return None,
         })
     }
@@ -254,6 +259,7 @@ mod tests {
             VmState::Stopping,
             VmState::Stopped,
             VmState::Error,
+            VmState::Deleting,
         ] {
             assert_eq!(VmState::parse(state.as_str()), Some(state));
             assert_eq!(

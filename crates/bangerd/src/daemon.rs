@@ -62,6 +62,8 @@ pub struct Daemon {
     /// VMM processes of running VMs.
     processes: Mutex<HashMap<Id, VmmProcess>>,
     active_requests: AtomicUsize,
+    /// Test hook: lifecycle steps left before an injected crash (0: never).
+    crash_after: AtomicUsize,
     me: Weak<Daemon>,
 }
 
@@ -92,6 +94,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             processes: Mutex::new(HashMap::new()),
             active_requests: AtomicUsize::new(0),
+            crash_after: AtomicUsize::new(0),
             me: me.clone(),
         })
     }
@@ -108,8 +111,37 @@ impl Daemon {
         self.active_requests.load(Ordering::SeqCst)
     }
 
+    /// Marks the end of a lifecycle step that changed the store or the
+    /// host. A no-op unless a test armed [`Self::crash_after_steps`]: then
+    /// the step that exhausts the count panics, which stops the operation
+    /// where a crash would (nothing after the step runs), so tests can
+    /// check that the next daemon's reconcile finishes or undoes it.
+    pub fn checkpoint(&self, step: &'static str) {
+        let armed = self
+            .crash_after
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            });
+        if armed == Ok(1) {
+            panic!("injected crash after: {step}");
+        }
+    }
+
+    /// Test hook: crash (panic) at the end of the `steps`-th step from now.
+    #[doc(hidden)]
+    pub fn crash_after_steps(&self, steps: usize) {
+        self.crash_after.store(steps, Ordering::SeqCst);
+    }
+
     pub fn put_process(&self, id: &Id, process: VmmProcess) {
         self.lock_processes().insert(id.clone(), process);
+    }
+
+    /// Whether this daemon holds a VMM for `id` that has not exited.
+    pub fn has_live_process(&self, id: &Id) -> bool {
+        self.lock_processes()
+            .get(id)
+            .is_some_and(|process| process.exited().is_none())
     }
 
     pub fn take_process(&self, id: &Id) -> Option<VmmProcess> {

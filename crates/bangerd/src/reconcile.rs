@@ -2,6 +2,8 @@
 //! starts, whatever the previous daemon was doing when it died.
 //!
 //! - A VM still `creating` never finished: everything of it is removed.
+//! - A VM caught `deleting` is deleted: the interrupted delete's steps are
+//!   run again (each tolerates its work already done).
 //! - A running VM whose VMM is alive (found by its API socket) is
 //!   re-adopted: watched, published in DNS. One whose VMM is gone becomes
 //!   stopped and its host resources are released.
@@ -29,6 +31,8 @@ pub struct Report {
     pub adopted: Vec<String>,
     pub stopped: Vec<String>,
     pub removed: Vec<String>,
+    /// Deletes a crash interrupted, finished now.
+    pub deleted: Vec<String>,
     pub swept: Vec<String>,
     pub problems: Vec<String>,
 }
@@ -51,6 +55,7 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
         adopted = ?report.adopted,
         stopped = ?report.stopped,
         removed = ?report.removed,
+        deleted = ?report.deleted,
         swept = ?report.swept,
         problems = ?report.problems,
         "reconciled"
@@ -61,7 +66,7 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
 async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
     match vm.state {
         VmState::Creating => {
-            let mut problems = halt::halt(daemon, &mut vm, Mode::Kill).await;
+            let mut problems = halt::stop_and_release(daemon, &mut vm, Mode::Kill).await;
             let image = daemon.store.get_image(&vm.image_id).ok().flatten();
             problems.extend(disks::destroy(daemon, &vm, image.as_ref()).await);
             if let Err(err) = daemon.store.delete_vm(&vm.id) {
@@ -70,6 +75,16 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
             report.problems.extend(problems);
             report.removed.push(vm.name.to_string());
         }
+        VmState::Deleting => match crate::services::vm_delete::finish(daemon, &mut vm).await {
+            Ok(problems) => {
+                report.problems.extend(problems);
+                report.deleted.push(vm.name.to_string());
+            }
+            Err(err) => report.problems.push(format!(
+                "finishing the delete of {}: {}",
+                vm.name, err.message
+            )),
+        },
         VmState::Running => match daemon.vmm.adopt(&vm.paths().api_socket()).await {
             Ok(Some(process)) => {
                 vm.state = VmState::Running;
@@ -86,9 +101,7 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                 report.adopted.push(vm.name.to_string());
             }
             Ok(None) => {
-                report
-                    .problems
-                    .extend(halt::halt(daemon, &mut vm, Mode::Kill).await);
+                halt_into(daemon, &mut vm, report).await;
                 report.stopped.push(vm.name.to_string());
             }
             Err(err) => report
@@ -98,9 +111,7 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
         VmState::Starting | VmState::Stopping => {
             // An interrupted start or stop: the command failed, so the VM
             // ends stopped, whatever state its VMM reached.
-            report
-                .problems
-                .extend(halt::halt(daemon, &mut vm, Mode::Kill).await);
+            halt_into(daemon, &mut vm, report).await;
             report.stopped.push(vm.name.to_string());
         }
         VmState::Stopped | VmState::Error => {
@@ -116,6 +127,16 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                     .extend(halt::release_host(daemon, &vm).await);
             }
         }
+    }
+}
+
+/// Halts a VM whose VMM is gone or whose operation was interrupted.
+async fn halt_into(daemon: &Arc<Daemon>, vm: &mut Vm, report: &mut Report) {
+    match halt::halt(daemon, vm, Mode::Kill).await {
+        Ok(problems) => report.problems.extend(problems),
+        Err(err) => report
+            .problems
+            .push(format!("recording {} as stopped: {}", vm.name, err.message)),
     }
 }
 

@@ -58,6 +58,7 @@ pub async fn create(
         let (store, id) = (Arc::clone(&daemon.store), vm.id.clone());
         async move { store.delete_vm(&id).map_err(|err| err.to_string()) }
     });
+    daemon.checkpoint("record the VM as creating");
     let outcome = async {
         let key = daemon
             .keys

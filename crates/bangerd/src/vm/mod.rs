@@ -52,6 +52,15 @@ impl From<RpcError> for Failure {
     }
 }
 
+/// The refusal for an operation on a VM that is being deleted.
+pub fn being_deleted(vm: &Vm) -> RpcError {
+    RpcError::new(
+        ErrorCode::Conflict,
+        format!("VM {} is being deleted", vm.name),
+    )
+    .with_hint(format!("`banger vm delete {}` finishes it", vm.name))
+}
+
 /// Reads a VM back from the store.
 pub fn load(daemon: &Daemon, id: &Id) -> Result<Vm, RpcError> {
     daemon
@@ -121,6 +130,7 @@ pub async fn finish(
                 return Box::pin(finish(daemon, vm, Err(failure), undo, events, may_delete)).await;
             }
             undo.disarm();
+            daemon.checkpoint("record the VM as running");
             if let Some(net) = &vm.network {
                 daemon.network.publish(&vm.name, net.ip);
             }
