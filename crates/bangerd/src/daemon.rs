@@ -144,6 +144,17 @@ impl Daemon {
             .is_some_and(|process| process.exited().is_none())
     }
 
+    /// Takes `id`'s process out of the table if it is the one with `pid`;
+    /// returns whether it was.
+    pub fn take_process_if(&self, id: &Id, pid: u32) -> bool {
+        let mut processes = self.lock_processes();
+        let held = processes.get(id).is_some_and(|held| held.pid() == pid);
+        if held {
+            processes.remove(id);
+        }
+        held
+    }
+
     pub fn take_process(&self, id: &Id) -> Option<VmmProcess> {
         self.lock_processes().remove(id)
     }
@@ -263,7 +274,7 @@ pub(crate) fn store_error(err: StoreError) -> RpcError {
         StoreError::Missing { .. } => RpcError::not_found(err.to_string()),
         StoreError::Corrupt { .. } | StoreError::Sql(_) => {
             tracing::error!(error = ?err, "store failure");
-            RpcError::internal(format!("{err}: {}", error_chain(&err)))
+            crate::errors::failed(ErrorCode::Internal, "recording the change", &err)
         }
     }
 }

@@ -48,9 +48,26 @@ pub async fn find_process(daemon: &Daemon, vm: &Vm) -> Option<VmmProcess> {
 /// stopped but the store may still say otherwise (`vm start` and the next
 /// reconcile check the VMM, not only the record).
 pub async fn halt(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Result<Vec<String>, RpcError> {
+    let recorded_pid = daemon
+        .store
+        .get_vm(&vm.id)
+        .ok()
+        .flatten()
+        .and_then(|stored| stored.pid);
     let problems = stop_and_release(daemon, vm, mode).await;
     vm.state = banger_model::vm::VmState::Stopped;
-    save(daemon, vm)?;
+    if let Err(err) = save(daemon, vm) {
+        // The host is stopped; the record catches up once it can be written.
+        if let Some(pid) = recorded_pid {
+            tokio::spawn(super::watch::record_gone(
+                Arc::downgrade(daemon),
+                vm.id.clone(),
+                pid,
+                None,
+            ));
+        }
+        return Err(err);
+    }
     daemon.checkpoint("record the VM as stopped");
     Ok(problems)
 }

@@ -92,18 +92,9 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|err| RpcError::internal(format!("worker failed: {err}")))
 }
 
-/// `what: error: cause: cause`
-pub fn internal(what: &str, err: &dyn std::error::Error) -> RpcError {
-    RpcError::internal(format!("{what}: {err}{}", chain_suffix(err)))
-}
-
-fn chain_suffix(err: &dyn std::error::Error) -> String {
-    let chain = crate::daemon::error_chain(err);
-    if chain.is_empty() {
-        String::new()
-    } else {
-        format!(": {chain}")
-    }
+/// `what: error: cause: cause` (`resource_exhausted` when out of space).
+pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> RpcError {
+    crate::errors::failed(ErrorCode::Internal, what, err)
 }
 
 /// Ends a create or start: on success the VM is running, published in DNS
