@@ -59,6 +59,32 @@ impl fmt::Display for VmState {
     }
 }
 
+/// One disk: what it may grow to and what it uses on the host now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// The guest's view: the disk's full size.
+    pub provisioned: crate::ByteSize,
+    /// Blocks it holds on the host's filesystem.
+    pub allocated: crate::ByteSize,
+}
+
+/// A VM's disks on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisks {
+    pub root: DiskUsage,
+    pub work: DiskUsage,
+}
+
+impl VmDisks {
+    pub fn provisioned(&self) -> crate::ByteSize {
+        crate::ByteSize(self.root.provisioned.0 + self.work.provisioned.0)
+    }
+
+    pub fn allocated(&self) -> crate::ByteSize {
+        crate::ByteSize(self.root.allocated.0 + self.work.allocated.0)
+    }
+}
+
 /// Which VMM runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

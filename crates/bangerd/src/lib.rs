@@ -10,6 +10,7 @@
 //!   cancellation when the client disconnects.
 //! - [`daemon`]: the shared context and request dispatch.
 //! - [`errors`]: causes that decide a wire error's code (a full disk).
+//! - [`disk_space`]: free space against what VM disks may grow to.
 //! - [`services`]: one module per operation (`vm_list`, `daemon_status`, …).
 //! - [`instance`]: the single-instance lock and socket binding.
 //! - [`binaries`]: finding the agent and simvm binaries.
@@ -27,6 +28,7 @@
 
 pub mod binaries;
 pub mod daemon;
+pub mod disk_space;
 pub mod errors;
 pub mod exec;
 pub mod file_sync;

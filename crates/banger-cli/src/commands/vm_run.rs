@@ -108,6 +108,10 @@ async fn interrupted() {
 /// before boot; a VM whose guest never answered in time is kept for its
 /// logs; any other leftover is deleted.
 async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error) {
+    // The name belongs to a VM someone else made: never touch it.
+    if rpc_code(err) == Some(ErrorCode::AlreadyExists) {
+        return;
+    }
     let timed_out = rpc_code(err) == Some(ErrorCode::Timeout);
     if timed_out {
         eprintln!(

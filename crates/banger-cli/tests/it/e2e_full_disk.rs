@@ -70,7 +70,15 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        // The daemon's last files may take a moment to close.
+        for _ in 0..50 {
+            let unmounted = Command::new("umount").arg(&self.dir).status();
+            if unmounted.is_ok_and(|status| status.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // `mount -o loop` set autoclear: the loop device goes with the mount.
         let _ = std::fs::remove_file(&self.image);
     }
 }
@@ -97,11 +105,23 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     // Before the first command, so that all of banger's state lands there.
     let mount = LoopMount::new(&sim.env.root().join("state"), 3072);
     sim.import_fixture();
-    sim.ok(["vm", "create", "--name", "full"]);
+    // 3 GiB cannot hold an 8G work disk plus the image's root: refused
+    // with the numbers, unless overcommitting is asked for.
+    let refused = sim.banger(["vm", "create", "--name", "full"]);
+    assert_ne!(refused.code, Some(0), "{refused}");
+    assert!(refused.stderr.contains("may grow to"), "{refused}");
+    assert!(refused.stderr.contains("--allow-overcommit"), "{refused}");
+    println!("small disk: vm create said:\n{}", refused.stderr);
+    assert!(vms(&sim).is_empty());
+    sim.ok(["vm", "create", "--name", "full", "--allow-overcommit"]);
+    let shown: Value =
+        serde_json::from_str(&sim.ok(["vm", "show", "full", "--json"]).stdout).unwrap();
+    assert_eq!(shown["disks"]["work"]["provisioned"], 8u64 << 30, "{shown}");
+    assert!(shown["disks"]["work"]["allocated"].as_u64().unwrap() < 1 << 30);
     let fill = mount.fill();
 
     // Creating needs room: refused with the cause and a hint, nothing kept.
-    let create = sim.banger(["vm", "create", "--name", "more"]);
+    let create = sim.banger(["vm", "create", "--name", "more", "--allow-overcommit"]);
     assert_ne!(create.code, Some(0), "{create}");
     assert!(
         says_full(&create) && create.stderr.contains("hint: "),
@@ -119,6 +139,12 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     assert!(
         says_full(&import) && import.stderr.contains("hint: "),
         "{import}"
+    );
+    // vm list warns about the space left.
+    let list = sim.ok(["vm", "list"]);
+    assert!(
+        list.stderr.contains("warning: ") && list.stderr.contains("free"),
+        "{list}"
     );
     let names: Vec<String> = vms(&sim)
         .iter()
@@ -160,7 +186,7 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     sim.ok(["vm", "start", "full"]);
     let hostname = sim.ok(["vm", "ssh", "full", "--", "hostname"]).stdout;
     assert_eq!(hostname.trim(), "full");
-    sim.ok(["vm", "create", "--name", "more"]);
+    sim.ok(["vm", "create", "--name", "more", "--allow-overcommit"]);
     sim.ok(["vm", "delete", "full", "more"]);
     // The test's own mount is not a leak: gone before the check.
     sim.env.stop_daemon();

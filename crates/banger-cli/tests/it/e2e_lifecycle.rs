@@ -654,3 +654,56 @@ fn shell_only_rootfs(root: &std::path::Path) -> std::path::PathBuf {
     }
     rootfs
 }
+
+/// `ssh_key_path` pointing at keys ssh would refuse: each is refused at
+/// `vm create` with its fix, before anything exists.
+#[test]
+fn unusable_ssh_keys_are_refused_before_a_vm_exists() {
+    if !e2e_ready() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sim = SimEnv::new("ssh_key_path = \"~/.ssh/mine\"\n");
+    sim.import_fixture();
+    let key = sim.layout().home.join(".ssh/mine");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let keygen = |passphrase: &str| {
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let refused = |what: &str, message: &str, hint: &str| {
+        let out = sim.banger(["vm", "create", "--name", "k"]);
+        out.assert_code(1);
+        assert!(out.stderr.contains(message), "{what}: {out}");
+        assert!(out.stderr.contains(hint), "{what}: {out}");
+        assert_eq!(
+            sim.ok(["vm", "list", "--json"]).stdout.trim(),
+            "[]",
+            "{what}"
+        );
+    };
+    refused("missing", "does not exist", "ssh-keygen -t ed25519");
+    keygen("");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused("0644", "can be read by other users", "chmod 600");
+    keygen("a passphrase");
+    refused("passphrase", "has a passphrase", "ssh_key_path");
+    keygen("");
+    std::fs::write(&key, "").unwrap();
+    refused("empty", "is not an SSH private key", "ssh_key_path");
+    // A good key works end to end.
+    keygen("");
+    sim.ok(["vm", "create", "--name", "k"]);
+    assert_eq!(
+        sim.ok(["vm", "ssh", "k", "--", "hostname"]).stdout.trim(),
+        "k"
+    );
+    sim.ok(["vm", "delete", "k"]);
+    sim.assert_clean();
+}

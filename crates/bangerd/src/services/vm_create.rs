@@ -49,6 +49,8 @@ pub async fn create(
     }
     let requested_at = std::time::Instant::now();
     let plan = plan(daemon, params)?;
+    // A key ssh would refuse is refused before anything exists.
+    let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
     let mut vm = allocate(daemon, &plan).await?;
     let _lock = daemon.vm_locks.lock(&vm.id).await;
     tracing::info!(vm = %vm.name, id = %vm.id, spec = %vm.spec, vmm = %vm.vmm, "creating VM");
@@ -60,11 +62,6 @@ pub async fn create(
     });
     daemon.checkpoint("record the VM as creating");
     let outcome = async {
-        let key = daemon
-            .keys
-            .ensure()
-            .await
-            .map_err(|err| crate::vm::internal("preparing the SSH key", &err))?;
         disks::create_dir(&vm, &mut undo)?;
         let snapshot = vm.clone();
         let prepare = disks::prepare_new(daemon, &snapshot, &plan.image, &key, events);
@@ -121,6 +118,13 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
         )
         .with_hint("import one (`banger kernel import DIR --name K`) and re-import the image with --kernel-ref K, or use --vmm sim"));
     }
+    crate::disk_space::check_new_vm(
+        daemon,
+        name.as_str(),
+        &spec,
+        &image,
+        params.allow_overcommit,
+    )?;
     if image.work_seed_path.is_none() {
         return Err(RpcError::new(
             ErrorCode::FailedPrecondition,

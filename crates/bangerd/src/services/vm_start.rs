@@ -11,7 +11,7 @@ use crate::server::EventSink;
 use crate::undo::Undo;
 use crate::vm::boot::{self, BootInput};
 use crate::vm::halt::{self, Mode};
-use crate::vm::{disks, finish, internal, load, resolve};
+use crate::vm::{disks, finish, load, resolve};
 
 pub async fn start(
     daemon: &Arc<Daemon>,
@@ -88,11 +88,7 @@ async fn start_locked(
 
     let mut undo = Undo::default();
     let outcome = async {
-        let key = daemon
-            .keys
-            .ensure()
-            .await
-            .map_err(|err| internal("preparing the SSH key", &err))?;
+        let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
         let snapshot = vm.clone();
         let prepare = disks::prepare_existing(daemon, &snapshot, &image, &key, events);
         let input = BootInput {
