@@ -193,11 +193,24 @@ async fn ensure_default_image(
             .map_err(store_error);
     }
     let http = crate::images::http()?;
-    let Ok(catalog) = crate::images::catalog(daemon, &http).await else {
-        // An unreachable catalog is reported as "no default image" below.
-        return Ok(());
-    };
-    if catalog.image(&name).is_none() {
+    let catalog = crate::images::catalog(daemon, &http).await;
+    let listed = catalog
+        .as_ref()
+        .is_ok_and(|catalog| catalog.image(&name).is_some());
+    if !listed {
+        // A configured name that leads nowhere is the user's to fix; an
+        // unset one is reported as "no default image" by `plan`.
+        if daemon.config.default_image.is_some() {
+            let why = match &catalog {
+                Ok(_) => "nor in the catalog".to_owned(),
+                Err(err) => format!("and the catalog cannot be read ({})", err.message),
+            };
+            return Err(RpcError::invalid(format!(
+                "default_image = {name:?} in {} is not a local image {why}",
+                daemon.layout.config_file().display()
+            ))
+            .with_hint("`banger image list` shows your images: set default_image to one of them, or remove the key"));
+        }
         return Ok(());
     }
     events.log(

@@ -351,3 +351,25 @@ async fn a_stop_that_cannot_be_recorded_fails_and_the_record_catches_up() {
     assert_eq!(started.state, VmState::Running);
     assert!(h.vmm.is_running(&vm.paths().api_socket()));
 }
+
+/// `default_image` naming nothing (not local, not in the catalog) is an
+/// error naming the key, not a silent fallback to another image.
+#[tokio::test]
+async fn a_configured_default_image_that_names_nothing_is_an_error() {
+    let config = banger_model::config::Config {
+        default_image: Some("nope".into()),
+        ..Default::default()
+    };
+    let h = Harness::with_config(config).await;
+    // No image is the default yet.
+    let mut image = h.daemon.store.default_image().unwrap().unwrap();
+    h.daemon.store.delete_image(&image.id).unwrap();
+    image.is_default = false;
+    h.daemon.store.insert_image(&image).unwrap();
+
+    let err = h.create("web", false).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+    assert!(err.message.contains("default_image = \"nope\""), "{err:?}");
+    assert!(err.hint.unwrap().contains("banger image list"));
+    assert!(h.vm_names().is_empty());
+}
