@@ -159,8 +159,10 @@ fn client_disconnect_cancels_its_request() {
 
 #[test]
 fn other_users_are_refused_by_peer_credentials() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to act as another uid");
+    if !banger_testkit::root_or_skip(
+        "other_users_are_refused_by_peer_credentials",
+        "acting as another uid",
+    ) {
         return;
     }
     let env = started();
