@@ -5,14 +5,17 @@
 //! - A VM caught `deleting` is deleted: the interrupted delete's steps are
 //!   run again (each tolerates its work already done).
 //! - A running VM whose VMM is alive (found by its API socket) is
-//!   re-adopted: watched, published in DNS. One whose VMM is gone becomes
-//!   stopped and its host resources are released.
+//!   re-adopted: watched, published in DNS. One whose VMM is gone has its
+//!   host resources released and is recorded as a watched death would be
+//!   (`vm::watch::record_unasked_exit`).
 //! - A VM caught `starting` or `stopping` ends stopped (its command failed).
 //! - Then the host is swept for banger's leftovers that no running VM owns:
 //!   TAPs (`btap-*`, idle pool TAPs excepted), banger-simvm veths (`bsv*`),
 //!   tagged NAT rules, dm and loop
 //!   devices over files in the state dir, VM directories without a record,
-//!   and interrupted builds in the staging dir.
+//!   image and kernel directories without a record (published, then the
+//!   daemon died before recording them), and interrupted builds in the
+//!   staging dir.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ use crate::vm::{blocking, disks, save, watch};
 pub struct Report {
     pub adopted: Vec<String>,
     pub stopped: Vec<String>,
+    /// Running VMs whose VMM was gone, with the state they got.
+    pub gone: Vec<String>,
     pub removed: Vec<String>,
     /// Deletes a crash interrupted, finished now.
     pub deleted: Vec<String>,
@@ -54,6 +59,7 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
     info!(
         adopted = ?report.adopted,
         stopped = ?report.stopped,
+        gone = ?report.gone,
         removed = ?report.removed,
         deleted = ?report.deleted,
         swept = ?report.swept,
@@ -101,8 +107,16 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                 report.adopted.push(vm.name.to_string());
             }
             Ok(None) => {
-                halt_into(daemon, &mut vm, report).await;
-                report.stopped.push(vm.name.to_string());
+                // Its VMM died while no daemon watched: recorded as a
+                // watched death would be (stopped after a guest shutdown,
+                // else error with the reason).
+                let problems = halt::stop_and_release(daemon, &mut vm, Mode::Kill).await;
+                report.problems.extend(problems);
+                watch::record_unasked_exit(&mut vm, None);
+                if let Err(err) = save(daemon, &mut vm) {
+                    report.problems.push(err.message);
+                }
+                report.gone.push(format!("{} ({})", vm.name, vm.state));
             }
             Err(err) => report
                 .problems
@@ -274,11 +288,54 @@ async fn sweep(daemon: &Arc<Daemon>, report: &mut Report) {
         }
     }
 
+    // Images and kernels published but never recorded (a crash between
+    // moving them into place and recording them). Only with both lists in
+    // hand: an unreadable store must not look empty.
+    let recorded = daemon
+        .store
+        .list_images()
+        .and_then(|images| Ok((images, daemon.store.list_kernels()?)));
+    match recorded {
+        Ok((images, kernels)) => {
+            let images = images.iter().map(|image| image.id.to_string()).collect();
+            let kernels = kernels.iter().map(|kernel| kernel.id.to_string()).collect();
+            sweep_unrecorded(&daemon.layout.images_dir(), &images, "image", report);
+            sweep_unrecorded(&daemon.layout.kernels_dir(), &kernels, "kernel", report);
+        }
+        Err(err) => report
+            .problems
+            .push(format!("listing images and kernels: {err}")),
+    }
+
     // Interrupted image builds.
     let staging = daemon.layout.staging_dir();
     if staging.exists() {
         match fs_err::remove_dir_all(&staging) {
             Ok(()) => report.swept.push(format!("staging {}", staging.display())),
+            Err(err) => report.problems.push(err.to_string()),
+        }
+    }
+}
+
+/// Removes the entries of `dir` whose names are not `recorded` ids.
+fn sweep_unrecorded(
+    dir: &std::path::Path,
+    recorded: &HashSet<String>,
+    what: &str,
+    report: &mut Report,
+) {
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if recorded.contains(entry.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
+        let path = entry.path();
+        match fs_err::remove_dir_all(&path) {
+            Ok(()) => report
+                .swept
+                .push(format!("unrecorded {what} {}", path.display())),
             Err(err) => report.problems.push(err.to_string()),
         }
     }

@@ -382,7 +382,9 @@ fn a_daemon_killed_during_delete_never_leaves_a_broken_vm() {
             .stderr(Stdio::null());
         let mut child = command.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay));
-        let pid = sim.env.daemon_pid().expect("daemon running");
+        let Some(pid) = sim.env.daemon_pid() else {
+            panic!("round {round}: no daemon running\n{}", sim.diagnostics());
+        };
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,

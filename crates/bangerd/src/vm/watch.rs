@@ -10,7 +10,7 @@ use std::time::Duration;
 use banger_firecracker::VmmProcess;
 use banger_firecracker::launch::VmmExit;
 use banger_model::Id;
-use banger_model::vm::VmState;
+use banger_model::vm::{Vm, VmState};
 use banger_rpc::RpcError;
 use tracing::{info, warn};
 
@@ -90,18 +90,70 @@ async fn record_once(
     vm.pid = None;
     vm.tap = None;
     match exit {
-        None | Some(VmmExit::Code(0) | VmmExit::Unknown) => {
-            info!(vm = %vm.name, exit = ?exit, "VMM gone; the VM is stopped");
+        None => {
+            info!(vm = %vm.name, "VMM stopped; the VM is stopped");
             vm.state = VmState::Stopped;
         }
-        Some(other) => {
-            warn!(vm = %vm.name, exit = %other, "VMM died");
-            vm.state = VmState::Error;
-            vm.last_error = Some(format!(
-                "the VMM exited unexpectedly ({other}); see `banger vm logs {}`",
-                vm.name
-            ));
-        }
+        Some(exit) => record_unasked_exit(&mut vm, Some(exit)),
     }
     save(daemon, &mut vm)
+}
+
+/// The record of a VMM that ended without banger asking, the same however
+/// the VMM was started: `exit` is its status when this daemon started it,
+/// `None` when it cannot be known (re-adopted from an earlier daemon, or
+/// gone while no daemon ran). A guest that shut itself down leaves the VM
+/// stopped; anything else is an error with the reason.
+pub fn record_unasked_exit(vm: &mut Vm, exit: Option<VmmExit>) {
+    let clean = match exit {
+        Some(VmmExit::Code(0)) => true,
+        Some(VmmExit::Unknown) | None => guest_shut_down(vm),
+        Some(_) => false,
+    };
+    if clean {
+        info!(vm = %vm.name, ?exit, "the guest shut down; the VM is stopped");
+        vm.state = VmState::Stopped;
+        vm.last_error = None;
+        return;
+    }
+    let how = match exit {
+        Some(VmmExit::Unknown) | None => {
+            "its exit status is unknown: it was started by an earlier daemon, or died while none ran"
+                .to_owned()
+        }
+        Some(other) => other.to_string(),
+    };
+    warn!(vm = %vm.name, how = %how, "VMM died");
+    vm.state = VmState::Error;
+    vm.last_error = Some(format!(
+        "the VMM exited unexpectedly ({how}); see `banger vm logs {}`, `banger vm start {}` boots it again",
+        vm.name, vm.name
+    ));
+}
+
+/// Whether the VM's console or VMM log ends with the guest shutting itself
+/// down (the kernel's last words, or the VMM saying the guest left).
+fn guest_shut_down(vm: &Vm) -> bool {
+    const MARKERS: [&str; 5] = [
+        "reboot: Power down",
+        "reboot: Restarting system",
+        "reboot: System halted",
+        "guest is gone, exiting",
+        "Firecracker exiting successfully",
+    ];
+    let paths = vm.paths();
+    [paths.console_log(), paths.vmm_log()].iter().any(|path| {
+        tail(path, 16 << 10).is_some_and(|text| MARKERS.iter().any(|marker| text.contains(marker)))
+    })
+}
+
+/// The last `bytes` of a file, as text.
+fn tail(path: &std::path::Path, bytes: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
