@@ -193,3 +193,63 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     drop(mount);
     sim.assert_clean();
 }
+
+/// A guest filling its (overcommitted) disk: before the host filesystem is
+/// full, `vm list` and the daemon's log warn, and `vm show` counts the
+/// blocks the guest took.
+#[test]
+fn a_guest_filling_the_host_is_warned_about_before_it_is_full() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    let mount = LoopMount::new(&sim.env.root().join("state"), 3072);
+    sim.import_fixture();
+    sim.ok(["vm", "create", "--name", "filler", "--allow-overcommit"]);
+    let list = sim.ok(["vm", "list"]);
+    assert!(!list.stderr.contains("warning:"), "{list}");
+    let fs = nix::sys::statvfs::statvfs(&mount.dir).unwrap();
+    let free_mib = fs.blocks_available() * fs.fragment_size() >> 20;
+    // Leave 512 MiB: below the 1 GiB threshold, short of full.
+    let write_mib = free_mib.saturating_sub(512);
+    let out = sim.ok([
+        "vm",
+        "ssh",
+        "filler",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/root/big",
+        "bs=1M",
+        &format!("count={write_mib}"),
+        "conv=fsync",
+    ]);
+    assert!(out.stderr.contains("copied"), "{out}");
+    let list = sim.ok(["vm", "list"]);
+    assert!(
+        list.stderr.contains("warning: ") && list.stderr.contains("free"),
+        "{list}"
+    );
+    let shown: Value =
+        serde_json::from_str(&sim.ok(["vm", "show", "filler", "--json"]).stdout).unwrap();
+    let allocated = shown["disks"]["work"]["allocated"].as_u64().unwrap();
+    assert!(allocated >= write_mib << 20, "{shown}");
+    println!(
+        "guest wrote {write_mib} MiB of the {free_mib} MiB free; vm list warned: {}",
+        list.stderr.trim()
+    );
+    // The daemon's monitor logs it too (it looks every 20 s).
+    sim.env.wait_for(
+        "the daemon to log the low space",
+        Duration::from_secs(30),
+        || {
+            sim.env
+                .daemon_log()
+                .contains("state filesystem low on space")
+        },
+    );
+    sim.ok(["vm", "delete", "filler"]);
+    sim.env.stop_daemon();
+    drop(mount);
+    sim.assert_clean();
+}
