@@ -15,6 +15,10 @@ pub struct PingResult {
     pub build: BuildInfo,
     pub pid: u32,
     pub protocol: u32,
+    /// Fingerprint of the config file the daemon read
+    /// (`banger_model::config::fingerprint`).
+    #[serde(default)]
+    pub config: u64,
 }
 
 /// `daemon.status`
