@@ -110,6 +110,7 @@ fn records_round_trip_with_timestamps_at_millisecond_precision() {
         guest_path: "/root/repo".into(),
         base_commit: "abc".into(),
         branch: None,
+        head_commit: Some("abc".into()),
     });
     store.update_vm(&mut v).unwrap();
     let got = store.get_vm(&v.id).unwrap().unwrap();
