@@ -116,16 +116,34 @@ pub struct NicPlan {
     pub mac: Option<api::MacAddr>,
 }
 
+/// The vsock device: the guest's context id and the host-side unix socket
+/// of Firecracker's hybrid vsock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockPlan {
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
 /// Everything `InstanceStart` hands to the launcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootPlan {
     pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub vcpus: u8,
+    pub mem_mib: usize,
     pub root: DrivePlan,
     /// Mounted at `/root` inside the root drive.
     pub work: Option<DrivePlan>,
+    /// Every drive in Firecracker's order: the root drive first, then the
+    /// others as they were added (the guest sees them as vda, vdb, …).
+    pub drives: Vec<DrivePlan>,
     pub cmdline: String,
     pub ip: Option<IpConfig>,
     pub nic: Option<NicPlan>,
+    /// Only for launchers that serve vsock themselves
+    /// ([`GuestLauncher::serves_vsock`]).
+    pub vsock: Option<VsockPlan>,
 }
 
 /// A running guest.
@@ -151,6 +169,38 @@ pub trait Guest: Send + Sync + fmt::Debug {
 /// Boots guests.
 pub trait GuestLauncher: Send + Sync + fmt::Debug {
     fn launch<'a>(&'a self, plan: &'a BootPlan) -> BoxFuture<'a, Result<Arc<dyn Guest>, String>>;
+
+    /// Whether the launched guest's VMM serves the hybrid vsock socket
+    /// itself (QEMU through vhost-device-vsock). Otherwise simvm binds it at
+    /// `PUT /vsock` and proxies to the guest's listeners ([`VsockDevice`]).
+    fn serves_vsock(&self) -> bool {
+        false
+    }
+}
+
+/// The configured vsock device.
+#[derive(Debug)]
+enum VsockSlot {
+    /// simvm listens on the socket and proxies to the guest.
+    Proxy(VsockDevice),
+    /// The guest's VMM will listen on the socket once started.
+    Reserved(Vsock),
+}
+
+impl VsockSlot {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Proxy(device) => device.path(),
+            Self::Reserved(config) => Path::new(&config.uds_path),
+        }
+    }
+
+    fn config(&self) -> &Vsock {
+        match self {
+            Self::Proxy(device) => device.config(),
+            Self::Reserved(config) => config,
+        }
+    }
 }
 
 /// Where the running guest (if any) is published for the vsock proxy and
@@ -167,7 +217,7 @@ pub struct Controller {
     /// Root drive first, as Firecracker keeps them.
     drives: Vec<Drive>,
     nics: Vec<NetworkInterface>,
-    vsock: Option<VsockDevice>,
+    vsock: Option<VsockSlot>,
     metrics: Option<std::fs::File>,
     log: LogControl,
     launcher: Arc<dyn GuestLauncher>,
@@ -202,7 +252,7 @@ impl Controller {
 
     /// The vsock socket path, if a vsock device was configured.
     pub fn vsock_path(&self) -> Option<&Path> {
-        self.vsock.as_ref().map(VsockDevice::path)
+        self.vsock.as_ref().map(VsockSlot::path)
     }
 
     /// `--metrics-path` at start-up, as Firecracker does it.
@@ -487,16 +537,31 @@ impl Controller {
             return ApiReply::fault(NOT_SUPPORTED_POST_BOOT);
         }
         let backend = "Vsock config error: Cannot create backend for vsock device";
-        if let Some(old) = self.vsock.take()
+        let old = self.vsock.take();
+        if let Some(VsockSlot::Proxy(old)) = old
             && let Err(e) = old.remove()
         {
             return ApiReply::fault(format!(
                 "{backend}: Error binding to the host-side Unix socket: {e}"
             ));
         }
+        if self.launcher.serves_vsock() {
+            // Firecracker binds here and fails on an existing path; the
+            // VMM that will bind it later gets the same check now.
+            return match std::fs::symlink_metadata(&config.uds_path) {
+                Ok(_) => ApiReply::fault(format!(
+                    "{backend}: Error binding to the host-side Unix socket: {}",
+                    io::Error::from_raw_os_error(libc::EADDRINUSE)
+                )),
+                Err(_) => {
+                    self.vsock = Some(VsockSlot::Reserved(config));
+                    ApiReply::no_content()
+                }
+            };
+        }
         match VsockDevice::bind(config, self.guest.subscribe()) {
             Ok(device) => {
-                self.vsock = Some(device);
+                self.vsock = Some(VsockSlot::Proxy(device));
                 ApiReply::no_content()
             }
             Err(e) => ApiReply::fault(format!(
@@ -648,6 +713,7 @@ impl Controller {
             .iter()
             .find(|d| !d.is_root_device)
             .map(drive_plan);
+        let drives = self.drives.iter().map(drive_plan).collect();
         let cmdline = boot.boot_args.clone().unwrap_or_default();
         let ip = Cmdline::parse(&cmdline)
             .ip()
@@ -656,13 +722,23 @@ impl Controller {
             tap: n.host_dev_name.clone(),
             mac: n.guest_mac,
         });
+        let vsock = self.vsock.as_ref().map(|slot| VsockPlan {
+            guest_cid: slot.config().guest_cid,
+            uds_path: slot.path().to_owned(),
+        });
         Ok(BootPlan {
             id: self.id.clone(),
+            kernel: PathBuf::from(&boot.kernel_image_path),
+            initrd: boot.initrd_path.as_ref().map(PathBuf::from),
+            vcpus: self.machine.vcpu_count,
+            mem_mib: self.machine.mem_size_mib,
             root,
             work,
+            drives,
             cmdline,
             ip,
             nic,
+            vsock,
         })
     }
 

@@ -55,8 +55,50 @@ CREATE TABLE vms (
 CREATE INDEX vms_image ON vms(image_id);
 "#;
 
+/// The qemu engine: `vmm` may be `qemu` (SQLite cannot change a CHECK in
+/// place, so the table is rebuilt; nothing references `vms`), and `accel`
+/// records what ran a qemu guest's vCPUs.
+const V2: &str = r#"
+CREATE TABLE vms_v2 (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+    state       TEXT NOT NULL CHECK (state IN
+                    ('creating', 'starting', 'running', 'stopping', 'stopped', 'error')),
+    vcpu        INTEGER NOT NULL CHECK (vcpu > 0),
+    memory_mib  INTEGER NOT NULL CHECK (memory_mib > 0),
+    disk_size   INTEGER NOT NULL CHECK (disk_size > 0),
+    nat         INTEGER NOT NULL CHECK (nat IN (0, 1)),
+    vmm         TEXT NOT NULL CHECK (vmm IN ('firecracker', 'sim', 'qemu')),
+    guest_ip    TEXT UNIQUE,
+    prefix_len  INTEGER,
+    gateway     TEXT,
+    mac         TEXT,
+    tap         TEXT UNIQUE,
+    storage     TEXT CHECK (storage IN ('reflink', 'dm_snapshot', 'copy')),
+    dir         TEXT NOT NULL,
+    pid         INTEGER,
+    vsock_cid   INTEGER UNIQUE,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    last_error  TEXT,
+    workspace   TEXT,
+    accel       TEXT CHECK (accel IN ('kvm', 'tcg'))
+);
+INSERT INTO vms_v2 (id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm, guest_ip,
+    prefix_len, gateway, mac, tap, storage, dir, pid, vsock_cid, created_at, updated_at,
+    started_at, last_error, workspace)
+SELECT id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm, guest_ip,
+    prefix_len, gateway, mac, tap, storage, dir, pid, vsock_cid, created_at, updated_at,
+    started_at, last_error, workspace FROM vms;
+DROP TABLE vms;
+ALTER TABLE vms_v2 RENAME TO vms;
+CREATE INDEX vms_image ON vms(image_id);
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 #[cfg(test)]

@@ -1,0 +1,329 @@
+//! The `qemu` engine: the real kernel, initrd and drives in QEMU's
+//! `microvm` machine behind simvm's Firecracker API.
+//!
+//! On `InstanceStart`, [`QemuLauncher`] starts (as children of simvm, each
+//! with `PDEATHSIG=SIGKILL`, so they die with it):
+//!
+//! ```text
+//! banger-simvm (API, log)
+//!  ├─ vhost-device-vsock --guest-cid N --socket <api>.vhost --uds-path <uds_path>
+//!  │    the vsock device; its `uds_path` speaks Firecracker's hybrid vsock
+//!  └─ qemu-system-x86_64 -M microvm … (KVM when usable, else TCG)
+//!       stdout: the serial console (simvm's stdout, as Firecracker's)
+//!       stderr: simvm's log; control: QMP on <api>.qmp
+//! ```
+//!
+//! `SendCtrlAltDel` is the ACPI power button (QMP `system_powerdown`),
+//! `PATCH /vm` is QMP `stop`/`cont`. When either process ends the other is
+//! killed and the guest counts as gone, so simvm exits like a Firecracker
+//! whose guest shut down or crashed. The sockets are removed on the way out.
+
+pub mod accel;
+pub mod args;
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Child;
+use tokio::sync::{Notify, watch};
+
+pub use accel::{Accel, AccelChoice};
+
+use crate::controller::{BootPlan, Guest, GuestLauncher};
+
+/// How long QEMU and the vsock device get to create their sockets.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed child may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the engine's programs are and which accelerator to use.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64` (looked up in `PATH` when bare).
+    pub qemu: PathBuf,
+    /// `vhost-device-vsock` (looked up in `PATH` when bare).
+    pub vhost_vsock: PathBuf,
+    pub accel: AccelChoice,
+}
+
+/// Boots guests in QEMU.
+#[derive(Debug)]
+pub struct QemuLauncher {
+    config: QemuConfig,
+    /// simvm's API socket: QEMU's and the vsock device's sockets sit beside
+    /// it (`<api>.qmp`, `<api>.vhost`), in the VM's directory.
+    api_socket: PathBuf,
+}
+
+impl QemuLauncher {
+    pub fn new(config: QemuConfig, api_socket: PathBuf) -> Self {
+        Self { config, api_socket }
+    }
+
+    fn socket(&self, suffix: &str) -> PathBuf {
+        let mut path = self.api_socket.clone().into_os_string();
+        path.push(suffix);
+        PathBuf::from(path)
+    }
+
+    async fn boot(&self, plan: &BootPlan) -> Result<QemuGuest, String> {
+        let accel = self
+            .config
+            .accel
+            .resolve(&self.config.qemu, &plan.kernel)
+            .await;
+        tracing::info!(
+            accel = accel.as_str(),
+            "qemu engine: {}",
+            accel.description()
+        );
+        let qmp = self.socket(".qmp");
+        let vhost = plan.vsock.as_ref().map(|_| self.socket(".vhost"));
+        for path in [Some(&qmp), vhost.as_ref()].into_iter().flatten() {
+            remove_socket(path);
+        }
+
+        let mut vsock_device = None;
+        if let (Some(vsock), Some(vhost)) = (&plan.vsock, &vhost) {
+            let mut child = crate::exec::spawn_vhost_vsock(
+                &self.config.vhost_vsock,
+                vsock.guest_cid,
+                vhost,
+                &vsock.uds_path,
+            )
+            .map_err(|e| {
+                format!(
+                    "could not start {}: {e}; install it with scripts/install-deps.sh or set vhost_vsock_bin",
+                    self.config.vhost_vsock.display()
+                )
+            })?;
+            forward_output(child.stderr.take(), "vhost-device-vsock");
+            forward_output(child.stdout.take(), "vhost-device-vsock");
+            if let Err(e) = wait_for_socket(vhost, &mut child).await {
+                kill_and_reap(&mut child).await;
+                return Err(format!("vhost-device-vsock did not start: {e}"));
+            }
+            vsock_device = Some(child);
+        }
+
+        let argv = args::args(
+            plan,
+            accel,
+            args::Sockets {
+                qmp: &qmp,
+                vhost_vsock: vhost.as_deref(),
+            },
+        );
+        tracing::debug!(?argv, "starting qemu");
+        let mut qemu = match crate::exec::spawn_qemu(&self.config.qemu, &argv) {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(child) = &mut vsock_device {
+                    kill_and_reap(child).await;
+                }
+                return Err(format!(
+                    "could not start {}: {e}; install the qemu-system-x86 package",
+                    self.config.qemu.display()
+                ));
+            }
+        };
+        forward_output(qemu.stderr.take(), "qemu");
+        if let Err(e) = wait_for_socket(&qmp, &mut qemu).await {
+            kill_and_reap(&mut qemu).await;
+            if let Some(child) = &mut vsock_device {
+                kill_and_reap(child).await;
+            }
+            return Err(format!("qemu did not start: {e}"));
+        }
+        tracing::info!(pid = qemu.id(), "qemu started");
+
+        let (exited_tx, exited) = watch::channel(false);
+        let kill = Arc::new(Notify::new());
+        let mut sockets = vec![qmp.clone()];
+        sockets.extend(vhost);
+        tokio::spawn(supervise(
+            qemu,
+            vsock_device,
+            kill.clone(),
+            exited_tx,
+            sockets.clone(),
+        ));
+        Ok(QemuGuest {
+            accel,
+            qmp,
+            sockets,
+            kill,
+            exited,
+        })
+    }
+}
+
+impl GuestLauncher for QemuLauncher {
+    fn launch<'a>(&'a self, plan: &'a BootPlan) -> BoxFuture<'a, Result<Arc<dyn Guest>, String>> {
+        Box::pin(async move {
+            let guest = self.boot(plan).await?;
+            let guest: Arc<dyn Guest> = Arc::new(guest);
+            Ok(guest)
+        })
+    }
+
+    fn serves_vsock(&self) -> bool {
+        true
+    }
+}
+
+/// Waits until `path` exists (the child listens), failing if the child
+/// exits first or it takes too long.
+async fn wait_for_socket(path: &Path, child: &mut Child) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("it exited ({status}); see the vmm log"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not appear within {START_TIMEOUT:?}",
+                path.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Copies a child's output into simvm's log, line by line.
+fn forward_output(stream: Option<impl AsyncRead + Unpin + Send + 'static>, program: &'static str) {
+    let Some(stream) = stream else { return };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::warn!(program, "{line}");
+        }
+    });
+}
+
+async fn kill_and_reap(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(REAP_TIMEOUT, child.wait()).await;
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, path = %path.display(), "could not remove socket");
+    }
+}
+
+/// Waits for QEMU or the vsock device to end (or for a kill request), then
+/// ends the other, removes the sockets and reports the guest gone.
+async fn supervise(
+    mut qemu: Child,
+    mut vsock_device: Option<Child>,
+    kill: Arc<Notify>,
+    exited: watch::Sender<bool>,
+    sockets: Vec<PathBuf>,
+) {
+    let device_exit = async {
+        match &mut vsock_device {
+            Some(child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        status = qemu.wait() => {
+            tracing::info!(status = ?status.ok(), "qemu exited");
+        }
+        status = device_exit => {
+            tracing::error!(status = ?status.ok(), "vhost-device-vsock exited; stopping the guest");
+        }
+        () = kill.notified() => {
+            tracing::warn!("killing qemu");
+        }
+    }
+    kill_and_reap(&mut qemu).await;
+    if let Some(child) = &mut vsock_device {
+        kill_and_reap(child).await;
+    }
+    for socket in &sockets {
+        remove_socket(socket);
+    }
+    exited.send_replace(true);
+}
+
+/// A guest running in QEMU.
+#[derive(Debug)]
+pub struct QemuGuest {
+    accel: Accel,
+    qmp: PathBuf,
+    sockets: Vec<PathBuf>,
+    kill: Arc<Notify>,
+    exited: watch::Receiver<bool>,
+}
+
+impl QemuGuest {
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn qmp(&self, command: &str) -> Result<(), String> {
+        if *self.exited.borrow() {
+            return Ok(());
+        }
+        qmp::execute(&self.qmp, command, None)
+            .map(drop)
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+impl Guest for QemuGuest {
+    fn vsock_dir(&self) -> PathBuf {
+        // vhost-device-vsock serves the hybrid socket; simvm proxies nothing.
+        PathBuf::new()
+    }
+
+    fn ctrl_alt_del(&self) -> Result<(), String> {
+        self.qmp("system_powerdown")
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        self.qmp("stop")
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        self.qmp("cont")
+    }
+
+    fn exited(&self) -> watch::Receiver<bool> {
+        self.exited.clone()
+    }
+
+    fn kill(&self) {
+        self.kill.notify_one();
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        self.sockets
+            .iter()
+            .filter(|s| s.exists())
+            .map(|s| s.display().to_string())
+            .collect()
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
