@@ -17,6 +17,11 @@ pub const MACHINE: &str = "microvm,acpi=on,rtc=on,pit=on,pic=on";
 /// reasonable time; this tells it the rate instead.
 pub const EMULATED_TSC_ARG: &str = "tsc_early_khz=2000000";
 
+/// microvm's ACPI tables do not describe the PS/2 controller that carries
+/// Ctrl-Alt-Del (as Firecracker's i8042 does), so the kernel is told to
+/// probe it at its legacy ports.
+pub const I8042_ARG: &str = "i8042.nopnp";
+
 /// Sockets QEMU talks to.
 #[derive(Debug, Clone, Copy)]
 pub struct Sockets<'a> {
@@ -63,6 +68,8 @@ pub fn args(plan: &BootPlan, accel: Accel, sockets: Sockets<'_>) -> Vec<OsString
         ]);
     }
     args.push(["-nodefaults", "-no-user-config", "-display", "none"]);
+    // The keyboard controller: Ctrl-Alt-Del, and `reboot=k`.
+    args.push(["-device", "i8042"]);
     // A guest reboot (Ctrl-Alt-Del, `reboot`, a panic) ends the VMM, as
     // Firecracker does.
     args.push(["-no-reboot"]);
@@ -218,7 +225,7 @@ mod tests {
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(
             args[append + 1],
-            "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000"
+            "console=ttyS0 root=/dev/vda rw i8042.nopnp tsc_early_khz=2000000"
         );
     }
 
@@ -238,7 +245,10 @@ mod tests {
         assert!(!line.contains("memory-backend-memfd"), "{line}");
         assert!(!line.contains("vhost-user-vsock-device"), "{line}");
         let append = args.iter().position(|a| a == "-append").unwrap();
-        assert_eq!(args[append + 1], "console=ttyS0 root=/dev/vda rw");
+        assert_eq!(
+            args[append + 1],
+            "console=ttyS0 root=/dev/vda rw i8042.nopnp"
+        );
     }
 
     #[test]

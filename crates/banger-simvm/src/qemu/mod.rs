@@ -13,7 +13,8 @@
 //!       stderr: simvm's log; control: QMP on <api>.qmp
 //! ```
 //!
-//! `SendCtrlAltDel` is the ACPI power button (QMP `system_powerdown`),
+//! `SendCtrlAltDel` is Ctrl-Alt-Del on an i8042 keyboard (QMP `send-key`),
+//! as on Firecracker: systemd reboots, and `-no-reboot` ends QEMU;
 //! `PATCH /vm` is QMP `stop`/`cont`. When either process ends the other is
 //! killed and the guest counts as gone, so simvm exits like a Firecracker
 //! whose guest shut down or crashed. The sockets are removed on the way out.
@@ -289,7 +290,18 @@ impl Guest for QemuGuest {
     }
 
     fn ctrl_alt_del(&self) -> Result<(), String> {
-        self.qmp("system_powerdown")
+        if *self.exited.borrow() {
+            return Ok(());
+        }
+        let keys = ["ctrl", "alt", "delete"]
+            .map(|key| serde_json::json!({ "type": "qcode", "data": key }));
+        qmp::execute(
+            &self.qmp,
+            "send-key",
+            Some(serde_json::json!({ "keys": keys })),
+        )
+        .map(drop)
+        .map_err(|e| error_chain(&e))
     }
 
     fn pause(&self) -> Result<(), String> {
