@@ -346,6 +346,10 @@ impl Controller {
             (&Method::GET, "vm", None) if second == Some("config") => ApiReply::fault(
                 "The requested operation is not supported: banger-simvm does not emulate GET /vm/config",
             ),
+            // Firecracker loads snapshots only into a fresh VMM.
+            (&Method::PUT, "snapshot", Some(_)) if second == Some("load") && self.booted() => {
+                ApiReply::fault(NOT_SUPPORTED_POST_BOOT)
+            }
             (&Method::GET, "balloon" | "hotplug" | "mmds", None)
             | (
                 &Method::PUT,

@@ -120,7 +120,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();

@@ -17,11 +17,6 @@ pub const MACHINE: &str = "microvm,acpi=on,rtc=on,pit=on,pic=on";
 /// reasonable time; this tells it the rate instead.
 pub const EMULATED_TSC_ARG: &str = "tsc_early_khz=2000000";
 
-/// microvm's ACPI tables do not describe the PS/2 controller that carries
-/// Ctrl-Alt-Del (as Firecracker's i8042 does), so the kernel is told to
-/// probe it at its legacy ports.
-pub const I8042_ARG: &str = "i8042.nopnp";
-
 /// Sockets QEMU talks to.
 #[derive(Debug, Clone, Copy)]
 pub struct Sockets<'a> {
@@ -68,7 +63,8 @@ pub fn args(plan: &BootPlan, accel: Accel, sockets: Sockets<'_>) -> Vec<OsString
         ]);
     }
     args.push(["-nodefaults", "-no-user-config", "-display", "none"]);
-    // The keyboard controller: Ctrl-Alt-Del, and `reboot=k`.
+    // The keyboard controller (described in microvm's ACPI tables, so the
+    // kernel finds it): Ctrl-Alt-Del, and `reboot=k`, as on Firecracker.
     args.push(["-device", "i8042"]);
     // A guest reboot (Ctrl-Alt-Del, `reboot`, a panic) ends the VMM, as
     // Firecracker does.
@@ -211,7 +207,7 @@ mod tests {
             "-M microvm,acpi=on,rtc=on,pit=on,pic=on -accel tcg -cpu max",
             "-smp 2 -m 512M",
             "-object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem",
-            "-no-reboot",
+            "-device i8042 -no-reboot",
             "-qmp unix:/vms/a/api.sock.qmp,server=on,wait=off",
             "-kernel /k/vmlinux -initrd /k/initrd.img",
             "-drive file=/vms/a/root.ext4,format=raw,if=none,id=d0,readonly=on,cache=unsafe -device virtio-blk-device,drive=d0",
@@ -225,7 +221,7 @@ mod tests {
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(
             args[append + 1],
-            "console=ttyS0 root=/dev/vda rw i8042.nopnp tsc_early_khz=2000000"
+            "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000"
         );
     }
 
@@ -245,10 +241,7 @@ mod tests {
         assert!(!line.contains("memory-backend-memfd"), "{line}");
         assert!(!line.contains("vhost-user-vsock-device"), "{line}");
         let append = args.iter().position(|a| a == "-append").unwrap();
-        assert_eq!(
-            args[append + 1],
-            "console=ttyS0 root=/dev/vda rw i8042.nopnp"
-        );
+        assert_eq!(args[append + 1], "console=ttyS0 root=/dev/vda rw");
     }
 
     #[test]
