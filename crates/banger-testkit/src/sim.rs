@@ -1,5 +1,5 @@
 //! End-to-end environments: a [`TestEnv`] whose daemon runs inside its own
-//! network namespace with `vmm = "sim"`, so bridges, TAPs, NAT rules and the
+//! network namespace with `vmm = "sim"` (or `"qemu"`), so bridges, TAPs, NAT rules and the
 //! DNS port never touch the host or other tests. Dropping it stops the
 //! daemon, kills any VMM left under its state dir and deletes the namespace.
 
@@ -53,6 +53,23 @@ pub struct SimEnv {
 impl SimEnv {
     /// A fresh world with `vmm = "sim"` and `extra_config` appended.
     pub fn new(extra_config: &str) -> Self {
+        Self::with_settings(
+            "vmm = \"sim\"\nboot_timeout_seconds = 60\nstop_grace_seconds = 5\n",
+            extra_config,
+        )
+    }
+
+    /// A fresh world with `vmm = "qemu"` (real guest kernels, slow under
+    /// software emulation: generous boot and stop limits) and
+    /// `extra_config` appended.
+    pub fn qemu(extra_config: &str) -> Self {
+        Self::with_settings(
+            "vmm = \"qemu\"\nboot_timeout_seconds = 300\nstop_grace_seconds = 60\n",
+            extra_config,
+        )
+    }
+
+    fn with_settings(settings: &str, extra_config: &str) -> Self {
         let env = TestEnv::new();
         let netns = format!(
             "bt-{}",
@@ -73,9 +90,8 @@ impl SimEnv {
         } else {
             "\n[network]\n"
         };
-        sim.env.write_config(&format!(
-            "vmm = \"sim\"\nboot_timeout_seconds = 60\nstop_grace_seconds = 5\n{extra_config}{network}"
-        ));
+        sim.env
+            .write_config(&format!("{settings}{extra_config}{network}"));
         sim
     }
 

@@ -8,6 +8,7 @@ mod doctor;
 mod e2e_bootstrap;
 mod e2e_images;
 mod e2e_lifecycle;
+mod e2e_qemu;
 mod e2e_workspace;
 mod install;
 mod protocol;
