@@ -127,6 +127,8 @@ pub(crate) fn spawn_vhost_vsock(
         .arg(vhost_socket)
         .arg("--uds-path")
         .arg(uds_path)
+        // Its warnings (env_logger) land in simvm's log.
+        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -282,12 +282,29 @@ fn qemu_guest_end_to_end() {
             "8765",
         ],
     );
-    step("vm ports lists the guest's listener", || {
-        sim.wait_for("vm ports to list :8765", Duration::from_secs(30), || {
-            sim.banger(["vm", "ports", "q"]).stdout.contains(":8765")
-        })
+    let ports = step("vm ports lists the guest's listener", || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = sim.banger(["vm", "ports", "q"]);
+            if out.stdout.contains(":8765") || Instant::now() > deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     });
-    let ports = ok(&sim, &["vm", "ports", "q"]).stdout;
+    if !ports.stdout.contains(":8765") {
+        let guest = sim.banger([
+            "vm",
+            "ssh",
+            "q",
+            "--",
+            "sh",
+            "-c",
+            "systemctl status porttest --no-pager; ss -ltnp",
+        ]);
+        panic!("vm ports never listed :8765:\n{ports}\n--- in the guest ---\n{guest}");
+    }
+    let ports = ports.stdout;
     assert!(ports.contains("http://q.vm:8765"), "{ports}");
 
     // NAT: the guest reaches a server on the host's side of the bridge.

@@ -43,6 +43,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
             defaults: &defaults,
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
+        all.push(qemu_accel(&config));
         all.push(checks::storage(&storage));
         all.push(checks::default_image(&images));
         all.push(checks::dns_listener(&dns, &listen));
@@ -60,6 +61,40 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let checks: Vec<DoctorCheck> =
         checks.map_err(|err| RpcError::internal(format!("running the checks: {err}")))?;
     Ok(DoctorResult { checks })
+}
+
+/// Which accelerator qemu guests get here: the configured one, or what the
+/// last boot's probe found.
+fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
+    use banger_model::config::QemuAccel;
+    use banger_model::vm::{Accel, VmmKind};
+    let name = "qemu-accel";
+    let slow_fix = "on a host whose KVM runs guests, qemu_accel = \"auto\" picks KVM by itself; \
+                    or use vmm = \"sim\" for speed (namespaces, not a hypervisor)";
+    let judged = |accel: Accel, detail: String| match accel {
+        Accel::Kvm => DoctorCheck::pass(name, detail),
+        Accel::Tcg if config.vmm == VmmKind::Qemu => DoctorCheck::warn(name, detail, slow_fix),
+        Accel::Tcg => DoctorCheck::pass(name, format!("{detail} (vmm = \"{}\")", config.vmm)),
+    };
+    match config.qemu_accel {
+        QemuAccel::Kvm => judged(Accel::Kvm, "qemu_accel = \"kvm\"".into()),
+        QemuAccel::Tcg => judged(
+            Accel::Tcg,
+            format!("qemu_accel = \"tcg\": {}", Accel::Tcg.description()),
+        ),
+        QemuAccel::Auto => match crate::vm::qemu::last_probe() {
+            Some((accel, reason)) => judged(
+                accel,
+                format!("qemu guests run on {} ({reason})", accel.description()),
+            ),
+            None => DoctorCheck::pass(
+                name,
+                "qemu_accel = \"auto\": the first qemu VM boots its kernel under KVM to check; \
+                 if it does not start, guests run under software emulation (slow) and `vm show` \
+                 says so",
+            ),
+        },
+    }
 }
 
 fn storage_facts(probe: &banger_disk::StrategyProbe) -> StorageFacts {

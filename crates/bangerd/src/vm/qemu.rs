@@ -90,12 +90,24 @@ pub fn program(
     })
 }
 
+/// Probe answers so far: (QEMU, kernel) → accelerator, and the last reason.
+type Seen = Mutex<(HashMap<(PathBuf, PathBuf), Accel>, Option<(Accel, String)>)>;
+
+fn seen() -> &'static Seen {
+    static SEEN: OnceLock<Seen> = OnceLock::new();
+    SEEN.get_or_init(Seen::default)
+}
+
+/// The last probe's answer and its reason, if a qemu VM has booted.
+pub fn last_probe() -> Option<(Accel, String)> {
+    seen().lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+}
+
 /// `auto`: the probe's answer for this QEMU and kernel, probed once.
 async fn probed(qemu: &Path, kernel: &Path) -> Accel {
-    static SEEN: OnceLock<Mutex<HashMap<(PathBuf, PathBuf), Accel>>> = OnceLock::new();
-    let seen = SEEN.get_or_init(Mutex::default);
+    let seen = seen();
     let key = (qemu.to_owned(), kernel.to_owned());
-    if let Some(accel) = seen.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    if let Some(accel) = seen.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key) {
         return *accel;
     }
     let result = probe::probe(qemu, kernel).await;
@@ -104,8 +116,8 @@ async fn probed(qemu: &Path, kernel: &Path) -> Accel {
         probe::Accel::Tcg => Accel::Tcg,
     };
     tracing::info!(%accel, reason = %result.reason, kernel = %kernel.display(), "qemu accelerator probed");
-    seen.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, accel);
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    seen.0.insert(key, accel);
+    seen.1 = Some((accel, result.reason));
     accel
 }
