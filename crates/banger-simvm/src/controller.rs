@@ -830,6 +830,7 @@ mod tests {
     struct FakeLauncher {
         plans: Mutex<Vec<BootPlan>>,
         fail: Mutex<Option<String>>,
+        serves_vsock: bool,
     }
 
     impl GuestLauncher for FakeLauncher {
@@ -850,6 +851,10 @@ mod tests {
                 Ok(guest)
             })
         }
+
+        fn serves_vsock(&self) -> bool {
+            self.serves_vsock
+        }
     }
 
     struct Fixture {
@@ -860,11 +865,15 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
+            Self::with_launcher(FakeLauncher::default())
+        }
+
+        fn with_launcher(launcher: FakeLauncher) -> Self {
             let dir = tempfile::tempdir().unwrap();
             for f in ["vmlinux", "root.img", "work.img"] {
                 fs_err::write(dir.path().join(f), "x").unwrap();
             }
-            let launcher = Arc::new(FakeLauncher::default());
+            let launcher = Arc::new(launcher);
             let (slot, _) = watch::channel(None);
             let controller = Controller::new(
                 "vm-1",
@@ -949,6 +958,94 @@ mod tests {
 
         let reply = f.send(Method::GET, "/", "").await;
         assert!(reply.body.unwrap().contains(r#""state":"Running""#));
+    }
+
+    /// A launcher whose VMM serves vsock (qemu): `PUT /vsock` only reserves
+    /// the path (refusing one that exists, as Firecracker's bind would), and
+    /// the plan carries everything QEMU needs.
+    #[tokio::test]
+    async fn a_vmm_that_serves_vsock_gets_the_path_and_the_whole_machine() {
+        let mut f = Fixture::with_launcher(FakeLauncher {
+            serves_vsock: true,
+            ..FakeLauncher::default()
+        });
+        let reply = f
+            .send(
+                Method::PUT,
+                "/vsock",
+                r#"{"guest_cid":3,"uds_path":"{dir}/work.img"}"#,
+            )
+            .await;
+        assert!(
+            reply
+                .fault_message()
+                .unwrap()
+                .contains("Address already in use"),
+            "{reply:?}"
+        );
+        f.ok(
+            Method::PUT,
+            "/vsock",
+            r#"{"guest_cid":7,"uds_path":"{dir}/v.sock"}"#,
+        )
+        .await;
+        assert!(
+            !f.dir.path().join("v.sock").exists(),
+            "simvm bound the socket"
+        );
+        f.ok(
+            Method::PUT,
+            "/machine-config",
+            r#"{"vcpu_count":2,"mem_size_mib":768}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/boot-source",
+            r#"{"kernel_image_path":"{dir}/vmlinux","initrd_path":"{dir}/work.img","boot_args":"console=ttyS0"}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/drives/rootfs",
+            r#"{"drive_id":"rootfs","is_root_device":true,"path_on_host":"{dir}/root.img","is_read_only":true}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/drives/work",
+            r#"{"drive_id":"work","is_root_device":false,"path_on_host":"{dir}/work.img"}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        )
+        .await;
+        let plan = f.launcher.plans.lock().unwrap()[0].clone();
+        assert_eq!(
+            plan.vsock,
+            Some(VsockPlan {
+                guest_cid: 7,
+                uds_path: f.dir.path().join("v.sock"),
+            })
+        );
+        assert_eq!((plan.vcpus, plan.mem_mib), (2, 768));
+        assert_eq!(plan.kernel, PathBuf::from(f.path("vmlinux")));
+        assert_eq!(plan.initrd, Some(PathBuf::from(f.path("work.img"))));
+        let drives: Vec<(PathBuf, bool)> = plan
+            .drives
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                (PathBuf::from(f.path("root.img")), true),
+                (PathBuf::from(f.path("work.img")), false)
+            ]
+        );
     }
 
     #[tokio::test]

@@ -43,7 +43,9 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
             defaults: &defaults,
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
-        all.push(qemu_accel(&config));
+        if config.vmm == banger_model::vm::VmmKind::Qemu {
+            all.push(qemu_accel(&config));
+        }
         all.push(checks::storage(&storage));
         all.push(checks::default_image(&images));
         all.push(checks::dns_listener(&dns, &listen));
@@ -63,18 +65,17 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     Ok(DoctorResult { checks })
 }
 
-/// Which accelerator qemu guests get here: the configured one, or what the
-/// last boot's probe found.
+/// `vmm = "qemu"`: which accelerator guests get here, the configured one or
+/// what the last boot's probe found; software emulation is a warning (slow).
 fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
     use banger_model::config::QemuAccel;
-    use banger_model::vm::{Accel, VmmKind};
+    use banger_model::vm::Accel;
     let name = "qemu-accel";
     let slow_fix = "on a host whose KVM runs guests, qemu_accel = \"auto\" picks KVM by itself; \
                     or use vmm = \"sim\" for speed (namespaces, not a hypervisor)";
     let judged = |accel: Accel, detail: String| match accel {
         Accel::Kvm => DoctorCheck::pass(name, detail),
-        Accel::Tcg if config.vmm == VmmKind::Qemu => DoctorCheck::warn(name, detail, slow_fix),
-        Accel::Tcg => DoctorCheck::pass(name, format!("{detail} (vmm = \"{}\")", config.vmm)),
+        Accel::Tcg => DoctorCheck::warn(name, detail, slow_fix),
     };
     match config.qemu_accel {
         QemuAccel::Kvm => judged(Accel::Kvm, "qemu_accel = \"kvm\"".into()),
