@@ -116,12 +116,10 @@ pub struct NicPlan {
     pub mac: Option<api::MacAddr>,
 }
 
-/// The vsock device: the guest's context id and the host-side unix socket
-/// of Firecracker's hybrid vsock.
+/// The vsock device (simvm serves its host-side socket, `uds_path`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockPlan {
     pub guest_cid: u32,
-    pub uds_path: PathBuf,
 }
 
 /// Everything `InstanceStart` hands to the launcher.
@@ -141,16 +139,24 @@ pub struct BootPlan {
     pub cmdline: String,
     pub ip: Option<IpConfig>,
     pub nic: Option<NicPlan>,
-    /// Only for launchers that serve vsock themselves
-    /// ([`GuestLauncher::serves_vsock`]).
     pub vsock: Option<VsockPlan>,
+}
+
+/// How simvm's hybrid vsock socket reaches a guest's vsock listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockUpstream {
+    /// The listener for port P is the unix socket `<dir>/<P>.sock` (the
+    /// namespace engine: seen from simvm through the guest's root).
+    Dir(PathBuf),
+    /// Another hybrid vsock socket (`CONNECT <port>\n` → `OK …\n`): the
+    /// qemu engine's vhost-device-vsock.
+    Hybrid(PathBuf),
 }
 
 /// A running guest.
 pub trait Guest: Send + Sync + fmt::Debug {
-    /// The directory (seen from simvm) where the guest's vsock listeners
-    /// live as `<port>.sock`.
-    fn vsock_dir(&self) -> PathBuf;
+    /// Where connections to the guest's vsock ports go.
+    fn vsock_upstream(&self) -> VsockUpstream;
     /// Ctrl-Alt-Del: asks the guest to shut down.
     fn ctrl_alt_del(&self) -> Result<(), String>;
     fn pause(&self) -> Result<(), String>;
@@ -169,38 +175,6 @@ pub trait Guest: Send + Sync + fmt::Debug {
 /// Boots guests.
 pub trait GuestLauncher: Send + Sync + fmt::Debug {
     fn launch<'a>(&'a self, plan: &'a BootPlan) -> BoxFuture<'a, Result<Arc<dyn Guest>, String>>;
-
-    /// Whether the launched guest's VMM serves the hybrid vsock socket
-    /// itself (QEMU through vhost-device-vsock). Otherwise simvm binds it at
-    /// `PUT /vsock` and proxies to the guest's listeners ([`VsockDevice`]).
-    fn serves_vsock(&self) -> bool {
-        false
-    }
-}
-
-/// The configured vsock device.
-#[derive(Debug)]
-enum VsockSlot {
-    /// simvm listens on the socket and proxies to the guest.
-    Proxy(VsockDevice),
-    /// The guest's VMM will listen on the socket once started.
-    Reserved(Vsock),
-}
-
-impl VsockSlot {
-    fn path(&self) -> &Path {
-        match self {
-            Self::Proxy(device) => device.path(),
-            Self::Reserved(config) => Path::new(&config.uds_path),
-        }
-    }
-
-    fn config(&self) -> &Vsock {
-        match self {
-            Self::Proxy(device) => device.config(),
-            Self::Reserved(config) => config,
-        }
-    }
 }
 
 /// Where the running guest (if any) is published for the vsock proxy and
@@ -217,7 +191,7 @@ pub struct Controller {
     /// Root drive first, as Firecracker keeps them.
     drives: Vec<Drive>,
     nics: Vec<NetworkInterface>,
-    vsock: Option<VsockSlot>,
+    vsock: Option<VsockDevice>,
     metrics: Option<std::fs::File>,
     log: LogControl,
     launcher: Arc<dyn GuestLauncher>,
@@ -252,7 +226,7 @@ impl Controller {
 
     /// The vsock socket path, if a vsock device was configured.
     pub fn vsock_path(&self) -> Option<&Path> {
-        self.vsock.as_ref().map(VsockSlot::path)
+        self.vsock.as_ref().map(VsockDevice::path)
     }
 
     /// `--metrics-path` at start-up, as Firecracker does it.
@@ -541,31 +515,16 @@ impl Controller {
             return ApiReply::fault(NOT_SUPPORTED_POST_BOOT);
         }
         let backend = "Vsock config error: Cannot create backend for vsock device";
-        let old = self.vsock.take();
-        if let Some(VsockSlot::Proxy(old)) = old
+        if let Some(old) = self.vsock.take()
             && let Err(e) = old.remove()
         {
             return ApiReply::fault(format!(
                 "{backend}: Error binding to the host-side Unix socket: {e}"
             ));
         }
-        if self.launcher.serves_vsock() {
-            // Firecracker binds here and fails on an existing path; the
-            // VMM that will bind it later gets the same check now.
-            return match std::fs::symlink_metadata(&config.uds_path) {
-                Ok(_) => ApiReply::fault(format!(
-                    "{backend}: Error binding to the host-side Unix socket: {}",
-                    io::Error::from_raw_os_error(libc::EADDRINUSE)
-                )),
-                Err(_) => {
-                    self.vsock = Some(VsockSlot::Reserved(config));
-                    ApiReply::no_content()
-                }
-            };
-        }
         match VsockDevice::bind(config, self.guest.subscribe()) {
             Ok(device) => {
-                self.vsock = Some(VsockSlot::Proxy(device));
+                self.vsock = Some(device);
                 ApiReply::no_content()
             }
             Err(e) => ApiReply::fault(format!(
@@ -726,9 +685,8 @@ impl Controller {
             tap: n.host_dev_name.clone(),
             mac: n.guest_mac,
         });
-        let vsock = self.vsock.as_ref().map(|slot| VsockPlan {
-            guest_cid: slot.config().guest_cid,
-            uds_path: slot.path().to_owned(),
+        let vsock = self.vsock.as_ref().map(|device| VsockPlan {
+            guest_cid: device.config().guest_cid,
         });
         Ok(BootPlan {
             id: self.id.clone(),
@@ -806,8 +764,8 @@ mod tests {
     }
 
     impl Guest for FakeGuest {
-        fn vsock_dir(&self) -> PathBuf {
-            PathBuf::from("/nonexistent")
+        fn vsock_upstream(&self) -> VsockUpstream {
+            VsockUpstream::Dir(PathBuf::from("/nonexistent"))
         }
         fn ctrl_alt_del(&self) -> Result<(), String> {
             self.calls.lock().unwrap().push("ctrl_alt_del");
@@ -830,7 +788,6 @@ mod tests {
     struct FakeLauncher {
         plans: Mutex<Vec<BootPlan>>,
         fail: Mutex<Option<String>>,
-        serves_vsock: bool,
     }
 
     impl GuestLauncher for FakeLauncher {
@@ -851,10 +808,6 @@ mod tests {
                 Ok(guest)
             })
         }
-
-        fn serves_vsock(&self) -> bool {
-            self.serves_vsock
-        }
     }
 
     struct Fixture {
@@ -865,15 +818,11 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
-            Self::with_launcher(FakeLauncher::default())
-        }
-
-        fn with_launcher(launcher: FakeLauncher) -> Self {
             let dir = tempfile::tempdir().unwrap();
             for f in ["vmlinux", "root.img", "work.img"] {
                 fs_err::write(dir.path().join(f), "x").unwrap();
             }
-            let launcher = Arc::new(launcher);
+            let launcher = Arc::new(FakeLauncher::default());
             let (slot, _) = watch::channel(None);
             let controller = Controller::new(
                 "vm-1",
@@ -960,39 +909,16 @@ mod tests {
         assert!(reply.body.unwrap().contains(r#""state":"Running""#));
     }
 
-    /// A launcher whose VMM serves vsock (qemu): `PUT /vsock` only reserves
-    /// the path (refusing one that exists, as Firecracker's bind would), and
-    /// the plan carries everything QEMU needs.
+    /// The plan carries everything a VMM needs (qemu uses all of it).
     #[tokio::test]
-    async fn a_vmm_that_serves_vsock_gets_the_path_and_the_whole_machine() {
-        let mut f = Fixture::with_launcher(FakeLauncher {
-            serves_vsock: true,
-            ..FakeLauncher::default()
-        });
-        let reply = f
-            .send(
-                Method::PUT,
-                "/vsock",
-                r#"{"guest_cid":3,"uds_path":"{dir}/work.img"}"#,
-            )
-            .await;
-        assert!(
-            reply
-                .fault_message()
-                .unwrap()
-                .contains("Address already in use"),
-            "{reply:?}"
-        );
+    async fn the_plan_holds_the_whole_machine() {
+        let mut f = Fixture::new();
         f.ok(
             Method::PUT,
             "/vsock",
             r#"{"guest_cid":7,"uds_path":"{dir}/v.sock"}"#,
         )
         .await;
-        assert!(
-            !f.dir.path().join("v.sock").exists(),
-            "simvm bound the socket"
-        );
         f.ok(
             Method::PUT,
             "/machine-config",
@@ -1024,13 +950,7 @@ mod tests {
         )
         .await;
         let plan = f.launcher.plans.lock().unwrap()[0].clone();
-        assert_eq!(
-            plan.vsock,
-            Some(VsockPlan {
-                guest_cid: 7,
-                uds_path: f.dir.path().join("v.sock"),
-            })
-        );
+        assert_eq!(plan.vsock, Some(VsockPlan { guest_cid: 7 }));
         assert_eq!((plan.vcpus, plan.mem_mib), (2, 768));
         assert_eq!(plan.kernel, PathBuf::from(f.path("vmlinux")));
         assert_eq!(plan.initrd, Some(PathBuf::from(f.path("work.img"))));

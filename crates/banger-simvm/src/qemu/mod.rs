@@ -5,9 +5,10 @@
 //! with `PDEATHSIG=SIGKILL`, so they die with it):
 //!
 //! ```text
-//! banger-simvm (API, log)
-//!  ├─ vhost-device-vsock --guest-cid N --socket <api>.vhost --uds-path <uds_path>
-//!  │    the vsock device; its `uds_path` speaks Firecracker's hybrid vsock
+//! banger-simvm (API, log, the configured hybrid vsock socket)
+//!  ├─ vhost-device-vsock --guest-cid N --socket <api>.vhost --uds-path <api>.vsock
+//!  │    the vsock device; simvm forwards hybrid vsock connections to its
+//!  │    `<api>.vsock`, which speaks the same protocol (see [`crate::vsock`])
 //!  └─ qemu-system-x86_64 -M microvm … (KVM when usable, else TCG)
 //!       stdout: the serial console (simvm's stdout, as Firecracker's)
 //!       stderr: simvm's log; control: QMP on <api>.qmp
@@ -34,7 +35,7 @@ use tokio::sync::{Notify, watch};
 
 pub use accel::{Accel, AccelChoice};
 
-use crate::controller::{BootPlan, Guest, GuestLauncher};
+use crate::controller::{BootPlan, Guest, GuestLauncher, VsockUpstream};
 
 /// How long QEMU and the vsock device get to create their sockets.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,17 +85,21 @@ impl QemuLauncher {
         );
         let qmp = self.socket(".qmp");
         let vhost = plan.vsock.as_ref().map(|_| self.socket(".vhost"));
-        for path in [Some(&qmp), vhost.as_ref()].into_iter().flatten() {
+        let hybrid = plan.vsock.as_ref().map(|_| self.socket(".vsock"));
+        for path in [Some(&qmp), vhost.as_ref(), hybrid.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             remove_socket(path);
         }
 
         let mut vsock_device = None;
-        if let (Some(vsock), Some(vhost)) = (&plan.vsock, &vhost) {
+        if let (Some(vsock), Some(vhost), Some(hybrid)) = (&plan.vsock, &vhost, &hybrid) {
             let mut child = crate::exec::spawn_vhost_vsock(
                 &self.config.vhost_vsock,
                 vsock.guest_cid,
                 vhost,
-                &vsock.uds_path,
+                hybrid,
             )
             .map_err(|e| {
                 format!(
@@ -146,6 +151,7 @@ impl QemuLauncher {
         let kill = Arc::new(Notify::new());
         let mut sockets = vec![qmp.clone()];
         sockets.extend(vhost);
+        sockets.extend(hybrid.clone());
         tokio::spawn(supervise(
             qemu,
             vsock_device,
@@ -156,6 +162,7 @@ impl QemuLauncher {
         Ok(QemuGuest {
             accel,
             qmp,
+            hybrid,
             sockets,
             kill,
             exited,
@@ -170,10 +177,6 @@ impl GuestLauncher for QemuLauncher {
             let guest: Arc<dyn Guest> = Arc::new(guest);
             Ok(guest)
         })
-    }
-
-    fn serves_vsock(&self) -> bool {
-        true
     }
 }
 
@@ -263,6 +266,8 @@ async fn supervise(
 pub struct QemuGuest {
     accel: Accel,
     qmp: PathBuf,
+    /// vhost-device-vsock's hybrid vsock socket, when there is a vsock device.
+    hybrid: Option<PathBuf>,
     sockets: Vec<PathBuf>,
     kill: Arc<Notify>,
     exited: watch::Receiver<bool>,
@@ -284,9 +289,12 @@ impl QemuGuest {
 }
 
 impl Guest for QemuGuest {
-    fn vsock_dir(&self) -> PathBuf {
-        // vhost-device-vsock serves the hybrid socket; simvm proxies nothing.
-        PathBuf::new()
+    fn vsock_upstream(&self) -> VsockUpstream {
+        match &self.hybrid {
+            Some(socket) => VsockUpstream::Hybrid(socket.clone()),
+            // No vsock device: connections find nothing to talk to.
+            None => VsockUpstream::Dir(PathBuf::from("/nonexistent")),
+        }
     }
 
     fn ctrl_alt_del(&self) -> Result<(), String> {

@@ -5,4 +5,5 @@
 
 mod boot;
 mod conformance;
+mod qemu;
 mod support;
