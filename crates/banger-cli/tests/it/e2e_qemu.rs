@@ -238,6 +238,13 @@ fn qemu_guest_end_to_end() {
         assert!(show.contains("software emulation: slow"), "{show}");
         assert!(list.stderr.contains("software emulation"), "{list}");
     }
+    // vm stats counts QEMU (a booted guest's memory), not only simvm.
+    let stats: Value =
+        serde_json::from_str(&ok(&sim, &["vm", "stats", "q", "--json"]).stdout).unwrap();
+    assert!(
+        stats["rss_bytes"].as_u64().unwrap() > 64 << 20,
+        "QEMU is not counted: {stats}"
+    );
     let doctor = sim.banger(["doctor"]);
     assert!(doctor.stdout.contains("qemu"), "{doctor}");
 
