@@ -245,8 +245,21 @@ fn qemu_guest_end_to_end() {
         stats["rss_bytes"].as_u64().unwrap() > 64 << 20,
         "QEMU is not counted: {stats}"
     );
+    // Doctor names the engine's pieces and, after that boot, the accelerator.
     let doctor = sim.banger(["doctor"]);
-    assert!(doctor.stdout.contains("qemu"), "{doctor}");
+    for check in [
+        "qemu: guests boot their real kernel",
+        "vhost-device-vsock 0.3.0",
+        "qemu-accel",
+    ] {
+        assert!(doctor.stdout.contains(check), "{check} missing:\n{doctor}");
+    }
+    if accel == "tcg" {
+        assert!(
+            doctor.stdout.contains("TCG, software emulation: slow"),
+            "{doctor}"
+        );
+    }
 
     // sshd runs with banger's hardening; the kernel is the guest's.
     let sshd = ok(&sim, &["vm", "ssh", "q", "--", "/usr/sbin/sshd", "-T"]).stdout;
