@@ -45,6 +45,18 @@ pub struct Empty {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmListResult {
     pub vms: Vec<Vm>,
+    /// Host conditions every VM is affected by (the state filesystem
+    /// running out of space).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `vm.show`: the record and what its disks hold on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDetails {
+    #[serde(flatten)]
+    pub vm: Vm,
+    pub disks: banger_model::vm::VmDisks,
 }
 
 /// `image.list`
@@ -99,6 +111,7 @@ pub struct VmStats {
     pub rss_bytes: u64,
     pub threads: u32,
     pub uptime_seconds: u64,
+    pub disks: banger_model::vm::VmDisks,
 }
 
 /// `doctor.run`: the daemon's readiness checks, in display order.

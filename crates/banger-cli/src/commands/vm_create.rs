@@ -71,6 +71,7 @@ async fn create_once(
         disk_size: Some(spec.disk_size),
         nat: flags.nat,
         vmm: flags.vmm,
+        allow_overcommit: flags.allow_overcommit,
     };
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();

@@ -316,6 +316,7 @@ fn sim_engine_answers_as_firecracker_did() {
         support::skip(
             "sim_engine_answers_as_firecracker_did",
             "needs root (a bridge and TAP in a network namespace, loop mounts)",
+            support::Prerequisite::ProvidedByCi,
         );
         return;
     }
@@ -328,7 +329,11 @@ fn sim_engine_answers_as_firecracker_did() {
 fn qemu_engine_answers_as_firecracker_did() {
     let test = "qemu_engine_answers_as_firecracker_did";
     if !support::is_root() {
-        support::skip(test, "needs root (a bridge and TAP in a network namespace)");
+        support::skip(
+            test,
+            "needs root (a bridge and TAP in a network namespace)",
+            support::Prerequisite::ProvidedByCi,
+        );
         return;
     }
     let Some((qemu, vhost)) = support::qemu_engine_programs(test) else {
@@ -357,11 +362,16 @@ fn real_firecracker_still_answers_as_recorded() {
         support::skip(
             test,
             "set BANGER_TEST_FIRECRACKER=/path/to/firecracker (v1.16) to compare",
+            support::Prerequisite::NotInCi,
         );
         return;
     };
     if !support::is_root() {
-        support::skip(test, "needs root (TAP, KVM)");
+        support::skip(
+            test,
+            "needs root (TAP, KVM)",
+            support::Prerequisite::NotInCi,
+        );
         return;
     }
     let verdicts = support::in_netns(move || play(binary, Vec::new()));
@@ -389,11 +399,16 @@ fn real_firecracker_boots_through_the_launcher() {
         support::skip(
             test,
             "set BANGER_TEST_FIRECRACKER=/path/to/firecracker (v1.16)",
+            support::Prerequisite::NotInCi,
         );
         return;
     };
     if !support::is_root() {
-        support::skip(test, "needs root (TAP, KVM)");
+        support::skip(
+            test,
+            "needs root (TAP, KVM)",
+            support::Prerequisite::NotInCi,
+        );
         return;
     }
     support::in_netns(move || async move {

@@ -195,7 +195,11 @@ async fn ends_cleanly(kill: Kill, qemu: PathBuf, vhost: PathBuf) {
 
 fn run(kill: Kill, test: &str) {
     if !support::is_root() {
-        support::skip(test, "needs root (a TAP in a network namespace)");
+        support::skip(
+            test,
+            "needs root (a TAP in a network namespace)",
+            support::Prerequisite::ProvidedByCi,
+        );
         return;
     }
     let Some((qemu, vhost)) = support::qemu_engine_programs(test) else {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub(crate) use banger_testkit::Prerequisite;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -12,9 +13,11 @@ pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Prints why a test does not run.
-pub(crate) fn skip(test: &str, reason: &str) {
-    eprintln!("skipping {test}: {reason}");
+/// Records why a test does not run (banger-testkit's skip log); in CI a
+/// prerequisite CI provides fails the test instead.
+#[track_caller]
+pub(crate) fn skip(test: &str, reason: &str, prerequisite: Prerequisite) {
+    banger_testkit::skip(test, reason, prerequisite);
 }
 
 pub(crate) fn have(tool: &str) -> bool {
@@ -144,12 +147,6 @@ pub(crate) fn tiny_kernel() -> Vec<u8> {
     elf
 }
 
-/// Whether `CI=true`: then a missing prerequisite that CI provides is a
-/// failure, not a skip.
-pub(crate) fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// Where the repository keeps tools its install script builds.
 pub(crate) fn repo_tools_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/tools/bin")
@@ -157,8 +154,8 @@ pub(crate) fn repo_tools_bin() -> PathBuf {
 
 /// `qemu-system-x86_64` and `vhost-device-vsock` for the qemu engine:
 /// `BANGER_TEST_VHOST_VSOCK`, the install script's `.cache/tools/bin`, or
-/// `PATH`. Missing ones skip the test with the reason, or fail it in CI
-/// (scripts/install-deps.sh installs both).
+/// `PATH`. Missing ones skip the test with the reason (in CI they fail it:
+/// scripts/install-deps.sh installs both).
 pub(crate) fn qemu_engine_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
     let in_path = |name: &str| {
         std::env::var_os("PATH").and_then(|path| {
@@ -185,12 +182,11 @@ pub(crate) fn qemu_engine_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
             if vhost.is_none() {
                 missing.push("vhost-device-vsock (.cache/tools/bin, from scripts/install-deps.sh)");
             }
-            let reason = format!("missing {}", missing.join(" and "));
-            assert!(
-                !in_ci(),
-                "{test}: {reason}; CI installs them with scripts/install-deps.sh"
+            let reason = format!(
+                "missing {}; scripts/install-deps.sh installs them",
+                missing.join(" and ")
             );
-            skip(test, &reason);
+            skip(test, &reason, Prerequisite::ProvidedByCi);
             None
         }
     }

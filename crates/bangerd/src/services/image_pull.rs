@@ -88,11 +88,14 @@ async fn pull_oci(
         () = cancel.cancelled() => return Err(RpcError::cancelled()),
     }
     .map_err(|err| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{err}: {}", error_chain(&err)),
-        )
-        .with_hint("layers already downloaded stay cached; pulling again resumes")
+        let failed =
+            crate::errors::failed(ErrorCode::FailedPrecondition, "pulling the image", &err);
+        match failed.hint {
+            Some(_) => failed,
+            None => {
+                failed.with_hint("layers already downloaded stay cached; pulling again resumes")
+            }
+        }
     })?;
     stage.done();
     let source = pulled.metadata.source();
@@ -131,10 +134,7 @@ async fn pull_catalog(
         () = cancel.cancelled() => return Err(RpcError::cancelled()),
     }
     .map_err(|err| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{err}: {}", error_chain(&err)),
-        )
+        crate::errors::failed(ErrorCode::FailedPrecondition, "downloading the image", &err)
     })?;
     stage.done();
     let stage = events.stage("unpack");
@@ -150,10 +150,7 @@ async fn pull_catalog(
     .await
     .map_err(|err| RpcError::internal(err.to_string()))?
     .map_err(|err| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{err}: {}", error_chain(&err)),
-        )
+        crate::errors::failed(ErrorCode::FailedPrecondition, "unpacking the image", &err)
     })?;
     stage.done();
     let source = ImageSource::Catalog {

@@ -43,6 +43,7 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "disk-space",
             "vm-defaults",
             "storage",
+            "vm-disks",
             "default-image",
             "dns",
             "dns-routing",
