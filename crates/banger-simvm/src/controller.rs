@@ -170,6 +170,12 @@ pub trait Guest: Send + Sync + fmt::Debug {
     fn leftovers(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Once exited: why, if the guest did not end by shutting itself down
+    /// or being asked to (a crashed or killed VMM process). simvm then exits
+    /// with an error, as a crashed Firecracker would.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Boots guests.

@@ -119,6 +119,8 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
         if let Some(guest) = &guest {
             stop_guest(guest.as_ref()).await;
         }
+    } else if let Some(failure) = guest.as_ref().and_then(|g| g.failure()) {
+        tracing::error!(%failure, "the guest failed");
     } else {
         tracing::info!("guest is gone, exiting");
     }
@@ -131,7 +133,10 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
         .ok()
         .and_then(|c| c.vsock_path().map(Path::to_path_buf));
     remove_sockets([Some(args.api_sock.clone()), vsock]);
-    Ok(())
+    match guest.as_ref().and_then(|g| g.failure()) {
+        Some(failure) if !stopped_by_signal => Err(anyhow::anyhow!("the guest failed: {failure}")),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves once a guest has been started and has exited.

@@ -16,6 +16,7 @@
 //!
 //! `SendCtrlAltDel` is Ctrl-Alt-Del on an i8042 keyboard (QMP `send-key`),
 //! as on Firecracker: systemd reboots, and `-no-reboot` ends QEMU;
+//! a killed QEMU or vsock device makes simvm exit with an error naming it;
 //! `PATCH /vm` is QMP `stop`/`cont`. When either process ends the other is
 //! killed and the guest counts as gone, so simvm exits like a Firecracker
 //! whose guest shut down or crashed. The sockets are removed on the way out.
@@ -149,13 +150,14 @@ impl QemuLauncher {
 
         let (exited_tx, exited) = watch::channel(false);
         let kill = Arc::new(Notify::new());
+        let failure = Arc::new(std::sync::Mutex::new(None));
         let mut sockets = vec![qmp.clone()];
         sockets.extend(vhost);
         sockets.extend(hybrid.clone());
         tokio::spawn(supervise(
-            qemu,
-            vsock_device,
+            Children { qemu, vsock_device },
             kill.clone(),
+            failure.clone(),
             exited_tx,
             sockets.clone(),
         ));
@@ -165,6 +167,7 @@ impl QemuLauncher {
             hybrid,
             sockets,
             kill,
+            failure,
             exited,
         })
     }
@@ -225,34 +228,53 @@ fn remove_socket(path: &Path) {
     }
 }
 
+/// The processes behind one guest.
+struct Children {
+    qemu: Child,
+    vsock_device: Option<Child>,
+}
+
 /// Waits for QEMU or the vsock device to end (or for a kill request), then
-/// ends the other, removes the sockets and reports the guest gone.
+/// ends the other, removes the sockets and reports the guest gone. An end
+/// that was neither the guest leaving (QEMU exits 0 on poweroff and, with
+/// `-no-reboot`, on reboot) nor asked for is recorded as the failure.
 async fn supervise(
-    mut qemu: Child,
-    mut vsock_device: Option<Child>,
+    mut children: Children,
     kill: Arc<Notify>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     exited: watch::Sender<bool>,
     sockets: Vec<PathBuf>,
 ) {
     let device_exit = async {
-        match &mut vsock_device {
+        match &mut children.vsock_device {
             Some(child) => child.wait().await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        status = qemu.wait() => {
-            tracing::info!(status = ?status.ok(), "qemu exited");
-        }
-        status = device_exit => {
-            tracing::error!(status = ?status.ok(), "vhost-device-vsock exited; stopping the guest");
-        }
+    let failed = tokio::select! {
+        status = children.qemu.wait() => match status {
+            Ok(status) if status.success() => {
+                tracing::info!("qemu exited: the guest shut down");
+                None
+            }
+            Ok(status) => Some(format!("qemu exited ({status})")),
+            Err(e) => Some(format!("qemu could not be waited for: {e}")),
+        },
+        status = device_exit => Some(match status {
+            Ok(status) => format!("vhost-device-vsock exited ({status})"),
+            Err(e) => format!("vhost-device-vsock could not be waited for: {e}"),
+        }),
         () = kill.notified() => {
             tracing::warn!("killing qemu");
+            None
         }
+    };
+    if let Some(reason) = &failed {
+        tracing::error!(%reason, "stopping the guest");
     }
-    kill_and_reap(&mut qemu).await;
-    if let Some(child) = &mut vsock_device {
+    *failure.lock().unwrap_or_else(|e| e.into_inner()) = failed;
+    kill_and_reap(&mut children.qemu).await;
+    if let Some(child) = &mut children.vsock_device {
         kill_and_reap(child).await;
     }
     for socket in &sockets {
@@ -270,6 +292,7 @@ pub struct QemuGuest {
     hybrid: Option<PathBuf>,
     sockets: Vec<PathBuf>,
     kill: Arc<Notify>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     exited: watch::Receiver<bool>,
 }
 
@@ -326,6 +349,13 @@ impl Guest for QemuGuest {
 
     fn kill(&self) {
         self.kill.notify_one();
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn leftovers(&self) -> Vec<String> {

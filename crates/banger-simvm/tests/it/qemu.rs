@@ -3,7 +3,8 @@
 //! tiny PVH kernel (it halts at once, so the VM stays Running and idle), a
 //! root drive, a TAP and a vsock device. Then each way the guest can end:
 //! QEMU killed, vhost-device-vsock killed, simvm itself killed. Each time
-//! the rest must go too and no socket may stay behind; pause and resume are
+//! the rest must go too, no socket may stay behind and simvm must fail
+//! (exit 1, naming what died) as a crashed Firecracker would; pause and resume are
 //! checked through QEMU's own view (QMP `query-status`).
 
 use std::ffi::OsString;
@@ -169,9 +170,15 @@ async fn ends_cleanly(kill: Kill, qemu: PathBuf, vhost: PathBuf) {
         log()
     );
     match kill {
-        // simvm cleans up after its guest.
+        // simvm cleans up after its guest, and fails like a crashed
+        // Firecracker, naming what died.
         Kill::Qemu | Kill::VsockDevice => {
-            assert_eq!(exit, VmmExit::Code(0), "{}", log());
+            assert_eq!(exit, VmmExit::Code(1), "{}", log());
+            let named = match kill {
+                Kill::Qemu => "qemu exited (signal: 9",
+                _ => "vhost-device-vsock exited (signal: 9",
+            };
+            assert!(log().contains(named), "{named} not in the log:\n{}", log());
             for socket in [
                 "api.sock",
                 "api.sock.qmp",
