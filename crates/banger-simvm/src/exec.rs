@@ -127,8 +127,12 @@ pub(crate) fn spawn_vhost_vsock(
         .arg(vhost_socket)
         .arg("--uds-path")
         .arg(uds_path)
-        // Its warnings (env_logger) land in simvm's log.
-        .env("RUST_LOG", "warn")
+        // Its warnings (env_logger) land in simvm's log;
+        // BANGER_SIMVM_VSOCK_LOG=debug shows every packet.
+        .env(
+            "RUST_LOG",
+            std::env::var("BANGER_SIMVM_VSOCK_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -148,7 +148,12 @@ impl SimEnv {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns]).arg(program);
         command.env_clear();
-        for key in ["PATH", "BANGER_LOG", "RUST_BACKTRACE"] {
+        for key in [
+            "PATH",
+            "BANGER_LOG",
+            "RUST_BACKTRACE",
+            "BANGER_SIMVM_VSOCK_LOG",
+        ] {
             if let Some(value) = std::env::var_os(key) {
                 command.env(key, value);
             }
@@ -220,6 +225,12 @@ impl SimEnv {
             section(
                 &format!("console of {}", vm_dir.file_name().to_string_lossy()),
                 tail(&console, 30),
+            );
+            let vmm_log =
+                std::fs::read_to_string(vm_dir.path().join("vmm.log")).unwrap_or_default();
+            section(
+                &format!("vmm log of {}", vm_dir.file_name().to_string_lossy()),
+                tail(&vmm_log, 40),
             );
         }
         text
