@@ -151,6 +151,9 @@ pub enum VsockUpstream {
     /// Another hybrid vsock socket (`CONNECT <port>\n` → `OK …\n`): the
     /// qemu engine's vhost-device-vsock.
     Hybrid(PathBuf),
+    /// Nothing can be reached yet (the guest's vsock driver is not up):
+    /// connections are closed, as when nothing listens.
+    NotReady,
 }
 
 /// A running guest.

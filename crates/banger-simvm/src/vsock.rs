@@ -8,11 +8,14 @@
 //! - the namespace engine: the listener for port P is the unix socket
 //!   `/run/banger/vsock/<P>.sock` inside the guest;
 //! - the qemu engine: vhost-device-vsock's own hybrid socket, which
-//!   reaches the guest over virtio-vsock. simvm finishes every handshake it
-//!   starts there, even for a client that gave up: vhost-device-vsock 0.3.0
-//!   panics (and its device stops answering) when the `OK` it writes meets
-//!   a closed socket, which a client with a short timeout would cause while
-//!   an emulated guest is slow to answer.
+//!   reaches the guest over virtio-vsock. vhost-device-vsock 0.3.0 is
+//!   fragile in two ways simvm shields it from: a host connection that
+//!   arrives while QEMU is still setting up its rings can end its worker
+//!   thread (the device then never answers again), so simvm connects only
+//!   once the guest's driver has started the device
+//!   ([`VsockUpstream::NotReady`] before); and it panics when the `OK` it
+//!   writes meets a closed socket, so simvm finishes every handshake it
+//!   starts, even for a client that gave up.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -140,6 +143,8 @@ enum ProxyError {
     BadRequest(String),
     #[error("the guest is not running")]
     NoGuest,
+    #[error("the guest's vsock device is not ready yet")]
+    NotReady,
     #[error("the vsock device refused port {port}: {answer:?}")]
     Refused { port: u32, answer: String },
     #[error("nothing listens on guest vsock port {port}")]
@@ -203,6 +208,7 @@ async fn proxy(
                 .map_err(|source| ProxyError::NoListener { port, source })?
         }
         VsockUpstream::Hybrid(socket) => hybrid_connect(&socket, port).await?,
+        VsockUpstream::NotReady => return Err(ProxyError::NotReady),
     };
     let host_port = ports.next();
     client

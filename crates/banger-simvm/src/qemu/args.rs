@@ -17,6 +17,9 @@ pub const MACHINE: &str = "microvm,acpi=on,rtc=on,pit=on,pic=on";
 /// reasonable time; this tells it the rate instead.
 pub const EMULATED_TSC_ARG: &str = "tsc_early_khz=2000000";
 
+/// The vsock device's id; QMP finds it at `/machine/peripheral/<id>`.
+pub const VSOCK_DEVICE_ID: &str = "vsock0";
+
 /// Sockets QEMU talks to.
 #[derive(Debug, Clone, Copy)]
 pub struct Sockets<'a> {
@@ -107,7 +110,10 @@ pub fn args(plan: &BootPlan, accel: Accel, sockets: Sockets<'_>) -> Vec<OsString
     if let Some(socket) = sockets.vhost_vsock {
         args.push(["-chardev"]);
         args.push_os(format!("socket,id=vsock,path={}", socket.display()));
-        args.push(["-device", "vhost-user-vsock-device,chardev=vsock"]);
+        args.push([
+            "-device",
+            &format!("vhost-user-vsock-device,chardev=vsock,id={VSOCK_DEVICE_ID}"),
+        ]);
     }
     args.0
 }
@@ -213,7 +219,7 @@ mod tests {
             "-drive file=/vms/a/root.ext4,format=raw,if=none,id=d0,readonly=on,cache=unsafe -device virtio-blk-device,drive=d0",
             "-drive file=/vms/a,,b/work.ext4,format=raw,if=none,id=d1,readonly=off,cache=unsafe -device virtio-blk-device,drive=d1",
             "-netdev tap,id=n0,ifname=btap-1,script=no,downscript=no,vhost=off -device virtio-net-device,netdev=n0,mac=02:fc:ac:1e:00:05",
-            "-chardev socket,id=vsock,path=/vms/a/api.sock.vhost -device vhost-user-vsock-device,chardev=vsock",
+            "-chardev socket,id=vsock,path=/vms/a/api.sock.vhost -device vhost-user-vsock-device,chardev=vsock,id=vsock0",
         ] {
             assert!(line.contains(expected), "{expected:?} missing from {line}");
         }

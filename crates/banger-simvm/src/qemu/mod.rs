@@ -42,6 +42,9 @@ use crate::controller::{BootPlan, Guest, GuestLauncher, VsockUpstream};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a killed child may take to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after QEMU reports the vsock device started simvm still waits
+/// before connecting to it (the last ring messages may be in flight).
+const VSOCK_SETTLE: Duration = Duration::from_millis(200);
 
 /// Where the engine's programs are and which accelerator to use.
 #[derive(Debug, Clone)]
@@ -168,6 +171,7 @@ impl QemuLauncher {
             sockets,
             kill,
             failure,
+            vsock_seen: std::sync::Mutex::new(None),
             exited,
         })
     }
@@ -293,12 +297,38 @@ pub struct QemuGuest {
     sockets: Vec<PathBuf>,
     kill: Arc<Notify>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// When the guest was first seen to have started the vsock device.
+    vsock_seen: std::sync::Mutex<Option<std::time::Instant>>,
     exited: watch::Receiver<bool>,
 }
 
 impl QemuGuest {
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// Whether the guest's driver has started the vsock device (QEMU then
+    /// has handed vhost-device-vsock its memory and rings) and
+    /// [`VSOCK_SETTLE`] has passed since it was first seen started. Asked
+    /// over QMP until it is; remembered after.
+    fn vsock_started(&self) -> bool {
+        let mut seen = self.vsock_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_none() {
+            let path = format!("/machine/peripheral/{}", args::VSOCK_DEVICE_ID);
+            match qmp::execute(
+                &self.qmp,
+                "x-query-virtio-status",
+                Some(serde_json::json!({ "path": path })),
+            ) {
+                Ok(status) if status["vhost-started"] == true => {
+                    tracing::info!("the guest started the vsock device");
+                    *seen = Some(std::time::Instant::now());
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(error = %error_chain(&error), "vsock status"),
+            }
+        }
+        seen.is_some_and(|at| at.elapsed() >= VSOCK_SETTLE)
     }
 
     fn qmp(&self, command: &str) -> Result<(), String> {
@@ -314,7 +344,8 @@ impl QemuGuest {
 impl Guest for QemuGuest {
     fn vsock_upstream(&self) -> VsockUpstream {
         match &self.hybrid {
-            Some(socket) => VsockUpstream::Hybrid(socket.clone()),
+            Some(socket) if self.vsock_started() => VsockUpstream::Hybrid(socket.clone()),
+            Some(_) => VsockUpstream::NotReady,
             // No vsock device: connections find nothing to talk to.
             None => VsockUpstream::Dir(PathBuf::from("/nonexistent")),
         }

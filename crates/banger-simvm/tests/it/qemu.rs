@@ -20,6 +20,7 @@ use banger_firecracker::vmm::{ProcessVmm, Vmm};
 use banger_simvm::qemu::qmp;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, KillOnDrop};
@@ -146,6 +147,20 @@ async fn ends_cleanly(kill: Kill, qemu: PathBuf, vhost: PathBuf) {
     let status = qmp::execute(&qmp_socket, "query-status", None).unwrap();
     assert_eq!(status["status"], "running", "{status}");
     drop(client);
+
+    // No driver in this guest ever starts the vsock device, so simvm
+    // closes hybrid vsock connections instead of handing them to
+    // vhost-device-vsock.
+    let mut stream = tokio::net::UnixStream::connect(dir.path().join("v.sock"))
+        .await
+        .unwrap();
+    stream.write_all(b"CONNECT 1024\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed, not left hanging")
+        .unwrap();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 
     let victim = match kill {
         Kill::Qemu => qemu_pid,
