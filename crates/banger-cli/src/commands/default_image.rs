@@ -60,7 +60,7 @@ pub(crate) async fn bootstrap_default_image(
     });
     let plan = Plan {
         distro: DEFAULT,
-        kernel: vmm == VmmKind::Firecracker && kernels.kernels.is_empty(),
+        kernel: vmm.boots_kernel() && kernels.kernels.is_empty(),
     };
     eprintln!("{}", describe(&plan));
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();

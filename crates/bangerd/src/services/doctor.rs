@@ -44,6 +44,9 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
             defaults: &defaults,
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
+        if config.vmm == banger_model::vm::VmmKind::Qemu {
+            all.push(qemu_accel(&config));
+        }
         all.push(checks::storage(&storage));
         all.push(space);
         all.push(checks::default_image(&images));
@@ -62,6 +65,39 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let checks: Vec<DoctorCheck> =
         checks.map_err(|err| RpcError::internal(format!("running the checks: {err}")))?;
     Ok(DoctorResult { checks })
+}
+
+/// `vmm = "qemu"`: which accelerator guests get here, the configured one or
+/// what the last boot's probe found; software emulation is a warning (slow).
+fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
+    use banger_model::config::QemuAccel;
+    use banger_model::vm::Accel;
+    let name = "qemu-accel";
+    let slow_fix = "on a host whose KVM runs guests, qemu_accel = \"auto\" picks KVM by itself; \
+                    or use vmm = \"sim\" for speed (namespaces, not a hypervisor)";
+    let judged = |accel: Accel, detail: String| match accel {
+        Accel::Kvm => DoctorCheck::pass(name, detail),
+        Accel::Tcg => DoctorCheck::warn(name, detail, slow_fix),
+    };
+    match config.qemu_accel {
+        QemuAccel::Kvm => judged(Accel::Kvm, "qemu_accel = \"kvm\"".into()),
+        QemuAccel::Tcg => judged(
+            Accel::Tcg,
+            format!("qemu_accel = \"tcg\": {}", Accel::Tcg.description()),
+        ),
+        QemuAccel::Auto => match crate::vm::qemu::last_probe() {
+            Some((accel, reason)) => judged(
+                accel,
+                format!("qemu guests run on {} ({reason})", accel.description()),
+            ),
+            None => DoctorCheck::pass(
+                name,
+                "qemu_accel = \"auto\": the first qemu VM boots its kernel under KVM to check; \
+                 if it does not start, guests run under software emulation (slow) and `vm show` \
+                 says so",
+            ),
+        },
+    }
 }
 
 /// What the VMs' sparse disks may still grow into against the free space
