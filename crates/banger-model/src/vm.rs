@@ -268,6 +268,9 @@ pub struct Vm {
     pub started_at: Option<Timestamp>,
     pub last_error: Option<String>,
     pub workspace: Option<WorkspaceInfo>,
+    /// Host ports forwarded into the guest while it runs.
+    #[serde(default)]
+    pub ports: Vec<crate::publish::PortForward>,
 }
 
 impl Vm {

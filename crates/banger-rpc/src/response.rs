@@ -202,6 +202,9 @@ pub struct PortRow {
     pub port: u16,
     pub process: Option<String>,
     pub command: Option<String>,
+    /// Host addresses (`127.0.0.1:8080`) published to this port (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<String>,
 }
 
 /// `vm.ports`

@@ -74,6 +74,7 @@ fn vm(name: &str, image: &Image, ip: Option<Ipv4Addr>) -> Vm {
         started_at: None,
         last_error: None,
         workspace: None,
+        ports: Vec::new(),
     }
 }
 

@@ -592,3 +592,83 @@ fn interactive_workspace_sessions_bootstrap_mise_tools() {
     sim.ok(["vm", "delete", "cmd", "shell"]);
     sim.assert_clean();
 }
+
+/// `-p` publishes a guest's web server on the host's loopback; a port in
+/// use is refused before a VM exists; `vm port-forward` adds and removes
+/// forwards on a running VM; forwards come back after a restart and are
+/// gone after stop and delete.
+#[test]
+fn published_ports_reach_the_guest_and_go_away_with_it() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let curl = |port: u16| {
+        sim.exec(
+            "curl",
+            [
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{port}/marker.txt"),
+            ],
+        )
+    };
+    let serve = |name: &str| {
+        let start = "echo published-ok > /root/marker.txt && cd /root \
+                     && (setsid python3 -m http.server 8000 >/dev/null 2>&1 < /dev/null &)";
+        sim.ok(["vm", "ssh", name, "--", "sh", "-c", start]);
+    };
+    let out = sim.ok(["vm", "create", "--name", "web", "-p", "18080:8000"]);
+    assert!(
+        out.stderr.contains("published 127.0.0.1:18080 → web:8000"),
+        "{out}"
+    );
+    serve("web");
+    sim.wait_for(
+        "the guest's server through the forward",
+        Duration::from_secs(20),
+        || curl(18080).stdout == "published-ok\n",
+    );
+    let shown: Value =
+        serde_json::from_str(&sim.ok(["vm", "show", "web", "--json"]).stdout).unwrap();
+    assert_eq!(
+        shown["ports"],
+        serde_json::json!([{"host_addr": "127.0.0.1", "host_port": 18080, "guest_port": 8000}])
+    );
+    let ports = sim.ok(["vm", "ports", "web"]).stdout;
+    assert!(ports.contains("127.0.0.1:18080"), "{ports}");
+
+    // A port in use (by web) refuses a second VM before it exists.
+    let out = sim.banger(["vm", "create", "--name", "clash", "-p", "18080:80"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("port 127.0.0.1:18080 is already in use"),
+        "{out}"
+    );
+    let names = sim.ok(["vm", "list", "--json"]).stdout;
+    assert!(!names.contains("clash"), "{names}");
+
+    // Added and removed on the running VM.
+    sim.ok(["vm", "port-forward", "web", "18081:8000"]);
+    assert_eq!(curl(18081).stdout, "published-ok\n");
+    sim.ok(["vm", "port-forward", "web", "--remove", "18080:8000"]);
+    assert!(!curl(18080).success(), "18080 still forwarded");
+
+    // Back after a restart (the guest's server is started again).
+    sim.ok(["vm", "restart", "web"]);
+    serve("web");
+    sim.wait_for("the forward after restart", Duration::from_secs(20), || {
+        curl(18081).stdout == "published-ok\n"
+    });
+    sim.ok(["vm", "stop", "web"]);
+    assert!(!curl(18081).success(), "forwarded while stopped");
+    sim.ok(["vm", "start", "web"]);
+    sim.ok(["vm", "delete", "web"]);
+    // Nothing listens any more: the port can be bound again.
+    let out = sim.exec("sh", ["-c", "ss -ltn | grep -c ':1808[01] ' || true"]);
+    assert_eq!(out.stdout.trim(), "0", "{out}");
+    sim.assert_clean();
+}
