@@ -90,9 +90,24 @@ pub enum VmCommand {
         after_help = "Examples:\n  banger vm port-forward web 8080:80            # http://127.0.0.1:8080 reaches port 80 of web\n  banger vm port-forward web 0.0.0.0:5432:5432  # reachable from other machines\n  banger vm port-forward web --remove 8080:80"
     )]
     PortForward(PortForwardArgs),
+    /// Copy files and directory trees between the host and a VM
+    #[command(
+        after_help = "Examples:\n  banger vm cp ./config web:/etc/app         # a directory into the VM\n  banger vm cp web:/var/log/app.log .        # a file out of it\n  tar -c src | banger vm cp - web:/root/src  # a tar stream (the directory must exist)\n  banger vm cp web:/root/out - | tar -t      # ...and out as one"
+    )]
+    Cp(VmCpArgs),
     /// Copy a git checkout into a VM, or export the work done there
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct VmCpArgs {
+    /// What to copy: a host path, REF:PATH in a VM (relative to /root), or - (a tar on stdin)
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// Where to: REF:PATH, a host path, or - (a tar on stdout); an existing directory receives SRC inside it
+    #[arg(value_name = "DST")]
+    pub dst: String,
 }
 
 /// Size and placement flags shared by `vm run` and `vm create`.

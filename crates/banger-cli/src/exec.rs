@@ -65,6 +65,27 @@ pub fn git_bundle(dir: &Path, file: &Path, refs: &[&str]) -> std::io::Result<std
         .output()
 }
 
+/// Starts `ssh ARGS` with stdin (and stdout) piped as asked, stderr
+/// inherited, for streaming copies.
+pub fn ssh_piped(
+    args: &[std::ffi::OsString],
+    pipe_stdin: bool,
+    pipe_stdout: bool,
+) -> std::io::Result<Child> {
+    let pipe = |piped: bool| {
+        if piped {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        }
+    };
+    Command::new("ssh")
+        .args(args)
+        .stdin(pipe(pipe_stdin))
+        .stdout(pipe(pipe_stdout))
+        .spawn()
+}
+
 /// Runs `ssh ARGS` with `input` on its stdin; returns its output.
 pub async fn ssh_with_input(
     args: &[std::ffi::OsString],

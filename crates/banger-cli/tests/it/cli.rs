@@ -19,6 +19,8 @@ const COMMANDS: &[&[&str]] = &[
     &["vm", "ssh"],
     &["vm", "health"],
     &["vm", "ports"],
+    &["vm", "port-forward"],
+    &["vm", "cp"],
     &["vm", "workspace", "prepare"],
     &["vm", "workspace", "export"],
     &["image", "pull"],

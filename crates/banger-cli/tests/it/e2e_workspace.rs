@@ -672,3 +672,112 @@ fn published_ports_reach_the_guest_and_go_away_with_it() {
     assert_eq!(out.stdout.trim(), "0", "{out}");
     sim.assert_clean();
 }
+
+/// `vm cp` both ways with a directory tree (modes, symlinks, content), into
+/// an existing directory and as a new name, and `-` as a tar stream.
+#[test]
+fn vm_cp_copies_trees_both_ways_keeping_modes() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    sim.ok(["vm", "create", "--name", "box"]);
+    let root = sim.env.root();
+    let tree = root.join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    std::fs::write(tree.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::write(tree.join("sub/secret"), "s3cret\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("sub/deeper/blob.bin"),
+        (0..=255u8).cycle().take(1 << 20).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("run.sh", tree.join("link")).unwrap();
+    let manifest = |dir: &str| format!("cd {dir} && {MANIFEST}");
+    let host_tree = host_manifest(&tree);
+
+    // Into the VM as a new name, then into an existing directory.
+    sim.ok(["vm", "cp", &tree.to_string_lossy(), "box:/root/copied"]);
+    let guest = sim.ok([
+        "vm",
+        "ssh",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        &manifest("/root/copied"),
+    ]);
+    assert_eq!(guest.stdout, host_tree);
+    sim.ok(["vm", "ssh", "box", "--", "mkdir", "/root/inbox"]);
+    sim.ok(["vm", "cp", &tree.to_string_lossy(), "box:inbox"]);
+    let guest = sim.ok([
+        "vm",
+        "ssh",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        &manifest("/root/inbox/tree"),
+    ]);
+    assert_eq!(guest.stdout, host_tree);
+
+    // Out of the VM as a new name, and a single file into a directory.
+    let back = root.join("back");
+    sim.ok(["vm", "cp", "box:/root/copied", &back.to_string_lossy()]);
+    assert_eq!(host_manifest(&back), host_tree);
+    sim.ok(["vm", "cp", "box:/etc/hostname", &root.to_string_lossy()]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("hostname")).unwrap(),
+        "box\n"
+    );
+
+    // Tar streams both ways.
+    let out = sim.exec(
+        "sh",
+        [
+            "-c",
+            &format!(
+                "{} vm cp box:/root/copied - | tar -t | sort",
+                banger_testkit::binary("banger").display()
+            ),
+        ],
+    );
+    assert!(out.stdout.contains("copied/sub/deeper/blob.bin"), "{out}");
+    let out = sim.exec(
+        "sh",
+        [
+            "-c",
+            &format!(
+                "tar -c -C {} run.sh | {} vm cp - box:/tmp && echo sent",
+                tree.display(),
+                banger_testkit::binary("banger").display()
+            ),
+        ],
+    );
+    assert_eq!(out.stdout, "sent\n", "{out}");
+    let mode = sim.ok(["vm", "ssh", "box", "--", "stat", "-c", "%a", "/tmp/run.sh"]);
+    assert_eq!(mode.stdout.trim(), "751");
+
+    // Both sides on the host, or a missing guest path: clear errors.
+    let out = sim.banger(["vm", "cp", "a", "b"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("one side of `vm cp` must be a VM"),
+        "{out}"
+    );
+    let out = sim.banger(["vm", "cp", "box:/nope", &root.to_string_lossy()]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("/nope: no such file or directory"),
+        "{out}"
+    );
+    sim.ok(["vm", "delete", "box"]);
+    sim.assert_clean();
+}
