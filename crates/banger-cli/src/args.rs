@@ -179,6 +179,10 @@ pub struct VmRunArgs {
     /// Delete the VM when the session or command ends
     #[arg(long)]
     pub rm: bool,
+    /// With --rm: before deleting, write the workspace's changes (a patch
+    /// for `git apply` in this checkout) to FILE
+    #[arg(long, value_name = "FILE", requires_all = ["rm", "path"])]
+    pub export: Option<PathBuf>,
     /// Copy the whole directory (submodules included) instead of git history plus changes
     #[arg(long)]
     pub full_copy: bool,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use banger_model::layout::Layout;
-use banger_model::vm::Vm;
+use banger_model::vm::{Vm, WorkspaceInfo};
 use banger_rpc::request::RefParams;
 use banger_rpc::{CallError, ErrorCode, Request, RpcError};
 
@@ -58,9 +58,11 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
     };
 
     // From here on, Ctrl-C must not skip the cleanup below.
+    let mut workspace = None;
     let session = async {
         if let (Some(repo), Some(built)) = (&repo, payload.take()) {
-            vm_workspace::send(layout, vm.name.as_str(), repo, &plan, built).await?;
+            workspace =
+                Some(vm_workspace::send(layout, vm.name.as_str(), repo, &plan, built).await?);
             if args.command.is_empty() {
                 vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
             }
@@ -74,9 +76,76 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
     };
 
     if args.rm {
+        if let Some(workspace) = &workspace {
+            keep_or_report_changes(layout, &vm, workspace, args.export.as_deref()).await;
+        }
         delete(layout, &vm).await;
     }
     outcome
+}
+
+/// Before `--rm` deletes the VM: its workspace changes are written to the
+/// `--export` file, or named as discarded.
+async fn keep_or_report_changes(
+    layout: &Layout,
+    vm: &Vm,
+    workspace: &WorkspaceInfo,
+    export: Option<&std::path::Path>,
+) {
+    let patch = tokio::time::timeout(
+        Duration::from_secs(60),
+        vm_workspace::export_patch(layout, vm.name.as_str(), &workspace.base_commit),
+    )
+    .await;
+    let patch = match patch {
+        Ok(Ok(patch)) => patch,
+        Ok(Err(err)) => {
+            eprintln!("warning: could not read the workspace's changes before deleting: {err:#}");
+            return;
+        }
+        Err(_) => {
+            eprintln!(
+                "warning: reading the workspace's changes timed out; they are deleted with the VM"
+            );
+            return;
+        }
+    };
+    let files = vm_workspace::patched_files(&patch);
+    match export {
+        Some(path) => match fs_err::write(path, &patch) {
+            Ok(()) if files.is_empty() => eprintln!(
+                "workspace: no changes; wrote an empty patch to {}",
+                path.display()
+            ),
+            Ok(()) => eprintln!(
+                "workspace: {} changed ({} bytes) saved to {}; `git apply {}` in {} brings them back",
+                vm_workspace::plural(files.len(), "file"),
+                patch.len(),
+                path.display(),
+                path.display(),
+                workspace.host_path.display()
+            ),
+            Err(err) => {
+                eprintln!("warning: {err}; the workspace's changes are deleted with the VM")
+            }
+        },
+        None if files.is_empty() => {}
+        None => {
+            let shown: Vec<&str> = files.iter().take(5).map(String::as_str).collect();
+            let more = files.len().saturating_sub(shown.len());
+            eprintln!(
+                "workspace: discarding {} changed in {} ({}{}); `vm run --rm --export FILE` keeps them",
+                vm_workspace::plural(files.len(), "file"),
+                vm.name,
+                shown.join(", "),
+                if more > 0 {
+                    format!(", and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
 }
 
 /// With a workspace, commands run in it and shells start in it.

@@ -107,7 +107,7 @@ pub(super) async fn prepare(
     reference: &str,
     repo: &Repo,
     plan: &Plan,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<WorkspaceInfo> {
     let built = build(repo, plan).await?;
     send(layout, reference, repo, plan, built).await
 }
@@ -119,7 +119,7 @@ pub(super) async fn send(
     repo: &Repo,
     plan: &Plan,
     built: Built,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<WorkspaceInfo> {
     let info = running_ssh_info(layout, reference).await?;
     let summary = built.summary;
     eprintln!(
@@ -162,16 +162,16 @@ pub(super) async fn send(
         .call(
             &Request::WorkspaceRecord(WorkspaceRecordParams {
                 reference: reference.to_owned(),
-                workspace,
+                workspace: workspace.clone(),
             }),
             |_| {},
         )
         .await?;
-    Ok(summary)
+    Ok(workspace)
 }
 
 /// `1 changed file`, `2 changed files`.
-fn plural(count: usize, noun: &str) -> String {
+pub(super) fn plural(count: usize, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
     } else {
@@ -231,32 +231,51 @@ pub(super) async fn export_cmd(
             "--base-commit {base:?} is not a commit id (hex)"
         )));
     }
-    let info = running_ssh_info(layout, vm.id.as_str()).await?;
-    let args_ssh = ssh_args(&info, Some(&export::remote_command(&base)), false);
+    let patch = export_patch(layout, vm.id.as_str(), &base).await?;
+    match &args.output {
+        Some(path) => {
+            fs_err::write(path, &patch)?;
+            eprintln!(
+                "base: {base}\npatch: {} ({} bytes)",
+                path.display(),
+                patch.len()
+            );
+        }
+        None => {
+            std::io::stdout().lock().write_all(&patch)?;
+            eprintln!("base: {base}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The patch of everything in the VM's workspace since `base` (a commit id).
+pub(super) async fn export_patch(
+    layout: &Layout,
+    reference: &str,
+    base: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let info = running_ssh_info(layout, reference).await?;
+    let args_ssh = ssh_args(&info, Some(&export::remote_command(base)), false);
     let output = crate::exec::ssh_with_input(&args_ssh, tokio::io::empty())
         .await
         .context("running ssh")?;
     if !output.status.success() {
         anyhow::bail!(
             "exporting the workspace of {} failed ({}): {}",
-            vm.name,
+            info.name,
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    match &args.output {
-        Some(path) => {
-            fs_err::write(path, &output.stdout)?;
-            eprintln!(
-                "base: {base}\npatch: {} ({} bytes)",
-                path.display(),
-                output.stdout.len()
-            );
-        }
-        None => {
-            std::io::stdout().lock().write_all(&output.stdout)?;
-            eprintln!("base: {base}");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(output.stdout)
+}
+
+/// The files a patch touches (`diff --git a/X b/X` lines).
+pub(super) fn patched_files(patch: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(patch)
+        .lines()
+        .filter_map(|line| line.strip_prefix("diff --git a/"))
+        .filter_map(|rest| rest.split_once(" b/").map(|(a, _)| a.to_owned()))
+        .collect()
 }

@@ -781,3 +781,57 @@ fn vm_cp_copies_trees_both_ways_keeping_modes() {
     sim.ok(["vm", "delete", "box"]);
     sim.assert_clean();
 }
+
+/// `vm run --rm` names the workspace changes it discards, and with
+/// `--export FILE` saves them first as a patch for the host checkout.
+#[test]
+fn vm_run_rm_names_or_exports_the_changes_it_deletes() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    let work = "echo changed >> committed.txt && echo fresh > created.txt";
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        work,
+    ]);
+    assert!(
+        out.stderr
+            .contains("workspace: discarding 2 files changed in")
+            && out.stderr.contains("committed.txt, created.txt"),
+        "{out}"
+    );
+    let patch = sim.env.root().join("kept.patch");
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        "--export",
+        &patch.to_string_lossy(),
+        &repo.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        work,
+    ]);
+    assert!(out.stderr.contains("2 files changed"), "{out}");
+    assert!(out.stderr.contains("deleted (--rm)"), "{out}");
+    git(&repo, &["apply", &patch.to_string_lossy()]);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("created.txt")).unwrap(),
+        "fresh\n"
+    );
+    // --export without --rm or a path is a usage error.
+    let out = sim.banger(["vm", "run", "--export", "x.patch", "--", "true"]);
+    out.assert_code(2);
+    assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
