@@ -5,10 +5,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use banger_model::check::DoctorCheck;
 use banger_model::config::Config;
 use banger_model::defaults::VmDefaults;
 use banger_model::vm::{StorageStrategy, VmmKind};
-use banger_rpc::response::DoctorCheck;
 
 use crate::host::{DeviceProbe, Host, KvmProbe};
 

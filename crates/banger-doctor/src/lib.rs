@@ -1,7 +1,7 @@
 //! `banger doctor`'s readiness checks: what this host offers, judged
 //! pass/warn/fail, each non-pass with the command or setting that fixes it.
 //!
-//! Checks are data ([`banger_rpc::response::DoctorCheck`]): a name, a
+//! Checks are data ([`banger_model::check::DoctorCheck`]): a name, a
 //! status, what was found and the fix. Every check is a plain function over
 //! the [`Host`] seam and over facts its caller already knows (the daemon's
 //! config, storage probe, DNS state), so each one is unit-tested
@@ -28,7 +28,7 @@ pub mod host;
 mod kvm;
 pub mod real;
 
-pub use banger_rpc::response::{CheckStatus, DoctorCheck};
+pub use banger_model::check::{CheckStatus, DoctorCheck};
 pub use checks::{
     CatalogLookup, DnsFacts, HostInputs, ImageFacts, IncludeState, ResolveProbe, RoutingFacts,
     StorageFacts, host_checks,

@@ -22,8 +22,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-/// The first-boot script used as `init=` for images without an initrd.
-pub const FIRST_BOOT_INIT: &str = "/usr/local/libexec/banger-first-boot";
+/// banger's first-boot script, `init=` for images without an initrd.
+pub use banger_model::contract::FIRST_BOOT_PATH as FIRST_BOOT_INIT;
 
 /// The guest interface banger configures.
 pub const GUEST_DEVICE: &str = "eth0";

@@ -23,9 +23,7 @@ pub const AGENT_UNIT: &str = include_str!("../guest/banger-vsock-agent.service")
 /// The hardened sshd drop-in (StrictModes stays at its default, on).
 pub const SSHD_DROP_IN: &str = include_str!("../guest/99-banger.conf");
 
-/// Where the first-boot script lives in the guest; also the kernel's `init=`
-/// for images without an initrd.
-pub const FIRST_BOOT_PATH: &str = "/usr/local/libexec/banger-first-boot";
+pub use banger_model::contract::FIRST_BOOT_PATH;
 /// Where the agent binary lives in the guest.
 pub const AGENT_PATH: &str = "/usr/local/bin/banger-vsock-agent";
 /// The first-boot unit's path.

@@ -8,6 +8,9 @@
 //! - [`size`]: byte sizes such as `8G`.
 //! - [`spec`]: a VM's size (vcpu, memory, disk).
 //! - [`config`]: `config.toml` parsing and validation.
+//! - [`check`]: a readiness check's outcome (`banger doctor`).
+//! - [`contract`]: paths and names banger's programs agree on (guest
+//!   paths, banger-simvm's host links).
 //! - [`file_sync`]: `[[file_sync]]` entries.
 //! - [`defaults`]: the three-layer VM defaults resolver with provenance.
 //! - [`layout`]: where banger keeps config, state, sockets and logs.
@@ -15,7 +18,9 @@
 //! - [`resolve`]: a user's reference (name, id, id prefix) to a record.
 //! - [`publish`]: ports published from the host into a guest (`-p`).
 
+pub mod check;
 pub mod config;
+pub mod contract;
 pub mod defaults;
 pub mod file_sync;
 pub mod id;

@@ -7,17 +7,13 @@
 //! hex, so the two forms never collide.
 
 use banger_model::Id;
-
-/// Longest interface name Linux accepts (`IFNAMSIZ - 1`).
-pub const MAX_IFNAME_LEN: usize = 15;
+pub use banger_model::contract::{MAX_IFNAME_LEN, SIM_VETH_PREFIX, sim_veth_name};
 
 /// Prefix of every TAP banger creates.
 pub const TAP_PREFIX: &str = "btap-";
 
 /// Prefix of idle warm-pool TAPs.
 pub const POOL_TAP_PREFIX: &str = "btap-pool-";
-/// Host ends of banger-simvm guests' veth pairs (named by banger-simvm).
-pub const SIM_VETH_PREFIX: &str = "bsv";
 
 /// How many hex characters of the VM id a VM TAP name carries.
 const VM_TAP_ID_CHARS: usize = 10;
@@ -80,27 +76,6 @@ pub fn validate_sim_veth_name(name: &str) -> Result<(), InvalidIfName> {
         return Err(InvalidIfName::NotSimVeth(name.to_owned()));
     }
     Ok(())
-}
-
-/// The host end of banger-simvm instance `id`'s veth: `bsv` + the id when
-/// it is short and plain, otherwise `bsv` + a few id characters + a hash of
-/// the id (Linux interface names hold 15 bytes).
-pub fn sim_veth_name(id: &str) -> String {
-    let plain: String = id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let room = MAX_IFNAME_LEN - SIM_VETH_PREFIX.len();
-    if !plain.is_empty() && plain.len() <= room && plain.len() == id.len() {
-        return format!("{SIM_VETH_PREFIX}{plain}");
-    }
-    // FNV-1a: stable across builds and platforms.
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let head: String = plain.chars().take(room - 8).collect();
-    format!("{SIM_VETH_PREFIX}{head}{:08x}", hash as u32)
 }
 
 /// The TAP name of a VM: `btap-` and the first 10 characters of its id.

@@ -16,7 +16,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 /// Host-end veth names start with [`VETH_PREFIX`], so leaks are
 /// recognisable; the name is shared with the daemon, which deletes the veth
 /// of a VMM it kills.
-pub use banger_net::names::{SIM_VETH_PREFIX as VETH_PREFIX, sim_veth_name as host_veth_name};
+pub use banger_model::contract::{SIM_VETH_PREFIX as VETH_PREFIX, sim_veth_name as host_veth_name};
 
 /// The bridge a TAP is attached to (its controller link), asked over
 /// netlink so it is right in whatever network namespace simvm runs in, even

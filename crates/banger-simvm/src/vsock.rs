@@ -33,7 +33,7 @@ use crate::controller::{Guest, VsockUpstream};
 
 /// Where, inside the guest, the listener for vsock port P lives, as
 /// `<P>.sock` (banger-guest's contract with the agent).
-pub use banger_guest::agent::SIM_VSOCK_DIR as GUEST_VSOCK_DIR;
+pub use banger_model::contract::SIM_VSOCK_DIR as GUEST_VSOCK_DIR;
 /// Firecracker waits this long for the guest to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(2000);
 /// How long a client may take to send its `CONNECT` line.

@@ -9,11 +9,9 @@
 //! socket and forwards port `P` to the guest's unix socket
 //! [`sim_guest_listener_path`]`(P)`.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
 
 pub mod client;
 
@@ -25,15 +23,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 pub const HEALTHZ_ROUTE: &str = "/healthz";
 /// Route of the listening-sockets list.
 pub const PORTS_ROUTE: &str = "/ports";
-/// Directory, inside a banger-simvm guest, of the unix sockets standing in
-/// for vsock listeners.
-pub const SIM_VSOCK_DIR: &str = "/run/banger/vsock";
-
-/// The unix socket inside a banger-simvm guest that stands in for a vsock
-/// listener on `port`: `/run/banger/vsock/<port>.sock`.
-pub fn sim_guest_listener_path(port: u32) -> PathBuf {
-    PathBuf::from(format!("{SIM_VSOCK_DIR}/{port}.sock"))
-}
+pub use banger_model::contract::{SIM_VSOCK_DIR, sim_guest_listener_path};
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +115,7 @@ mod tests {
     fn sim_listener_path_names_the_port() {
         assert_eq!(
             sim_guest_listener_path(AGENT_VSOCK_PORT),
-            PathBuf::from("/run/banger/vsock/1024.sock")
+            std::path::PathBuf::from("/run/banger/vsock/1024.sock")
         );
     }
 }

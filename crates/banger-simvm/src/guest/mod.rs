@@ -494,22 +494,3 @@ impl Guest for NsGuest {
         left
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn first_boot_path_agrees_with_banger_guest() {
-        assert_eq!(
-            banger_firecracker::boot_args::FIRST_BOOT_INIT,
-            banger_guest::files::FIRST_BOOT_PATH
-        );
-    }
-
-    #[test]
-    fn vsock_listener_paths_agree_with_banger_guest() {
-        assert_eq!(
-            std::path::Path::new(crate::vsock::GUEST_VSOCK_DIR).join("1024.sock"),
-            banger_guest::agent::sim_guest_listener_path(1024)
-        );
-    }
-}
