@@ -209,7 +209,7 @@ fn a_guest_filling_the_host_is_warned_about_before_it_is_full() {
     let list = sim.ok(["vm", "list"]);
     assert!(!list.stderr.contains("warning:"), "{list}");
     let fs = nix::sys::statvfs::statvfs(&mount.dir).unwrap();
-    let free_mib = fs.blocks_available() * fs.fragment_size() >> 20;
+    let free_mib = (fs.blocks_available() * fs.fragment_size()) >> 20;
     // Leave 512 MiB: below the 1 GiB threshold, short of full.
     let write_mib = free_mib.saturating_sub(512);
     let out = sim.ok([
