@@ -1,5 +1,6 @@
 //! The command tree. clap structs only parse; `commands::*` resolve and act.
 
+use banger_model::publish::PortForward;
 use std::path::PathBuf;
 
 use banger_model::ByteSize;
@@ -81,8 +82,14 @@ pub enum VmCommand {
     Ssh(VmSshArgs),
     /// Check that a VM's guest agent answers
     Health(RefJsonArgs),
-    /// List network listeners inside a VM
+    /// List network listeners inside a VM and the host ports published to them
     Ports(RefJsonArgs),
+    /// Publish host ports into a VM (or stop publishing them with --remove)
+    #[command(
+        name = "port-forward",
+        after_help = "Examples:\n  banger vm port-forward web 8080:80            # http://127.0.0.1:8080 reaches port 80 of web\n  banger vm port-forward web 0.0.0.0:5432:5432  # reachable from other machines\n  banger vm port-forward web --remove 8080:80"
+    )]
+    PortForward(PortForwardArgs),
     /// Copy a git checkout into a VM, or export the work done there
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -112,10 +119,32 @@ pub struct CreateFlags {
     /// Which VMM runs the guest: firecracker, qemu (the real kernel in QEMU; software emulation without usable KVM), or sim (namespaces, no hypervisor)
     #[arg(long, value_name = "VMM", value_parser = parse_vmm)]
     pub vmm: Option<VmmKind>,
+    /// Publish a host port into the VM: [HOST_ADDR:]HOST_PORT:GUEST_PORT
+    /// (TCP; HOST_ADDR defaults to 127.0.0.1), e.g. -p 8080:80; repeatable
+    #[arg(short = 'p', long = "publish", value_name = "PORTS", value_parser = parse_port_forward)]
+    pub publish: Vec<PortForward>,
     /// Create the VM even when the free space cannot hold its disks
     /// (they are sparse; a guest that fills them fills the host's filesystem)
     #[arg(long)]
     pub allow_overcommit: bool,
+}
+
+fn parse_port_forward(raw: &str) -> Result<PortForward, String> {
+    raw.parse()
+        .map_err(|err: banger_model::publish::PortForwardError| err.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// Name, id or unique id prefix
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// [HOST_ADDR:]HOST_PORT:GUEST_PORT, as for `vm run -p`
+    #[arg(value_name = "PORTS", required = true, value_parser = parse_port_forward)]
+    pub ports: Vec<PortForward>,
+    /// Stop publishing these ports instead
+    #[arg(long)]
+    pub remove: bool,
 }
 
 fn parse_vmm(raw: &str) -> Result<VmmKind, String> {

@@ -13,6 +13,7 @@
 //! - [`layout`]: where banger keeps config, state, sockets and logs.
 //! - [`vm`], [`image`], [`kernel`]: the records the store keeps.
 //! - [`resolve`]: a user's reference (name, id, id prefix) to a record.
+//! - [`publish`]: ports published from the host into a guest (`-p`).
 
 pub mod config;
 pub mod defaults;
@@ -22,6 +23,7 @@ pub mod image;
 pub mod kernel;
 pub mod layout;
 pub mod name;
+pub mod publish;
 pub mod resolve;
 pub mod size;
 pub mod spec;

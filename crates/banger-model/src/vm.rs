@@ -232,9 +232,13 @@ impl NetworkAllocation {
 pub struct WorkspaceInfo {
     pub host_path: PathBuf,
     pub guest_path: PathBuf,
-    /// The head commit at prepare time: the default export base.
+    /// The default export base: the workspace as it was copied in (the
+    /// host's uncommitted work included), committed in the guest.
     pub base_commit: String,
     pub branch: Option<String>,
+    /// The host's HEAD when the workspace was copied.
+    #[serde(default)]
+    pub head_commit: Option<String>,
 }
 
 /// One VM.
@@ -264,6 +268,9 @@ pub struct Vm {
     pub started_at: Option<Timestamp>,
     pub last_error: Option<String>,
     pub workspace: Option<WorkspaceInfo>,
+    /// Host ports forwarded into the guest while it runs.
+    #[serde(default)]
+    pub ports: Vec<crate::publish::PortForward>,
 }
 
 impl Vm {

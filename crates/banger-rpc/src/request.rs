@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use banger_model::ByteSize;
+use banger_model::publish::PortForward;
 use banger_model::vm::VmmKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,6 +49,8 @@ pub enum Request {
     VmPorts(RefParams),
     #[serde(rename = "vm.ssh_info")]
     VmSshInfo(RefParams),
+    #[serde(rename = "vm.port_forward")]
+    VmPortForward(PortForwardParams),
     /// Records what `vm workspace prepare` (run by the CLI over SSH, as the
     /// user) put in the guest, so that export knows its base.
     #[serde(rename = "vm.workspace.record")]
@@ -106,6 +109,7 @@ pub const METHODS: &[&str] = &[
     "vm.health",
     "vm.ports",
     "vm.ssh_info",
+    "vm.port_forward",
     "vm.workspace.record",
     "image.list",
     "image.show",
@@ -211,6 +215,20 @@ pub struct VmCreateParams {
     /// Create even when the free space cannot hold the VM's disks.
     #[serde(default)]
     pub allow_overcommit: bool,
+    /// Host ports to forward into the guest while it runs.
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
+}
+
+/// `vm.port_forward`: publish or unpublish host ports of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PortForwardParams {
+    pub reference: String,
+    #[serde(default)]
+    pub add: Vec<PortForward>,
+    #[serde(default)]
+    pub remove: Vec<PortForward>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -327,6 +345,11 @@ mod tests {
             Request::VmHealth(r()),
             Request::VmPorts(r()),
             Request::VmSshInfo(r()),
+            Request::VmPortForward(PortForwardParams {
+                reference: "web".into(),
+                add: vec!["8080:80".parse().unwrap()],
+                remove: vec![],
+            }),
             Request::WorkspaceRecord(WorkspaceRecordParams {
                 reference: "web".into(),
                 workspace: banger_model::vm::WorkspaceInfo {
@@ -334,6 +357,7 @@ mod tests {
                     guest_path: "/root/repo".into(),
                     base_commit: "abc".into(),
                     branch: None,
+                    head_commit: None,
                 },
             }),
             Request::ImageList,

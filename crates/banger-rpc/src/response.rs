@@ -15,6 +15,10 @@ pub struct PingResult {
     pub build: BuildInfo,
     pub pid: u32,
     pub protocol: u32,
+    /// Fingerprint of the config file the daemon read
+    /// (`banger_model::config::fingerprint`).
+    #[serde(default)]
+    pub config: u64,
 }
 
 /// `daemon.status`
@@ -198,6 +202,9 @@ pub struct PortRow {
     pub port: u16,
     pub process: Option<String>,
     pub command: Option<String>,
+    /// Host addresses (`127.0.0.1:8080`) published to this port (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<String>,
 }
 
 /// `vm.ports`

@@ -96,8 +96,13 @@ const V3: &str = r#"
 ALTER TABLE vms ADD COLUMN accel TEXT CHECK (accel IN ('kvm', 'tcg'));
 "#;
 
+/// Published ports (`-p`), as JSON: `[{"host_addr":…,"host_port":…,"guest_port":…}]`.
+const V4: &str = r#"
+ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 #[cfg(test)]
@@ -119,7 +124,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();

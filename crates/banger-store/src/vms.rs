@@ -14,7 +14,7 @@ use crate::{Store, StoreError, from_millis, is_foreign_key_violation, map_unique
 const COLUMNS: &str = "v.id, v.name, v.image_id, i.name, v.state, v.vcpu, v.memory_mib, \
     v.disk_size, v.nat, v.vmm, v.guest_ip, v.prefix_len, v.gateway, v.mac, v.tap, v.storage, \
     v.dir, v.pid, v.vsock_cid, v.created_at, v.updated_at, v.started_at, v.last_error, v.workspace, \
-    v.accel";
+    v.accel, v.ports";
 const FROM: &str = "vms v JOIN images i ON i.id = v.image_id";
 
 impl Store {
@@ -23,9 +23,9 @@ impl Store {
         let result = self.conn().execute(
             "INSERT INTO vms (id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm, \
              guest_ip, prefix_len, gateway, mac, tap, storage, dir, pid, vsock_cid, created_at, \
-             updated_at, started_at, last_error, workspace, accel) VALUES (?1, ?2, ?3, ?4, ?5, \
-             ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
-             ?23, ?24)",
+             updated_at, started_at, last_error, workspace, accel, ports) VALUES (?1, ?2, ?3, \
+             ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
+             ?22, ?23, ?24, ?25)",
             params![
                 vm.id.as_str(),
                 vm.name.as_str(),
@@ -51,6 +51,7 @@ impl Store {
                 vm.last_error,
                 workspace_json(vm),
                 vm.accel.map(Accel::as_str),
+                ports_json(vm),
             ],
         );
         match result {
@@ -69,7 +70,7 @@ impl Store {
             "UPDATE vms SET state = ?2, vcpu = ?3, memory_mib = ?4, disk_size = ?5, nat = ?6, \
              guest_ip = ?7, prefix_len = ?8, gateway = ?9, mac = ?10, tap = ?11, storage = ?12, \
              pid = ?13, vsock_cid = ?14, updated_at = ?15, started_at = ?16, last_error = ?17, \
-             workspace = ?18, accel = ?19 WHERE id = ?1",
+             workspace = ?18, accel = ?19, ports = ?20 WHERE id = ?1",
             params![
                 vm.id.as_str(),
                 vm.state.as_str(),
@@ -90,6 +91,7 @@ impl Store {
                 vm.last_error,
                 workspace_json(vm),
                 vm.accel.map(Accel::as_str),
+                ports_json(vm),
             ],
         )?;
         if changed == 0 {
@@ -166,6 +168,10 @@ fn workspace_json(vm: &Vm) -> Option<String> {
         .map(|ws| serde_json::to_string(ws).expect("workspace info serialises"))
 }
 
+fn ports_json(vm: &Vm) -> String {
+    serde_json::to_string(&vm.ports).expect("ports serialise")
+}
+
 fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what,
@@ -199,6 +205,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<Vm, StoreError>> {
     let last_error: Option<String> = row.get(22)?;
     let workspace: Option<String> = row.get(23)?;
     let accel: Option<String> = row.get(24)?;
+    let ports: String = row.get(25)?;
     Ok((|| {
         let network = match (guest_ip, prefix_len, gateway, mac) {
             (Some(ip), Some(prefix_len), Some(gateway), Some(mac)) => Some(NetworkAllocation {
@@ -245,6 +252,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<Vm, StoreError>> {
                         .map_err(|err| corrupt("workspace", err))
                 })
                 .transpose()?,
+            ports: serde_json::from_str(&ports).map_err(|err| corrupt("ports", err))?,
         })
     })())
 }

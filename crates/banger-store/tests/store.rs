@@ -74,6 +74,7 @@ fn vm(name: &str, image: &Image, ip: Option<Ipv4Addr>) -> Vm {
         started_at: None,
         last_error: None,
         workspace: None,
+        ports: Vec::new(),
     }
 }
 
@@ -111,6 +112,7 @@ fn records_round_trip_with_timestamps_at_millisecond_precision() {
         guest_path: "/root/repo".into(),
         base_commit: "abc".into(),
         branch: None,
+        head_commit: Some("abc".into()),
     });
     store.update_vm(&mut v).unwrap();
     let got = store.get_vm(&v.id).unwrap().unwrap();

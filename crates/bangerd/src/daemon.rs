@@ -52,6 +52,8 @@ pub struct Daemon {
     pub bootstrap: Arc<dyn BootstrapHost>,
     pub keys: KeyStore,
     pub vm_locks: VmLocks,
+    /// Published ports of running VMs.
+    pub forwards: crate::forward::Forwards,
     /// Serialises image and kernel registry changes (names, default image).
     pub images_lock: tokio::sync::Mutex<()>,
     /// Serialises picking guest addresses and vsock ids.
@@ -88,6 +90,7 @@ impl Daemon {
             readiness: subsystems.readiness,
             bootstrap: subsystems.bootstrap,
             vm_locks: VmLocks::default(),
+            forwards: crate::forward::Forwards::default(),
             images_lock: tokio::sync::Mutex::new(()),
             alloc_lock: tokio::sync::Mutex::new(()),
             started_at: jiff::Timestamp::now(),
@@ -201,6 +204,9 @@ impl Daemon {
             Request::VmHealth(params) => reply(vm_info::health(self, &params.reference).await?),
             Request::VmStats(params) => reply(vm_info::stats(self, &params.reference).await?),
             Request::VmPorts(params) => reply(vm_ports::ports(self, &params.reference).await?),
+            Request::VmPortForward(params) => {
+                reply(vm_port_forward::port_forward(&me, params).await?)
+            }
             Request::WorkspaceRecord(params) => reply(vm_workspace::record(&me, params).await?),
             Request::ImageList => reply(image_list::list(self)?),
             Request::ImageShow(params) => reply(image_list::show(self, &params.reference)?),

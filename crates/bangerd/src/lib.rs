@@ -24,6 +24,7 @@
 //! - [`undo`]: rollback of multi-step setups.
 //! - [`ssh`]: the managed SSH key and banger's ssh_config.
 //! - [`file_sync`]: `[[file_sync]]` entries into the work disk.
+//! - [`forward`]: published ports, forwarded from the host into guests.
 //! - [`exec`]: the processes the daemon starts itself.
 
 pub mod binaries;
@@ -32,6 +33,7 @@ pub mod disk_space;
 pub mod errors;
 pub mod exec;
 pub mod file_sync;
+pub mod forward;
 pub mod guest_install;
 pub mod images;
 pub mod instance;

@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 VmCommand::Ssh(args) => vm_ssh::run(&layout, &args).await,
                 VmCommand::Health(args) => vm_inspect::health(&layout, &args).await,
                 VmCommand::Ports(args) => vm_ports::run(&layout, &args).await,
+                VmCommand::PortForward(args) => vm_ports::port_forward(&layout, &args).await,
                 VmCommand::Workspace(WorkspaceCommand::Prepare(args)) => {
                     vm_workspace::prepare_cmd(&layout, &args).await
                 }

@@ -48,13 +48,20 @@ pub(super) async fn create_resolved(
     spec: VmSpec,
 ) -> anyhow::Result<Vm> {
     eprintln!("spec: {spec}");
-    match create_once(layout, flags, name, spec).await {
+    let vm = match create_once(layout, flags, name, spec).await {
         Err(err) if flags.image.is_none() && default_image::is_no_default_image(&err) => {
             default_image::bootstrap_default_image(layout, flags).await?;
             create_once(layout, flags, name, spec).await
         }
         outcome => outcome,
+    }?;
+    for forward in &vm.ports {
+        eprintln!(
+            "published {}",
+            super::vm_ports::published_line(&vm, forward)
+        );
     }
+    Ok(vm)
 }
 
 async fn create_once(
@@ -72,6 +79,7 @@ async fn create_once(
         nat: flags.nat,
         vmm: flags.vmm,
         allow_overcommit: flags.allow_overcommit,
+        ports: flags.publish.clone(),
     };
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();

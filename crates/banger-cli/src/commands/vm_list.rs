@@ -120,6 +120,12 @@ fn print_vm(vm: &Vm) {
         println!("dns         {}", vm.dns_name());
     }
     println!("nat         {}", if vm.nat { "on" } else { "off" });
+    for forward in &vm.ports {
+        println!(
+            "published   {}",
+            super::vm_ports::published_line(vm, forward)
+        );
+    }
     if let Some(tap) = &vm.tap {
         println!("tap         {tap}");
     }

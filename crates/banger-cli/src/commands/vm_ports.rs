@@ -7,7 +7,11 @@ use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::PortsResult;
 
-use crate::args::RefJsonArgs;
+use banger_model::publish::PortForward;
+use banger_model::vm::{Vm, VmState};
+use banger_rpc::request::PortForwardParams;
+
+use crate::args::{PortForwardArgs, RefJsonArgs};
 use crate::daemon_client;
 use crate::output::{print_json, print_table, table};
 
@@ -24,11 +28,16 @@ pub(super) async fn run(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<E
         eprintln!("nothing listens in {}", result.name);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = table(&["PROTO", "ENDPOINT", "PROCESS", "COMMAND"]);
+    let mut rows = table(&["PROTO", "ENDPOINT", "PUBLISHED", "PROCESS", "COMMAND"]);
     for port in &result.ports {
         rows.add_row(vec![
             port.proto.clone(),
             port.endpoint.clone(),
+            if port.published.is_empty() {
+                "-".into()
+            } else {
+                port.published.join(", ")
+            },
             port.process.clone().unwrap_or_else(|| "-".into()),
             port.command
                 .clone()
@@ -38,6 +47,50 @@ pub(super) async fn run(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<E
     }
     print_table(&mut rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `banger vm port-forward REF PORTS... [--remove]`
+pub(super) async fn port_forward(
+    layout: &Layout,
+    args: &PortForwardArgs,
+) -> anyhow::Result<ExitCode> {
+    let (add, remove) = if args.remove {
+        (Vec::new(), args.ports.clone())
+    } else {
+        (args.ports.clone(), Vec::new())
+    };
+    let mut client = daemon_client::connect(layout).await?;
+    let vm: Vm = client
+        .call(
+            &Request::VmPortForward(PortForwardParams {
+                reference: args.reference.clone(),
+                add,
+                remove,
+            }),
+            |_| {},
+        )
+        .await?;
+    let when = if vm.state == VmState::Running {
+        ""
+    } else {
+        " (from its next start)"
+    };
+    if vm.ports.is_empty() {
+        println!("{} publishes no ports", vm.name);
+    }
+    for forward in &vm.ports {
+        println!("{}{when}", published_line(&vm, forward));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `127.0.0.1:8080 → web:80`
+pub(super) fn published_line(vm: &Vm, forward: &PortForward) -> String {
+    let host = match forward.host_addr {
+        std::net::IpAddr::V4(addr) => format!("{addr}:{}", forward.host_port),
+        std::net::IpAddr::V6(addr) => format!("[{addr}]:{}", forward.host_port),
+    };
+    format!("{host} → {}:{}", vm.name, forward.guest_port)
 }
 
 fn shorten(text: &str, max: usize) -> String {

@@ -89,6 +89,7 @@ fn stopped_vm(name: &str, image: &Image, dir: PathBuf) -> Vm {
         started_at: None,
         last_error: None,
         workspace: None,
+        ports: Vec::new(),
     }
 }
 

@@ -224,7 +224,24 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
     let prepared = sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
     assert!(prepared.stderr.contains("workspace:"), "{prepared}");
     let vm: Value = serde_json::from_str(&sim.ok(["vm", "show", "dev", "--json"]).stdout).unwrap();
-    assert_eq!(vm["workspace"]["base_commit"], base.as_str());
+    assert_eq!(vm["workspace"]["head_commit"], base.as_str());
+    // The default base is the workspace as copied in: here HEAD's tree.
+    let copied_in = vm["workspace"]["base_commit"].as_str().unwrap().to_owned();
+    let tree_of = |commit: &str| {
+        sim.ok([
+            "vm",
+            "ssh",
+            "dev",
+            "--",
+            "git",
+            "-C",
+            "/root/repo",
+            "rev-parse",
+            &format!("{commit}^{{tree}}"),
+        ])
+        .stdout
+    };
+    assert_eq!(tree_of(&copied_in), tree_of(&base));
 
     // Work in the guest: a commit, then an uncommitted edit and a new binary file.
     sim.ok([
@@ -246,7 +263,7 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
         "--output",
         &patch_file.to_string_lossy(),
     ]);
-    assert!(out.stderr.contains(&format!("base: {base}")), "{out}");
+    assert!(out.stderr.contains(&format!("base: {copied_in}")), "{out}");
 
     git(&repo, &["apply", "--index", &patch_file.to_string_lossy()]);
     assert_eq!(
@@ -297,6 +314,68 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
         "--format=%D %s",
     ]);
     assert_eq!(branch.stdout.trim(), "HEAD -> try init");
+    sim.ok(["vm", "delete", "dev"]);
+    sim.assert_clean();
+}
+
+/// The round trip on the same checkout: export's default base is the
+/// workspace as copied in, uncommitted and untracked work included, so the
+/// patch applies to the host checkout as it still is.
+#[test]
+fn export_applies_to_the_unchanged_host_checkout() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    sim.ok(["vm", "create", "--name", "dev"]);
+    sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
+    let vm: Value = serde_json::from_str(&sim.ok(["vm", "show", "dev", "--json"]).stdout).unwrap();
+    let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    assert_eq!(vm["workspace"]["head_commit"], head.as_str());
+    assert_ne!(vm["workspace"]["base_commit"], head.as_str());
+    // The guest: a commit on top of the host's work, then more edits.
+    sim.ok([
+        "vm",
+        "ssh",
+        "dev",
+        "--",
+        "sh",
+        "-c",
+        "cd /root/repo && echo guest >> modified.txt && git add -A && git commit -qm guest \
+         && echo more >> committed.txt && printf 'new\\n' > guest-new.txt && rm run.sh",
+    ]);
+    let guest_tree = sim
+        .ok([
+            "vm",
+            "ssh",
+            "dev",
+            "--",
+            "sh",
+            "-c",
+            &format!("cd /root/repo && {MANIFEST}"),
+        ])
+        .stdout;
+    let patch = sim.env.root().join("work.patch");
+    sim.ok([
+        "vm",
+        "workspace",
+        "export",
+        "dev",
+        "--output",
+        &patch.to_string_lossy(),
+    ]);
+    git(&repo, &["apply", &patch.to_string_lossy()]);
+    let host_tree: String = host_manifest(&repo)
+        .lines()
+        .filter(|line| !line.contains("ignored.log"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(
+        host_tree, guest_tree,
+        "host after git apply differs from the guest"
+    );
     sim.ok(["vm", "delete", "dev"]);
     sim.assert_clean();
 }
@@ -511,5 +590,85 @@ fn interactive_workspace_sessions_bootstrap_mise_tools() {
     let calls = sim.ok(["vm", "ssh", "shell", "--", "cat", "/root/mise-calls"]);
     assert_eq!(calls.stdout, "trust --yes .\ninstall --yes\n");
     sim.ok(["vm", "delete", "cmd", "shell"]);
+    sim.assert_clean();
+}
+
+/// `-p` publishes a guest's web server on the host's loopback; a port in
+/// use is refused before a VM exists; `vm port-forward` adds and removes
+/// forwards on a running VM; forwards come back after a restart and are
+/// gone after stop and delete.
+#[test]
+fn published_ports_reach_the_guest_and_go_away_with_it() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let curl = |port: u16| {
+        sim.exec(
+            "curl",
+            [
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{port}/marker.txt"),
+            ],
+        )
+    };
+    let serve = |name: &str| {
+        let start = "echo published-ok > /root/marker.txt && cd /root \
+                     && (setsid python3 -m http.server 8000 >/dev/null 2>&1 < /dev/null &)";
+        sim.ok(["vm", "ssh", name, "--", "sh", "-c", start]);
+    };
+    let out = sim.ok(["vm", "create", "--name", "web", "-p", "18080:8000"]);
+    assert!(
+        out.stderr.contains("published 127.0.0.1:18080 → web:8000"),
+        "{out}"
+    );
+    serve("web");
+    sim.wait_for(
+        "the guest's server through the forward",
+        Duration::from_secs(20),
+        || curl(18080).stdout == "published-ok\n",
+    );
+    let shown: Value =
+        serde_json::from_str(&sim.ok(["vm", "show", "web", "--json"]).stdout).unwrap();
+    assert_eq!(
+        shown["ports"],
+        serde_json::json!([{"host_addr": "127.0.0.1", "host_port": 18080, "guest_port": 8000}])
+    );
+    let ports = sim.ok(["vm", "ports", "web"]).stdout;
+    assert!(ports.contains("127.0.0.1:18080"), "{ports}");
+
+    // A port in use (by web) refuses a second VM before it exists.
+    let out = sim.banger(["vm", "create", "--name", "clash", "-p", "18080:80"]);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("port 127.0.0.1:18080 is already in use"),
+        "{out}"
+    );
+    let names = sim.ok(["vm", "list", "--json"]).stdout;
+    assert!(!names.contains("clash"), "{names}");
+
+    // Added and removed on the running VM.
+    sim.ok(["vm", "port-forward", "web", "18081:8000"]);
+    assert_eq!(curl(18081).stdout, "published-ok\n");
+    sim.ok(["vm", "port-forward", "web", "--remove", "18080:8000"]);
+    assert!(!curl(18080).success(), "18080 still forwarded");
+
+    // Back after a restart (the guest's server is started again).
+    sim.ok(["vm", "restart", "web"]);
+    serve("web");
+    sim.wait_for("the forward after restart", Duration::from_secs(20), || {
+        curl(18081).stdout == "published-ok\n"
+    });
+    sim.ok(["vm", "stop", "web"]);
+    assert!(!curl(18081).success(), "forwarded while stopped");
+    sim.ok(["vm", "start", "web"]);
+    sim.ok(["vm", "delete", "web"]);
+    // Nothing listens any more: the port can be bound again.
+    let out = sim.exec("sh", ["-c", "ss -ltn | grep -c ':1808[01] ' || true"]);
+    assert_eq!(out.stdout.trim(), "0", "{out}");
     sim.assert_clean();
 }

@@ -14,6 +14,7 @@ pub mod vm_create;
 pub mod vm_delete;
 pub mod vm_info;
 pub mod vm_list;
+pub mod vm_port_forward;
 pub mod vm_ports;
 pub mod vm_set;
 pub mod vm_start;

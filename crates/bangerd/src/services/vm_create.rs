@@ -36,6 +36,7 @@ struct Plan {
     vmm: VmmKind,
     image: Image,
     kernel: Option<Kernel>,
+    ports: Vec<banger_model::publish::PortForward>,
 }
 
 pub async fn create(
@@ -49,8 +50,10 @@ pub async fn create(
     }
     let requested_at = std::time::Instant::now();
     let plan = plan(daemon, params)?;
-    // A key ssh would refuse is refused before anything exists.
+    // A key ssh would refuse, or a port in use, is refused before anything
+    // exists.
     let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
+    let ports = crate::forward::bind(&plan.ports)?;
     let mut vm = allocate(daemon, &plan).await?;
     let _lock = daemon.vm_locks.lock(&vm.id).await;
     tracing::info!(vm = %vm.name, id = %vm.id, spec = %vm.spec, vmm = %vm.vmm, "creating VM");
@@ -73,7 +76,7 @@ pub async fn create(
         boot::boot(daemon, &mut vm, input, prepare, events, cancel, &mut undo).await
     }
     .await;
-    finish(daemon, vm, outcome, undo, events, true).await
+    finish(daemon, vm, outcome, undo, ports, events, true).await
 }
 
 fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
@@ -139,6 +142,7 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
         vmm,
         image,
         kernel,
+        ports: params.ports,
     })
 }
 
@@ -283,6 +287,7 @@ async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, RpcError> {
         started_at: None,
         last_error: None,
         workspace: None,
+        ports: plan.ports.clone(),
     };
     daemon.store.insert_vm(&vm).map_err(store_error)?;
     Ok(vm)

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use banger_guest::agent::{AGENT_VSOCK_PORT, AgentClient, Listener, Proto};
+use banger_model::publish::PortForward;
 use banger_model::vm::VmState;
 use banger_rpc::response::{PortRow, PortsResult};
 use banger_rpc::{ErrorCode, RpcError};
@@ -52,6 +53,7 @@ pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, RpcE
         .into_iter()
         .filter(|row| seen.insert((row.proto.clone(), row.endpoint.clone())))
         .collect();
+    add_published(&mut ports, &vm.ports);
     ports.sort_by(|a, b| (a.port, &a.proto).cmp(&(b.port, &b.proto)));
     Ok(PortsResult {
         name: vm.name.to_string(),
@@ -87,6 +89,32 @@ async fn row(listener: &Listener, ip: Ipv4Addr, host: &str) -> PortRow {
         port,
         process: listener.process.clone(),
         command: listener.command.clone(),
+        published: Vec::new(),
+    }
+}
+
+/// Adds each published port to the TCP row of its guest port, or as a row
+/// of its own when nothing listens there (yet).
+fn add_published(ports: &mut Vec<PortRow>, published: &[PortForward]) {
+    for forward in published {
+        let host = match forward.host_addr {
+            IpAddr::V4(addr) => format!("{addr}:{}", forward.host_port),
+            IpAddr::V6(addr) => format!("[{addr}]:{}", forward.host_port),
+        };
+        match ports
+            .iter_mut()
+            .find(|row| row.port == forward.guest_port && row.proto != "udp")
+        {
+            Some(row) => row.published.push(host),
+            None => ports.push(PortRow {
+                proto: "tcp".into(),
+                endpoint: format!("nothing listens on {} yet", forward.guest_port),
+                port: forward.guest_port,
+                process: None,
+                command: None,
+                published: vec![host],
+            }),
+        }
     }
 }
 

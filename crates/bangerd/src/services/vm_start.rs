@@ -86,6 +86,7 @@ async fn start_locked(
         ));
     }
 
+    let ports = crate::forward::bind(&vm.ports)?;
     let mut undo = Undo::default();
     let outcome = async {
         let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
@@ -99,7 +100,7 @@ async fn start_locked(
         boot::boot(daemon, &mut vm, input, prepare, events, cancel, &mut undo).await
     }
     .await;
-    finish(daemon, vm, outcome, undo, events, false).await
+    finish(daemon, vm, outcome, undo, ports, events, false).await
 }
 
 fn creating(vm: &Vm) -> RpcError {

@@ -130,6 +130,7 @@ async fn stop_process(
 pub async fn release_host(daemon: &Arc<Daemon>, vm: &Vm) -> Vec<String> {
     let mut problems = Vec::new();
     daemon.network.unpublish(&vm.name);
+    daemon.forwards.stop(&vm.id);
     let tap = banger_net::vm_tap_name(&vm.id);
     if let Err(err) = daemon.network.ops.delete_tap(&tap).await {
         problems.push(format!("deleting TAP {tap}: {err}"));

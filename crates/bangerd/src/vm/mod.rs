@@ -108,6 +108,7 @@ pub async fn finish(
     mut vm: Vm,
     outcome: Result<banger_firecracker::VmmProcess, Failure>,
     undo: crate::undo::Undo,
+    ports: crate::forward::Bound,
     events: &crate::server::EventSink,
     may_delete: bool,
 ) -> Result<Vm, RpcError> {
@@ -120,12 +121,22 @@ pub async fn finish(
             vm.last_error = None;
             if let Err(err) = save(daemon, &mut vm) {
                 let failure = Failure::after_launch(err);
-                return Box::pin(finish(daemon, vm, Err(failure), undo, events, may_delete)).await;
+                return Box::pin(finish(
+                    daemon,
+                    vm,
+                    Err(failure),
+                    undo,
+                    ports,
+                    events,
+                    may_delete,
+                ))
+                .await;
             }
             undo.disarm();
             daemon.checkpoint("record the VM as running");
             if let Some(net) = &vm.network {
                 daemon.network.publish(&vm.name, net.ip);
+                daemon.forwards.start(&vm.id, net.ip, ports);
             }
             daemon.put_process(&vm.id, process.clone());
             watch::spawn(daemon, vm.id.clone(), process);
