@@ -28,6 +28,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let storage = storage_facts(&daemon.storage);
     let dns = dns_facts(daemon);
     let probe = publish_probe(daemon)?;
+    let qemu_seen = crate::vm::qemu::last_probe().or_else(|| recorded_accel(daemon));
 
     let config = daemon.config.clone();
     let config_path = daemon.layout.config_file();
@@ -45,7 +46,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
         if config.vmm == banger_model::vm::VmmKind::Qemu {
-            all.push(qemu_accel(&config));
+            all.push(qemu_accel(&config, qemu_seen));
         }
         all.push(checks::storage(&storage));
         all.push(space);
@@ -69,7 +70,10 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
 
 /// `vmm = "qemu"`: which accelerator guests get here, the configured one or
 /// what the last boot's probe found; software emulation is a warning (slow).
-fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
+fn qemu_accel(
+    config: &banger_model::config::Config,
+    seen: Option<(banger_model::vm::Accel, String)>,
+) -> DoctorCheck {
     use banger_model::config::QemuAccel;
     use banger_model::vm::Accel;
     let name = "qemu-accel";
@@ -85,7 +89,7 @@ fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
             Accel::Tcg,
             format!("qemu_accel = \"tcg\": {}", Accel::Tcg.description()),
         ),
-        QemuAccel::Auto => match crate::vm::qemu::last_probe() {
+        QemuAccel::Auto => match seen {
             Some((accel, reason)) => judged(
                 accel,
                 format!("qemu guests run on {} ({reason})", accel.description()),
@@ -98,6 +102,20 @@ fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
             ),
         },
     }
+}
+
+/// The accelerator a qemu VM recorded (a daemon started since has probed
+/// nothing yet).
+fn recorded_accel(daemon: &Daemon) -> Option<(banger_model::vm::Accel, String)> {
+    let vms = daemon.store.list_vms().ok()?;
+    let vm = vms
+        .iter()
+        .filter(|vm| vm.accel.is_some())
+        .max_by_key(|vm| vm.started_at)?;
+    Some((
+        vm.accel?,
+        format!("as recorded by VM {} when it booted", vm.name),
+    ))
 }
 
 /// What the VMs' sparse disks may still grow into against the free space
