@@ -11,11 +11,11 @@
 //!
 //! [`main`]: crate::main
 
+use banger_rpc::{NoParams, method};
 use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::response::{ImageListResult, KernelListResult, VmListResult};
 use clap::{Command, CommandFactory};
 use clap_complete::engine::{ArgValueCompleter, CompletionCandidate};
@@ -189,14 +189,20 @@ async fn fetch(layout: &Layout, kind: Kind) -> Option<Vec<(String, Option<String
     let mut client = daemon_client::connect_existing(layout).await.ok()??;
     let names = match kind {
         Kind::Vm => {
-            let list: VmListResult = client.call(&Request::VmList, |_| {}).await.ok()?;
+            let list: VmListResult = client
+                .call::<method::VmList>(NoParams {}, |_| {})
+                .await
+                .ok()?;
             list.vms
                 .into_iter()
                 .map(|vm| (vm.name.to_string(), Some(vm.state.as_str().to_owned())))
                 .collect()
         }
         Kind::Image => {
-            let list: ImageListResult = client.call(&Request::ImageList, |_| {}).await.ok()?;
+            let list: ImageListResult = client
+                .call::<method::ImageList>(NoParams {}, |_| {})
+                .await
+                .ok()?;
             list.images
                 .into_iter()
                 .map(|image| {
@@ -206,7 +212,10 @@ async fn fetch(layout: &Layout, kind: Kind) -> Option<Vec<(String, Option<String
                 .collect()
         }
         Kind::Kernel => {
-            let list: KernelListResult = client.call(&Request::KernelList, |_| {}).await.ok()?;
+            let list: KernelListResult = client
+                .call::<method::KernelList>(NoParams {}, |_| {})
+                .await
+                .ok()?;
             list.kernels
                 .into_iter()
                 .map(|kernel| (kernel.name.to_string(), kernel.version))

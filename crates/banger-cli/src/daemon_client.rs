@@ -6,6 +6,7 @@
 //! daemon. [`connect_existing`] never starts anything (status, stop,
 //! completion).
 
+use banger_rpc::{NoParams, method};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use banger_buildinfo::BuildInfo;
 use banger_model::layout::Layout;
+use banger_rpc::Client;
 use banger_rpc::response::{Empty, PingResult};
-use banger_rpc::{Client, Request};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixStream;
 
@@ -44,7 +45,7 @@ pub async fn connect(layout: &Layout) -> anyhow::Result<DaemonConnection> {
         return Ok(client);
     }
     if let Some(mut stale) = connect_existing(layout).await? {
-        let ping: PingResult = stale.call(&Request::Ping, |_| {}).await?;
+        let ping: PingResult = stale.call::<method::Ping>(NoParams {}, |_| {}).await?;
         if ping.build.build_id != own.build_id {
             eprintln!(
                 "banger: restarting bangerd (running build {}, this CLI is {})",
@@ -63,12 +64,12 @@ pub async fn connect(layout: &Layout) -> anyhow::Result<DaemonConnection> {
                 config.display()
             );
         }
-        let _: Empty = stale.call(&Request::Shutdown, |_| {}).await?;
+        let _: Empty = stale.call::<method::Shutdown>(NoParams {}, |_| {}).await?;
         drop(stale);
         wait_until_stopped(layout).await?;
     }
     let mut client = start(layout).await?;
-    let ping: PingResult = client.call(&Request::Ping, |_| {}).await?;
+    let ping: PingResult = client.call::<method::Ping>(NoParams {}, |_| {}).await?;
     if ping.build.build_id != own.build_id {
         eprintln!(
             "banger: warning: {} is build {}, this CLI is {}; reinstall banger so both match",
@@ -108,7 +109,7 @@ async fn connect_matching(
     let Some(mut client) = connect_existing(layout).await? else {
         return Ok(None);
     };
-    match client.call::<PingResult>(&Request::Ping, |_| {}).await {
+    match client.call::<method::Ping>(NoParams {}, |_| {}).await {
         Ok(ping)
             if ping.build.build_id == own.build_id
                 && ping.config == banger_model::config::fingerprint_of(config) =>
@@ -126,7 +127,7 @@ pub async fn stop(layout: &Layout) -> anyhow::Result<bool> {
     let Some(mut client) = connect_existing(layout).await? else {
         return Ok(false);
     };
-    let _: Empty = client.call(&Request::Shutdown, |_| {}).await?;
+    let _: Empty = client.call::<method::Shutdown>(NoParams {}, |_| {}).await?;
     drop(client);
     wait_until_stopped(layout).await?;
     Ok(true)

@@ -1,7 +1,6 @@
 //! A client for one connection, generic over the stream so it can be tested
 //! over an in-memory pipe.
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
@@ -9,7 +8,7 @@ use crate::codec::{FrameReadError, FrameReader, write_frame};
 use crate::error::RpcError;
 use crate::event::Event;
 use crate::frame::{PROTOCOL_VERSION, RequestFrame, ResponseBody, ResponseFrame};
-use crate::request::Request;
+use crate::request::{Method, encode_params};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -42,17 +41,18 @@ impl<S: AsyncRead + AsyncWrite> Client<S> {
         }
     }
 
-    /// Sends `request`, passes every event to `on_event`, and decodes the
-    /// result as `T`.
-    pub async fn call<T: DeserializeOwned>(
+    /// Calls method `M` with `params`, passes every event to `on_event`,
+    /// and decodes its result as the method's result type.
+    pub async fn call<M: Method>(
         &mut self,
-        request: &Request,
+        params: M::Params,
         on_event: impl FnMut(Event),
-    ) -> Result<T, CallError> {
-        let (method, params) = request.encode();
-        let value = self.call_raw(&method, params, on_event).await?;
+    ) -> Result<M::Result, CallError> {
+        let value = self
+            .call_raw(M::NAME, encode_params(&params), on_event)
+            .await?;
         serde_json::from_value(value)
-            .map_err(|err| CallError::Protocol(format!("result of {method}: {err}")))
+            .map_err(|err| CallError::Protocol(format!("result of {}: {err}", M::NAME)))
     }
 
     /// Like [`Client::call`] for an arbitrary method name and params.
@@ -115,6 +115,7 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
     use crate::event::StageStatus;
+    use crate::request::{NoParams, method};
     use crate::response::PingResult;
 
     /// A scripted peer: reads one request, answers with the given frames.
@@ -156,7 +157,7 @@ mod tests {
         let mut client = Client::new(client_end);
         let mut events = Vec::new();
         let got: PingResult = client
-            .call(&Request::Ping, |event| events.push(event))
+            .call::<method::Ping>(NoParams {}, |event| events.push(event))
             .await
             .unwrap();
         assert_eq!(got, ping);
@@ -175,13 +176,13 @@ mod tests {
         )];
         tokio::spawn(serve_once(server_end, answers));
         let mut client = Client::new(client_end);
-        match client.call::<Value>(&Request::VmList, |_| {}).await {
+        match client.call::<method::VmList>(NoParams {}, |_| {}).await {
             Err(CallError::Rpc(err)) => assert_eq!(err.code, ErrorCode::NotFound),
             other => panic!("expected an rpc error, got {other:?}"),
         }
         // The scripted server is gone now: the next call sees a closed stream.
         assert!(matches!(
-            client.call::<Value>(&Request::VmList, |_| {}).await,
+            client.call::<method::VmList>(NoParams {}, |_| {}).await,
             Err(CallError::Closed | CallError::Io(_))
         ));
     }

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     Internal,
     /// Out of disk space (or quota) where banger keeps its state.
     ResourceExhausted,
+    /// No image was named and none is the default (the CLI offers to
+    /// bootstrap one).
+    NoDefaultImage,
 }
 
 impl ErrorCode {
@@ -57,6 +60,7 @@ impl ErrorCode {
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
             Self::ResourceExhausted => "resource_exhausted",
+            Self::NoDefaultImage => "no_default_image",
         }
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! Layout:
 //! - [`frame`]: the envelopes, protocol version and size limit.
-//! - [`request`]: the [`Request`] enum (one variant per method) and params.
+//! - [`request`]: the methods, each a type pairing its params and result
+//!   ([`Method`]), the [`Request`] enum the daemon decodes, and params.
 //! - [`response`]: typed results per method.
 //! - [`event`]: progress events.
 //! - [`error`]: [`RpcError`] with stable [`ErrorCode`]s.
@@ -28,4 +29,4 @@ pub use client::{CallError, Client};
 pub use error::{ErrorCode, RpcError};
 pub use event::{Event, StageStatus};
 pub use frame::{MAX_FRAME_BYTES, PROTOCOL_VERSION};
-pub use request::Request;
+pub use request::{Method, NoParams, Request, method};

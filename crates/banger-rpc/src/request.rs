@@ -1,173 +1,158 @@
-//! One variant per method. The method name is the wire name (`vm.create`).
+//! The methods of the protocol. Each is a type (`method::VmCreate`) that
+//! names its wire name, its params and its result ([`Method`]), so the
+//! client's call and the daemon's dispatch are paired by the compiler; the
+//! [`Request`] enum (one variant per method, holding its params) and the
+//! name table are generated from the same list.
 
 use std::path::PathBuf;
 
 use banger_model::ByteSize;
+use banger_model::image::Image;
+use banger_model::kernel::Kernel;
 use banger_model::publish::PortForward;
-use banger_model::vm::VmmKind;
+use banger_model::vm::{Vm, VmmKind};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{ErrorCode, RpcError};
+use crate::response::*;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", content = "params")]
-pub enum Request {
-    #[serde(rename = "daemon.ping")]
-    Ping,
-    #[serde(rename = "daemon.status")]
-    Status,
-    #[serde(rename = "daemon.shutdown")]
-    Shutdown,
-    /// Sleeps, streaming a tick per interval: exercises events and cancellation.
-    #[serde(rename = "daemon.sleep")]
-    Sleep(SleepParams),
-
-    #[serde(rename = "vm.list")]
-    VmList,
-    #[serde(rename = "vm.show")]
-    VmShow(RefParams),
-    #[serde(rename = "vm.create")]
-    VmCreate(VmCreateParams),
-    #[serde(rename = "vm.start")]
-    VmStart(RefParams),
-    #[serde(rename = "vm.stop")]
-    VmStop(RefParams),
-    #[serde(rename = "vm.restart")]
-    VmRestart(RefParams),
-    #[serde(rename = "vm.kill")]
-    VmKill(RefParams),
-    #[serde(rename = "vm.delete")]
-    VmDelete(RefParams),
-    #[serde(rename = "vm.set")]
-    VmSet(VmSetParams),
-    #[serde(rename = "vm.stats")]
-    VmStats(RefParams),
-    #[serde(rename = "vm.health")]
-    VmHealth(RefParams),
-    #[serde(rename = "vm.ports")]
-    VmPorts(RefParams),
-    #[serde(rename = "vm.ssh_info")]
-    VmSshInfo(RefParams),
-    #[serde(rename = "vm.port_forward")]
-    VmPortForward(PortForwardParams),
-    /// Records what `vm workspace prepare` (run by the CLI over SSH, as the
-    /// user) put in the guest, so that export knows its base.
-    #[serde(rename = "vm.workspace.record")]
-    WorkspaceRecord(WorkspaceRecordParams),
-
-    #[serde(rename = "image.list")]
-    ImageList,
-    #[serde(rename = "image.show")]
-    ImageShow(RefParams),
-    #[serde(rename = "image.import")]
-    ImageImport(ImageImportParams),
-    #[serde(rename = "image.register")]
-    ImageRegister(ImageRegisterParams),
-    #[serde(rename = "image.pull")]
-    ImagePull(ImagePullParams),
-    #[serde(rename = "image.bootstrap")]
-    ImageBootstrap(ImageBootstrapParams),
-    #[serde(rename = "image.delete")]
-    ImageDelete(RefParams),
-    #[serde(rename = "image.promote")]
-    ImagePromote(RefParams),
-
-    #[serde(rename = "kernel.list")]
-    KernelList,
-    #[serde(rename = "kernel.show")]
-    KernelShow(RefParams),
-    #[serde(rename = "kernel.import")]
-    KernelImport(KernelImportParams),
-    #[serde(rename = "kernel.pull")]
-    KernelPull(KernelPullParams),
-    #[serde(rename = "kernel.bootstrap")]
-    KernelBootstrap(KernelBootstrapParams),
-    #[serde(rename = "kernel.rm")]
-    KernelRm(RefParams),
-
-    #[serde(rename = "doctor.run")]
-    Doctor,
+/// A method: its wire name and the types of its params and its result.
+pub trait Method {
+    const NAME: &'static str;
+    type Params: Serialize + DeserializeOwned;
+    type Result: Serialize + DeserializeOwned;
 }
 
-/// Every method name, for telling an unknown method from bad params.
-pub const METHODS: &[&str] = &[
-    "daemon.ping",
-    "daemon.status",
-    "daemon.shutdown",
-    "daemon.sleep",
-    "vm.list",
-    "vm.show",
-    "vm.create",
-    "vm.start",
-    "vm.stop",
-    "vm.restart",
-    "vm.kill",
-    "vm.delete",
-    "vm.set",
-    "vm.stats",
-    "vm.health",
-    "vm.ports",
-    "vm.ssh_info",
-    "vm.port_forward",
-    "vm.workspace.record",
-    "image.list",
-    "image.show",
-    "image.import",
-    "image.register",
-    "image.pull",
-    "image.bootstrap",
-    "image.delete",
-    "image.promote",
-    "kernel.list",
-    "kernel.show",
-    "kernel.import",
-    "kernel.pull",
-    "kernel.bootstrap",
-    "kernel.rm",
-    "doctor.run",
-];
+/// Params of a method that takes none (sent as no params at all).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
 
-impl Request {
-    /// Decodes a method and its params, telling an unknown method apart from
-    /// params of the wrong shape.
-    pub fn decode(method: &str, params: Value) -> Result<Self, RpcError> {
-        if !METHODS.contains(&method) {
-            return Err(RpcError::new(
-                ErrorCode::UnknownMethod,
-                format!("unknown method {method:?}"),
-            ));
+macro_rules! protocol {
+    ($( $(#[$meta:meta])* $variant:ident = $name:literal, $params:ty => $result:ty; )*) => {
+        /// One type per method, for [`crate::Client::call`] and dispatch.
+        pub mod method {
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[derive(Debug, Clone, Copy)]
+                pub struct $variant;
+
+                impl Method for $variant {
+                    const NAME: &'static str = $name;
+                    type Params = $params;
+                    type Result = $result;
+                }
+            )*
         }
-        let mut object = serde_json::Map::new();
-        object.insert("method".into(), Value::String(method.to_owned()));
-        if !params.is_null() {
-            object.insert("params".into(), params);
+
+        /// A decoded request: the method and its params.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Request {
+            $( $(#[$meta])* $variant($params), )*
         }
-        serde_json::from_value(Value::Object(object)).map_err(|err| {
-            RpcError::new(
-                ErrorCode::InvalidParams,
-                format!("bad params for {method}: {err}"),
-            )
-        })
-    }
 
-    /// The wire name and params.
-    pub fn encode(&self) -> (String, Value) {
-        let mut value = serde_json::to_value(self).expect("requests always serialise");
-        let object = value
-            .as_object_mut()
-            .expect("requests serialise to objects");
-        let method = match object.remove("method") {
-            Some(Value::String(method)) => method,
-            _ => unreachable!("every request has a method"),
-        };
-        let params = object.remove("params").unwrap_or(Value::Null);
-        (method, params)
-    }
+        impl Request {
+            /// Decodes a method and its params, telling an unknown method
+            /// apart from params of the wrong shape.
+            pub fn decode(method: &str, params: Value) -> Result<Self, RpcError> {
+                match method {
+                    $( $name => decode_params::<$params>(method, params).map(Self::$variant), )*
+                    _ => Err(RpcError::new(
+                        ErrorCode::UnknownMethod,
+                        format!("unknown method {method:?}"),
+                    )),
+                }
+            }
 
-    pub fn method(&self) -> String {
-        self.encode().0
+            /// The wire name.
+            pub fn method(&self) -> &'static str {
+                match self {
+                    $( Self::$variant(_) => $name, )*
+                }
+            }
+
+            /// The params as they travel.
+            pub fn params(&self) -> Value {
+                match self {
+                    $( Self::$variant(params) => encode_params(params), )*
+                }
+            }
+
+            /// Every wire name.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+        }
+
+    };
+}
+
+fn decode_params<P: DeserializeOwned>(method: &str, params: Value) -> Result<P, RpcError> {
+    // No params and `{}` are the same for methods that take none.
+    let params = if params.is_null() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        params
+    };
+    serde_json::from_value(params).map_err(|err| {
+        RpcError::new(
+            ErrorCode::InvalidParams,
+            format!("bad params for {method}: {err}"),
+        )
+    })
+}
+
+/// Params in the form they travel: `None` for a method that takes none.
+pub fn encode_params<P: Serialize>(params: &P) -> Value {
+    match serde_json::to_value(params).expect("params always serialise") {
+        Value::Object(map) if map.is_empty() => Value::Null,
+        value => value,
     }
+}
+
+protocol! {
+    Ping = "daemon.ping", NoParams => PingResult;
+    Status = "daemon.status", NoParams => StatusResult;
+    Shutdown = "daemon.shutdown", NoParams => Empty;
+    /// Sleeps, streaming a tick per interval: exercises events and cancellation.
+    Sleep = "daemon.sleep", SleepParams => SleepResult;
+
+    VmList = "vm.list", NoParams => VmListResult;
+    VmShow = "vm.show", RefParams => VmDetails;
+    VmCreate = "vm.create", VmCreateParams => Vm;
+    VmStart = "vm.start", RefParams => Vm;
+    VmStop = "vm.stop", RefParams => Vm;
+    VmRestart = "vm.restart", RefParams => Vm;
+    VmKill = "vm.kill", RefParams => Vm;
+    VmDelete = "vm.delete", RefParams => Vm;
+    VmSet = "vm.set", VmSetParams => Vm;
+    VmStats = "vm.stats", RefParams => crate::response::VmStats;
+    VmHealth = "vm.health", RefParams => crate::response::VmHealth;
+    VmPorts = "vm.ports", RefParams => PortsResult;
+    VmSshInfo = "vm.ssh_info", RefParams => SshInfo;
+    VmPortForward = "vm.port_forward", PortForwardParams => Vm;
+    /// Records what `vm workspace prepare` (run by the CLI over SSH, as the
+    /// user) put in the guest, so that export knows its base.
+    WorkspaceRecord = "vm.workspace.record", WorkspaceRecordParams => Vm;
+
+    ImageList = "image.list", NoParams => ImageListResult;
+    ImageShow = "image.show", RefParams => Image;
+    ImageImport = "image.import", ImageImportParams => Image;
+    ImageRegister = "image.register", ImageRegisterParams => Image;
+    ImagePull = "image.pull", ImagePullParams => Image;
+    ImageBootstrap = "image.bootstrap", ImageBootstrapParams => Image;
+    ImageDelete = "image.delete", RefParams => Empty;
+    ImagePromote = "image.promote", RefParams => Image;
+
+    KernelList = "kernel.list", NoParams => KernelListResult;
+    KernelShow = "kernel.show", RefParams => Kernel;
+    KernelImport = "kernel.import", KernelImportParams => Kernel;
+    KernelPull = "kernel.pull", KernelPullParams => Kernel;
+    KernelBootstrap = "kernel.bootstrap", KernelBootstrapParams => Kernel;
+    KernelRm = "kernel.rm", RefParams => Empty;
+
+    Doctor = "doctor.run", NoParams => DoctorResult;
 }
 
 /// A VM, image or kernel reference: a name, a full id or a unique id prefix.
@@ -322,14 +307,14 @@ mod tests {
     fn samples() -> Vec<Request> {
         let r = || RefParams::new("web");
         vec![
-            Request::Ping,
-            Request::Status,
-            Request::Shutdown,
+            Request::Ping(NoParams {}),
+            Request::Status(NoParams {}),
+            Request::Shutdown(NoParams {}),
             Request::Sleep(SleepParams {
                 millis: 5,
                 tick_millis: None,
             }),
-            Request::VmList,
+            Request::VmList(NoParams {}),
             Request::VmShow(r()),
             Request::VmCreate(VmCreateParams::default()),
             Request::VmStart(r()),
@@ -360,7 +345,7 @@ mod tests {
                     head_commit: None,
                 },
             }),
-            Request::ImageList,
+            Request::ImageList(NoParams {}),
             Request::ImageShow(r()),
             Request::ImageImport(ImageImportParams {
                 path: "/x".into(),
@@ -387,7 +372,7 @@ mod tests {
             }),
             Request::ImageDelete(r()),
             Request::ImagePromote(r()),
-            Request::KernelList,
+            Request::KernelList(NoParams {}),
             Request::KernelShow(r()),
             Request::KernelImport(KernelImportParams {
                 dir: "/k".into(),
@@ -399,26 +384,40 @@ mod tests {
                 name: None,
             }),
             Request::KernelRm(r()),
-            Request::Doctor,
+            Request::Doctor(NoParams {}),
         ]
     }
 
     #[test]
-    fn every_method_round_trips_and_is_listed() {
+    fn every_method_round_trips() {
         let samples = samples();
         assert_eq!(
             samples.len(),
-            METHODS.len(),
-            "a method is missing from samples or METHODS"
+            Request::NAMES.len(),
+            "a method is missing from samples"
         );
         for request in samples {
-            let (method, params) = request.encode();
-            assert!(
-                METHODS.contains(&method.as_str()),
-                "{method} missing from METHODS"
-            );
-            assert_eq!(Request::decode(&method, params).unwrap(), request);
+            let method = request.method();
+            assert_eq!(Request::decode(method, request.params()).unwrap(), request);
         }
+        // Methods without params send none.
+        assert_eq!(Request::Ping(NoParams {}).params(), Value::Null);
+        assert_eq!(
+            Request::decode("daemon.ping", serde_json::json!({})).unwrap(),
+            Request::Ping(NoParams {})
+        );
+    }
+
+    #[test]
+    fn each_method_type_names_its_wire_method() {
+        assert_eq!(<method::VmCreate as Method>::NAME, "vm.create");
+        assert_eq!(<method::Doctor as Method>::NAME, "doctor.run");
+        let names: std::collections::HashSet<_> = Request::NAMES.iter().collect();
+        assert_eq!(
+            names.len(),
+            Request::NAMES.len(),
+            "a wire name is used twice"
+        );
     }
 
     #[test]

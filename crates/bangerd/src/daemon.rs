@@ -11,9 +11,8 @@ use banger_firecracker::{Vmm, VmmProcess};
 use banger_model::Id;
 use banger_model::config::Config;
 use banger_model::layout::Layout;
-use banger_rpc::{ErrorCode, Request, RpcError};
+use banger_rpc::{ErrorCode, Method, Request, RpcError};
 use banger_store::{ResolveError, Store, StoreError};
-use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -175,74 +174,93 @@ impl Daemon {
         cancel: CancellationToken,
     ) -> Result<Value, RpcError> {
         use crate::services::*;
+        use banger_rpc::method as m;
         let me = self.arc();
         match request {
-            Request::Ping => reply(daemon_ops::ping(self)),
-            Request::Status => reply(daemon_ops::status(self)),
-            Request::Shutdown => reply(daemon_ops::shutdown(self)),
-            Request::Sleep(params) => reply(daemon_ops::sleep(params, &events, &cancel).await?),
-            Request::VmList => reply(vm_list::list(self)?),
-            Request::VmShow(params) => reply(vm_list::show(self, &params.reference)?),
+            Request::Ping(_) => reply::<m::Ping>(daemon_ops::ping(self)),
+            Request::Status(_) => reply::<m::Status>(daemon_ops::status(self)),
+            Request::Shutdown(_) => reply::<m::Shutdown>(daemon_ops::shutdown(self)),
+            Request::Sleep(params) => {
+                reply::<m::Sleep>(daemon_ops::sleep(params, &events, &cancel).await?)
+            }
+            Request::VmList(_) => reply::<m::VmList>(vm_list::list(self)?),
+            Request::VmShow(params) => reply::<m::VmShow>(vm_list::show(self, &params.reference)?),
             Request::VmCreate(params) => {
-                reply(vm_create::create(&me, params, &events, &cancel).await?)
+                reply::<m::VmCreate>(vm_create::create(&me, params, &events, &cancel).await?)
             }
-            Request::VmStart(params) => {
-                reply(vm_start::start(&me, &params.reference, &events, &cancel).await?)
-            }
-            Request::VmRestart(params) => {
-                reply(vm_start::restart(&me, &params.reference, &events, &cancel).await?)
-            }
+            Request::VmStart(params) => reply::<m::VmStart>(
+                vm_start::start(&me, &params.reference, &events, &cancel).await?,
+            ),
+            Request::VmRestart(params) => reply::<m::VmRestart>(
+                vm_start::restart(&me, &params.reference, &events, &cancel).await?,
+            ),
             Request::VmStop(params) => {
-                reply(vm_stop::stop(&me, &params.reference, Mode::Graceful).await?)
+                reply::<m::VmStop>(vm_stop::stop(&me, &params.reference, Mode::Graceful).await?)
             }
             Request::VmKill(params) => {
-                reply(vm_stop::stop(&me, &params.reference, Mode::Kill).await?)
+                reply::<m::VmKill>(vm_stop::stop(&me, &params.reference, Mode::Kill).await?)
             }
-            Request::VmDelete(params) => reply(vm_delete::delete(&me, &params.reference).await?),
-            Request::VmSet(params) => reply(vm_set::set(&me, params).await?),
-            Request::VmSshInfo(params) => reply(vm_info::ssh_info(self, &params.reference).await?),
-            Request::VmHealth(params) => reply(vm_info::health(self, &params.reference).await?),
-            Request::VmStats(params) => reply(vm_info::stats(self, &params.reference).await?),
-            Request::VmPorts(params) => reply(vm_ports::ports(self, &params.reference).await?),
+            Request::VmDelete(params) => {
+                reply::<m::VmDelete>(vm_delete::delete(&me, &params.reference).await?)
+            }
+            Request::VmSet(params) => reply::<m::VmSet>(vm_set::set(&me, params).await?),
+            Request::VmSshInfo(params) => {
+                reply::<m::VmSshInfo>(vm_info::ssh_info(self, &params.reference).await?)
+            }
+            Request::VmHealth(params) => {
+                reply::<m::VmHealth>(vm_info::health(self, &params.reference).await?)
+            }
+            Request::VmStats(params) => {
+                reply::<m::VmStats>(vm_info::stats(self, &params.reference).await?)
+            }
+            Request::VmPorts(params) => {
+                reply::<m::VmPorts>(vm_ports::ports(self, &params.reference).await?)
+            }
             Request::VmPortForward(params) => {
-                reply(vm_port_forward::port_forward(&me, params).await?)
+                reply::<m::VmPortForward>(vm_port_forward::port_forward(&me, params).await?)
             }
-            Request::WorkspaceRecord(params) => reply(vm_workspace::record(&me, params).await?),
-            Request::ImageList => reply(image_list::list(self)?),
-            Request::ImageShow(params) => reply(image_list::show(self, &params.reference)?),
+            Request::WorkspaceRecord(params) => {
+                reply::<m::WorkspaceRecord>(vm_workspace::record(&me, params).await?)
+            }
+            Request::ImageList(_) => reply::<m::ImageList>(image_list::list(self)?),
+            Request::ImageShow(params) => {
+                reply::<m::ImageShow>(image_list::show(self, &params.reference)?)
+            }
             Request::ImageImport(params) => {
-                reply(image_import::import(self, params, &events, &cancel).await?)
+                reply::<m::ImageImport>(image_import::import(self, params, &events, &cancel).await?)
             }
-            Request::ImageBootstrap(params) => {
-                reply(image_bootstrap::bootstrap(self, params, &events, &cancel).await?)
-            }
+            Request::ImageBootstrap(params) => reply::<m::ImageBootstrap>(
+                image_bootstrap::bootstrap(self, params, &events, &cancel).await?,
+            ),
             Request::ImageDelete(params) => {
-                reply(image_import::delete(self, &params.reference).await?)
+                reply::<m::ImageDelete>(image_import::delete(self, &params.reference).await?)
             }
             Request::ImagePromote(params) => {
-                reply(image_import::promote(self, &params.reference).await?)
+                reply::<m::ImagePromote>(image_import::promote(self, &params.reference).await?)
             }
-            Request::KernelList => reply(kernel_list::list(self)?),
-            Request::KernelShow(params) => reply(kernel_list::show(self, &params.reference)?),
+            Request::KernelList(_) => reply::<m::KernelList>(kernel_list::list(self)?),
+            Request::KernelShow(params) => {
+                reply::<m::KernelShow>(kernel_list::show(self, &params.reference)?)
+            }
             Request::KernelImport(params) => {
-                reply(kernel_import::import(self, params, &cancel).await?)
+                reply::<m::KernelImport>(kernel_import::import(self, params, &cancel).await?)
             }
-            Request::KernelBootstrap(params) => {
-                reply(kernel_bootstrap::bootstrap(self, params, &events, &cancel).await?)
-            }
+            Request::KernelBootstrap(params) => reply::<m::KernelBootstrap>(
+                kernel_bootstrap::bootstrap(self, params, &events, &cancel).await?,
+            ),
             Request::KernelRm(params) => {
-                reply(kernel_import::remove(self, &params.reference).await?)
+                reply::<m::KernelRm>(kernel_import::remove(self, &params.reference).await?)
             }
-            Request::Doctor => reply(doctor::run(self).await?),
+            Request::Doctor(_) => reply::<m::Doctor>(doctor::run(self).await?),
             Request::ImagePull(params) => {
-                reply(image_pull::pull(self, params, &events, &cancel).await?)
+                reply::<m::ImagePull>(image_pull::pull(self, params, &events, &cancel).await?)
             }
             Request::ImageRegister(params) => {
-                reply(image_register::register(self, params, &events).await?)
+                reply::<m::ImageRegister>(image_register::register(self, params, &events).await?)
             }
-            Request::KernelPull(params) => {
-                reply(image_pull::pull_kernel(self, params, &events, &cancel).await?)
-            }
+            Request::KernelPull(params) => reply::<m::KernelPull>(
+                image_pull::pull_kernel(self, params, &events, &cancel).await?,
+            ),
         }
     }
 }
@@ -268,7 +286,9 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-fn reply<T: Serialize>(value: T) -> Result<Value, RpcError> {
+/// Encodes method `M`'s result: a service answering with another type
+/// does not compile.
+fn reply<M: Method>(value: M::Result) -> Result<Value, RpcError> {
     serde_json::to_value(value).map_err(|err| RpcError::internal(format!("encoding reply: {err}")))
 }
 

@@ -444,7 +444,7 @@ mod tests {
     #[test]
     fn parse_request_classifies_failures() {
         let (id, request) = parse_request(r#"{"v":1,"id":4,"method":"vm.list"}"#).unwrap();
-        assert_eq!((id, request), (4, Request::VmList));
+        assert_eq!((id, request), (4, Request::VmList(banger_rpc::NoParams {})));
 
         let (id, err) = parse_request("{nope").unwrap_err();
         assert_eq!((id, err.code), (None, ErrorCode::MalformedFrame));

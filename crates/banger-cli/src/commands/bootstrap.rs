@@ -1,15 +1,14 @@
 //! `banger image bootstrap` and `banger kernel bootstrap`: an image or a
 //! kernel built here from the distribution's own packages.
 
+use banger_rpc::{Method, method};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use banger_model::image::Image;
 use banger_model::kernel::Kernel;
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};
-use serde::de::DeserializeOwned;
 
 use crate::args::{ImageBootstrapArgs, KernelBootstrapArgs};
 use crate::daemon_client;
@@ -77,7 +76,7 @@ pub(crate) async fn bootstrap_image(
     params: ImageBootstrapParams,
 ) -> anyhow::Result<Image> {
     let what = format!("bootstrapping {}", params.distro);
-    call_with_progress(layout, Request::ImageBootstrap(params), &what).await
+    call_with_progress::<method::ImageBootstrap>(layout, params, &what).await
 }
 
 /// `kernel.bootstrap` with live stages; Ctrl-C cancels.
@@ -86,18 +85,18 @@ pub(crate) async fn bootstrap_kernel(
     params: KernelBootstrapParams,
 ) -> anyhow::Result<Kernel> {
     let what = format!("bootstrapping the {} kernel", params.distro);
-    call_with_progress(layout, Request::KernelBootstrap(params), &what).await
+    call_with_progress::<method::KernelBootstrap>(layout, params, &what).await
 }
 
-async fn call_with_progress<T: DeserializeOwned>(
+async fn call_with_progress<M: Method>(
     layout: &Layout,
-    request: Request,
+    params: M::Params,
     what: &str,
-) -> anyhow::Result<T> {
+) -> anyhow::Result<M::Result> {
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
     let outcome = {
-        let call = client.call::<T>(&request, |event| progress.on_event(event));
+        let call = client.call::<M>(params, |event| progress.on_event(event));
         tokio::select! {
             outcome = call => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,

@@ -1,9 +1,9 @@
 //! `banger daemon start|stop|status`
 
+use banger_rpc::{NoParams, method};
 use std::process::ExitCode;
 
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::response::StatusResult;
 
 use crate::args::JsonFlag;
@@ -15,7 +15,7 @@ const EXIT_NOT_RUNNING: u8 = 3;
 
 pub(super) async fn start(layout: &Layout) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let status: StatusResult = client.call(&Request::Status, |_| {}).await?;
+    let status: StatusResult = client.call::<method::Status>(NoParams {}, |_| {}).await?;
     eprintln!(
         "bangerd is running (pid {}, build {})",
         status.pid,
@@ -45,7 +45,7 @@ pub(super) async fn status(layout: &Layout, args: &JsonFlag) -> anyhow::Result<E
         }
         return Ok(ExitCode::from(EXIT_NOT_RUNNING));
     };
-    let status: StatusResult = client.call(&Request::Status, |_| {}).await?;
+    let status: StatusResult = client.call::<method::Status>(NoParams {}, |_| {}).await?;
     if args.json {
         let mut value = serde_json::to_value(&status)?;
         value["running"] = serde_json::Value::Bool(true);

@@ -5,6 +5,7 @@
 //! otherwise — and say what was done and how long it took. Used by the
 //! create step `vm create` and `vm run` share.
 
+use banger_rpc::{NoParams, method};
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use banger_model::layout::Layout;
 use banger_model::vm::VmmKind;
 use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};
 use banger_rpc::response::KernelListResult;
-use banger_rpc::{CallError, ErrorCode, Request, RpcError};
+use banger_rpc::{CallError, ErrorCode, RpcError};
 
 use crate::args::CreateFlags;
 use crate::commands::bootstrap::{bootstrap_image, bootstrap_kernel, elapsed};
@@ -37,9 +38,7 @@ pub(crate) fn is_no_default_image(err: &anyhow::Error) -> bool {
         Some(CallError::Rpc(rpc)) => Some(rpc),
         _ => err.downcast_ref::<RpcError>(),
     };
-    rpc.is_some_and(|rpc| {
-        rpc.code == ErrorCode::NotFound && rpc.message.contains("no default image")
-    })
+    rpc.is_some_and(|rpc| rpc.code == ErrorCode::NoDefaultImage)
 }
 
 /// Bootstraps the default image for `vm create`/`vm run` with `flags` (and,
@@ -51,7 +50,9 @@ pub(crate) async fn bootstrap_default_image(
     flags: &CreateFlags,
 ) -> anyhow::Result<()> {
     let mut client = daemon_client::connect(layout).await?;
-    let kernels: KernelListResult = client.call(&Request::KernelList, |_| {}).await?;
+    let kernels: KernelListResult = client
+        .call::<method::KernelList>(NoParams {}, |_| {})
+        .await?;
     drop(client);
     let vmm = flags.vmm.unwrap_or_else(|| {
         Config::load(&layout.config_file())
@@ -147,12 +148,13 @@ mod tests {
 
     #[test]
     fn recognises_only_the_no_default_image_error() {
-        let missing = RpcError::not_found("there is no default image");
+        let missing = RpcError::new(ErrorCode::NoDefaultImage, "there is no default image");
         assert!(is_no_default_image(&anyhow::Error::from(CallError::Rpc(
             missing.clone()
         ))));
         assert!(is_no_default_image(&anyhow::Error::from(missing)));
-        let other = RpcError::not_found("image \"x\" not found");
+        // Codes decide, never the message.
+        let other = RpcError::not_found("there is no default image");
         assert!(!is_no_default_image(&anyhow::Error::from(other)));
         let internal = RpcError::internal("no default image, oddly");
         assert!(!is_no_default_image(&anyhow::Error::from(internal)));

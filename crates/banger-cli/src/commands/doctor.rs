@@ -7,13 +7,13 @@
 //! When no daemon can be reached the CLI runs the host checks itself, so
 //! doctor still explains a host where the daemon cannot start.
 
+use banger_rpc::{NoParams, method};
 use std::process::ExitCode;
 
 use banger_doctor::{CheckStatus, DoctorCheck, HostInputs, RealHost, checks};
 use banger_model::config::Config;
 use banger_model::defaults::{HostFacts, VmDefaults};
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::response::{DoctorResult, StatusResult};
 
 use crate::args::DoctorArgs;
@@ -61,8 +61,8 @@ pub(super) async fn run(layout: &Layout, args: &DoctorArgs) -> anyhow::Result<Ex
 /// The daemon's identity line and its checks.
 async fn daemon_checks(layout: &Layout) -> anyhow::Result<(String, Vec<DoctorCheck>)> {
     let mut client = daemon_client::connect(layout).await?;
-    let status: StatusResult = client.call(&Request::Status, |_| {}).await?;
-    let result: DoctorResult = client.call(&Request::Doctor, |_| {}).await?;
+    let status: StatusResult = client.call::<method::Status>(NoParams {}, |_| {}).await?;
+    let result: DoctorResult = client.call::<method::Doctor>(NoParams {}, |_| {}).await?;
     let detail = format!(
         "bangerd {} running (pid {}, socket {})",
         status.build.version,

@@ -1,10 +1,10 @@
 //! `banger image list` and `banger image show`
 
+use banger_rpc::{NoParams, method};
 use std::process::ExitCode;
 
 use banger_model::image::{Image, ImageSource};
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::ImageListResult;
 
@@ -14,7 +14,9 @@ use crate::output::{ago, print_json, print_table, table};
 
 pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let result: ImageListResult = client.call(&Request::ImageList, |_| {}).await?;
+    let result: ImageListResult = client
+        .call::<method::ImageList>(NoParams {}, |_| {})
+        .await?;
     if args.json {
         print_json(&result.images)?;
         return Ok(ExitCode::SUCCESS);
@@ -50,7 +52,7 @@ pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<Exi
 pub(super) async fn show(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let image: Image = client
-        .call(&Request::ImageShow(RefParams::new(&args.reference)), |_| {})
+        .call::<method::ImageShow>(RefParams::new(&args.reference), |_| {})
         .await?;
     if args.json {
         print_json(&image)?;

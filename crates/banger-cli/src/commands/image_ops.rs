@@ -1,5 +1,6 @@
 //! `banger image import|delete|promote` and `banger kernel import|rm`.
 
+use banger_rpc::{Method, method};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -7,7 +8,6 @@ use anyhow::Context;
 use banger_model::image::Image;
 use banger_model::kernel::Kernel;
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::request::{ImageImportParams, KernelImportParams, RefParams};
 use banger_rpc::response::Empty;
 
@@ -29,7 +29,7 @@ pub(super) async fn image_import(
         name: args.name.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress(layout, &Request::ImageImport(params)).await?;
+    let image = with_progress::<method::ImageImport>(layout, params).await?;
     report_image(&image, "imported");
     Ok(ExitCode::SUCCESS)
 }
@@ -37,10 +37,7 @@ pub(super) async fn image_import(
 pub(super) async fn image_delete(layout: &Layout, args: &RefArg) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let _: Empty = client
-        .call(
-            &Request::ImageDelete(RefParams::new(&args.reference)),
-            |_| {},
-        )
+        .call::<method::ImageDelete>(RefParams::new(&args.reference), |_| {})
         .await?;
     eprintln!("image {} deleted", args.reference);
     Ok(ExitCode::SUCCESS)
@@ -49,10 +46,7 @@ pub(super) async fn image_delete(layout: &Layout, args: &RefArg) -> anyhow::Resu
 pub(super) async fn image_promote(layout: &Layout, args: &RefArg) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let image: Image = client
-        .call(
-            &Request::ImagePromote(RefParams::new(&args.reference)),
-            |_| {},
-        )
+        .call::<method::ImagePromote>(RefParams::new(&args.reference), |_| {})
         .await?;
     eprintln!("image {} is now the default", image.name);
     Ok(ExitCode::SUCCESS)
@@ -67,7 +61,7 @@ pub(super) async fn kernel_import(
         name: args.name.clone(),
     };
     let mut client = daemon_client::connect(layout).await?;
-    let kernel: Kernel = client.call(&Request::KernelImport(params), |_| {}).await?;
+    let kernel: Kernel = client.call::<method::KernelImport>(params, |_| {}).await?;
     eprintln!(
         "kernel {} imported ({}{}{})",
         kernel.name,
@@ -89,7 +83,7 @@ pub(super) async fn kernel_import(
 pub(super) async fn kernel_rm(layout: &Layout, args: &RefArg) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let _: Empty = client
-        .call(&Request::KernelRm(RefParams::new(&args.reference)), |_| {})
+        .call::<method::KernelRm>(RefParams::new(&args.reference), |_| {})
         .await?;
     eprintln!("kernel {} removed", args.reference);
     Ok(ExitCode::SUCCESS)
@@ -104,7 +98,7 @@ pub(super) async fn image_pull(
         name: args.name.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress(layout, &Request::ImagePull(params)).await?;
+    let image = with_progress::<method::ImagePull>(layout, params).await?;
     report_image(&image, "pulled");
     Ok(ExitCode::SUCCESS)
 }
@@ -119,7 +113,7 @@ pub(super) async fn image_register(
         work_seed: args.work_seed.as_deref().map(absolute).transpose()?,
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress(layout, &Request::ImageRegister(params)).await?;
+    let image = with_progress::<method::ImageRegister>(layout, params).await?;
     report_image(&image, "registered");
     Ok(ExitCode::SUCCESS)
 }
@@ -134,9 +128,7 @@ pub(super) async fn kernel_pull(
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
     let kernel: Result<Kernel, _> = client
-        .call(&Request::KernelPull(params), |event| {
-            progress.on_event(event)
-        })
+        .call::<method::KernelPull>(params, |event| progress.on_event(event))
         .await;
     progress.finish();
     let kernel = kernel?;
@@ -146,11 +138,14 @@ pub(super) async fn kernel_pull(
 
 /// Runs an image request, rendering its progress; Ctrl-C cancels it (the
 /// daemon removes what it staged).
-async fn with_progress(layout: &Layout, request: &Request) -> anyhow::Result<Image> {
+async fn with_progress<M: Method<Result = Image>>(
+    layout: &Layout,
+    params: M::Params,
+) -> anyhow::Result<Image> {
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
     let outcome = {
-        let call = client.call::<Image>(request, |event| progress.on_event(event));
+        let call = client.call::<M>(params, |event| progress.on_event(event));
         tokio::select! {
             outcome = call => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,

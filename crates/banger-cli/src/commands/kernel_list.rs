@@ -1,10 +1,10 @@
 //! `banger kernel list` and `banger kernel show`
 
+use banger_rpc::{NoParams, method};
 use std::process::ExitCode;
 
 use banger_model::kernel::Kernel;
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::KernelListResult;
 
@@ -14,7 +14,9 @@ use crate::output::{ago, print_json, print_table, table};
 
 pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let result: KernelListResult = client.call(&Request::KernelList, |_| {}).await?;
+    let result: KernelListResult = client
+        .call::<method::KernelList>(NoParams {}, |_| {})
+        .await?;
     if args.json {
         print_json(&result.kernels)?;
         return Ok(ExitCode::SUCCESS);
@@ -46,10 +48,7 @@ pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<Exi
 pub(super) async fn show(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let kernel: Kernel = client
-        .call(
-            &Request::KernelShow(RefParams::new(&args.reference)),
-            |_| {},
-        )
+        .call::<method::KernelShow>(RefParams::new(&args.reference), |_| {})
         .await?;
     if args.json {
         print_json(&kernel)?;

@@ -7,6 +7,7 @@
 //! `banger-simvm` when the release carries it) all or nothing, and restarts
 //! a daemon that was running so it runs the new build. See `banger-update`.
 
+use banger_rpc::{NoParams, method};
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -109,7 +110,7 @@ pub(super) async fn run(layout: &Layout, args: &UpdateArgs) -> anyhow::Result<Ex
 async fn daemon_running(layout: &Layout) -> bool {
     match daemon_client::connect_existing(layout).await {
         Ok(Some(mut client)) => client
-            .call::<banger_rpc::response::PingResult>(&banger_rpc::Request::Ping, |_| {})
+            .call::<method::Ping>(NoParams {}, |_| {})
             .await
             .is_ok(),
         _ => false,

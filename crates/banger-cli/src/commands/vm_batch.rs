@@ -5,30 +5,32 @@
 //! order. Valid references proceed when others are missing or ambiguous; the
 //! exit code is non-zero when any failed.
 
+use banger_rpc::{Method, NoParams, method};
 use std::collections::HashSet;
 use std::process::ExitCode;
 
 use banger_model::layout::Layout;
 use banger_model::resolve::resolve;
 use banger_model::vm::Vm;
+use banger_rpc::CallError;
 use banger_rpc::response::VmListResult;
-use banger_rpc::{CallError, Request};
 
 use crate::daemon_client;
 
-/// What to do to each VM, and how to describe it when done.
-pub(super) struct Batch<'a> {
-    pub request: &'a dyn Fn(&Vm) -> Request,
+/// What to ask of each VM (method `M`'s params), and how to describe it
+/// when done.
+pub(super) struct Batch<'a, M: Method> {
+    pub params: &'a dyn Fn(&Vm) -> M::Params,
     pub describe: &'a dyn Fn(&Vm) -> String,
 }
 
-pub(super) async fn run(
+pub(super) async fn run<M: Method<Result = Vm>>(
     layout: &Layout,
     refs: &[String],
-    batch: Batch<'_>,
+    batch: Batch<'_, M>,
 ) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let snapshot: VmListResult = client.call(&Request::VmList, |_| {}).await?;
+    let snapshot: VmListResult = client.call::<method::VmList>(NoParams {}, |_| {}).await?;
     drop(client);
 
     let mut seen = HashSet::new();
@@ -48,7 +50,7 @@ pub(super) async fn run(
             .map_err(|err| (format!("{err:#}"), None))?
             .ok_or_else(|| ("the daemon stopped".to_owned(), None))?;
         client
-            .call::<Vm>(&(batch.request)(vm), |_| {})
+            .call::<M>((batch.params)(vm), |_| {})
             .await
             .map_err(|err| match err {
                 CallError::Rpc(rpc) => (rpc.message, rpc.hint),

@@ -1,5 +1,6 @@
 //! `banger vm create`, and the create step shared with `vm run`.
 
+use banger_rpc::method;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use banger_model::spec;
 use banger_model::vm::Vm;
 use banger_model::{Name, VmSpec};
 use banger_rpc::request::{RefParams, VmCreateParams};
-use banger_rpc::{CallError, ErrorCode, Request};
+use banger_rpc::{CallError, ErrorCode};
 
 use crate::args::{CreateFlags, VmCreateArgs};
 use crate::daemon_client;
@@ -83,9 +84,8 @@ async fn create_once(
     };
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
-    let request = Request::VmCreate(params);
     let outcome = {
-        let call = client.call::<Vm>(&request, |event| progress.on_event(event));
+        let call = client.call::<method::VmCreate>(params, |event| progress.on_event(event));
         tokio::select! {
             outcome = call => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,
@@ -142,7 +142,7 @@ async fn wait_until_gone(layout: &Layout, name: &Name) {
             return;
         };
         match client
-            .call::<Vm>(&Request::VmShow(RefParams::new(name.as_str())), |_| {})
+            .call::<method::VmShow>(RefParams::new(name.as_str()), |_| {})
             .await
         {
             Err(CallError::Rpc(err)) if err.code == ErrorCode::NotFound => {

@@ -1,13 +1,12 @@
 //! `banger vm logs|stats|health`
 
+use banger_rpc::method;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use banger_model::layout::Layout;
-use banger_model::vm::Vm;
-use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::{VmHealth, VmStats};
 
@@ -17,9 +16,10 @@ use crate::output::print_json;
 
 pub(super) async fn logs(layout: &Layout, args: &VmLogsArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let vm: Vm = client
-        .call(&Request::VmShow(RefParams::new(&args.reference)), |_| {})
-        .await?;
+    let vm = client
+        .call::<method::VmShow>(RefParams::new(&args.reference), |_| {})
+        .await?
+        .vm;
     drop(client);
     let paths = vm.paths();
     let files = [
@@ -67,7 +67,7 @@ fn copy_from(path: &Path, offset: u64) -> anyhow::Result<u64> {
 pub(super) async fn stats(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let stats: VmStats = client
-        .call(&Request::VmStats(RefParams::new(&args.reference)), |_| {})
+        .call::<method::VmStats>(RefParams::new(&args.reference), |_| {})
         .await?;
     if args.json {
         print_json(&stats)?;
@@ -89,7 +89,7 @@ pub(super) async fn stats(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result
 pub(super) async fn health(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let health: VmHealth = client
-        .call(&Request::VmHealth(RefParams::new(&args.reference)), |_| {})
+        .call::<method::VmHealth>(RefParams::new(&args.reference), |_| {})
         .await?;
     if args.json {
         print_json(&health)?;

@@ -1,10 +1,10 @@
 //! `banger vm list` and `banger vm show`
 
+use banger_rpc::{NoParams, method};
 use std::process::ExitCode;
 
 use banger_model::layout::Layout;
 use banger_model::vm::{Accel, Vm, VmmKind};
-use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::{VmDetails, VmListResult};
 
@@ -14,7 +14,7 @@ use crate::output::{ago, print_json, print_table, table};
 
 pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let result: VmListResult = client.call(&Request::VmList, |_| {}).await?;
+    let result: VmListResult = client.call::<method::VmList>(NoParams {}, |_| {}).await?;
     for warning in &result.warnings {
         eprintln!("warning: {warning}");
     }
@@ -81,7 +81,7 @@ fn vmm_label(vm: &Vm) -> String {
 pub(super) async fn show(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let details: VmDetails = client
-        .call(&Request::VmShow(RefParams::new(&args.reference)), |_| {})
+        .call::<method::VmShow>(RefParams::new(&args.reference), |_| {})
         .await?;
     if args.json {
         print_json(&details)?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use banger_model::layout::Layout;
 use banger_model::spec;
 use banger_model::vm::Vm;
-use banger_rpc::Request;
+use banger_rpc::method;
 use banger_rpc::request::{RefParams, VmSetParams};
 
 use super::vm_batch::{self, Batch};
@@ -21,12 +21,11 @@ fn state_line(vm: &Vm) -> String {
 }
 
 pub(super) async fn start(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
-    let request = |vm: &Vm| Request::VmStart(by_id(vm));
-    vm_batch::run(
+    vm_batch::run::<method::VmStart>(
         layout,
         refs,
         Batch {
-            request: &request,
+            params: &by_id,
             describe: &state_line,
         },
     )
@@ -34,12 +33,11 @@ pub(super) async fn start(layout: &Layout, refs: &[String]) -> anyhow::Result<Ex
 }
 
 pub(super) async fn stop(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
-    let request = |vm: &Vm| Request::VmStop(by_id(vm));
-    vm_batch::run(
+    vm_batch::run::<method::VmStop>(
         layout,
         refs,
         Batch {
-            request: &request,
+            params: &by_id,
             describe: &state_line,
         },
     )
@@ -47,12 +45,11 @@ pub(super) async fn stop(layout: &Layout, refs: &[String]) -> anyhow::Result<Exi
 }
 
 pub(super) async fn restart(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
-    let request = |vm: &Vm| Request::VmRestart(by_id(vm));
-    vm_batch::run(
+    vm_batch::run::<method::VmRestart>(
         layout,
         refs,
         Batch {
-            request: &request,
+            params: &by_id,
             describe: &state_line,
         },
     )
@@ -60,12 +57,11 @@ pub(super) async fn restart(layout: &Layout, refs: &[String]) -> anyhow::Result<
 }
 
 pub(super) async fn kill(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
-    let request = |vm: &Vm| Request::VmKill(by_id(vm));
-    vm_batch::run(
+    vm_batch::run::<method::VmKill>(
         layout,
         refs,
         Batch {
-            request: &request,
+            params: &by_id,
             describe: &state_line,
         },
     )
@@ -73,13 +69,12 @@ pub(super) async fn kill(layout: &Layout, refs: &[String]) -> anyhow::Result<Exi
 }
 
 pub(super) async fn delete(layout: &Layout, refs: &[String]) -> anyhow::Result<ExitCode> {
-    let request = |vm: &Vm| Request::VmDelete(by_id(vm));
     let describe = |vm: &Vm| format!("{}: deleted", vm.name);
-    vm_batch::run(
+    vm_batch::run::<method::VmDelete>(
         layout,
         refs,
         Batch {
-            request: &request,
+            params: &by_id,
             describe: &describe,
         },
     )
@@ -102,20 +97,18 @@ pub(super) async fn set(layout: &Layout, args: &VmSetArgs) -> anyhow::Result<Exi
     if let Some(disk) = args.disk_size {
         spec::validate_disk(disk).map_err(|err| usage(&err.to_string()))?;
     }
-    let request = |vm: &Vm| {
-        Request::VmSet(VmSetParams {
-            reference: vm.id.to_string(),
-            vcpu: args.vcpu,
-            memory_mib: args.memory,
-            disk_size: args.disk_size,
-        })
+    let params = |vm: &Vm| VmSetParams {
+        reference: vm.id.to_string(),
+        vcpu: args.vcpu,
+        memory_mib: args.memory,
+        disk_size: args.disk_size,
     };
     let describe = |vm: &Vm| format!("{}: {} ({})", vm.name, vm.spec, vm.state);
-    vm_batch::run(
+    vm_batch::run::<method::VmSet>(
         layout,
         &args.refs,
         Batch {
-            request: &request,
+            params: &params,
             describe: &describe,
         },
     )

@@ -1,9 +1,9 @@
 //! `banger vm ports REF`
 
+use banger_rpc::method;
 use std::process::ExitCode;
 
 use banger_model::layout::Layout;
-use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::PortsResult;
 
@@ -18,7 +18,7 @@ use crate::output::{print_json, print_table, table};
 pub(super) async fn run(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let result: PortsResult = client
-        .call(&Request::VmPorts(RefParams::new(&args.reference)), |_| {})
+        .call::<method::VmPorts>(RefParams::new(&args.reference), |_| {})
         .await?;
     if args.json {
         print_json(&result.ports)?;
@@ -61,12 +61,12 @@ pub(super) async fn port_forward(
     };
     let mut client = daemon_client::connect(layout).await?;
     let vm: Vm = client
-        .call(
-            &Request::VmPortForward(PortForwardParams {
+        .call::<method::VmPortForward>(
+            PortForwardParams {
                 reference: args.reference.clone(),
                 add,
                 remove,
-            }),
+            },
             |_| {},
         )
         .await?;

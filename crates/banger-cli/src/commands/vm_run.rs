@@ -3,13 +3,14 @@
 //! With `--rm` the VM is deleted afterwards, whatever happened, except when
 //! the boot timed out waiting for the guest: then it is kept for `vm logs`.
 
+use banger_rpc::method;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use banger_model::layout::Layout;
 use banger_model::vm::{Vm, WorkspaceInfo};
 use banger_rpc::request::RefParams;
-use banger_rpc::{CallError, ErrorCode, Request, RpcError};
+use banger_rpc::{CallError, ErrorCode, RpcError};
 
 use super::ssh_args::remote_command;
 use super::vm_ssh::Session;
@@ -190,12 +191,12 @@ async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error)
     }
     if let Ok(Some(mut client)) = daemon_client::connect_existing(layout).await
         && client
-            .call::<Vm>(&Request::VmShow(RefParams::new(name)), |_| {})
+            .call::<method::VmShow>(RefParams::new(name), |_| {})
             .await
             .is_ok()
     {
         let _ = client
-            .call::<Vm>(&Request::VmDelete(RefParams::new(name)), |_| {})
+            .call::<method::VmDelete>(RefParams::new(name), |_| {})
             .await;
         eprintln!("VM {name} deleted (--rm)");
     }
@@ -214,7 +215,7 @@ async fn delete(layout: &Layout, vm: &Vm) {
     let attempt = async {
         let mut client = daemon_client::connect(layout).await?;
         client
-            .call::<Vm>(&Request::VmDelete(RefParams::new(vm.id.as_str())), |_| {})
+            .call::<method::VmDelete>(RefParams::new(vm.id.as_str()), |_| {})
             .await?;
         anyhow::Ok(())
     };

@@ -1,12 +1,12 @@
 //! `banger vm ssh REF [-- CMD]`, and the session step of `vm run`.
 
+use banger_rpc::method;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use banger_model::layout::Layout;
-use banger_model::vm::{Vm, VmState};
-use banger_rpc::Request;
+use banger_model::vm::VmState;
 use banger_rpc::request::RefParams;
 
 use super::ssh_args::{remote_command, ssh_args};
@@ -85,9 +85,9 @@ async fn remind_if_running(layout: &Layout, name: &str) {
         return;
     };
     if let Ok(vm) = client
-        .call::<Vm>(&Request::VmShow(RefParams::new(name)), |_| {})
+        .call::<method::VmShow>(RefParams::new(name), |_| {})
         .await
-        && vm.state == VmState::Running
+        && vm.vm.state == VmState::Running
     {
         eprintln!(
             "VM {name} is still running; `banger vm stop {name}` stops it, `banger vm delete {name}` removes it"

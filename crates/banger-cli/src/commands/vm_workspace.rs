@@ -1,5 +1,6 @@
 //! `banger vm workspace prepare|export`, and the workspace step of `vm run`.
 
+use banger_rpc::method;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use banger_model::layout::Layout;
 use banger_model::vm::{Vm, VmState, WorkspaceInfo};
-use banger_rpc::Request;
 use banger_rpc::request::{RefParams, WorkspaceRecordParams};
 use banger_rpc::response::SshInfo;
 
@@ -159,11 +159,11 @@ pub(super) async fn send(
     };
     let mut client = daemon_client::connect(layout).await?;
     let _: Vm = client
-        .call(
-            &Request::WorkspaceRecord(WorkspaceRecordParams {
+        .call::<method::WorkspaceRecord>(
+            WorkspaceRecordParams {
                 reference: reference.to_owned(),
                 workspace: workspace.clone(),
-            }),
+            },
             |_| {},
         )
         .await?;
@@ -196,7 +196,7 @@ pub(super) async fn bootstrap_tools(layout: &Layout, reference: &str) {
 pub(super) async fn running_ssh_info(layout: &Layout, reference: &str) -> anyhow::Result<SshInfo> {
     let mut client = daemon_client::connect(layout).await?;
     let info: SshInfo = client
-        .call(&Request::VmSshInfo(RefParams::new(reference)), |_| {})
+        .call::<method::VmSshInfo>(RefParams::new(reference), |_| {})
         .await?;
     if info.state != VmState::Running {
         return Err(user_error(format!(
@@ -212,9 +212,10 @@ pub(super) async fn export_cmd(
     args: &WorkspaceExportArgs,
 ) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let vm: Vm = client
-        .call(&Request::VmShow(RefParams::new(&args.reference)), |_| {})
-        .await?;
+    let vm = client
+        .call::<method::VmShow>(RefParams::new(&args.reference), |_| {})
+        .await?
+        .vm;
     drop(client);
     let base = match (&args.base_commit, &vm.workspace) {
         (Some(base), _) => base.clone(),

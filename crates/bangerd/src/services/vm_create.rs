@@ -165,7 +165,7 @@ fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, RpcE
             .default_image()
             .map_err(store_error)?
             .ok_or_else(|| {
-                RpcError::not_found("there is no default image").with_hint(
+                RpcError::new(ErrorCode::NoDefaultImage, "there is no default image").with_hint(
                     "`banger image bootstrap` builds one from Debian's packages; \
                      `banger image pull REF` or `image import DIR --name N` make one from elsewhere",
                 )
