@@ -78,7 +78,27 @@ impl Drop for LoopMount {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        // `mount -o loop` set autoclear: the loop device goes with the mount.
+        // `mount -o loop` set autoclear: the loop device goes with the
+        // mount, a moment later; detach it ourselves if it lingers.
+        let attached = || {
+            Command::new("losetup")
+                .arg("-j")
+                .arg(&self.image)
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for _ in 0..50 {
+            if attached().trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for line in attached().lines() {
+            if let Some((device, _)) = line.split_once(':') {
+                let _ = Command::new("losetup").args(["-d", device]).status();
+            }
+        }
         let _ = std::fs::remove_file(&self.image);
     }
 }
