@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use banger_firecracker::boot_args::FIRST_BOOT_INIT;
+use banger_firecracker::boot_args::{Cmdline, FIRST_BOOT_INIT};
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType};
@@ -239,7 +239,7 @@ impl NamespaceLauncher {
         mut lines: Lines<BufReader<OwnedReadHalf>>,
         mut write: OwnedWriteHalf,
     ) -> Result<Booted, String> {
-        let config = self.helper_config(plan);
+        let config = self.helper_config(plan)?;
         let mut line = serde_json::to_string(&config).map_err(|e| e.to_string())?;
         line.push('\n');
         write
@@ -304,7 +304,8 @@ impl NamespaceLauncher {
         })
     }
 
-    fn helper_config(&self, plan: &BootPlan) -> HelperConfig {
+    fn helper_config(&self, plan: &BootPlan) -> Result<HelperConfig, String> {
+        let first_boot = first_boot_init(&plan.cmdline)?;
         let drive = |d: &crate::controller::DrivePlan| HelperDrive {
             path: d.path.clone(),
             read_only: d.read_only,
@@ -314,7 +315,7 @@ impl NamespaceLauncher {
             .as_ref()
             .and_then(|ip| ip.hostname.clone())
             .unwrap_or_else(|| plan.id.clone());
-        HelperConfig {
+        Ok(HelperConfig {
             root: drive(&plan.root),
             work: plan.work.as_ref().map(drive),
             hostname,
@@ -323,7 +324,7 @@ impl NamespaceLauncher {
                 .as_ref()
                 .map(|ip| ip.dns.clone())
                 .unwrap_or_default(),
-            first_boot: PathBuf::from(FIRST_BOOT_INIT),
+            first_boot,
             first_boot_args: vec!["--container".to_owned()],
             env: vec![
                 ("container".to_owned(), "banger-simvm".to_owned()),
@@ -332,6 +333,30 @@ impl NamespaceLauncher {
                 ("TERM".to_owned(), "linux".to_owned()),
             ],
             grace_ms: u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+/// What the container runs as its init: the kernel command line's `init=`
+/// when it names banger's first boot (images without an initrd), else
+/// banger's first boot as the systemd unit of an initrd image would run it.
+/// Any other `init=` cannot run in a container and is refused.
+fn first_boot_init(cmdline: &str) -> Result<PathBuf, String> {
+    let init = Cmdline::parse(cmdline).init().map(str::to_owned);
+    match init {
+        Some(init) if init == FIRST_BOOT_INIT => {
+            tracing::info!(%init, "running init= from the kernel command line (container mode)");
+            Ok(PathBuf::from(init))
+        }
+        Some(init) => Err(format!(
+            "init={init} on the kernel command line: banger-simvm runs only banger's first boot ({FIRST_BOOT_INIT}) as a guest's init"
+        )),
+        None => {
+            tracing::info!(
+                init = FIRST_BOOT_INIT,
+                "no init= on the kernel command line: running banger's first boot as the image's unit would (container mode)"
+            );
+            Ok(PathBuf::from(FIRST_BOOT_INIT))
         }
     }
 }
@@ -492,5 +517,25 @@ impl Guest for NsGuest {
             left.push(veth.clone());
         }
         left
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_comes_from_the_kernel_command_line() {
+        let with = format!("console=ttyS0 root=/dev/vda init={FIRST_BOOT_INIT}");
+        assert_eq!(
+            first_boot_init(&with).unwrap(),
+            PathBuf::from(FIRST_BOOT_INIT)
+        );
+        assert_eq!(
+            first_boot_init("console=ttyS0 root=/dev/vda").unwrap(),
+            PathBuf::from(FIRST_BOOT_INIT)
+        );
+        let err = first_boot_init("console=ttyS0 init=/bin/bash").unwrap_err();
+        assert!(err.contains("init=/bin/bash"), "{err}");
     }
 }
