@@ -52,6 +52,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Boot a fresh VM and drop into it; with PATH, bring that git checkout; with -- CMD, run it and exit with its code
+    #[command(after_help = RUN_EXAMPLES)]
     Run(VmRunArgs),
     /// Create and boot a VM without connecting to it (scripting primitive)
     Create(VmCreateArgs),
@@ -78,6 +79,7 @@ pub enum VmCommand {
     /// CPU and memory use of a VM's VMM process
     Stats(RefJsonArgs),
     /// Open a shell in a VM, or run a command there
+    #[command(after_help = SSH_EXAMPLES)]
     Ssh(VmSshArgs),
     /// Check that a VM's guest agent answers
     Health(RefJsonArgs),
@@ -87,6 +89,17 @@ pub enum VmCommand {
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
 }
+
+const RUN_EXAMPLES: &str = "Examples:
+  banger vm run                                a shell in a fresh VM
+  banger vm run . -- make test                 several words: run as words (each one quoted)
+  banger vm run . -- 'make lint && make test'  one argument: a command line for the guest's shell
+  banger vm run --rm . -- cargo test           delete the VM when the command ends";
+
+const SSH_EXAMPLES: &str = "Examples:
+  banger vm ssh box                    a login shell
+  banger vm ssh box -- sh -c 'exit 3'  several words: run as words (each one quoted); exits 3
+  banger vm ssh box -- 'id; uname -r'  one argument: a command line for the guest's shell";
 
 /// Size and placement flags shared by `vm run` and `vm create`.
 #[derive(Debug, Clone, Args)]
@@ -136,7 +149,7 @@ pub struct VmRunArgs {
     pub full_copy: bool,
     /// A path inside the git repository to copy to /root/repo
     pub path: Option<PathBuf>,
-    /// Command to run in the VM (after --); banger exits with its exit code
+    /// Command to run in the VM (after --): one argument is a shell command line, several are words; banger exits with its exit code
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -212,7 +225,7 @@ pub struct VmSshArgs {
     /// VM name, id or unique id prefix
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// Command to run instead of a shell (after --)
+    /// Command to run instead of a shell (after --): one argument is a shell command line, several are words
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

@@ -28,6 +28,10 @@ pub const SSHD_DROP_IN: &str = include_str!("../guest/99-banger.conf");
 pub const FIRST_BOOT_PATH: &str = "/usr/local/libexec/banger-first-boot";
 /// Where the agent binary lives in the guest.
 pub const AGENT_PATH: &str = "/usr/local/bin/banger-vsock-agent";
+/// The session guard: a symlink to the agent, which answers to this name.
+/// banger's remote command lines `exec` it around a `-- CMD` so that the
+/// command stops when its SSH session goes away (see `banger-agent`).
+pub const SESSION_PATH: &str = "/usr/local/libexec/banger-session";
 /// The first-boot unit's path.
 pub const FIRST_BOOT_UNIT_PATH: &str = "/etc/systemd/system/banger-first-boot.service";
 /// The agent unit's path.
@@ -179,6 +183,7 @@ impl GuestFiles {
             0o644,
         ));
 
+        entries.push(link(SESSION_PATH.to_owned(), AGENT_PATH));
         entries.push(link(
             "/etc/systemd/system/sysinit.target.wants/banger-first-boot.service".to_owned(),
             FIRST_BOOT_UNIT_PATH,

@@ -11,7 +11,6 @@ use banger_model::vm::Vm;
 use banger_rpc::request::RefParams;
 use banger_rpc::{CallError, ErrorCode, Request, RpcError};
 
-use super::ssh_args::remote_command;
 use super::vm_ssh::Session;
 use super::vm_workspace::{self, open_repo};
 use super::{vm_create, vm_ssh};
@@ -53,46 +52,50 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         }
     };
 
-    // From here on, Ctrl-C must not skip the cleanup below.
-    let session = async {
-        if let Some(repo) = &repo {
-            vm_workspace::prepare(layout, vm.name.as_str(), repo, &plan).await?;
-            if args.command.is_empty() {
-                vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
+    // From here on, Ctrl-C must not skip the cleanup below. The SSH
+    // session handles Ctrl-C itself (see `vm_ssh::ssh`).
+    let outcome = async {
+        let prepare = async {
+            if let Some(repo) = &repo {
+                vm_workspace::prepare(layout, vm.name.as_str(), repo, &plan).await?;
+                if args.command.is_empty() {
+                    vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
+                }
             }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            prepared = prepare => prepared?,
+            _ = interrupted() => return Ok(ExitCode::from(130)),
         }
         let session = session(&args.command, repo.is_some());
         vm_ssh::ssh(layout, vm.name.as_str(), &session, !args.rm).await
-    };
-    let outcome = tokio::select! {
-        outcome = session => outcome,
-        _ = interrupted() => Ok(ExitCode::from(130)),
-    };
+    }
+    .await;
 
     if args.rm {
         delete(layout, &vm).await;
+    } else if !args.command.is_empty() {
+        let name = &vm.name;
+        eprintln!(
+            "VM {name} keeps running: `banger vm ssh {name}` connects, `banger vm delete {name}` removes it (with --rm, vm run deletes it when the command ends)"
+        );
     }
     outcome
 }
 
 /// With a workspace, commands run in it and shells start in it.
 fn session(command: &[String], workspace: bool) -> Session {
-    if !workspace {
-        return Session::for_command(command);
-    }
-    if command.is_empty() {
-        Session {
+    let cwd = workspace.then_some(GUEST_REPO);
+    if command.is_empty() && workspace {
+        return Session {
             remote: Some(format!(
                 "cd {GUEST_REPO} && exec \"${{SHELL:-/bin/sh}}\" -l"
             )),
             interactive: true,
-        }
-    } else {
-        Session {
-            remote: Some(format!("cd {GUEST_REPO} && {}", remote_command(command))),
-            interactive: false,
-        }
+        };
     }
+    Session::for_command(command, cwd)
 }
 
 /// Resolves on the first Ctrl-C (the handler keeps banger alive for cleanup).

@@ -1,0 +1,238 @@
+//! `-- CMD` on `vm run` and `vm ssh` behaves like ssh: one argument is a
+//! command line for the guest's shell, several are words; the exit code is
+//! banger's; a terminal when banger has one; the command stops when its
+//! client goes away (Ctrl-C, a killed ssh), with or without a terminal.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_testkit::{SimEnv, binary, e2e_ready};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Host pids of processes whose command line is exactly `words` (sim
+/// guests' processes are visible from the host).
+fn pids_running(words: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = words
+        .iter()
+        .flat_map(|word| word.bytes().chain([0]))
+        .collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (cmdline == wanted && banger_testkit::env::process_alive(pid)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Pids of `ssh` clients whose command line mentions `needle`.
+fn ssh_clients(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline);
+            (text.starts_with("ssh\0") && text.contains(needle)).then_some(pid)
+        })
+        .collect()
+}
+
+/// `banger ARGS` in the namespace, running in the background, its output
+/// captured.
+fn spawn_banger(sim: &SimEnv, args: &[&str]) -> Child {
+    let mut command = sim.in_netns(binary("banger"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.spawn().unwrap()
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("banger did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `banger ARGS` with a terminal: a fresh pseudo-terminal as its
+/// controlling terminal and stdin/stdout/stderr. Returns the child and
+/// the terminal's master side.
+fn spawn_with_terminal(sim: &SimEnv, args: &[&str]) -> (Child, OwnedFd) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    let mut command = sim.in_netns(binary("banger"));
+    command
+        .args(args)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and ioctl are async-signal-safe; they only change the
+    // forked child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (command.spawn().unwrap(), pty.master)
+}
+
+/// Everything the terminal shows until `child` exits (bounded).
+fn drain_terminal(master: &OwnedFd, child: &mut Child, timeout: Duration) -> (Option<i32>, String) {
+    let fd = master.as_raw_fd();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // SAFETY: the master stays open in the caller until this thread is
+        // joined; ManuallyDrop keeps the File from closing it.
+        let mut file = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        let mut buffer = [0u8; 4096];
+        // EIO once the last slave side closes.
+        while let Ok(n) = file.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let code = wait_exit(child, timeout);
+    let text = reader.join().unwrap();
+    (code, text)
+}
+
+#[test]
+fn commands_after_double_dash_behave_like_ssh() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+
+    // One argument: a command line for the guest's shell.
+    let out = sim.ok(["vm", "run", "--rm", "--", "echo a; echo b"]);
+    assert_eq!(out.stdout, "a\nb\n", "{out}");
+    // Several: words, quoted; the exit code is banger's.
+    let out = sim.banger(["vm", "run", "--rm", "--", "sh", "-c", "exit 3"]);
+    out.assert_code(3);
+    assert!(out.stderr.contains("deleted (--rm)"), "{out}");
+
+    // Without --rm, vm run says what it leaves running and how to remove it.
+    let out = sim.ok(["vm", "run", "--name", "box", "--", "true"]);
+    assert!(
+        out.stderr.contains("VM box keeps running"),
+        "no reminder:\n{out}"
+    );
+    assert!(out.stderr.contains("banger vm delete box"), "{out}");
+
+    let out = sim.ok(["vm", "ssh", "box", "--", "echo a; echo b"]);
+    assert_eq!(out.stdout, "a\nb\n", "{out}");
+    sim.banger(["vm", "ssh", "box", "--", "sh", "-c", "exit 3"])
+        .assert_code(3);
+    let out = sim.ok([
+        "vm",
+        "ssh",
+        "box",
+        "--",
+        "printf",
+        "[%s]",
+        "two words",
+        "it's",
+        "$HOME",
+    ]);
+    assert_eq!(out.stdout, "[two words][it's][$HOME]", "{out}");
+    // The single-argument form is the guest shell's: $HOME expands there.
+    let out = sim.ok(["vm", "ssh", "box", "--", "echo $HOME"]);
+    assert_eq!(out.stdout, "/root\n", "{out}");
+
+    // No terminal here: the command gets none either.
+    let out = sim.banger(["vm", "ssh", "box", "--", "tty"]);
+    assert_eq!(out.stdout.trim(), "not a tty", "{out}");
+
+    // A dropped client (its ssh killed) stops the remote command.
+    let mut client = spawn_banger(&sim, &["vm", "ssh", "box", "--", "sleep 6001; echo x"]);
+    sim.wait_for("the remote sleep", Duration::from_secs(20), || {
+        !pids_running(&["sleep", "6001"]).is_empty()
+    });
+    for pid in ssh_clients("sleep 6001") {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    wait_exit(&mut client, Duration::from_secs(20));
+    sim.wait_for(
+        "the remote command to stop after its client died",
+        Duration::from_secs(15),
+        || pids_running(&["sleep", "6001"]).is_empty(),
+    );
+
+    // Ctrl-C (SIGINT to banger) without a terminal: banger exits 130 and
+    // the remote command stops.
+    let mut client = spawn_banger(&sim, &["vm", "ssh", "box", "--", "sleep 6002; echo x"]);
+    sim.wait_for("the remote sleep", Duration::from_secs(20), || {
+        !pids_running(&["sleep", "6002"]).is_empty()
+    });
+    kill(Pid::from_raw(client.id() as i32), Signal::SIGINT).unwrap();
+    let code = wait_exit(&mut client, Duration::from_secs(20));
+    assert_eq!(code, Some(130));
+    sim.wait_for(
+        "the remote command to stop after Ctrl-C",
+        Duration::from_secs(15),
+        || pids_running(&["sleep", "6002"]).is_empty(),
+    );
+
+    // With a terminal, the command gets one (as ssh -t)...
+    let (mut child, master) = spawn_with_terminal(&sim, &["vm", "ssh", "box", "--", "tty"]);
+    let (code, text) = drain_terminal(&master, &mut child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("/dev/pts/"),
+        "no terminal in the guest:\n{text}"
+    );
+
+    // ...and Ctrl-C typed there reaches it.
+    let (mut child, master) = spawn_with_terminal(
+        &sim,
+        &["vm", "ssh", "box", "--", "sleep 6003; echo went-on"],
+    );
+    sim.wait_for("the remote sleep", Duration::from_secs(20), || {
+        !pids_running(&["sleep", "6003"]).is_empty()
+    });
+    nix::unistd::write(&master, b"\x03").unwrap();
+    let (code, text) = drain_terminal(&master, &mut child, Duration::from_secs(30));
+    assert_eq!(code, Some(130), "{text}");
+    assert!(
+        !text.contains("went-on"),
+        "the command went on after Ctrl-C:\n{text}"
+    );
+    sim.wait_for(
+        "the remote command to stop after Ctrl-C at the terminal",
+        Duration::from_secs(15),
+        || pids_running(&["sleep", "6003"]).is_empty(),
+    );
+
+    sim.ok(["vm", "delete", "box"]);
+    sim.assert_clean();
+}
