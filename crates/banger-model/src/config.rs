@@ -61,6 +61,7 @@ struct RawConfig {
     boot_timeout_seconds: Option<u64>,
     catalog_url: Option<String>,
     update_url: Option<String>,
+    /// Retired: refused with an explanation instead of as an unknown key.
     allow_device_nodes: Option<bool>,
     vm_defaults: Option<RawVmDefaults>,
     network: Option<RawNetwork>,
@@ -99,7 +100,6 @@ pub struct Config {
     pub boot_timeout: Duration,
     pub catalog_url: Option<String>,
     pub update_url: Option<String>,
-    pub allow_device_nodes: bool,
     pub vm_defaults: VmDefaultsConfig,
     pub network: NetworkConfig,
     pub file_sync: Vec<FileSync>,
@@ -156,7 +156,6 @@ impl Default for Config {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             catalog_url: None,
             update_url: None,
-            allow_device_nodes: false,
             vm_defaults: VmDefaultsConfig::default(),
             network: NetworkConfig::default(),
             file_sync: Vec::new(),
@@ -218,9 +217,14 @@ impl Config {
             stop_grace: DEFAULT_STOP_GRACE,
             catalog_url: raw.catalog_url,
             update_url: raw.update_url,
-            allow_device_nodes: raw.allow_device_nodes.unwrap_or(false),
             ..Config::default()
         };
+        if raw.allow_device_nodes.is_some() {
+            return Err(invalid(
+                "allow_device_nodes",
+                "is no longer used: device nodes and FIFOs in images are always skipped (a guest's /dev is a devtmpfs); delete this line".to_owned(),
+            ));
+        }
 
         for (key, value) in [
             ("firecracker_bin", &config.firecracker_bin),
@@ -456,6 +460,7 @@ mod tests {
     fn bad_configs_name_the_key() {
         let cases = [
             ("surprise = 1", "surprise"),
+            ("allow_device_nodes = true", "allow_device_nodes"),
             ("[vm_defaults]\ncpus = 2", "cpus"),
             ("[network]\nbridge_name = \"x\"", "bridge_name"),
             (

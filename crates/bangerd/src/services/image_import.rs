@@ -47,7 +47,7 @@ pub async fn import(
     let rootfs = if meta.is_dir() {
         source.clone()
     } else {
-        unpack_tarball(daemon, &source, &staging.rootfs(), events).await?;
+        unpack_tarball(&source, &staging.rootfs(), events).await?;
         staging.rootfs()
     };
     let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel).await?;
@@ -73,34 +73,45 @@ pub async fn import(
 
 /// Unpacks a rootfs tarball (plain, gzip or zstd) with the same hardening
 /// as OCI layers: nothing may land outside `rootfs`.
-async fn unpack_tarball(
-    daemon: &Daemon,
-    tarball: &Path,
-    rootfs: &Path,
-    events: &EventSink,
-) -> Result<(), RpcError> {
+async fn unpack_tarball(tarball: &Path, rootfs: &Path, events: &EventSink) -> Result<(), RpcError> {
     let stage = events.stage("unpack");
-    let options = banger_image::UnpackOptions {
-        allow_devices: daemon.config.allow_device_nodes,
-        ..banger_image::UnpackOptions::default()
-    };
+    let options = banger_image::UnpackOptions::default();
     let (tarball, rootfs) = (tarball.to_owned(), rootfs.to_owned());
-    blocking(move || {
+    let stats = blocking(move || {
         let file = fs_err::File::open(&tarball)?;
         let size = file.metadata().ok().map(|meta| meta.len());
         let mut reader = std::io::BufReader::new(file);
         let mut unpacker =
             banger_image::Unpacker::create(&rootfs, options).map_err(std::io::Error::other)?;
         let label = tarball.display().to_string();
-        unpacker
+        let stats = unpacker
             .apply_compressed(&label, &mut reader, size)
             .map_err(std::io::Error::other)?;
-        unpacker.finish().map(drop).map_err(std::io::Error::other)
+        unpacker.finish().map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(stats)
     })
     .await?
     .map_err(|err| RpcError::invalid(format!("cannot import the tarball: {err}")))?;
     stage.done();
+    report_skipped(events, stats.skipped_special);
     Ok(())
+}
+
+/// The one line saying how many device nodes and FIFOs an image left out.
+pub fn report_skipped(events: &EventSink, count: u64) {
+    if count == 0 {
+        return;
+    }
+    let what = if count == 1 {
+        "device node or FIFO"
+    } else {
+        "device nodes and FIFOs"
+    };
+    events.log(
+        "info",
+        format!("skipped {count} {what}: a guest's /dev is a devtmpfs, so images need none"),
+    );
+    tracing::info!(count, "skipped device nodes and FIFOs");
 }
 
 /// Builds `rootfs.ext4` (with banger's guest files) and `work-seed.ext4`
@@ -123,6 +134,7 @@ pub async fn build_image_files(
         move || {
             let options = Ext4BuildOptions {
                 free_space: ROOTFS_FREE_SPACE,
+                skip_special: true,
                 ..Ext4BuildOptions::default()
             };
             build_ext4_from_dir(&src, &out, &options)
@@ -131,6 +143,7 @@ pub async fn build_image_files(
     .await?
     .map_err(|err| failure("building rootfs.ext4", &err))?;
     stage.done();
+    report_skipped(events, image.skipped_special);
     check_cancel(cancel)?;
 
     let stage = events.stage("install_guest_files");

@@ -76,10 +76,7 @@ async fn pull_oci(
     let staging = Staging::new(daemon, &id)?;
     let puller = Puller::new(PullOptions::new(daemon.layout.oci_cache()))
         .map_err(|err| RpcError::internal(format!("{err}: {}", error_chain(&err))))?;
-    let options = UnpackOptions {
-        allow_devices: daemon.config.allow_device_nodes,
-        ..UnpackOptions::default()
-    };
+    let options = UnpackOptions::default();
     let stage = events.stage("pull");
     let progress = images::forward_progress(events);
     let rootfs = staging.rootfs();
@@ -95,6 +92,7 @@ async fn pull_oci(
         .with_hint("layers already downloaded stay cached; pulling again resumes")
     })?;
     stage.done();
+    super::image_import::report_skipped(events, pulled.skipped_special);
     let source = pulled.metadata.source();
     finish(
         daemon,
@@ -140,10 +138,7 @@ async fn pull_catalog(
     let stage = events.stage("unpack");
     let (entry_name, artifact, rootfs) =
         (entry.name.clone(), entry.artifact.clone(), staging.rootfs());
-    let options = UnpackOptions {
-        allow_devices: daemon.config.allow_device_nodes,
-        ..UnpackOptions::default()
-    };
+    let options = UnpackOptions::default();
     tokio::task::spawn_blocking(move || {
         banger_image::extract_artifact(&entry_name, &artifact, &file, &rootfs, options)
     })
