@@ -53,6 +53,31 @@ pub struct ImageListResult {
     pub images: Vec<Image>,
 }
 
+/// `image.pull`: the image, and what the pull did to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePullResult {
+    pub image: Image,
+    pub outcome: PullOutcome,
+}
+
+/// What `image pull` of a name did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PullOutcome {
+    /// A new image.
+    Pulled,
+    /// The image was there with the same digest: nothing was downloaded.
+    UpToDate { digest: String },
+    /// The image was there with another digest: its files were replaced in
+    /// place (same name and id). VMs made from it keep their own disks.
+    Replaced {
+        previous_digest: String,
+        digest: String,
+        /// VMs made from the previous version.
+        vms: Vec<String>,
+    },
+}
+
 /// `kernel.list`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelListResult {

@@ -9,7 +9,7 @@ use banger_model::kernel::Kernel;
 use banger_model::layout::Layout;
 use banger_rpc::Request;
 use banger_rpc::request::{ImageImportParams, KernelImportParams, RefParams};
-use banger_rpc::response::Empty;
+use banger_rpc::response::{Empty, ImagePullResult, PullOutcome};
 
 use crate::args::{ImageImportArgs, KernelImportArgs, RefArg};
 use crate::daemon_client;
@@ -29,7 +29,7 @@ pub(super) async fn image_import(
         name: args.name.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress(layout, &Request::ImageImport(params)).await?;
+    let image: Image = with_progress(layout, &Request::ImageImport(params)).await?;
     report_image(&image, "imported");
     Ok(ExitCode::SUCCESS)
 }
@@ -104,8 +104,32 @@ pub(super) async fn image_pull(
         name: args.name.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress(layout, &Request::ImagePull(params)).await?;
-    report_image(&image, "pulled");
+    let pulled: ImagePullResult = with_progress(layout, &Request::ImagePull(params)).await?;
+    let image = &pulled.image;
+    match &pulled.outcome {
+        PullOutcome::Pulled => report_image(image, "pulled"),
+        PullOutcome::UpToDate { digest } => {
+            eprintln!("image {} is up to date ({digest})", image.name)
+        }
+        PullOutcome::Replaced {
+            previous_digest,
+            digest,
+            vms,
+        } => {
+            eprintln!(
+                "image {} replaced in place: {previous_digest} → {digest} ({}, {})",
+                image.name,
+                image.id.short(),
+                image.rootfs_size.human()
+            );
+            if !vms.is_empty() {
+                eprintln!(
+                    "VMs made from the previous version keep their disks: {}; new VMs get the new one",
+                    vms.join(", ")
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,7 +143,7 @@ pub(super) async fn image_register(
         work_seed: args.work_seed.as_deref().map(absolute).transpose()?,
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress(layout, &Request::ImageRegister(params)).await?;
+    let image: Image = with_progress(layout, &Request::ImageRegister(params)).await?;
     report_image(&image, "registered");
     Ok(ExitCode::SUCCESS)
 }
@@ -146,11 +170,14 @@ pub(super) async fn kernel_pull(
 
 /// Runs an image request, rendering its progress; Ctrl-C cancels it (the
 /// daemon removes what it staged).
-async fn with_progress(layout: &Layout, request: &Request) -> anyhow::Result<Image> {
+async fn with_progress<T: serde::de::DeserializeOwned>(
+    layout: &Layout,
+    request: &Request,
+) -> anyhow::Result<T> {
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
     let outcome = {
-        let call = client.call::<Image>(request, |event| progress.on_event(event));
+        let call = client.call::<T>(request, |event| progress.on_event(event));
         tokio::select! {
             outcome = call => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,
@@ -158,7 +185,7 @@ async fn with_progress(layout: &Layout, request: &Request) -> anyhow::Result<Ima
     };
     progress.finish();
     match outcome {
-        Some(image) => Ok(image?),
+        Some(result) => Ok(result?),
         None => Err(crate::output::ExitError {
             message: "cancelled; nothing was registered".into(),
             code: 130,

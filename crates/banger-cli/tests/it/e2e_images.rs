@@ -89,9 +89,28 @@ fn a_pulled_image_boots_and_a_second_pull_downloads_nothing() {
     let release = sim.ok(["vm", "ssh", "pulled", "--", "cat", "/etc/os-release"]);
     assert!(release.stdout.contains("bookworm"), "{release}");
 
-    // Same image again: every layer comes from the cache.
+    // The same reference again: up to date, nothing downloaded, same image.
     let before = registry.blob_gets();
     assert!(before >= 1, "the first pull should have fetched blobs");
+    let out = sim.ok(["image", "pull", "127.0.0.1:5000/banger/debian:bookworm"]);
+    assert!(
+        out.stderr
+            .contains(&format!("image debian-bookworm is up to date ({digest})")),
+        "{out}"
+    );
+    assert_eq!(
+        registry.blob_gets(),
+        before,
+        "an up-to-date pull downloaded blobs"
+    );
+    let again: Value = serde_json::from_str(
+        &sim.ok(["image", "show", "debian-bookworm", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(again, image);
+
+    // Same image under another name: every layer comes from the cache.
     sim.ok([
         "image",
         "pull",
@@ -104,6 +123,59 @@ fn a_pulled_image_boots_and_a_second_pull_downloads_nothing() {
         before,
         "a cached pull downloaded blobs again"
     );
+
+    // A new version under the same tag replaces the image in place; the VM
+    // made from the old one keeps its disk, across a restart too.
+    sim.ok([
+        "vm",
+        "ssh",
+        "pulled",
+        "--",
+        "echo mine > /etc/written-in-the-vm",
+    ]);
+    let v2 = sim.env.root().join("v2.tar");
+    std::fs::copy(fixture_tar(), &v2).unwrap();
+    let extra = sim.env.root().join("v2");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/banger-v2"), "v2\n").unwrap();
+    let mut append = Command::new("tar");
+    append
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-rf"])
+        .arg(&v2)
+        .arg("-C")
+        .arg(&extra)
+        .arg("./etc/banger-v2");
+    banger_testkit::env::run(append).assert_success();
+    let digest2 = registry.push(&v2, "banger/debian:bookworm");
+    assert_ne!(digest2, digest);
+    let out = sim.ok(["image", "pull", "127.0.0.1:5000/banger/debian:bookworm"]);
+    assert!(
+        out.stderr.contains(&format!(
+            "image debian-bookworm replaced in place: {digest} → {digest2}"
+        )),
+        "{out}"
+    );
+    assert!(out.stderr.contains("keep their disks: pulled"), "{out}");
+    let replaced: Value = serde_json::from_str(
+        &sim.ok(["image", "show", "debian-bookworm", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(replaced["id"], image["id"]);
+    assert_eq!(replaced["is_default"], image["is_default"]);
+    assert_eq!(replaced["source"]["manifest_digest"], digest2.as_str());
+    let check = "cat /etc/written-in-the-vm; test -e /etc/banger-v2 && echo new || echo old";
+    assert_eq!(
+        sim.ok(["vm", "ssh", "pulled", "--", check]).stdout,
+        "mine\nold\n"
+    );
+    sim.ok(["vm", "restart", "pulled"]);
+    assert_eq!(
+        sim.ok(["vm", "ssh", "pulled", "--", check]).stdout,
+        "mine\nold\n"
+    );
+    let fresh = sim.ok(["vm", "run", "--rm", "--", "cat /etc/banger-v2"]);
+    assert_eq!(fresh.stdout, "v2\n", "{fresh}");
 
     // An image in use cannot be deleted.
     let out = sim.banger(["image", "delete", "debian-bookworm"]);

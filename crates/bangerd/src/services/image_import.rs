@@ -200,6 +200,63 @@ pub async fn publish(daemon: &Daemon, staging: &Path, mut image: Image) -> Resul
     Ok(image)
 }
 
+/// Replaces the files and record of `previous` with a staged build of the
+/// same image (same id and name, default flag kept): the new `rootfs.ext4`
+/// and `work-seed.ext4` are renamed over the old ones and grown seeds of the
+/// old one are dropped. VMs made from it keep their disks: file roots are
+/// their own copies, and a dm-snapshot VM keeps the rootfs its snapshot
+/// sits on through a hard link in its directory (made here for VMs older
+/// than that link). Returns the image and the names of those VMs.
+pub async fn replace(
+    daemon: &Daemon,
+    staging: &Path,
+    previous: &Image,
+    mut image: Image,
+) -> Result<(Image, Vec<String>), RpcError> {
+    let _registry = daemon.images_lock.lock().await;
+    let dir = daemon.layout.image_dir(&previous.id);
+    let vms: Vec<banger_model::vm::Vm> = daemon
+        .store
+        .list_vms()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|vm| vm.image_id == previous.id)
+        .collect();
+    for vm in &vms {
+        crate::vm::disks::keep_dm_base(vm, &previous.rootfs_path).map_err(|err| {
+            RpcError::internal(format!("keeping VM {}'s root base: {err}", vm.name))
+        })?;
+    }
+    let rootfs = dir.join(ROOTFS);
+    let seed = dir.join(WORK_SEED);
+    let staged_seed = staging.join(WORK_SEED);
+    if staged_seed.is_file() {
+        fs_err::rename(&staged_seed, &seed)
+            .map_err(|err| RpcError::internal(format!("replacing the image: {err}")))?;
+    }
+    fs_err::rename(staging.join(ROOTFS), &rootfs)
+        .map_err(|err| RpcError::internal(format!("replacing the image: {err}")))?;
+    // Grown copies of the old seed (`work-seed.grown-<bytes>.ext4`).
+    if let Ok(entries) = fs_err::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("work-seed.grown-")
+                && let Err(err) = fs_err::remove_file(entry.path())
+            {
+                tracing::warn!(error = %err, "stale grown seed not removed");
+            }
+        }
+    }
+    image.id = previous.id.clone();
+    image.is_default = previous.is_default;
+    image.rootfs_path = rootfs;
+    image.work_seed_path = seed.is_file().then_some(seed);
+    daemon.store.update_image(&image).map_err(store_error)?;
+    let names = vms.iter().map(|vm| vm.name.to_string()).collect();
+    tracing::info!(image = %image.name, id = %image.id, "image replaced in place");
+    Ok((image, names))
+}
+
 pub fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {
     let images = daemon.store.list_images().map_err(store_error)?;
     if images.iter().any(|image| &image.name == name) {

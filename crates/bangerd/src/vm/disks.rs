@@ -19,15 +19,38 @@ use crate::undo::{Class, Undo};
 use crate::vm::Failure;
 use crate::vm::boot::Prepared;
 
+/// A dm-snapshot VM's hard link to the image rootfs its snapshot sits on,
+/// in its own directory: the snapshot stays valid when the image is
+/// replaced by a newer pull (the link keeps the old file).
+pub fn dm_base(vm: &Vm) -> PathBuf {
+    vm.dir.join("base.ext4")
+}
+
+/// Makes [`dm_base`] for a dm-snapshot VM that has none yet (VMs made
+/// before the link existed), pointing at `rootfs`; other VMs need nothing.
+pub fn keep_dm_base(vm: &Vm, rootfs: &Path) -> std::io::Result<()> {
+    if vm.storage != Some(StorageStrategy::DmSnapshot) {
+        return Ok(());
+    }
+    let base = dm_base(vm);
+    if base.exists() {
+        return Ok(());
+    }
+    fs_err::hard_link(rootfs, base)
+}
+
 /// The VM's root overlay as it exists on disk (rebuilt from the VM, never
-/// stored: file strategies are a path, dm is named after the VM id).
+/// stored: file strategies are a path, dm is named after the VM id and sits
+/// on [`dm_base`], or on the image's rootfs for VMs older than that link).
 pub fn overlay_for(vm: &Vm, image: &Image) -> RootOverlay {
     let paths = vm.paths();
     match vm.storage.unwrap_or(StorageStrategy::Copy) {
         StorageStrategy::DmSnapshot => RootOverlay::DmSnapshot {
             name: banger_disk::dm::root_dm_name(&vm.id)
                 .expect("VM ids are hex, which always makes a valid dm name"),
-            base: image.rootfs_path.clone(),
+            base: Some(dm_base(vm))
+                .filter(|base| base.exists())
+                .unwrap_or_else(|| image.rootfs_path.clone()),
             cow: banger_disk::overlay::cow_path(&paths.dir),
             loops: None,
         },
@@ -131,11 +154,22 @@ async fn create_root(
     undo: &mut Undo,
 ) -> Result<PathBuf, RpcError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
+    let strategy = vm.storage.unwrap_or(daemon.storage.strategy);
+    // A snapshot sits on the image's rootfs for the VM's whole life: keep
+    // that file in the VM's directory (removed with it).
+    let base = if strategy == StorageStrategy::DmSnapshot {
+        let base = dm_base(vm);
+        fs_err::hard_link(&image.rootfs_path, &base)
+            .map_err(|err| internal("linking the image rootfs into the VM directory", &err))?;
+        base
+    } else {
+        image.rootfs_path.clone()
+    };
     let request = RootRequest {
-        base: image.rootfs_path.clone(),
+        base,
         vm_dir: vm.dir.clone(),
         vm_id: vm.id.clone(),
-        strategy: vm.storage.unwrap_or(daemon.storage.strategy),
+        strategy,
     };
     let overlay = blocking({
         let disk = Arc::clone(&disk);
@@ -288,5 +322,99 @@ fn remove_dir(dir: &Path) -> Result<(), String> {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use banger_model::image::ImageSource;
+    use banger_model::vm::{VmState, VmmKind};
+    use banger_model::{ByteSize, Id, Name, VmSpec};
+
+    use super::*;
+
+    fn vm(dir: &Path, storage: StorageStrategy) -> Vm {
+        let now = jiff::Timestamp::now();
+        Vm {
+            id: Id::generate(),
+            name: Name::parse("box").unwrap(),
+            image_id: Id::generate(),
+            image_name: "img".into(),
+            state: VmState::Stopped,
+            spec: VmSpec {
+                vcpu: 1,
+                memory_mib: 512,
+                disk_size: ByteSize::gib(1),
+            },
+            nat: false,
+            vmm: VmmKind::Sim,
+            network: None,
+            tap: None,
+            storage: Some(storage),
+            dir: dir.to_owned(),
+            pid: None,
+            vsock_cid: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            last_error: None,
+            workspace: None,
+        }
+    }
+
+    fn image(rootfs: &Path) -> Image {
+        Image {
+            id: Id::generate(),
+            name: Name::parse("img").unwrap(),
+            kernel_id: None,
+            kernel_name: None,
+            rootfs_path: rootfs.to_owned(),
+            work_seed_path: None,
+            rootfs_size: ByteSize::gib(1),
+            source: ImageSource::Register,
+            is_default: false,
+            created_at: jiff::Timestamp::now(),
+        }
+    }
+
+    /// A dm-snapshot VM keeps the rootfs its snapshot sits on when the
+    /// image's file is replaced; file-strategy VMs need no link.
+    #[test]
+    fn dm_snapshots_keep_their_base_across_an_image_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs.ext4");
+        fs_err::write(&rootfs, b"v1").unwrap();
+        let vm_dir = dir.path().join("vm");
+        fs_err::create_dir(&vm_dir).unwrap();
+        let dm = vm(&vm_dir, StorageStrategy::DmSnapshot);
+        let img = image(&rootfs);
+
+        // Older VMs without the link sit on the image's file.
+        let RootOverlay::DmSnapshot { base, .. } = overlay_for(&dm, &img) else {
+            panic!("not a dm overlay")
+        };
+        assert_eq!(base, rootfs);
+
+        keep_dm_base(&dm, &rootfs).unwrap();
+        keep_dm_base(&dm, &rootfs).unwrap();
+        let before = fs_err::metadata(&rootfs).unwrap().ino();
+        // The image is replaced by renaming a new file over it.
+        let new = dir.path().join("new.ext4");
+        fs_err::write(&new, b"v2").unwrap();
+        fs_err::rename(&new, &rootfs).unwrap();
+        let RootOverlay::DmSnapshot { base, .. } = overlay_for(&dm, &img) else {
+            panic!("not a dm overlay")
+        };
+        assert_eq!(base, dm_base(&dm));
+        assert_eq!(fs_err::metadata(&base).unwrap().ino(), before);
+        assert_eq!(fs_err::read(&base).unwrap(), b"v1");
+
+        let copy_dir = dir.path().join("copy-vm");
+        fs_err::create_dir(&copy_dir).unwrap();
+        let copy = vm(&copy_dir, StorageStrategy::Copy);
+        keep_dm_base(&copy, &rootfs).unwrap();
+        assert!(!dm_base(&copy).exists());
     }
 }
