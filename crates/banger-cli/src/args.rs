@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use banger_model::ByteSize;
+use banger_model::image::ImageProfile;
 use banger_model::vm::VmmKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -119,12 +120,20 @@ pub struct CreateFlags {
     /// Size of the guest's /root disk, e.g. 8G
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<ByteSize>,
-    /// Give the VM outbound network access through NAT
-    #[arg(long)]
+    /// Give the VM outbound network access through NAT (the default unless `[network] nat = false`)
+    #[arg(long, conflicts_with = "no_nat")]
     pub nat: bool,
+    /// Keep the VM off the outside network: no NAT (it still reaches the host's bridge)
+    #[arg(long)]
+    pub no_nat: bool,
     /// Which VMM runs the guest: firecracker, or sim (namespaces, no hypervisor)
     #[arg(long, value_name = "VMM", value_parser = parse_vmm)]
     pub vmm: Option<VmmKind>,
+}
+
+fn parse_profile(raw: &str) -> Result<ImageProfile, String> {
+    ImageProfile::parse(raw)
+        .ok_or_else(|| format!("{raw:?} is not a profile; use developer or minimal"))
 }
 
 fn parse_vmm(raw: &str) -> Result<VmmKind, String> {
@@ -339,7 +348,10 @@ pub struct ImageBootstrapArgs {
     /// Name for the image [default: derived from the distro]
     #[arg(long)]
     pub name: Option<String>,
-    /// Extra packages, comma-separated (on top of openssh-server, iproute2, ca-certificates, git, procps, systemd-sysv)
+    /// Package set: developer (compilers and make, git, curl, tmux, editors, jq, Python with venv and pip, Docker with compose, …) or minimal (sshd, systemd, iproute2, git, procps, TLS roots)
+    #[arg(long, value_name = "PROFILE", default_value = "developer", value_parser = parse_profile)]
+    pub profile: ImageProfile,
+    /// Extra packages, comma-separated, on top of the profile's
     #[arg(long, value_delimiter = ',')]
     pub packages: Vec<String>,
     /// Package mirror URL [default: the distribution's, e.g. http://deb.debian.org/debian]

@@ -83,6 +83,7 @@ struct RawNetwork {
     subnet: Option<String>,
     dns_listen: Option<String>,
     tap_pool_size: Option<i64>,
+    nat: Option<bool>,
 }
 
 /// Validated configuration with defaults applied.
@@ -121,6 +122,9 @@ pub struct NetworkConfig {
     pub subnet: Ipv4Net,
     pub dns_listen: SocketAddr,
     pub tap_pool_size: u32,
+    /// Whether new VMs reach the outside through NAT unless `--nat` or
+    /// `--no-nat` says otherwise.
+    pub nat: bool,
 }
 
 impl NetworkConfig {
@@ -139,6 +143,7 @@ impl Default for NetworkConfig {
                 .parse()
                 .expect("default DNS address parses"),
             tap_pool_size: DEFAULT_TAP_POOL,
+            nat: true,
         }
     }
 }
@@ -338,6 +343,9 @@ impl Config {
                 }
                 config.network.tap_pool_size = pool as u32;
             }
+            if let Some(nat) = network.nat {
+                config.network.nat = nat;
+            }
         }
 
         if let Some(entries) = raw.file_sync {
@@ -432,6 +440,7 @@ mod tests {
             subnet = "10.77.0.1/24"
             dns_listen = "127.0.0.1:5353"
             tap_pool_size = 0
+            nat = false
 
             [[file_sync]]
             host = "~/.aws"
@@ -448,6 +457,8 @@ mod tests {
         assert_eq!(config.network.bridge, "br-test");
         assert_eq!(config.network.gateway(), Ipv4Addr::new(10, 77, 0, 1));
         assert_eq!(config.network.tap_pool_size, 0);
+        assert!(!config.network.nat);
+        assert!(Config::default().network.nat, "NAT is on by default");
         assert_eq!(config.file_sync.len(), 1);
         assert_eq!(
             config.ssh_key_path(Path::new("/home/me")),

@@ -265,6 +265,9 @@ pub struct ImageBootstrapParams {
     pub distro: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// The package set [default: developer].
+    #[serde(default)]
+    pub profile: Option<banger_model::image::ImageProfile>,
     #[serde(default)]
     pub packages: Vec<String>,
     #[serde(default)]
@@ -354,6 +357,7 @@ mod tests {
             Request::ImageBootstrap(ImageBootstrapParams {
                 distro: "debian:bookworm".into(),
                 name: None,
+                profile: Some(banger_model::image::ImageProfile::Minimal),
                 packages: vec![],
                 mirror: None,
                 kernel_ref: None,

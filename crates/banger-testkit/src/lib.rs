@@ -10,8 +10,11 @@
 //!   namespace, leak assertions and diagnostics.
 //! - [`http`]: a small HTTP server on loopback (release downloads).
 //! - [`release`]: signed test releases for `banger update`.
+//! - [`fixtures`]: root filesystems built with banger's bootstrap code,
+//!   cached under `.cache/` (the developer image's tree).
 
 pub mod env;
+pub mod fixtures;
 pub mod http;
 pub mod release;
 pub mod sim;

@@ -22,12 +22,14 @@
 //! - [`undo`]: rollback of multi-step setups.
 //! - [`ssh`]: the managed SSH key and banger's ssh_config.
 //! - [`file_sync`]: `[[file_sync]]` entries into the work disk.
+//! - [`git_identity`]: the host's git identity into the guest's `.gitconfig`.
 //! - [`exec`]: the processes the daemon starts itself.
 
 pub mod binaries;
 pub mod daemon;
 pub mod exec;
 pub mod file_sync;
+pub mod git_identity;
 pub mod guest_install;
 pub mod images;
 pub mod instance;

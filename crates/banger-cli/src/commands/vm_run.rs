@@ -39,14 +39,14 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         .as_deref()
         .map(|path| open_repo(path, &plan))
         .transpose()?;
-    let (name, spec) = vm_create::resolve(&args.create)?;
+    let resolved = vm_create::resolve(&args.create)?;
 
-    let created = vm_create::create_resolved(layout, &args.create, &name, spec).await;
+    let created = vm_create::create_resolved(layout, &args.create, &resolved).await;
     let vm = match created {
         Ok(vm) => vm,
         Err(err) => {
             if args.rm {
-                cleanup_failed_create(layout, name.as_str(), &err).await;
+                cleanup_failed_create(layout, resolved.name.as_str(), &err).await;
             }
             return Err(err);
         }
@@ -104,13 +104,13 @@ async fn interrupted() {
 }
 
 /// `--rm` after a failed create: the daemon already rolled back a failure
-/// before boot; a VM whose guest never answered in time is kept for its
-/// logs; any other leftover is deleted.
+/// before boot; a VM whose guest never answered in time keeps running to be
+/// looked at (the daemon's hint says how); any other leftover is deleted.
 async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error) {
     let timed_out = rpc_code(err) == Some(ErrorCode::Timeout);
     if timed_out {
         eprintln!(
-            "VM {name} is kept so that `banger vm logs {name}` can show why it did not come up; `banger vm delete {name}` removes it"
+            "VM {name} is not deleted despite --rm: its guest did not answer in time, and it keeps running so you can look at it"
         );
         return;
     }

@@ -220,10 +220,12 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         assert!(out.stderr.contains(stage), "stage {stage} missing:\n{out}");
     }
     assert!(
-        out.stderr.contains("bootstrapped image debian-bookworm"),
+        out.stderr.contains(
+            "image debian-bookworm (developer profile) bootstrapped from debian:bookworm in "
+        ),
         "{out}"
     );
-    assert!(out.stderr.contains(" in "), "{out}");
+    assert!(out.stderr.contains(" installed ("), "{out}");
     let vms: Value = serde_json::from_str(&sim.ok(["vm", "list", "--json"]).stdout).unwrap();
     assert_eq!(vms, serde_json::json!([]), "--rm left a VM");
 
@@ -237,7 +239,7 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         "--",
         "sh",
         "-c",
-        "/usr/sbin/sshd -T; git --version; ip -V",
+        "/usr/sbin/sshd -T; git --version; ip -V; make --version; docker --version",
     ]);
     assert!(
         check.stdout.contains("permitrootlogin without-password"),
@@ -248,6 +250,16 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         "{check}"
     );
     assert!(check.stdout.contains("git version"), "{check}");
+    // The default is the developer image.
+    assert!(check.stdout.contains("GNU Make"), "{check}");
+    assert!(check.stdout.contains("Docker version"), "{check}");
+    let shown = sim.ok(["image", "show", "debian-bookworm"]);
+    assert!(shown.stdout.contains("profile     developer"), "{shown}");
+    let doctor = sim.banger(["doctor"]);
+    assert!(
+        doctor.stdout.contains("debian-bookworm, developer profile"),
+        "{doctor}"
+    );
 
     let images: Value = serde_json::from_str(&sim.ok(["image", "list", "--json"]).stdout).unwrap();
     let image = &images[0];
@@ -264,19 +276,33 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
 
     sim.assert_clean();
 
-    // A rebuild reuses the cached packages: no .deb crosses the proxy.
+    // A rebuild reuses the cached packages: no .deb crosses the proxy (the
+    // minimal set is part of the developer one).
     proxy.clear();
     let started = Instant::now();
     let again = banger_via_proxy(
         &sim,
         &proxy,
-        &["image", "bootstrap", "debian:bookworm", "--name", "again"],
+        &[
+            "image",
+            "bootstrap",
+            "debian:bookworm",
+            "--name",
+            "again",
+            "--profile",
+            "minimal",
+        ],
     );
     if !again.success() {
         panic!("command failed:\n{again}\n{}", sim.diagnostics());
     }
     eprintln!("cached rebuild took {:?}", started.elapsed());
-    assert!(again.stderr.contains("image again bootstrapped"), "{again}");
+    assert!(
+        again
+            .stderr
+            .contains("image again (minimal profile) bootstrapped"),
+        "{again}"
+    );
     assert!(
         !proxy.requests.lock().unwrap().is_empty(),
         "the rebuild did not go through the proxy at all"

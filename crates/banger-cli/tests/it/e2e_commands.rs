@@ -236,3 +236,57 @@ fn commands_after_double_dash_behave_like_ssh() {
     sim.ok(["vm", "delete", "box"]);
     sim.assert_clean();
 }
+
+/// The host's git identity reaches `/root/.gitconfig` of every VM, with or
+/// without a workspace, at every start (a changed identity shows after a
+/// restart), and settings the guest added are kept.
+#[test]
+fn a_vm_without_a_workspace_gets_the_host_git_identity() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let gitconfig = sim.env.layout.home.join(".gitconfig");
+    std::fs::write(
+        &gitconfig,
+        "[user]\n\tname = Host Person\n\temail = host@example.com\n",
+    )
+    .unwrap();
+    sim.ok(["vm", "create", "--name", "plain"]);
+    let out = sim.ok([
+        "vm",
+        "ssh",
+        "plain",
+        "--",
+        "git config --global user.name; git config --global user.email",
+    ]);
+    assert_eq!(out.stdout, "Host Person\nhost@example.com\n", "{out}");
+
+    sim.ok([
+        "vm",
+        "ssh",
+        "plain",
+        "--",
+        "git config --global alias.st status",
+    ]);
+    std::fs::write(
+        &gitconfig,
+        "[user]\n\tname = Renamed Person\n\temail = renamed@example.com\n",
+    )
+    .unwrap();
+    sim.ok(["vm", "restart", "plain"]);
+    let out = sim.ok([
+        "vm",
+        "ssh",
+        "plain",
+        "--",
+        "git config --global user.name; git config --global user.email; git config --global alias.st",
+    ]);
+    assert_eq!(
+        out.stdout, "Renamed Person\nrenamed@example.com\nstatus\n",
+        "{out}"
+    );
+    sim.ok(["vm", "delete", "plain"]);
+    sim.assert_clean();
+}

@@ -127,9 +127,14 @@ fn create_ssh_dns_nat_stop_start_delete_leaves_nothing() {
     sim.import_fixture();
     let outside = Outside::new(&sim, "hello-from-outside");
 
-    let out = sim.ok(["vm", "create", "--name", "web", "--nat"]);
+    // NAT is the default; the spec line says so.
+    let out = sim.ok(["vm", "create", "--name", "web"]);
     assert_eq!(out.stdout, "web\n");
     assert!(out.stderr.starts_with("spec: "), "{out}");
+    assert!(
+        out.stderr.lines().next().unwrap().ends_with(" · NAT"),
+        "{out}"
+    );
     for stage in [
         "prepare_disks",
         "start_vmm",
@@ -165,7 +170,11 @@ fn create_ssh_dns_nat_stop_start_delete_leaves_nothing() {
         Outside::URL,
     ]);
     assert_eq!(fetched.stdout, "hello-from-outside");
-    sim.ok(["vm", "create", "--name", "plain"]);
+    let out = sim.ok(["vm", "create", "--name", "plain", "--no-nat"]);
+    assert!(
+        out.stderr.lines().next().unwrap().ends_with(" · no NAT"),
+        "{out}"
+    );
     let blocked = sim.banger([
         "vm",
         "ssh",
@@ -180,7 +189,7 @@ fn create_ssh_dns_nat_stop_start_delete_leaves_nothing() {
     assert_ne!(
         blocked.code,
         Some(0),
-        "a VM without --nat reached the outside:\n{blocked}"
+        "a VM with --no-nat reached the outside:\n{blocked}"
     );
 
     // Inspection.
@@ -564,6 +573,45 @@ fn ctrl_c_during_create_rolls_back() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("rolled back"), "{stderr}");
     assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
+/// `vm run --rm` whose guest never answers within the boot timeout: the VM
+/// keeps running (not stopped, not deleted) and banger says how to look and
+/// how to delete it; deleting it then leaves nothing.
+#[test]
+fn a_run_whose_guest_never_answers_keeps_the_vm_running() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.env.write_config(
+        "vmm = \"sim\"\nboot_timeout_seconds = 2\nstop_grace_seconds = 5\n\n[network]\n",
+    );
+    let rootfs = shell_only_rootfs(sim.env.root());
+    sim.ok([
+        "image",
+        "import",
+        &rootfs.to_string_lossy(),
+        "--name",
+        "bare",
+    ]);
+    let out = sim.banger(["vm", "run", "--rm", "--name", "slow", "--", "true"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    for wanted in [
+        "did not answer within the boot timeout",
+        "not deleted despite --rm",
+        "keeps running",
+        "banger vm logs slow",
+        "banger vm ssh slow",
+        "banger vm delete slow",
+    ] {
+        assert!(out.stderr.contains(wanted), "{wanted} missing:\n{out}");
+    }
+    assert_eq!(vm_json(&sim, "slow")["state"], "running");
+    assert!(has_vmm(&sim, "slow"), "the VMM was stopped");
+    assert!(sim.ok(["vm", "logs", "slow"]).stdout.contains("banger"));
+    sim.ok(["vm", "delete", "slow"]);
     sim.assert_clean();
 }
 

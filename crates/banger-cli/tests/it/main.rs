@@ -7,6 +7,7 @@ mod daemon;
 mod doctor;
 mod e2e_bootstrap;
 mod e2e_commands;
+mod e2e_developer;
 mod e2e_images;
 mod e2e_lifecycle;
 mod e2e_workspace;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use banger_disk::strategy::Support;
 use banger_doctor::checks::{self, DnsFacts, ImageFacts, ResolveProbe, RoutingFacts, StorageFacts};
-use banger_doctor::{CatalogLookup, Host, HostInputs, RealHost};
+use banger_doctor::{CatalogLookup, Companion, Host, HostInputs, RealHost};
 use banger_model::Name;
 use banger_model::defaults::{HostFacts, VmDefaults};
 use banger_rpc::RpcError;
@@ -24,6 +24,7 @@ pub async fn run(daemon: &Daemon) -> Result<DoctorResult, RpcError> {
 /// [`run`] against any host (tests pass a `FakeHost`).
 pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, RpcError> {
     let images = image_facts(daemon).await?;
+    let companions = companion_facts(daemon);
     let storage = storage_facts(&daemon.storage);
     let dns = dns_facts(daemon);
     let probe = publish_probe(daemon)?;
@@ -43,6 +44,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
             defaults: &defaults,
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
+        all.push(checks::companions(&companions));
         all.push(checks::storage(&storage));
         all.push(checks::default_image(&images));
         all.push(checks::dns_listener(&dns, &listen));
@@ -60,6 +62,31 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let checks: Vec<DoctorCheck> =
         checks.map_err(|err| RpcError::internal(format!("running the checks: {err}")))?;
     Ok(DoctorResult { checks })
+}
+
+/// The binaries bangerd runs or copies besides itself.
+fn companion_facts(daemon: &Daemon) -> Vec<Companion> {
+    use crate::binaries::{AGENT, SIMVM, find};
+    let found = |name: &str| find(name).map_err(|err| format!("{}, PATH", err.searched));
+    let sim = daemon.config.vmm == banger_model::vm::VmmKind::Sim;
+    vec![
+        Companion {
+            name: AGENT.into(),
+            found: found(AGENT),
+            role: "copied into every image: VMs are ready when it answers".into(),
+            needed: true,
+        },
+        Companion {
+            name: SIMVM.into(),
+            found: match &daemon.config.simvm_bin {
+                Some(path) if path.is_file() => Ok(path.clone()),
+                Some(path) => Err(format!("simvm_bin = {}", path.display())),
+                None => found(SIMVM),
+            },
+            role: "runs sim VMs (--vmm sim)".into(),
+            needed: sim,
+        },
+    ]
 }
 
 fn storage_facts(probe: &banger_disk::StrategyProbe) -> StorageFacts {
@@ -89,11 +116,11 @@ async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
         .iter()
         .map(|image| image.name.to_string())
         .collect();
-    let store_default = daemon
-        .store
-        .default_image()
-        .map_err(store_error)?
-        .map(|image| image.name.to_string());
+    let default = daemon.store.default_image().map_err(store_error)?;
+    let store_default = default.as_ref().map(|image| image.name.to_string());
+    let store_default_origin = default
+        .as_ref()
+        .map(|image| banger_bootstrap::default_image::origin(&image.source));
     let configured = daemon.config.default_image.clone();
     let wanted = configured
         .clone()
@@ -108,6 +135,7 @@ async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
         configured,
         wanted,
         store_default,
+        store_default_origin,
         local,
         catalog,
     })

@@ -50,7 +50,9 @@ pub async fn import(
         unpack_tarball(&source, &staging.rootfs(), events).await?;
         staging.rootfs()
     };
-    let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel).await?;
+    let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel)
+        .await?
+        .size;
     let image = publish(
         daemon,
         &staging.out(),
@@ -114,8 +116,17 @@ pub fn report_skipped(events: &EventSink, count: u64) {
     tracing::info!(count, "skipped device nodes and FIFOs");
 }
 
+/// What [`build_image_files`] made.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltImage {
+    /// `rootfs.ext4`'s size (sparse; free space included).
+    pub size: ByteSize,
+    /// What the root filesystem's files take.
+    pub content: ByteSize,
+}
+
 /// Builds `rootfs.ext4` (with banger's guest files) and `work-seed.ext4`
-/// from a rootfs directory into `staging`; returns the rootfs size.
+/// from a rootfs directory into `staging`.
 pub async fn build_image_files(
     daemon: &Daemon,
     rootfs_dir: &Path,
@@ -123,7 +134,7 @@ pub async fn build_image_files(
     agent: &Path,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<ByteSize, RpcError> {
+) -> Result<BuiltImage, RpcError> {
     fs_err::create_dir_all(staging).map_err(|err| RpcError::internal(err.to_string()))?;
     let rootfs = staging.join(ROOTFS);
     let seed = staging.join(WORK_SEED);
@@ -166,7 +177,10 @@ pub async fn build_image_files(
     .map_err(|err| failure("building work-seed.ext4", &err))?;
     stage.done();
     check_cancel(cancel)?;
-    Ok(image.size)
+    Ok(BuiltImage {
+        size: image.size,
+        content: ByteSize(image.content.bytes),
+    })
 }
 
 /// Moves a staged image into place and records it; the first image becomes

@@ -276,7 +276,8 @@ async fn finish(
         events,
         cancel,
     )
-    .await?;
+    .await?
+    .size;
     let image = Image {
         id: staged.id,
         name: staged.name,

@@ -196,7 +196,16 @@ async fn launch_steps(
             .map_err(|err| internal("enabling IP forwarding", &err))?;
         ops.add_vm_nat(&vm.id, network.ip, &daemon.network.config.bridge)
             .await
-            .map_err(|err| internal("adding NAT rules", &err))?;
+            .map_err(|err| {
+                let hint = if program_missing(&err) {
+                    "install iptables (`sudo apt-get install iptables`), or create the VM without \
+                     outbound network: --no-nat, or `nat = false` under [network] in config.toml"
+                } else {
+                    "or create the VM without outbound network: --no-nat, or `nat = false` \
+                     under [network] in config.toml"
+                };
+                internal("adding NAT rules", &err).with_hint(hint)
+            })?;
         undo.push("remove NAT rules", Class::Host, {
             let (ops, id) = (Arc::clone(ops), vm.id.clone());
             async move {
@@ -247,6 +256,22 @@ async fn launch_steps(
         tap,
         kernel,
     })
+}
+
+/// Whether an error comes from a program that is not installed (a spawn
+/// that failed with "not found" somewhere down its causes).
+fn program_missing(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// Everything sent to the VMM before `InstanceStart`.
@@ -408,7 +433,7 @@ where
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Failure::after_launch(
+            return Err(Failure::still_booting(
                 RpcError::new(
                     ErrorCode::Timeout,
                     format!("{what} did not answer within the boot timeout ({stage})"),
@@ -416,6 +441,7 @@ where
                 .with_hint(format!(
                     "{logs}; raise boot_timeout_seconds in config.toml if the guest is just slow"
                 )),
+                process.clone(),
             ));
         }
         tokio::select! {

@@ -241,12 +241,14 @@ async fn write_root_files(daemon: &Daemon, vm: &Vm, root: &Path) -> Result<(), R
 }
 
 /// Refreshed at every start: /root normalised for sshd's StrictModes, the
-/// managed key in `authorized_keys`, and `[[file_sync]]` entries.
+/// managed key in `authorized_keys`, the host's git identity in
+/// `.gitconfig`, and `[[file_sync]]` entries.
 pub async fn write_work_files(
     daemon: &Daemon,
     vm: &Vm,
     key: &SshKey,
 ) -> Result<Vec<String>, RpcError> {
+    let gitconfig = guest_gitconfig(daemon, vm).await;
     let mut edits = Ext4Edits::new();
     let root_owned = |mode| Meta {
         mode,
@@ -266,8 +268,21 @@ pub async fn write_work_files(
             )
         })
         .map_err(|err| internal("preparing work disk edits", &err))?;
-    let warnings =
-        crate::file_sync::add_edits(&daemon.config.file_sync, &daemon.layout.home, &mut edits)?;
+    let mut warnings = Vec::new();
+    match gitconfig {
+        Ok(Some(content)) => {
+            edits
+                .write_file("/.gitconfig", content, root_owned(0o644))
+                .map_err(|err| internal("preparing work disk edits", &err))?;
+        }
+        Ok(None) => {}
+        Err(warning) => warnings.push(warning),
+    }
+    warnings.extend(crate::file_sync::add_edits(
+        &daemon.config.file_sync,
+        &daemon.layout.home,
+        &mut edits,
+    )?);
     apply(
         daemon,
         &vm.paths().work_disk(),
@@ -276,6 +291,33 @@ pub async fn write_work_files(
     )
     .await?;
     Ok(warnings)
+}
+
+/// The guest's `/root/.gitconfig` with the host's git identity set in it,
+/// `None` when the host has none; a warning when it cannot be made.
+async fn guest_gitconfig(daemon: &Daemon, vm: &Vm) -> Result<Option<Vec<u8>>, String> {
+    let identity = crate::git_identity::host(&daemon.layout.home).await;
+    if identity.is_empty() {
+        return Ok(None);
+    }
+    let work = vm.paths().work_disk();
+    let existing = blocking(move || banger_disk::read_file(&work, "/.gitconfig"))
+        .await
+        .map_err(|err| err.message)?;
+    let existing = match existing {
+        Ok(content) => Some(content),
+        Err(banger_disk::edits::ReadExt4Error::NotFound { .. }) => None,
+        Err(err) => {
+            tracing::debug!(vm = %vm.name, error = %err, "guest .gitconfig unreadable; writing a fresh one");
+            None
+        }
+    };
+    crate::git_identity::merge(existing.as_deref(), &identity)
+        .await
+        .map(Some)
+        .map_err(|err| {
+            format!("the host's git identity was not written to /root/.gitconfig: {err}")
+        })
 }
 
 async fn apply(

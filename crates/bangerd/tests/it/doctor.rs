@@ -40,6 +40,7 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "privileges",
             "disk-space",
             "vm-defaults",
+            "companions",
             "storage",
             "default-image",
             "dns",
