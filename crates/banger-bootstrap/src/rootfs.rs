@@ -200,9 +200,9 @@ pub enum FinishRootfsError {
 }
 
 /// Removes what belongs to the build host or must differ per VM: host name,
-/// resolver, machine id, ssh host keys (the guest's first boot generates its
-/// own), apt's downloaded lists and packages, and device nodes (the guest's
-/// `/dev` is a devtmpfs).
+/// resolver, machine id, ssh host keys (banger writes each VM's own at
+/// create), apt's downloaded lists and packages, and device nodes (the
+/// guest's `/dev` is a devtmpfs).
 pub fn finish(root: &Path) -> Result<(), FinishRootfsError> {
     if !root.join("etc/os-release").exists() && !root.join("usr/lib/os-release").exists() {
         return Err(FinishRootfsError::NotARootfs(root.to_owned()));

@@ -22,8 +22,14 @@ pub enum ExecError {
 
 /// `ssh-keygen -t ed25519 -N "" -C banger -f PATH -q`
 pub async fn ssh_keygen(path: &Path) -> Result<(), ExecError> {
+    ssh_keygen_ed25519(path, "banger").await
+}
+
+/// `ssh-keygen -t ed25519 -N "" -C COMMENT -f PATH -q`: a key pair without
+/// a passphrase at PATH and PATH.pub.
+pub async fn ssh_keygen_ed25519(path: &Path, comment: &str) -> Result<(), ExecError> {
     let output = tokio::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger"])
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment])
         .arg("-f")
         .arg(path)
         .stdin(Stdio::null())

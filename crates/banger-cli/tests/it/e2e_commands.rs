@@ -290,3 +290,58 @@ fn a_vm_without_a_workspace_gets_the_host_git_identity() {
     sim.ok(["vm", "delete", "plain"]);
     sim.assert_clean();
 }
+
+/// Each VM's ed25519 host key is made on the host at create, written into
+/// its root disk (the only host key there) and pinned in its known_hosts
+/// file: the first connection checks it, and a different key is refused.
+#[test]
+fn host_keys_are_made_on_the_host_and_pinned() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    sim.ok(["vm", "create", "--name", "keyed"]);
+    let known_hosts = sim.layout().state_dir.join("ssh/known_hosts.d/keyed.vm");
+    let pinned = std::fs::read_to_string(&known_hosts).unwrap();
+    let out = sim.ok([
+        "vm",
+        "ssh",
+        "keyed",
+        "--",
+        "cat /etc/ssh/ssh_host_ed25519_key.pub; ls /etc/ssh | grep -c '^ssh_host_'",
+    ]);
+    let mut lines = out.stdout.lines();
+    let guest_key = lines.next().unwrap();
+    let words: Vec<&str> = guest_key.split_whitespace().collect();
+    assert_eq!(pinned, format!("keyed.vm {} {}\n", words[0], words[1]));
+    assert_eq!(words[2], "root@keyed");
+    // Only the key pair banger made.
+    assert_eq!(lines.next(), Some("2"), "{out}");
+    let console = std::fs::read_to_string(
+        std::fs::read_dir(sim.layout().vms_dir())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("console.log"),
+    )
+    .unwrap();
+    assert!(
+        !console.contains("ssh-keygen"),
+        "the guest generated host keys:\n{console}"
+    );
+
+    // A known_hosts entry that does not match is refused, not replaced.
+    std::fs::write(
+        &known_hosts,
+        "keyed.vm ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
+    )
+    .unwrap();
+    let out = sim.banger(["vm", "ssh", "keyed", "--", "true"]);
+    assert_eq!(out.code, Some(255), "{out}");
+    sim.ok(["vm", "delete", "keyed"]);
+    assert!(!known_hosts.exists());
+    sim.assert_clean();
+}

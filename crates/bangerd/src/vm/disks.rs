@@ -84,8 +84,9 @@ pub async fn prepare_new(
     let result = async {
         let root = create_root(daemon, vm, image, &mut undo).await?;
         create_work_disk(daemon, vm, image, &mut undo).await?;
+        let host_key = host_key(daemon, vm, &mut undo).await?;
         let (root_files, work_files) = tokio::join!(
-            write_root_files(daemon, vm, &root),
+            write_root_files(daemon, vm, &root, &host_key),
             write_work_files(daemon, vm, key)
         );
         root_files?;
@@ -221,11 +222,77 @@ async fn create_work_disk(
     Ok(())
 }
 
-/// `/etc/hostname` and `/etc/hosts` in the root disk.
-async fn write_root_files(daemon: &Daemon, vm: &Vm, root: &Path) -> Result<(), RpcError> {
+/// A VM's SSH host key, made on the host at create.
+#[derive(Debug, Clone)]
+pub struct HostKey {
+    /// `ssh_host_ed25519_key`, OpenSSH's private key format.
+    pub private: Vec<u8>,
+    /// The `.pub` line: `ssh-ed25519 AAAA… root@NAME`.
+    pub public: String,
+}
+
+/// The host key types sshd would otherwise offer from an image (shared by
+/// every VM of it); a VM gets only its own ed25519 key.
+const OTHER_HOST_KEYS: &[&str] = &["rsa", "ecdsa", "dsa", "ed25519_sk", "ecdsa_sk"];
+
+/// Makes the VM's ed25519 host key on the host (the guest's first boot then
+/// has none to generate) and pins it in the VM's known_hosts file, so that
+/// the first connection already checks it (removed again on rollback and
+/// by `vm delete`).
+async fn host_key(daemon: &Daemon, vm: &Vm, undo: &mut Undo) -> Result<HostKey, RpcError> {
+    let dir = vm.dir.join("host-key.tmp");
+    fs_err::create_dir_all(&dir).map_err(|err| internal("preparing the host key", &err))?;
+    let path = dir.join("ssh_host_ed25519_key");
+    let made = crate::exec::ssh_keygen_ed25519(&path, &format!("root@{}", vm.name)).await;
+    let read = made
+        .map_err(|err| internal("generating the VM's SSH host key", &err))
+        .and_then(|()| {
+            let private = fs_err::read(&path);
+            let public = fs_err::read_to_string(path.with_extension("pub"));
+            match (private, public) {
+                (Ok(private), Ok(public)) => Ok(HostKey {
+                    private,
+                    public: public.trim_end().to_owned(),
+                }),
+                (Err(err), _) | (_, Err(err)) => {
+                    Err(internal("reading the VM's SSH host key", &err))
+                }
+            }
+        });
+    let _ = fs_err::remove_dir_all(&dir);
+    let key = read?;
+    let known_hosts = crate::ssh::known_hosts_file(&daemon.layout, vm.name.as_str());
+    crate::ssh::pin_host_key(&known_hosts, &vm.dns_name(), &key.public)
+        .map_err(|err| internal("pinning the VM's SSH host key", &err))?;
+    undo.push("unpin the host key", Class::Data, async move {
+        match fs_err::remove_file(&known_hosts) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.to_string()),
+            _ => Ok(()),
+        }
+    });
+    Ok(key)
+}
+
+/// `/etc/hostname`, `/etc/hosts` and the SSH host key in the root disk.
+async fn write_root_files(
+    daemon: &Daemon,
+    vm: &Vm,
+    root: &Path,
+    host_key: &HostKey,
+) -> Result<(), RpcError> {
     let mut edits = Ext4Edits::new();
     let file = Meta {
         mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    let secret = Meta {
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
+    let dir = Meta {
+        mode: 0o755,
         uid: 0,
         gid: 0,
     };
@@ -236,8 +303,36 @@ async fn write_root_files(daemon: &Daemon, vm: &Vm, root: &Path) -> Result<(), R
     edits
         .write_file("/etc/hostname", format!("{}\n", vm.name), file)
         .and_then(|edits| edits.write_file("/etc/hosts", hosts, file))
+        .and_then(|edits| edits.mkdir_p("/etc/ssh", dir))
+        .and_then(|edits| {
+            edits.write_file(
+                "/etc/ssh/ssh_host_ed25519_key",
+                host_key.private.clone(),
+                secret,
+            )
+        })
+        .and_then(|edits| {
+            edits.write_file(
+                "/etc/ssh/ssh_host_ed25519_key.pub",
+                format!("{}\n", host_key.public),
+                file,
+            )
+        })
         .map_err(|err| internal("preparing root disk edits", &err))?;
-    apply(daemon, root, edits, "writing hostname into the root disk").await
+    for kind in OTHER_HOST_KEYS {
+        for suffix in ["", ".pub"] {
+            edits
+                .remove(&format!("/etc/ssh/ssh_host_{kind}_key{suffix}"))
+                .map_err(|err| internal("preparing root disk edits", &err))?;
+        }
+    }
+    apply(
+        daemon,
+        root,
+        edits,
+        "writing per-VM files into the root disk",
+    )
+    .await
 }
 
 /// Refreshed at every start: /root normalised for sshd's StrictModes, the
