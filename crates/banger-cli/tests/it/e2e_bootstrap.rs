@@ -433,6 +433,11 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
     check_elf_x86_64_executable(&vmlinux);
     let initrd = std::fs::read(kernel["initrd_path"].as_str().unwrap()).unwrap();
     check_initrd(&initrd, &release);
+    // The package's modules, indexed, as a read-only ext4 image every VM
+    // that boots this kernel gets.
+    let modules =
+        Path::new(kernel["vmlinux_path"].as_str().unwrap()).with_file_name("modules.ext4");
+    check_modules_image(&modules);
     match std::env::var_os("BANGER_TEST_FIRECRACKER") {
         Some(firecracker) => firecracker_accepts(
             Path::new(&firecracker),
@@ -448,6 +453,7 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
             Path::new(kernel["vmlinux_path"].as_str().unwrap()),
             Path::new(kernel["initrd_path"].as_str().unwrap()),
             &initrd,
+            &modules,
         );
     } else {
         eprintln!(
@@ -471,6 +477,34 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
         "the kernel package was downloaded again:\n{apt_log}"
     );
     env.banger(["kernel", "rm", "again"]).assert_success();
+}
+
+/// `modules.ext4`: labelled for first boot, the package's modules with
+/// depmod's indexes, Docker's modules among them.
+fn check_modules_image(image: &Path) {
+    assert!(image.is_file(), "{} is missing", image.display());
+    let mut label = std::process::Command::new("dumpe2fs");
+    label.arg("-h").arg(image);
+    let out = run(label);
+    assert!(
+        out.stdout
+            .contains("Filesystem volume name:   banger-modules"),
+        "{out}"
+    );
+    let dep = String::from_utf8(banger_disk::read_file(image, "/modules.dep").unwrap()).unwrap();
+    for module in ["overlay.ko", "br_netfilter.ko", "veth.ko", "nf_tables.ko"] {
+        assert!(
+            dep.lines()
+                .any(|line| line.split(':').next().unwrap_or("").contains(module)),
+            "{module} is not in modules.dep"
+        );
+    }
+    for index in ["/modules.dep.bin", "/modules.alias.bin", "/modules.builtin"] {
+        assert!(
+            banger_disk::stat(image, index).unwrap().is_some(),
+            "{index} missing"
+        );
+    }
 }
 
 fn check_elf_x86_64_executable(elf: &[u8]) {
@@ -616,7 +650,12 @@ fn firecracker_accepts(firecracker: &Path, vmlinux: &Path, initrd: &Path) {
 /// off. Checks that `/init` loaded the modules, mounted `/dev/vda`, applied
 /// `ip=` (address, route, hostname, resolv.conf) and chose first boot as
 /// the real init.
-fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u8]) {
+fn qemu_boots_through_the_initrd(
+    vmlinux: &Path,
+    initrd_path: &Path,
+    initrd: &[u8],
+    modules: &Path,
+) {
     let cpio = Compression::Gzip.decompress(initrd, 1 << 30).unwrap();
     let archive = Archive::parse(&cpio).unwrap();
     let Node::File(busybox) = &archive.entries()["bin/busybox"].node else {
@@ -624,7 +663,15 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    for sub in ["bin", "proc", "sys", "dev", "etc", "usr/local/libexec"] {
+    for sub in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "etc",
+        "lib",
+        "usr/local/libexec",
+    ] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
     use std::os::unix::fs::PermissionsExt;
@@ -642,6 +689,11 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
         echo \"REPORT resolv: $(/bin/busybox cat /etc/resolv.conf | /bin/busybox tr '\\n' ' ')\"\n\
         echo \"REPORT hostname: $(/bin/busybox hostname)\"\n\
         echo \"REPORT root: $(/bin/busybox grep ' / ' /proc/mounts)\"\n\
+        release=$(/bin/busybox uname -r); /bin/busybox mkdir -p /lib/modules/$release\n\
+        /bin/busybox mount -t ext4 -o ro \"$(/bin/busybox findfs LABEL=banger-modules)\" /lib/modules/$release\n\
+        /bin/busybox modprobe overlay && /bin/busybox modprobe br_netfilter\n\
+        echo \"REPORT filesystems: $(/bin/busybox tr '\\n\\t' '  ' < /proc/filesystems)\"\n\
+        echo \"REPORT loaded: $(/bin/busybox cut -d' ' -f1 /proc/modules | /bin/busybox tr '\\n' ' ')\"\n\
         /bin/busybox poweroff -f\n";
     let first_boot = root.join("usr/local/libexec/banger-first-boot");
     std::fs::write(&first_boot, report).unwrap();
@@ -683,6 +735,12 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
         disk.display()
     ))
     .args(["-device", "virtio-blk-device,drive=root"])
+    .arg("-drive")
+    .arg(format!(
+        "id=modules,file={},format=raw,if=none,readonly=on",
+        modules.display()
+    ))
+    .args(["-device", "virtio-blk-device,drive=modules"])
     .args([
         "-netdev",
         "user,id=n0,restrict=on",
@@ -741,6 +799,12 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
     );
     assert!(all.contains("REPORT hostname: qguest"), "{all}");
     assert!(all.contains("/dev/vda / ext4 rw"), "{all}");
+    // The modules drive carries what Docker loads.
+    assert!(all.contains(" overlay "), "overlay not available:\n{all}");
+    assert!(
+        all.contains("br_netfilter"),
+        "br_netfilter not loaded:\n{all}"
+    );
     assert!(
         text.contains(
             "banger-initrd: switching to /dev/vda, init /usr/local/libexec/banger-first-boot"

@@ -306,10 +306,19 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
             initrd_path: initrd.map(|path| path.to_string_lossy().into_owned()),
             boot_args: Some(args.to_string()),
         },
-        drives: vec![
-            Drive::virtio("rootfs", root_device.to_string_lossy(), true),
-            Drive::virtio("work", paths.work_disk().to_string_lossy(), false),
-        ],
+        drives: {
+            let mut drives = vec![
+                Drive::virtio("rootfs", root_device.to_string_lossy(), true),
+                Drive::virtio("work", paths.work_disk().to_string_lossy(), false),
+            ];
+            if let Some(modules) = modules_image(vm, input) {
+                drives.push(Drive {
+                    is_read_only: Some(true),
+                    ..Drive::virtio("modules", modules.to_string_lossy(), false)
+                });
+            }
+            drives
+        },
         network_interfaces: vec![NetworkInterface::new(
             "eth0",
             vm.tap
@@ -323,6 +332,23 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
             uds_path: paths.vsock_socket().to_string_lossy().into_owned(),
         }),
     }
+}
+
+/// The kernel's modules image (`modules.ext4` next to its `vmlinux`, made
+/// by `kernel bootstrap`), attached read-only as the third drive (`vdc`) of
+/// VMs that boot the kernel; the guest's first boot mounts it at
+/// `/lib/modules/$(uname -r)`, so every image gets its kernel's modules.
+/// Sim VMs run on the host's kernel and get none.
+fn modules_image(vm: &Vm, input: &BootInput<'_>) -> Option<PathBuf> {
+    if vm.vmm == VmmKind::Sim {
+        return None;
+    }
+    let kernel = input.kernel?;
+    let image = kernel
+        .vmlinux_path
+        .parent()?
+        .join(banger_bootstrap::kernel::MODULES_IMAGE);
+    image.is_file().then_some(image)
 }
 
 /// banger-simvm boots no kernel but, like Firecracker, wants a readable
