@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints banger's performance figures (DESIGN.md §5) on this machine.
+# Prints banger's performance figures on this machine, each beside what a user would use instead.
 # Run as root from the repository: scripts/bench.sh [--runs N]
 #
 # Figures, each with its target:

@@ -10,6 +10,8 @@ packages=(
     debootstrap debian-archive-keyring ca-certificates
     # test suite: guests' sshd comes from the image, but sshd/ssh-keygen are used on the host too
     openssh-server dnsutils docker-registry skopeo umoci jq procps shellcheck btrfs-progs xfsprogs curl python3 make
+    # checked against by tests: the system cpio reads our initrd, systemd-analyze verifies our units
+    cpio systemd
     # boots the bootstrapped kernel and initrd for real (QEMU microvm, virtio-mmio over ACPI)
     qemu-system-x86
 )

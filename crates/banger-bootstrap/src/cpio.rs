@@ -287,7 +287,11 @@ mod tests {
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())
         else {
-            eprintln!("skipped: cpio is not installed");
+            banger_testkit::skip(
+                "the_system_cpio_reads_it",
+                "cpio is not installed (apt-get install cpio)",
+                banger_testkit::Prerequisite::ProvidedByCi,
+            );
             return;
         };
         let mut archive = Archive::new();

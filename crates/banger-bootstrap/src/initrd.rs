@@ -170,7 +170,11 @@ mod tests {
         let script = dir.path().join("init");
         std::fs::write(&script, INIT_SCRIPT).unwrap();
         match crate::exec::tests_support::shellcheck(&script) {
-            None => eprintln!("skipped: shellcheck is not installed"),
+            None => banger_testkit::skip(
+                "the_init_script_passes_shellcheck",
+                "shellcheck is not installed (apt-get install shellcheck)",
+                banger_testkit::Prerequisite::ProvidedByCi,
+            ),
             Some(output) => assert!(
                 output.status.success(),
                 "shellcheck:\n{}",

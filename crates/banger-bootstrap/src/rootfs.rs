@@ -509,8 +509,7 @@ mod tests {
 
     #[test]
     fn releases_real_mounts() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: releasing mounts needs root");
+        if !banger_testkit::root_or_skip("releases_real_mounts", "mounts") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -129,6 +129,10 @@ pub struct CreateFlags {
     /// Which VMM runs the guest: firecracker, or sim (namespaces, no hypervisor)
     #[arg(long, value_name = "VMM", value_parser = parse_vmm)]
     pub vmm: Option<VmmKind>,
+    /// Create the VM even when the free space cannot hold its disks
+    /// (they are sparse; a guest that fills them fills the host's filesystem)
+    #[arg(long)]
+    pub allow_overcommit: bool,
 }
 
 fn parse_profile(raw: &str) -> Result<ImageProfile, String> {

@@ -27,24 +27,42 @@ const START_TIMEOUT: Duration = Duration::from_secs(75);
 /// requests finish for up to 30 s).
 const STOP_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Connects, starting or restarting the daemon as needed.
+/// Connects, starting or restarting the daemon as needed: a daemon of
+/// another build, or one that read `config.toml` before its last edit, is
+/// restarted (running VMs keep running and are adopted). An edit that does
+/// not parse is reported instead, and the daemon keeps its config.
 pub async fn connect(layout: &Layout) -> anyhow::Result<DaemonConnection> {
     let own = BuildInfo::current();
-    if let Some(client) = connect_matching(layout, &own).await? {
+    let config = layout.config_file();
+    if let Some(client) = connect_matching(layout, &own, &config).await? {
         return Ok(client);
     }
     // Absent or stale: fix it under the spawn lock, then look again, since
     // another CLI may have done it while we waited.
     let _guard = spawn_lock(layout).await?;
-    if let Some(client) = connect_matching(layout, &own).await? {
+    if let Some(client) = connect_matching(layout, &own, &config).await? {
         return Ok(client);
     }
     if let Some(mut stale) = connect_existing(layout).await? {
         let ping: PingResult = stale.call(&Request::Ping, |_| {}).await?;
-        eprintln!(
-            "banger: restarting bangerd (running build {}, this CLI is {})",
-            ping.build.build_id, own.build_id
-        );
+        if ping.build.build_id != own.build_id {
+            eprintln!(
+                "banger: restarting bangerd (running build {}, this CLI is {})",
+                ping.build.build_id, own.build_id
+            );
+        } else {
+            // Only the config changed: never trade a working daemon for
+            // one that cannot start.
+            banger_model::config::Config::load(&config).map_err(|err| {
+                anyhow!(
+                    "{err}\nhint: the running daemon keeps the config it read before; fix the file and run the command again"
+                )
+            })?;
+            eprintln!(
+                "banger: {} changed; restarting bangerd to apply it",
+                config.display()
+            );
+        }
         let _: Empty = stale.call(&Request::Shutdown, |_| {}).await?;
         drop(stale);
         wait_until_stopped(layout).await?;
@@ -80,16 +98,23 @@ pub async fn connect_existing(layout: &Layout) -> anyhow::Result<Option<DaemonCo
     }
 }
 
-/// A connection to a daemon of our own build, or `None`.
+/// A connection to a daemon of our own build that read the config file as
+/// it is now, or `None`.
 async fn connect_matching(
     layout: &Layout,
     own: &BuildInfo,
+    config: &Path,
 ) -> anyhow::Result<Option<DaemonConnection>> {
     let Some(mut client) = connect_existing(layout).await? else {
         return Ok(None);
     };
     match client.call::<PingResult>(&Request::Ping, |_| {}).await {
-        Ok(ping) if ping.build.build_id == own.build_id => Ok(Some(client)),
+        Ok(ping)
+            if ping.build.build_id == own.build_id
+                && ping.config == banger_model::config::fingerprint_of(config) =>
+        {
+            Ok(Some(client))
+        }
         Ok(_) => Ok(None),
         // A daemon that cannot answer a ping (e.g. another protocol) is stale.
         Err(_) => Ok(None),

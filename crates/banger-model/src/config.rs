@@ -104,6 +104,23 @@ pub struct Config {
     pub vm_defaults: VmDefaultsConfig,
     pub network: NetworkConfig,
     pub file_sync: Vec<FileSync>,
+    /// [`fingerprint`] of the text this config was read from: a daemon
+    /// reports it, so that the CLI notices an edited file.
+    pub fingerprint: u64,
+}
+
+/// A hash of a config file's text (`None`: no file), stable within one
+/// build of banger — the CLI and daemon it compares are the same build.
+pub fn fingerprint(text: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The fingerprint of the file at `path` as it is now.
+pub fn fingerprint_of(path: &Path) -> u64 {
+    fingerprint(std::fs::read_to_string(path).ok().as_deref())
 }
 
 /// `[vm_defaults]`: each field is the first layer of the defaults resolver.
@@ -164,6 +181,7 @@ impl Default for Config {
             vm_defaults: VmDefaultsConfig::default(),
             network: NetworkConfig::default(),
             file_sync: Vec::new(),
+            fingerprint: fingerprint(None),
         }
     }
 }
@@ -191,7 +209,10 @@ impl Config {
     /// Reads and validates `path`; a missing file means all defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path),
+            Ok(text) => Ok(Self {
+                fingerprint: fingerprint(Some(&text)),
+                ..Self::parse(&text, path)?
+            }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(ConfigError::Read {
                 path: path.to_owned(),

@@ -21,6 +21,9 @@ pub enum VmState {
     Stopped,
     /// Failed to start or its VMM died; `last_error` says why.
     Error,
+    /// Being deleted: its disks may already be gone. A delete interrupted
+    /// by a crash is finished by the next daemon's reconcile.
+    Deleting,
 }
 
 impl VmState {
@@ -32,6 +35,7 @@ impl VmState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Error => "error",
+            Self::Deleting => "deleting",
         }
     }
 
@@ -43,6 +47,7 @@ impl VmState {
             "stopping" => Self::Stopping,
             "stopped" => Self::Stopped,
             "error" => Self::Error,
+            "deleting" => Self::Deleting,
             _ => return None,
         })
     }
@@ -51,6 +56,32 @@ impl VmState {
 impl fmt::Display for VmState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// One disk: what it may grow to and what it uses on the host now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// The guest's view: the disk's full size.
+    pub provisioned: crate::ByteSize,
+    /// Blocks it holds on the host's filesystem.
+    pub allocated: crate::ByteSize,
+}
+
+/// A VM's disks on the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisks {
+    pub root: DiskUsage,
+    pub work: DiskUsage,
+}
+
+impl VmDisks {
+    pub fn provisioned(&self) -> crate::ByteSize {
+        crate::ByteSize(self.root.provisioned.0 + self.work.provisioned.0)
+    }
+
+    pub fn allocated(&self) -> crate::ByteSize {
+        crate::ByteSize(self.root.allocated.0 + self.work.allocated.0)
     }
 }
 
@@ -254,6 +285,7 @@ mod tests {
             VmState::Stopping,
             VmState::Stopped,
             VmState::Error,
+            VmState::Deleting,
         ] {
             assert_eq!(VmState::parse(state.as_str()), Some(state));
             assert_eq!(

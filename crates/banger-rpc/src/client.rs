@@ -138,6 +138,7 @@ mod tests {
             build: banger_buildinfo::BuildInfo::current(),
             pid: 42,
             protocol: PROTOCOL_VERSION,
+            config: 0,
         };
         let answers = vec![
             ResponseFrame::event(

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     NotImplemented,
     PermissionDenied,
     Internal,
+    /// Out of disk space (or quota) where banger keeps its state.
+    ResourceExhausted,
 }
 
 impl ErrorCode {
@@ -54,6 +56,7 @@ impl ErrorCode {
             Self::NotImplemented => "not_implemented",
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
+            Self::ResourceExhausted => "resource_exhausted",
         }
     }
 }

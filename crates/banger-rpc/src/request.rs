@@ -208,6 +208,9 @@ pub struct VmCreateParams {
     pub nat: bool,
     #[serde(default)]
     pub vmm: Option<VmmKind>,
+    /// Create even when the free space cannot hold the VM's disks.
+    #[serde(default)]
+    pub allow_overcommit: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

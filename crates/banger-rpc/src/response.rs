@@ -15,6 +15,10 @@ pub struct PingResult {
     pub build: BuildInfo,
     pub pid: u32,
     pub protocol: u32,
+    /// Fingerprint of the config file the daemon read
+    /// (`banger_model::config::fingerprint`).
+    #[serde(default)]
+    pub config: u64,
 }
 
 /// `daemon.status`
@@ -45,6 +49,18 @@ pub struct Empty {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmListResult {
     pub vms: Vec<Vm>,
+    /// Host conditions every VM is affected by (the state filesystem
+    /// running out of space).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `vm.show`: the record and what its disks hold on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDetails {
+    #[serde(flatten)]
+    pub vm: Vm,
+    pub disks: banger_model::vm::VmDisks,
 }
 
 /// `image.list`
@@ -124,6 +140,7 @@ pub struct VmStats {
     pub rss_bytes: u64,
     pub threads: u32,
     pub uptime_seconds: u64,
+    pub disks: banger_model::vm::VmDisks,
 }
 
 /// `doctor.run`: the daemon's readiness checks, in display order.

@@ -62,6 +62,19 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
 }
 
+impl StoreError {
+    /// Whether the database could not be written because its filesystem
+    /// (or the user's quota) is full (SQLite's unix layer reports ENOSPC
+    /// as `SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Self::Sql(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// Applies the per-connection settings every banger connection needs.
 pub fn open_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open(path)?;
@@ -128,6 +141,14 @@ impl Store {
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Test hook: makes every write fail (`PRAGMA query_only`), as a full
+    /// disk would, or lets writes through again.
+    #[doc(hidden)]
+    pub fn refuse_writes(&self, refuse: bool) -> Result<(), StoreError> {
+        self.conn().pragma_update(None, "query_only", refuse)?;
+        Ok(())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

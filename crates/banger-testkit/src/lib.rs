@@ -12,12 +12,16 @@
 //! - [`release`]: signed test releases for `banger update`.
 //! - [`fixtures`]: root filesystems built with banger's bootstrap code,
 //!   cached under `.cache/` (the developer image's tree).
+//! - [`skip`]: tests that cannot run here, logged for the run's summary
+//!   (and failing in CI when CI provides what they lack).
 
 pub mod env;
 pub mod fixtures;
 pub mod http;
 pub mod release;
 pub mod sim;
+pub mod skip;
 
 pub use env::{Output, TestEnv, binary};
 pub use sim::{SimEnv, e2e_ready};
+pub use skip::{Prerequisite, have_or_skip, root_or_skip, skip};

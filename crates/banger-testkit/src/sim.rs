@@ -25,13 +25,21 @@ pub fn repo_root() -> PathBuf {
 /// Whether end-to-end tests can run here; prints why not when they cannot.
 /// Missing root skips (developer machines); a missing fixture when running
 /// as root fails loudly, so CI never silently skips.
+#[track_caller]
 pub fn e2e_ready() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: end-to-end tests need root (network namespaces, mounts, loop devices)");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an end-to-end test")
+        .to_owned();
+    if !crate::skip::root_or_skip(&test, "network namespaces, mounts, loop devices") {
         return false;
     }
     if std::env::var_os("BANGER_SKIP_E2E").is_some() {
-        eprintln!("skipped: BANGER_SKIP_E2E is set");
+        crate::skip::skip(
+            &test,
+            "BANGER_SKIP_E2E is set",
+            crate::skip::Prerequisite::NotInCi,
+        );
         return false;
     }
     let rootfs = fixture_rootfs();

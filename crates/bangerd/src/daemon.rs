@@ -62,6 +62,8 @@ pub struct Daemon {
     /// VMM processes of running VMs.
     processes: Mutex<HashMap<Id, VmmProcess>>,
     active_requests: AtomicUsize,
+    /// Test hook: lifecycle steps left before an injected crash (0: never).
+    crash_after: AtomicUsize,
     me: Weak<Daemon>,
 }
 
@@ -92,6 +94,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             processes: Mutex::new(HashMap::new()),
             active_requests: AtomicUsize::new(0),
+            crash_after: AtomicUsize::new(0),
             me: me.clone(),
         })
     }
@@ -108,8 +111,48 @@ impl Daemon {
         self.active_requests.load(Ordering::SeqCst)
     }
 
+    /// Marks the end of a lifecycle step that changed the store or the
+    /// host. A no-op unless a test armed [`Self::crash_after_steps`]: then
+    /// the step that exhausts the count panics, which stops the operation
+    /// where a crash would (nothing after the step runs), so tests can
+    /// check that the next daemon's reconcile finishes or undoes it.
+    pub fn checkpoint(&self, step: &'static str) {
+        let armed = self
+            .crash_after
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            });
+        if armed == Ok(1) {
+            panic!("injected crash after: {step}");
+        }
+    }
+
+    /// Test hook: crash (panic) at the end of the `steps`-th step from now.
+    #[doc(hidden)]
+    pub fn crash_after_steps(&self, steps: usize) {
+        self.crash_after.store(steps, Ordering::SeqCst);
+    }
+
     pub fn put_process(&self, id: &Id, process: VmmProcess) {
         self.lock_processes().insert(id.clone(), process);
+    }
+
+    /// Whether this daemon holds a VMM for `id` that has not exited.
+    pub fn has_live_process(&self, id: &Id) -> bool {
+        self.lock_processes()
+            .get(id)
+            .is_some_and(|process| process.exited().is_none())
+    }
+
+    /// Takes `id`'s process out of the table if it is the one with `pid`;
+    /// returns whether it was.
+    pub fn take_process_if(&self, id: &Id, pid: u32) -> bool {
+        let mut processes = self.lock_processes();
+        let held = processes.get(id).is_some_and(|held| held.pid() == pid);
+        if held {
+            processes.remove(id);
+        }
+        held
     }
 
     pub fn take_process(&self, id: &Id) -> Option<VmmProcess> {
@@ -231,7 +274,7 @@ pub(crate) fn store_error(err: StoreError) -> RpcError {
         StoreError::Missing { .. } => RpcError::not_found(err.to_string()),
         StoreError::Corrupt { .. } | StoreError::Sql(_) => {
             tracing::error!(error = ?err, "store failure");
-            RpcError::internal(format!("{err}: {}", error_chain(&err)))
+            crate::errors::failed(ErrorCode::Internal, "recording the change", &err)
         }
     }
 }

@@ -20,6 +20,27 @@ pub enum ExecError {
     },
 }
 
+/// `ssh-keygen -y -P "" -f PATH`: the public key of a private key that
+/// needs no passphrase; `Err(stderr)` when ssh-keygen refuses it.
+pub async fn ssh_keygen_public(path: &Path) -> Result<Result<String, String>, ExecError> {
+    let output = tokio::process::Command::new("ssh-keygen")
+        .args(["-y", "-P", ""])
+        .arg("-f")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| ExecError::Spawn {
+            program: "ssh-keygen".into(),
+            source,
+        })?;
+    Ok(if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    })
+}
+
 /// `ssh-keygen -t ed25519 -N "" -C banger -f PATH -q`
 pub async fn ssh_keygen(path: &Path) -> Result<(), ExecError> {
     ssh_keygen_ed25519(path, "banger").await

@@ -89,7 +89,7 @@ pub struct Staging {
 impl Staging {
     pub fn new(daemon: &Daemon, id: &banger_model::Id) -> Result<Self, RpcError> {
         let dir = daemon.layout.staging_dir().join(id.as_str());
-        fs_err::create_dir_all(&dir).map_err(|err| RpcError::internal(err.to_string()))?;
+        fs_err::create_dir_all(&dir).map_err(|err| crate::vm::internal("staging", &err))?;
         Ok(Self { dir })
     }
 

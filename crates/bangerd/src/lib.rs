@@ -9,6 +9,8 @@
 //! - [`server`]: accept loop, peer credential check, framing, per-request
 //!   cancellation when the client disconnects.
 //! - [`daemon`]: the shared context and request dispatch.
+//! - [`errors`]: causes that decide a wire error's code (a full disk).
+//! - [`disk_space`]: free space against what VM disks may grow to.
 //! - [`services`]: one module per operation (`vm_list`, `daemon_status`, …).
 //! - [`instance`]: the single-instance lock and socket binding.
 //! - [`binaries`]: finding the agent and simvm binaries.
@@ -27,6 +29,8 @@
 
 pub mod binaries;
 pub mod daemon;
+pub mod disk_space;
+pub mod errors;
 pub mod exec;
 pub mod file_sync;
 pub mod git_identity;

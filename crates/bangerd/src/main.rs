@@ -84,6 +84,7 @@ fn run() -> anyhow::Result<()> {
             tracing::warn!(error = %err, "cannot write banger's ssh_config");
         }
         bangerd::reconcile::reconcile(&daemon).await;
+        bangerd::disk_space::spawn_monitor(&daemon);
         info!(pid = std::process::id(), socket = %socket.display(), build = %daemon.build.build_id, "bangerd started");
         spawn_signal_handler(daemon.shutdown.clone())?;
         let server = tokio::spawn(bangerd::serve(listener, Arc::clone(&daemon), daemon.shutdown.clone()));

@@ -7,7 +7,7 @@
 //! 127.0.0.1:42069`, `domain br-banger ~vm`, `default-route br-banger
 //! false`). resolved sends queries for a loopback server through the
 //! loopback interface whatever link it is configured on, so the server stays
-//! on loopback (DESIGN §3) and nothing listens on the bridge. Routing is
+//! on loopback (the host is never exposed) and nothing listens on the bridge. Routing is
 //! applied in the background when the bridge comes up and again whenever a
 //! record is published (cheap and idempotent; it heals a resolved restart),
 //! and reverted at shutdown. A failure is logged and shown by `doctor`; it

@@ -2,15 +2,20 @@
 //! starts, whatever the previous daemon was doing when it died.
 //!
 //! - A VM still `creating` never finished: everything of it is removed.
+//! - A VM caught `deleting` is deleted: the interrupted delete's steps are
+//!   run again (each tolerates its work already done).
 //! - A running VM whose VMM is alive (found by its API socket) is
-//!   re-adopted: watched, published in DNS. One whose VMM is gone becomes
-//!   stopped and its host resources are released.
+//!   re-adopted: watched, published in DNS. One whose VMM is gone has its
+//!   host resources released and is recorded as a watched death would be
+//!   (`vm::watch::record_unasked_exit`).
 //! - A VM caught `starting` or `stopping` ends stopped (its command failed).
 //! - Then the host is swept for banger's leftovers that no running VM owns:
 //!   TAPs (`btap-*`, idle pool TAPs excepted), banger-simvm veths (`bsv*`),
 //!   tagged NAT rules, dm and loop
 //!   devices over files in the state dir, VM directories without a record,
-//!   and interrupted builds in the staging dir.
+//!   image and kernel directories without a record (published, then the
+//!   daemon died before recording them), and interrupted builds in the
+//!   staging dir.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,7 +33,11 @@ use crate::vm::{blocking, disks, save, watch};
 pub struct Report {
     pub adopted: Vec<String>,
     pub stopped: Vec<String>,
+    /// Running VMs whose VMM was gone, with the state they got.
+    pub gone: Vec<String>,
     pub removed: Vec<String>,
+    /// Deletes a crash interrupted, finished now.
+    pub deleted: Vec<String>,
     pub swept: Vec<String>,
     pub problems: Vec<String>,
 }
@@ -50,7 +59,9 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
     info!(
         adopted = ?report.adopted,
         stopped = ?report.stopped,
+        gone = ?report.gone,
         removed = ?report.removed,
+        deleted = ?report.deleted,
         swept = ?report.swept,
         problems = ?report.problems,
         "reconciled"
@@ -61,7 +72,7 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
 async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
     match vm.state {
         VmState::Creating => {
-            let mut problems = halt::halt(daemon, &mut vm, Mode::Kill).await;
+            let mut problems = halt::stop_and_release(daemon, &mut vm, Mode::Kill).await;
             let image = daemon.store.get_image(&vm.image_id).ok().flatten();
             problems.extend(disks::destroy(daemon, &vm, image.as_ref()).await);
             if let Err(err) = daemon.store.delete_vm(&vm.id) {
@@ -70,6 +81,16 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
             report.problems.extend(problems);
             report.removed.push(vm.name.to_string());
         }
+        VmState::Deleting => match crate::services::vm_delete::finish(daemon, &mut vm).await {
+            Ok(problems) => {
+                report.problems.extend(problems);
+                report.deleted.push(vm.name.to_string());
+            }
+            Err(err) => report.problems.push(format!(
+                "finishing the delete of {}: {}",
+                vm.name, err.message
+            )),
+        },
         VmState::Running => match daemon.vmm.adopt(&vm.paths().api_socket()).await {
             Ok(Some(process)) => {
                 vm.state = VmState::Running;
@@ -86,10 +107,16 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                 report.adopted.push(vm.name.to_string());
             }
             Ok(None) => {
-                report
-                    .problems
-                    .extend(halt::halt(daemon, &mut vm, Mode::Kill).await);
-                report.stopped.push(vm.name.to_string());
+                // Its VMM died while no daemon watched: recorded as a
+                // watched death would be (stopped after a guest shutdown,
+                // else error with the reason).
+                let problems = halt::stop_and_release(daemon, &mut vm, Mode::Kill).await;
+                report.problems.extend(problems);
+                watch::record_unasked_exit(&mut vm, None);
+                if let Err(err) = save(daemon, &mut vm) {
+                    report.problems.push(err.message);
+                }
+                report.gone.push(format!("{} ({})", vm.name, vm.state));
             }
             Err(err) => report
                 .problems
@@ -98,9 +125,7 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
         VmState::Starting | VmState::Stopping => {
             // An interrupted start or stop: the command failed, so the VM
             // ends stopped, whatever state its VMM reached.
-            report
-                .problems
-                .extend(halt::halt(daemon, &mut vm, Mode::Kill).await);
+            halt_into(daemon, &mut vm, report).await;
             report.stopped.push(vm.name.to_string());
         }
         VmState::Stopped | VmState::Error => {
@@ -116,6 +141,16 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                     .extend(halt::release_host(daemon, &vm).await);
             }
         }
+    }
+}
+
+/// Halts a VM whose VMM is gone or whose operation was interrupted.
+async fn halt_into(daemon: &Arc<Daemon>, vm: &mut Vm, report: &mut Report) {
+    match halt::halt(daemon, vm, Mode::Kill).await {
+        Ok(problems) => report.problems.extend(problems),
+        Err(err) => report
+            .problems
+            .push(format!("recording {} as stopped: {}", vm.name, err.message)),
     }
 }
 
@@ -253,11 +288,54 @@ async fn sweep(daemon: &Arc<Daemon>, report: &mut Report) {
         }
     }
 
+    // Images and kernels published but never recorded (a crash between
+    // moving them into place and recording them). Only with both lists in
+    // hand: an unreadable store must not look empty.
+    let recorded = daemon
+        .store
+        .list_images()
+        .and_then(|images| Ok((images, daemon.store.list_kernels()?)));
+    match recorded {
+        Ok((images, kernels)) => {
+            let images = images.iter().map(|image| image.id.to_string()).collect();
+            let kernels = kernels.iter().map(|kernel| kernel.id.to_string()).collect();
+            sweep_unrecorded(&daemon.layout.images_dir(), &images, "image", report);
+            sweep_unrecorded(&daemon.layout.kernels_dir(), &kernels, "kernel", report);
+        }
+        Err(err) => report
+            .problems
+            .push(format!("listing images and kernels: {err}")),
+    }
+
     // Interrupted image builds.
     let staging = daemon.layout.staging_dir();
     if staging.exists() {
         match fs_err::remove_dir_all(&staging) {
             Ok(()) => report.swept.push(format!("staging {}", staging.display())),
+            Err(err) => report.problems.push(err.to_string()),
+        }
+    }
+}
+
+/// Removes the entries of `dir` whose names are not `recorded` ids.
+fn sweep_unrecorded(
+    dir: &std::path::Path,
+    recorded: &HashSet<String>,
+    what: &str,
+    report: &mut Report,
+) {
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if recorded.contains(entry.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
+        let path = entry.path();
+        match fs_err::remove_dir_all(&path) {
+            Ok(()) => report
+                .swept
+                .push(format!("unrecorded {what} {}", path.display())),
             Err(err) => report.problems.push(err.to_string()),
         }
     }

@@ -2,9 +2,17 @@
 //! request frames, runs each request as its own task and writes its events
 //! and answer back. When the client disconnects, every request still running
 //! on that connection is cancelled.
+//!
+//! Everything a client can make the daemon hold is bounded: at most
+//! [`MAX_CONNECTIONS`] connections, [`MAX_IN_FLIGHT`] running requests per
+//! connection (past that the connection is not read until answers drain)
+//! and [`OUTBOX`] frames queued for a client that does not read (answers
+//! wait, progress events are dropped). At shutdown nothing a client does or
+//! fails to do keeps the daemon past [`DRAIN`].
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use banger_rpc::codec::{FrameReadError, FrameReader, write_frame};
@@ -12,7 +20,7 @@ use banger_rpc::frame::{RequestFrame, ResponseFrame};
 use banger_rpc::{ErrorCode, Event, PROTOCOL_VERSION, Request, RpcError, StageStatus};
 use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -29,29 +37,55 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Value, RpcError>> + Send;
 }
 
+/// Most connections served at once; more are answered with an error.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Most requests running at once on one connection.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Most frames queued for one connection's writer.
+pub const OUTBOX: usize = 256;
+
 /// Streams events for one request back to its client.
 #[derive(Debug, Clone)]
 pub struct EventSink {
     id: u64,
-    tx: mpsc::UnboundedSender<ResponseFrame>,
+    tx: mpsc::Sender<ResponseFrame>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl EventSink {
+    fn new(id: u64, tx: mpsc::Sender<ResponseFrame>) -> Self {
+        Self {
+            id,
+            tx,
+            dropped: Arc::default(),
+        }
+    }
+
     /// A sink whose events go nowhere (internal callers, tests).
     pub fn discard() -> Self {
-        let (tx, _rx) = mpsc::unbounded_channel();
-        Self { id: 0, tx }
+        let (tx, _rx) = mpsc::channel(1);
+        Self::new(0, tx)
     }
 
     /// A sink that records events, for tests.
-    pub fn recording() -> (Self, mpsc::UnboundedReceiver<ResponseFrame>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self { id: 0, tx }, rx)
+    pub fn recording() -> (Self, mpsc::Receiver<ResponseFrame>) {
+        let (tx, rx) = mpsc::channel(4096);
+        (Self::new(0, tx), rx)
     }
 
+    /// Queues an event. A client that does not read loses events once its
+    /// queue is full (progress is advisory); a gone client loses them all.
     pub fn emit(&self, event: Event) {
-        // The client may be gone; its request is being cancelled then.
-        let _ = self.tx.send(ResponseFrame::event(self.id, event));
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.tx.try_send(ResponseFrame::event(self.id, event))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped because the client did not read them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     pub fn log(&self, level: &str, message: impl Into<String>) {
@@ -125,7 +159,7 @@ pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves `listener` until `shutdown` fires. Then it stops accepting and
 /// reading, lets running requests finish for up to [`DRAIN`], and cancels
-/// whatever is left.
+/// whatever is left (connections are closed then, read or not).
 pub async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
@@ -133,14 +167,24 @@ pub async fn serve<H: Handler>(
 ) {
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let handler = Arc::clone(&handler);
-                    tracker.spawn(connection(stream, handler, shutdown.clone(), abort.child_token()));
-                }
+                Ok((stream, _)) => match Arc::clone(&connections).try_acquire_owned() {
+                    Ok(permit) => {
+                        let handler = Arc::clone(&handler);
+                        let served = connection(stream, handler, shutdown.clone(), abort.child_token());
+                        tracker.spawn(async move {
+                            served.await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracker.spawn(refuse(stream));
+                    }
+                },
                 Err(err) => {
                     warn!(error = %err, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -160,6 +204,23 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// Answers a connection over [`MAX_CONNECTIONS`] with an error and closes it.
+async fn refuse(stream: UnixStream) {
+    warn!(max = MAX_CONNECTIONS, "too many connections; refusing one");
+    let (_, mut write) = stream.into_split();
+    let error = RpcError::new(
+        ErrorCode::Conflict,
+        format!("the daemon serves at most {MAX_CONNECTIONS} connections at once"),
+    )
+    .with_hint("close idle clients and retry");
+    let frame = ResponseFrame::error(None, error);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        write_frame(&mut write, &frame),
+    )
+    .await;
+}
+
 async fn connection<H: Handler>(
     stream: UnixStream,
     handler: Arc<H>,
@@ -167,7 +228,7 @@ async fn connection<H: Handler>(
     token: CancellationToken,
 ) {
     let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<ResponseFrame>();
+    let (tx, mut rx) = mpsc::channel::<ResponseFrame>(OUTBOX);
 
     if let Err(problem) = check_peer(&read) {
         warn!(%problem, "refused connection");
@@ -176,23 +237,49 @@ async fn connection<H: Handler>(
         return;
     }
 
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if let Err(err) = write_frame(&mut write, &frame).await {
-                debug!(error = %err, "client went away while writing");
-                break;
+    // Stops when the queue closes, the client goes away, or the server
+    // aborts (a client that never reads cannot hold the daemon).
+    let writer = tokio::spawn({
+        let token = token.clone();
+        async move {
+            loop {
+                let frame = tokio::select! {
+                    frame = rx.recv() => frame,
+                    () = token.cancelled() => None,
+                };
+                let Some(frame) = frame else { break };
+                let written = tokio::select! {
+                    written = write_frame(&mut write, &frame) => written,
+                    () = token.cancelled() => break,
+                };
+                if let Err(err) = written {
+                    debug!(error = %err, "client went away while writing");
+                    break;
+                }
             }
         }
     });
 
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let requests = TaskTracker::new();
     let mut reader = FrameReader::new(read);
+    let mut frames: u64 = 0;
     let client_gone = loop {
+        // Past the in-flight limit, read nothing until answers drain.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break false,
+            () = token.cancelled() => break false,
+            permit = Arc::clone(&in_flight).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break false,
+            },
+        };
         let line = tokio::select! {
             () = shutdown.cancelled() => break false,
             () = token.cancelled() => break false,
             line = reader.next_line() => line,
         };
+        frames += 1;
         let line = match line {
             None => break true,
             Some(Ok(line)) => line,
@@ -206,10 +293,10 @@ async fn connection<H: Handler>(
                     _ => ErrorCode::MalformedFrame,
                 };
                 warn!(error = %err, "bad frame");
-                let _ = tx.send(ResponseFrame::error(
-                    None,
-                    RpcError::new(code, err.to_string()),
-                ));
+                let frame = ResponseFrame::error(None, RpcError::new(code, err.to_string()));
+                if !queue(&tx, frame, &token).await {
+                    break false;
+                }
                 continue;
             }
         };
@@ -217,13 +304,16 @@ async fn connection<H: Handler>(
             Ok(parsed) => parsed,
             Err((id, err)) => {
                 warn!(code = %err.code, message = %err.message, "refused request");
-                let _ = tx.send(ResponseFrame::error(id, err));
+                if !queue(&tx, ResponseFrame::error(id, err), &token).await {
+                    break false;
+                }
                 continue;
             }
         };
         let handler = Arc::clone(&handler);
-        let sink = EventSink { id, tx: tx.clone() };
+        let sink = EventSink::new(id, tx.clone());
         let cancel = token.child_token();
+        let token = token.clone();
         requests.spawn(async move {
             let method = request.method();
             let started = Instant::now();
@@ -232,9 +322,10 @@ async fn connection<H: Handler>(
             // the future is never dropped half-way.
             let outcome = handler.handle(request, sink.clone(), cancel).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
+            let dropped_events = sink.dropped();
             let frame = match outcome {
                 Ok(value) => {
-                    info!(%method, id, elapsed_ms, "request done");
+                    info!(%method, id, elapsed_ms, dropped_events, "request done");
                     ResponseFrame::result(id, value)
                 }
                 Err(err) if err.code == ErrorCode::Cancelled => {
@@ -246,7 +337,8 @@ async fn connection<H: Handler>(
                     ResponseFrame::error(Some(id), err)
                 }
             };
-            let _ = sink.tx.send(frame);
+            queue(&sink.tx, frame, &token).await;
+            drop(permit);
         });
     };
     // A client that went away cancels what it started; at shutdown running
@@ -258,6 +350,35 @@ async fn connection<H: Handler>(
     requests.wait().await;
     drop(tx);
     let _ = writer.await;
+    if frames > RELEASE_AFTER_FRAMES {
+        release_memory();
+    }
+}
+
+/// Queues an answer for the writer, waiting while the client's queue is
+/// full; gives up when the connection is cancelled. Whether it was queued.
+async fn queue(
+    tx: &mpsc::Sender<ResponseFrame>,
+    frame: ResponseFrame,
+    token: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(frame) => sent.is_ok(),
+        () = token.cancelled() => false,
+    }
+}
+
+/// A connection that sent more frames than this returns freed memory to
+/// the system when it ends (the allocator keeps it otherwise).
+const RELEASE_AFTER_FRAMES: u64 = 1024;
+
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free
+    // lists; it takes no pointers and is safe to call from any thread.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
 
 /// Decodes a request line; on failure returns the request id when it could

@@ -44,14 +44,73 @@ pub enum EnsureKeyError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the SSH key {path} can be read by other users (mode {mode:o}); ssh refuses such a key"
+    )]
+    Unprotected { path: PathBuf, mode: u32 },
+    #[error("{path} is not an SSH private key ({detail})")]
+    NotAKey { path: PathBuf, detail: String },
+    #[error("the SSH key {path} has a passphrase; banger runs ssh without prompting")]
+    Passphrase { path: PathBuf },
+    #[error("{public} is not the public half of {path}")]
+    Mismatch { path: PathBuf, public: PathBuf },
+    #[error("checking the SSH key {path}")]
+    Check {
+        path: PathBuf,
+        #[source]
+        source: crate::exec::ExecError,
+    },
 }
 
-/// Where the key is, and a lock so that only one request generates it.
+impl EnsureKeyError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        let own_key = "or drop ssh_key_path from the config to use banger's managed key";
+        match self {
+            Self::MissingConfigured { path } => Some(format!(
+                "create it (`ssh-keygen -t ed25519 -N '' -f {}`), {own_key}",
+                path.display()
+            )),
+            Self::Unprotected { path, .. } => Some(format!("chmod 600 {}", path.display())),
+            Self::NotAKey { .. } | Self::Mismatch { .. } => Some(format!(
+                "point ssh_key_path at a private key whose .pub sits beside it, {own_key}"
+            )),
+            Self::Passphrase { path } => Some(format!(
+                "make a key without one for banger (`ssh-keygen -t ed25519 -N '' -f {}.banger`) \
+                 and set ssh_key_path to it, {own_key}",
+                path.display()
+            )),
+            Self::Check { .. } => Some("install openssh-client (ssh-keygen)".into()),
+            Self::Dir { .. } | Self::Generate { .. } | Self::Read { .. } => None,
+        }
+    }
+
+    /// The wire error: a key the user must fix is a failed precondition.
+    pub fn to_rpc(&self) -> banger_rpc::RpcError {
+        use banger_rpc::{ErrorCode, RpcError};
+        let error = match self {
+            Self::Dir { .. } | Self::Generate { .. } | Self::Read { .. } => {
+                return crate::errors::failed(ErrorCode::Internal, "preparing the SSH key", self);
+            }
+            _ => RpcError::new(ErrorCode::FailedPrecondition, crate::errors::chain(self)),
+        };
+        match self.hint() {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        }
+    }
+}
+
+/// Where the key is, and a lock so that only one request generates (or
+/// checks) it.
 #[derive(Debug)]
 pub struct KeyStore {
     private: PathBuf,
     managed: bool,
     generate: Mutex<()>,
+    /// The key pair last found good, by the files' inode change times
+    /// (which a chmod, a write or a replacement all move).
+    checked: std::sync::Mutex<Option<[(i64, i64); 2]>>,
 }
 
 impl KeyStore {
@@ -61,11 +120,13 @@ impl KeyStore {
                 private,
                 managed: false,
                 generate: Mutex::new(()),
+                checked: std::sync::Mutex::default(),
             },
             None => Self {
                 private: layout.default_ssh_key(),
                 managed: true,
                 generate: Mutex::new(()),
+                checked: std::sync::Mutex::default(),
             },
         }
     }
@@ -103,11 +164,87 @@ impl KeyStore {
                 path: public_path.clone(),
                 source,
             })?;
+        self.check(&public_path, &public).await?;
         Ok(SshKey {
             private: self.private.clone(),
             public: public.trim().to_owned(),
         })
     }
+}
+
+impl KeyStore {
+    /// Refuses a key ssh would refuse: readable by others, not a key, one
+    /// with a passphrase (ssh runs without a prompt), or a `.pub` of
+    /// another key. Checked again only when the files change.
+    async fn check(&self, public_path: &Path, public: &str) -> Result<(), EnsureKeyError> {
+        use std::os::unix::fs::MetadataExt;
+        let read = |path: &Path| {
+            fs_err::metadata(path).map_err(|source| EnsureKeyError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let private_meta = read(&self.private)?;
+        let public_meta = read(public_path)?;
+        let stamp = [
+            (private_meta.ctime(), private_meta.ctime_nsec()),
+            (public_meta.ctime(), public_meta.ctime_nsec()),
+        ];
+        if *self.lock_checked() == Some(stamp) {
+            return Ok(());
+        }
+        let mode = private_meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(EnsureKeyError::Unprotected {
+                path: self.private.clone(),
+                mode,
+            });
+        }
+        let derived = crate::exec::ssh_keygen_public(&self.private)
+            .await
+            .map_err(|source| EnsureKeyError::Check {
+                path: self.private.clone(),
+                source,
+            })?;
+        let derived = match derived {
+            Ok(derived) => derived,
+            Err(stderr) if stderr.contains("passphrase") => {
+                return Err(EnsureKeyError::Passphrase {
+                    path: self.private.clone(),
+                });
+            }
+            Err(stderr) => {
+                let detail = stderr.rsplit(": ").next().unwrap_or(&stderr).to_owned();
+                return Err(EnsureKeyError::NotAKey {
+                    path: self.private.clone(),
+                    detail: if detail.is_empty() {
+                        "ssh-keygen cannot read it".into()
+                    } else {
+                        detail
+                    },
+                });
+            }
+        };
+        if key_fields(&derived) != key_fields(public) {
+            return Err(EnsureKeyError::Mismatch {
+                path: self.private.clone(),
+                public: public_path.to_owned(),
+            });
+        }
+        *self.lock_checked() = Some(stamp);
+        Ok(())
+    }
+
+    fn lock_checked(&self) -> std::sync::MutexGuard<'_, Option<[(i64, i64); 2]>> {
+        self.checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `type base64` of a public key line (its comment may differ).
+fn key_fields(line: &str) -> Vec<&str> {
+    line.split_whitespace().take(2).collect()
 }
 
 fn public_path(private: &Path) -> PathBuf {
@@ -259,5 +396,72 @@ mod tests {
             "{err}"
         );
         assert!(!dir.path().join(".ssh/mine").exists());
+    }
+
+    /// A user's key in `home/.ssh/k`, made by ssh-keygen with `passphrase`.
+    async fn user_key(home: &Path, passphrase: &str) -> (KeyStore, PathBuf) {
+        let dir = home.join(".ssh");
+        std::fs::create_dir_all(&dir).unwrap();
+        let private = dir.join("k");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+            .arg(&private)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let home = home.to_string_lossy().into_owned();
+        let layout = Layout::from_lookup(|key| (key == "HOME").then(|| home.clone())).unwrap();
+        let config = Config {
+            ssh_key_path: Some("~/.ssh/k".into()),
+            ..Config::default()
+        };
+        (KeyStore::new(&layout, &config), private)
+    }
+
+    #[tokio::test]
+    async fn keys_ssh_would_refuse_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, private) = user_key(dir.path(), "").await;
+        keys.ensure().await.expect("a good key is accepted");
+
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = keys.ensure().await.unwrap_err();
+        assert!(
+            matches!(err, EnsureKeyError::Unprotected { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.hint().unwrap(),
+            format!("chmod 600 {}", private.display())
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let public = public_path(&private);
+        let original = std::fs::read_to_string(&public).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_key) = user_key(other.path(), "").await;
+        std::fs::copy(public_path(&other_key), &public).unwrap();
+        let err = keys.ensure().await.unwrap_err();
+        assert!(matches!(err, EnsureKeyError::Mismatch { .. }), "{err}");
+        std::fs::write(&public, original).unwrap();
+
+        for (content, what) in [("", "empty"), ("hello, not a key\n", "text")] {
+            std::fs::write(&private, content).unwrap();
+            let err = keys.ensure().await.unwrap_err();
+            assert!(
+                matches!(err, EnsureKeyError::NotAKey { .. }),
+                "{what}: {err}"
+            );
+            let rpc = err.to_rpc();
+            assert_eq!(rpc.code, banger_rpc::ErrorCode::FailedPrecondition);
+            assert!(rpc.hint.is_some());
+        }
+
+        let locked = tempfile::tempdir().unwrap();
+        let (keys, _) = user_key(locked.path(), "secret words").await;
+        let err = keys.ensure().await.unwrap_err();
+        assert!(matches!(err, EnsureKeyError::Passphrase { .. }), "{err}");
+        assert!(err.hint().unwrap().contains("ssh-keygen -t ed25519 -N ''"));
     }
 }

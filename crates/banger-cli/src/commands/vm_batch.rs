@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use banger_model::layout::Layout;
 use banger_model::resolve::resolve;
 use banger_model::vm::Vm;
-use banger_rpc::Request;
 use banger_rpc::response::VmListResult;
+use banger_rpc::{CallError, Request};
 
 use crate::daemon_client;
 
@@ -42,15 +42,18 @@ pub(super) async fn run(
     }
 
     let outcomes = futures::future::join_all(targets.iter().map(|(_, target)| async {
-        let vm = target.as_ref().map_err(Clone::clone)?;
+        let vm = target.as_ref().map_err(|err| (err.clone(), None))?;
         let mut client = daemon_client::connect_existing(layout)
             .await
-            .map_err(|err| format!("{err:#}"))?
-            .ok_or_else(|| "the daemon stopped".to_owned())?;
+            .map_err(|err| (format!("{err:#}"), None))?
+            .ok_or_else(|| ("the daemon stopped".to_owned(), None))?;
         client
             .call::<Vm>(&(batch.request)(vm), |_| {})
             .await
-            .map_err(|err| err.to_string())
+            .map_err(|err| match err {
+                CallError::Rpc(rpc) => (rpc.message, rpc.hint),
+                other => (other.to_string(), None),
+            })
     }))
     .await;
 
@@ -58,9 +61,12 @@ pub(super) async fn run(
     for ((reference, _), outcome) in targets.iter().zip(outcomes) {
         match outcome {
             Ok(vm) => println!("{}", (batch.describe)(&vm)),
-            Err(message) => {
+            Err((message, hint)) => {
                 failed = true;
                 eprintln!("{reference}: error: {message}");
+                if let Some(hint) = hint {
+                    eprintln!("{reference}: hint: {hint}");
+                }
             }
         }
     }

@@ -91,6 +91,7 @@ async fn create_once(
         disk_size: Some(spec.disk_size),
         nat: *nat,
         vmm: flags.vmm,
+        allow_overcommit: flags.allow_overcommit,
     };
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
@@ -192,6 +193,7 @@ mod tests {
             disk_size: None,
             nat,
             no_nat,
+            allow_overcommit: false,
             vmm: None,
         }
     }

@@ -82,6 +82,7 @@ pub(super) async fn stats(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result
     );
     println!("threads     {}", stats.threads);
     println!("uptime      {}s", stats.uptime_seconds);
+    println!("disks       {}", super::vm_list::disks_line(&stats.disks));
     Ok(ExitCode::SUCCESS)
 }
 

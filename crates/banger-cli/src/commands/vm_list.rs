@@ -6,7 +6,7 @@ use banger_model::layout::Layout;
 use banger_model::vm::{Vm, VmmKind};
 use banger_rpc::Request;
 use banger_rpc::request::RefParams;
-use banger_rpc::response::VmListResult;
+use banger_rpc::response::{VmDetails, VmListResult};
 
 use crate::args::{JsonFlag, RefJsonArgs};
 use crate::daemon_client;
@@ -15,6 +15,9 @@ use crate::output::{ago, print_json, print_table, table};
 pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
     let result: VmListResult = client.call(&Request::VmList, |_| {}).await?;
+    for warning in &result.warnings {
+        eprintln!("warning: {warning}");
+    }
     if args.json {
         print_json(&result.vms)?;
         return Ok(ExitCode::SUCCESS);
@@ -50,6 +53,17 @@ pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// `root 1.2G of 4.5G · work 300M of 8G allocated on the host`
+pub(super) fn disks_line(disks: &banger_model::vm::VmDisks) -> String {
+    format!(
+        "root {} of {} · work {} of {} allocated on the host",
+        disks.root.allocated.human(),
+        disks.root.provisioned.human(),
+        disks.work.allocated.human(),
+        disks.work.provisioned.human()
+    )
+}
+
 /// `sim*` marks namespace-isolated VMs in tables.
 fn vmm_label(kind: VmmKind) -> &'static str {
     match kind {
@@ -60,13 +74,14 @@ fn vmm_label(kind: VmmKind) -> &'static str {
 
 pub(super) async fn show(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
     let mut client = daemon_client::connect(layout).await?;
-    let vm: Vm = client
+    let details: VmDetails = client
         .call(&Request::VmShow(RefParams::new(&args.reference)), |_| {})
         .await?;
     if args.json {
-        print_json(&vm)?;
+        print_json(&details)?;
     } else {
-        print_vm(&vm);
+        print_vm(&details.vm);
+        println!("disks       {}", disks_line(&details.disks));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,10 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         .map(|path| open_repo(path, &plan))
         .transpose()?;
     let resolved = vm_create::resolve(&args.create)?;
+    let mut payload = match &repo {
+        Some(repo) => Some(vm_workspace::build(repo, &plan).await?),
+        None => None,
+    };
 
     let created = vm_create::create_resolved(layout, &args.create, &resolved).await;
     let vm = match created {
@@ -56,8 +60,8 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
     // session handles Ctrl-C itself (see `vm_ssh::ssh`).
     let outcome = async {
         let prepare = async {
-            if let Some(repo) = &repo {
-                vm_workspace::prepare(layout, vm.name.as_str(), repo, &plan).await?;
+            if let (Some(repo), Some(built)) = (&repo, payload.take()) {
+                vm_workspace::send(layout, vm.name.as_str(), repo, &plan, built).await?;
                 if args.command.is_empty() {
                     vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
                 }
@@ -107,6 +111,10 @@ async fn interrupted() {
 /// before boot; a VM whose guest never answered in time keeps running to be
 /// looked at (the daemon's hint says how); any other leftover is deleted.
 async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error) {
+    // The name belongs to a VM someone else made: never touch it.
+    if rpc_code(err) == Some(ErrorCode::AlreadyExists) {
+        return;
+    }
     let timed_out = rpc_code(err) == Some(ErrorCode::Timeout);
     if timed_out {
         eprintln!(

@@ -55,41 +55,82 @@ fn user_error(err: impl std::fmt::Display) -> anyhow::Error {
     .into()
 }
 
-/// Sends the checkout to the VM and records its base commit.
+/// A workspace payload read from the host checkout, ready to send.
+#[derive(Debug)]
+pub(super) struct Built {
+    /// Holds the payload; removed when dropped.
+    _scratch: tempfile::TempDir,
+    payload: PathBuf,
+    size: u64,
+    pub summary: Summary,
+}
+
+/// Reads the checkout into a payload. Runs before the VM exists: a file
+/// that cannot be read is an error here, not after a boot. What is left
+/// out (nested repositories, FIFOs, sockets, devices) is said on stderr.
+pub(super) async fn build(repo: &Repo, plan: &Plan) -> anyhow::Result<Built> {
+    let scratch = tempfile::Builder::new()
+        .prefix("banger-workspace")
+        .tempdir()
+        .context("creating a scratch dir")?;
+    let payload = scratch.path().join("payload.tar");
+    let summary = {
+        let (repo, plan, scratch_dir, out) = (
+            repo.clone(),
+            plan.clone(),
+            scratch.path().to_owned(),
+            payload.clone(),
+        );
+        tokio::task::spawn_blocking(move || payload::build(&repo, &plan, &scratch_dir, &out))
+            .await?
+            .map_err(user_error)?
+    };
+    for skipped in &summary.skipped {
+        eprintln!(
+            "workspace: not copied: {}: {}",
+            skipped.path.display(),
+            skipped.reason
+        );
+    }
+    let size = fs_err::metadata(&payload)?.len();
+    Ok(Built {
+        _scratch: scratch,
+        payload,
+        size,
+        summary,
+    })
+}
+
+/// Reads the checkout, sends it to the VM and records its base commit.
 pub(super) async fn prepare(
     layout: &Layout,
     reference: &str,
     repo: &Repo,
     plan: &Plan,
 ) -> anyhow::Result<Summary> {
+    let built = build(repo, plan).await?;
+    send(layout, reference, repo, plan, built).await
+}
+
+/// Sends a built payload to the VM and records its base commit.
+pub(super) async fn send(
+    layout: &Layout,
+    reference: &str,
+    repo: &Repo,
+    plan: &Plan,
+    built: Built,
+) -> anyhow::Result<Summary> {
     let info = running_ssh_info(layout, reference).await?;
-    let scratch = tempfile::Builder::new()
-        .prefix("banger-workspace")
-        .tempdir()
-        .context("creating a scratch dir")?;
-    let payload_path = scratch.path().join("payload.tar");
-    let summary = {
-        let (repo, plan, scratch_dir, out) = (
-            repo.clone(),
-            plan.clone(),
-            scratch.path().to_owned(),
-            payload_path.clone(),
-        );
-        tokio::task::spawn_blocking(move || payload::build(&repo, &plan, &scratch_dir, &out))
-            .await??
-    };
-    let size = std::fs::metadata(&payload_path)
-        .map(|meta| meta.len())
-        .unwrap_or(0);
+    let summary = built.summary;
     eprintln!(
-        "workspace: {} → {}:{GUEST_REPO} (history, {} changed files, {} deleted; {})",
+        "workspace: {} → {}:{GUEST_REPO} (history, {}, {} deleted; {})",
         repo.top.display(),
         info.name,
-        summary.files,
+        plural(summary.files, "changed file"),
         summary.deleted,
-        banger_model::ByteSize(size).human()
+        banger_model::ByteSize(built.size).human()
     );
-    let input = tokio::fs::File::open(&payload_path).await?;
+    let input = tokio::fs::File::open(&built.payload).await?;
     let args = ssh_args(&info, Some(payload::REMOTE_COMMAND), false);
     let output = crate::exec::ssh_with_input(&args, input)
         .await
@@ -122,6 +163,15 @@ pub(super) async fn prepare(
         )
         .await?;
     Ok(summary)
+}
+
+/// `1 changed file`, `2 changed files`.
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// Best-effort `mise install` in the checkout (see

@@ -38,12 +38,17 @@ if [ -n "$branch" ]; then
     fi
 fi
 
-# The working tree as it is on the host: changed, new and deleted files.
-if [ -d "$d/tree" ]; then
-    cp -a "$d/tree/." "$repo/"
-fi
+# The working tree as it is on the host: deleted, changed and new files.
+# Deletions first, and the directories they empty go too, so that a path
+# that changed kind (a directory now a symlink or a file, or the reverse)
+# can take its new form.
 if [ -s "$d/deleted" ]; then
     (cd "$repo" && xargs -0 rm -f -- < "$d/deleted")
+    (cd "$repo" && tr '\0' '\n' < "$d/deleted" | sed -n 's|/[^/]*$||p' | sort -ru |
+        while IFS= read -r dir; do rmdir -p -- "$dir" 2>/dev/null || true; done)
+fi
+if [ -d "$d/tree" ]; then
+    cp -a "$d/tree/." "$repo/"
 fi
 
 name=$(value user.name)

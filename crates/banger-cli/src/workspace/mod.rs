@@ -8,11 +8,14 @@
 //!   HEAD, the files of the working tree, identities).
 //! - [`payload`]: the tar stream sent to the guest (bundle, overlay, metadata,
 //!   and the constant script that applies it).
+//! - [`tree`]: reading the working tree beneath its top directory, never
+//!   through a symlink.
 //! - [`export`]: the patch of everything since the base commit.
 
 pub mod export;
 pub mod payload;
 pub mod repo;
+pub mod tree;
 
 pub use repo::{PrepareError, Repo};
 

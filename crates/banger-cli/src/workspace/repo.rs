@@ -21,6 +21,16 @@ pub enum PrepareError {
     BadFrom(String),
     #[error("--branch {0:?} is not a valid branch name")]
     BadBranch(String),
+    #[error(
+        "cannot read {}{}; make {} readable (chmod) or add {} to .gitignore",
+        shown.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", "),
+        if *more > 0 { format!(" and {more} more") } else { String::new() },
+        if shown.len() + more > 1 { "them" } else { "it" },
+        if shown.len() + more > 1 { "them" } else { "it" },
+    )]
+    Unreadable { shown: Vec<PathBuf>, more: usize },
+    #[error("{0} changed while the workspace was read; try again")]
+    Changed(PathBuf),
     #[error("running git in {dir}: {message}")]
     Git { dir: PathBuf, message: String },
     #[error("reading {path}: {source}")]
@@ -31,11 +41,16 @@ pub enum PrepareError {
     },
 }
 
-/// The working tree's difference from HEAD.
+/// The paths where the working tree may differ from HEAD, as git lists
+/// them (relative, raw bytes); the working tree itself says which are
+/// files to send and which are gone (see [`super::payload`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub send: Vec<Vec<u8>>,
-    pub delete: Vec<Vec<u8>>,
+    /// Changed against HEAD (staged or not, mode changes included) and
+    /// untracked-but-not-ignored, sorted.
+    pub candidates: Vec<Vec<u8>>,
+    /// Untracked directories git lists whole: repositories of their own.
+    pub nested: Vec<Vec<u8>>,
 }
 
 /// A repository to copy, as read at the moment of the copy.
@@ -103,10 +118,10 @@ impl Repo {
             .map_err(|_| PrepareError::BadBranch(branch.to_owned()))
     }
 
-    /// How the working tree differs from HEAD (paths relative, raw bytes):
-    /// files to send — changed against HEAD (staged or not, mode changes
-    /// included) and untracked-but-not-ignored — and files to delete. Files
-    /// HEAD already has unchanged travel in the bundle only.
+    /// Where the working tree may differ from HEAD: files changed against
+    /// HEAD (staged or not, mode changes included) and untracked files that
+    /// are not ignored. Files HEAD already has unchanged travel in the
+    /// bundle only.
     pub fn changes(&self) -> Result<Changes, PrepareError> {
         let mut candidates = match &self.head {
             Some(head) => split_nul(&git_bytes(
@@ -124,22 +139,21 @@ impl Repo {
             // No commits: everything in the index is new.
             None => split_nul(&git_bytes(&self.top, &["ls-files", "-z", "--cached"])?),
         };
-        candidates.extend(split_nul(&git_bytes(
+        let mut nested = Vec::new();
+        for mut path in split_nul(&git_bytes(
             &self.top,
             &["ls-files", "-z", "--others", "--exclude-standard"],
-        )?));
+        )?) {
+            // git lists an untracked repository as its directory, `dir/`.
+            if path.last() == Some(&b'/') {
+                path.pop();
+                nested.push(path.clone());
+            }
+            candidates.push(path);
+        }
         candidates.sort();
         candidates.dedup();
-        let mut changes = Changes::default();
-        for path in candidates {
-            match std::fs::symlink_metadata(self.top.join(bytes_path(&path))) {
-                // Directories are submodule gitlinks; they are not copied.
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => changes.send.push(path),
-                Err(_) => changes.delete.push(path),
-            }
-        }
-        Ok(changes)
+        Ok(Changes { candidates, nested })
     }
 
     /// `user.name`/`user.email` as the repository sees them.

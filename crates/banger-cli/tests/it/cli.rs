@@ -2,7 +2,7 @@
 
 use banger_testkit::TestEnv;
 
-/// Every command path DESIGN.md §1 promises.
+/// Every command path banger has (the README and `banger --help` list them).
 const COMMANDS: &[&[&str]] = &[
     &["vm", "run"],
     &["vm", "create"],

@@ -162,6 +162,41 @@ fn a_bad_config_is_reported_with_its_key() {
     assert!(env.daemon_pid().is_none());
 }
 
+/// An edited config.toml takes effect at the next command (the daemon is
+/// restarted to read it); an edit that does not parse is reported naming
+/// the key, and the running daemon keeps its config.
+#[test]
+fn an_edited_config_applies_at_the_next_command() {
+    let env = TestEnv::new();
+    env.banger(["vm", "list"]).assert_success();
+    let first = env.daemon_pid().expect("daemon running");
+    let status = json(&env.banger(["daemon", "status", "--json"]).stdout);
+    assert_eq!(status["log_level"], "info");
+
+    env.write_config("log_level = \"debug\"\n");
+    let out = env.banger(["vm", "list"]);
+    out.assert_success();
+    assert!(out.stderr.contains("changed; restarting bangerd"), "{out}");
+    let second = env.daemon_pid().expect("daemon running");
+    assert_ne!(first, second);
+    let status = json(&env.banger(["daemon", "status", "--json"]).stdout);
+    assert_eq!(status["log_level"], "debug");
+    // Unchanged: no restart.
+    let out = env.banger(["vm", "list"]);
+    assert!(!out.stderr.contains("restarting"), "{out}");
+    assert_eq!(env.daemon_pid(), Some(second));
+
+    env.write_config("log_level = \"debug\"\nvmm = \"nope\"\n");
+    let out = env.banger(["vm", "list"]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("vmm"), "{out}");
+    assert!(
+        out.stderr.contains("keeps the config it read before"),
+        "{out}"
+    );
+    assert_eq!(env.daemon_pid(), Some(second), "the daemon was stopped");
+}
+
 #[test]
 fn dns_is_served_from_the_start_and_shown_in_status() {
     let env = TestEnv::new();

@@ -147,6 +147,18 @@ fn share_caches(env: &TestEnv) {
     }
 }
 
+/// The seconds in `… in 12.3 s; …` or `… in 2 min 05 s; …`.
+fn reported_seconds(line: &str) -> Option<f64> {
+    let text = line.split(" in ").nth(1)?.split([';', ':']).next()?.trim();
+    let text = text.strip_suffix(" s")?;
+    match text.split_once(" min ") {
+        Some((minutes, seconds)) => {
+            Some(minutes.parse::<f64>().ok()? * 60.0 + seconds.parse::<f64>().ok()?)
+        }
+        None => text.parse().ok(),
+    }
+}
+
 fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
@@ -226,6 +238,18 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         "{out}"
     );
     assert!(out.stderr.contains(" installed ("), "{out}");
+    // It says how long the bootstrap took, and no longer than it did.
+    let line = out
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("image debian-bookworm (developer profile) bootstrapped"))
+        .unwrap_or_else(|| panic!("no bootstrap line:\n{out}"));
+    let took = reported_seconds(line).unwrap_or_else(|| panic!("no duration in {line:?}"));
+    assert!(
+        took > 0.0 && took <= started.elapsed().as_secs_f64(),
+        "{took} s reported, {:?} measured: {line}",
+        started.elapsed()
+    );
     let vms: Value = serde_json::from_str(&sim.ok(["vm", "list", "--json"]).stdout).unwrap();
     assert_eq!(vms, serde_json::json!([]), "--rm left a VM");
 
@@ -321,8 +345,10 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
 /// registered, nothing left in staging.
 #[test]
 fn bootstrap_bad_input_is_explained_and_leaves_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: image bootstrap needs root");
+    if !banger_testkit::root_or_skip(
+        "bootstrap_bad_input_is_explained_and_leaves_nothing",
+        "image bootstrap",
+    ) {
         return;
     }
     let env = TestEnv::new();
@@ -341,7 +367,11 @@ fn bootstrap_bad_input_is_explained_and_leaves_nothing() {
         "{out}"
     );
 
-    if have("debootstrap") {
+    if banger_testkit::have_or_skip(
+        "bootstrap_bad_input_is_explained_and_leaves_nothing (unreachable mirror)",
+        "debootstrap",
+        "debootstrap",
+    ) {
         let out = env.banger([
             "image",
             "bootstrap",
@@ -394,12 +424,10 @@ fn bootstrap_bad_input_is_explained_and_leaves_nothing() {
 /// they depend on) and a shellcheck-clean /init; registered with both.
 #[test]
 fn kernel_bootstrap_registers_vmlinux_and_initrd() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root like the rest of the end-to-end tests");
-        return;
-    }
-    if !have("apt-get") {
-        eprintln!("skipped: kernel bootstrap needs apt-get");
+    let test = "kernel_bootstrap_registers_vmlinux_and_initrd";
+    if !banger_testkit::root_or_skip(test, "like the rest of the end-to-end tests")
+        || !banger_testkit::have_or_skip(test, "apt-get", "apt")
+    {
         return;
     }
     let env = TestEnv::new();
@@ -444,20 +472,22 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
             Path::new(kernel["vmlinux_path"].as_str().unwrap()),
             Path::new(kernel["initrd_path"].as_str().unwrap()),
         ),
-        None => eprintln!(
-            "skipped the Firecracker boot: set BANGER_TEST_FIRECRACKER=/path/to/firecracker (v1.16) to run it"
+        None => banger_testkit::skip(
+            "kernel_bootstrap_registers_vmlinux_and_initrd (its Firecracker boot)",
+            "set BANGER_TEST_FIRECRACKER=/path/to/firecracker (v1.16) to run it",
+            banger_testkit::Prerequisite::NotInCi,
         ),
     }
-    if have("qemu-system-x86_64") {
+    if banger_testkit::have_or_skip(
+        "kernel_bootstrap_registers_vmlinux_and_initrd (its emulated boot)",
+        "qemu-system-x86_64",
+        "qemu-system-x86",
+    ) {
         qemu_boots_through_the_initrd(
             Path::new(kernel["vmlinux_path"].as_str().unwrap()),
             Path::new(kernel["initrd_path"].as_str().unwrap()),
             &initrd,
             &modules,
-        );
-    } else {
-        eprintln!(
-            "skipped the emulated boot: qemu-system-x86_64 (package qemu-system-x86) is not installed"
         );
     }
 
@@ -568,7 +598,11 @@ fn check_initrd(initrd: &[u8], release: &str) {
     );
 
     // /init as shipped passes shellcheck.
-    if have("shellcheck") {
+    if banger_testkit::have_or_skip(
+        "kernel_bootstrap_registers_vmlinux_and_initrd (shellcheck of /init)",
+        "shellcheck",
+        "shellcheck",
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("init");
         std::fs::write(&script, init).unwrap();

@@ -360,6 +360,77 @@ fn a_daemon_killed_during_create_leaves_nothing_after_restart() {
     sim.assert_clean();
 }
 
+/// SIGKILL of the daemon at random points of `vm delete`: afterwards each
+/// victim is either gone or intact and usable — never listed with its
+/// disks gone — and nothing is left on the host.
+#[test]
+fn a_daemon_killed_during_delete_never_leaves_a_broken_vm() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let store = sim.layout().database();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let rounds = 8;
+    let (mut mid_delete, mut before, mut after) = (0, 0, 0);
+    let mut delays = Vec::new();
+    for round in 0..rounds {
+        let name = format!("victim{round}");
+        sim.ok(["vm", "create", "--name", &name]);
+        // Spread over the delete (about 0.1 s here), varied per run.
+        let delay = u64::from(seed.wrapping_mul(round + 1) % 120);
+        delays.push(delay);
+        let mut command = sim.in_netns(banger_testkit::binary("banger"));
+        command
+            .args(["vm", "delete", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let Some(pid) = sim.env.daemon_pid() else {
+            panic!("round {round}: no daemon running\n{}", sim.diagnostics());
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let _ = child.wait();
+        match vm_state_in_db(&store, &name).as_deref() {
+            Some("deleting") => mid_delete += 1,
+            Some("running") => before += 1,
+            None => after += 1,
+            Some(other) => panic!(
+                "round {round} ({delay} ms): the VM was left {other}\n{}",
+                sim.diagnostics()
+            ),
+        }
+        // The next command starts a daemon, which reconciles.
+        let vms: Vec<Value> =
+            serde_json::from_str(&sim.ok(["vm", "list", "--json"]).stdout).unwrap();
+        match vms.as_slice() {
+            [] => {}
+            [vm] => {
+                assert_eq!(vm["name"], name.as_str());
+                assert_eq!(vm["state"], "running", "round {round} ({delay} ms)");
+                let hostname = sim.ok(["vm", "ssh", &name, "--", "hostname"]).stdout;
+                assert_eq!(hostname.trim(), name);
+                sim.ok(["vm", "delete", &name]);
+            }
+            more => panic!("round {round}: {more:?}"),
+        }
+    }
+    println!(
+        "SIGKILL during vm delete: {rounds} kills (delays {delays:?} ms): \
+         {mid_delete} mid-delete finished by reconcile, {before} before it began, {after} after it ended"
+    );
+    sim.assert_clean();
+}
+
 /// The VM's directory exists (disks are being made).
 fn has_dir(sim: &SimEnv, name: &str) -> bool {
     vm_id_in_db(&sim.layout().database(), name)
@@ -632,4 +703,57 @@ fn shell_only_rootfs(root: &std::path::Path) -> std::path::PathBuf {
         }
     }
     rootfs
+}
+
+/// `ssh_key_path` pointing at keys ssh would refuse: each is refused at
+/// `vm create` with its fix, before anything exists.
+#[test]
+fn unusable_ssh_keys_are_refused_before_a_vm_exists() {
+    if !e2e_ready() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sim = SimEnv::new("ssh_key_path = \"~/.ssh/mine\"\n");
+    sim.import_fixture();
+    let key = sim.layout().home.join(".ssh/mine");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let keygen = |passphrase: &str| {
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let refused = |what: &str, message: &str, hint: &str| {
+        let out = sim.banger(["vm", "create", "--name", "k"]);
+        out.assert_code(1);
+        assert!(out.stderr.contains(message), "{what}: {out}");
+        assert!(out.stderr.contains(hint), "{what}: {out}");
+        assert_eq!(
+            sim.ok(["vm", "list", "--json"]).stdout.trim(),
+            "[]",
+            "{what}"
+        );
+    };
+    refused("missing", "does not exist", "ssh-keygen -t ed25519");
+    keygen("");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused("0644", "can be read by other users", "chmod 600");
+    keygen("a passphrase");
+    refused("passphrase", "has a passphrase", "ssh_key_path");
+    keygen("");
+    std::fs::write(&key, "").unwrap();
+    refused("empty", "is not an SSH private key", "ssh_key_path");
+    // A good key works end to end.
+    keygen("");
+    sim.ok(["vm", "create", "--name", "k"]);
+    assert_eq!(
+        sim.ok(["vm", "ssh", "k", "--", "hostname"]).stdout.trim(),
+        "k"
+    );
+    sim.ok(["vm", "delete", "k"]);
+    sim.assert_clean();
 }

@@ -141,6 +141,73 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     sim.assert_clean();
 }
 
+/// A checkout whose tracked directories were replaced by symlinks out of
+/// the repository (absolute, and `../..`): the guest gets the symlinks as
+/// symlinks and git's view of the tree; nothing outside the repository is
+/// read.
+#[test]
+fn directories_swapped_for_symlinks_out_of_the_repo_are_not_read_through() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let root = sim.env.root();
+    let repo = root.join("work/project");
+    std::fs::create_dir_all(repo.join("conf")).unwrap();
+    std::fs::create_dir_all(repo.join("lib")).unwrap();
+    std::fs::write(repo.join("conf/app.txt"), "tracked config\n").unwrap();
+    std::fs::write(repo.join("lib/mod.txt"), "tracked lib\n").unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "init",
+        ],
+    );
+    let secret = "SECRET-outside-the-repository";
+    let outside = root.join("secrets");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("app.txt"), secret).unwrap();
+    std::fs::write(root.join("mod.txt"), secret).unwrap();
+    std::fs::remove_dir_all(repo.join("conf")).unwrap();
+    std::os::unix::fs::symlink(&outside, repo.join("conf")).unwrap();
+    std::fs::remove_dir_all(repo.join("lib")).unwrap();
+    std::os::unix::fs::symlink("../..", repo.join("lib")).unwrap();
+    let host_status = git(&repo, &["status", "--short"]);
+
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        "git status --short; echo ---; readlink conf lib; echo ---; \
+         grep -rl SECRET-outside /root | wc -l",
+    ]);
+    let sections: Vec<&str> = out.stdout.split("---\n").collect();
+    assert_eq!(sections.len(), 3, "{out}");
+    assert_eq!(sections[0], host_status, "guest and host git status differ");
+    assert_eq!(
+        sections[1],
+        format!("{}\n../..\n", outside.display()),
+        "{out}"
+    );
+    let leaked: usize = sections[2].trim().parse().unwrap();
+    println!("files in the guest holding bytes from outside the repository: {leaked}");
+    assert_eq!(leaked, 0, "{out}");
+    sim.assert_clean();
+}
+
 #[test]
 fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
     if !e2e_ready() {

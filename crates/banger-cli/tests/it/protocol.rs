@@ -159,8 +159,10 @@ fn client_disconnect_cancels_its_request() {
 
 #[test]
 fn other_users_are_refused_by_peer_credentials() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to act as another uid");
+    if !banger_testkit::root_or_skip(
+        "other_users_are_refused_by_peer_credentials",
+        "acting as another uid",
+    ) {
         return;
     }
     let env = started();
@@ -184,4 +186,96 @@ fn other_users_are_refused_by_peer_credentials() {
     );
     // The daemon's own user is still served.
     env.banger(["vm", "list"]).assert_success();
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A client that writes requests without ever reading the answers: the
+/// daemon stops reading it once its answers back up, so its memory stays
+/// bounded, and it returns the memory when the client goes.
+#[test]
+fn a_client_that_pipelines_without_reading_holds_bounded_memory() {
+    let env = started();
+    let pid = env.daemon_pid().expect("daemon running");
+    let before = rss_kib(pid);
+    let stream = UnixStream::connect(env.layout.socket()).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut batch = Vec::new();
+    for id in 0..1000 {
+        batch.extend_from_slice(
+            format!("{{\"v\":1,\"id\":{id},\"method\":\"daemon.ping\"}}\n").as_bytes(),
+        );
+    }
+    let (mut sent, mut peak) = (0u64, before);
+    let mut writer = &stream;
+    while sent < 400_000 {
+        if writer.write_all(&batch).is_err() {
+            break; // the daemon stopped reading: backpressure
+        }
+        sent += 1000;
+        peak = peak.max(rss_kib(pid));
+    }
+    peak = peak.max(rss_kib(pid));
+    drop(stream);
+    let mut after = rss_kib(pid);
+    for _ in 0..50 {
+        if after <= before + 4 * 1024 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        after = rss_kib(pid);
+    }
+    println!(
+        "pipelining client: ~{sent} requests written before backpressure; daemon RSS {} MiB before, {} MiB peak, {} MiB after it left",
+        before / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert!(
+        sent < 400_000,
+        "the daemon read everything: no backpressure"
+    );
+    assert!(
+        peak < before + 48 * 1024,
+        "peak {peak} KiB from {before} KiB"
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "{after} KiB after, {before} KiB before"
+    );
+    Conn::open(&env).ping_works(1);
+}
+
+/// A streaming request whose events are never read does not hold the
+/// daemon at shutdown: `daemon stop` returns within the drain window.
+#[test]
+fn a_client_that_reads_nothing_cannot_hold_shutdown() {
+    let env = started();
+    let stream = UnixStream::connect(env.layout.socket()).unwrap();
+    let mut writer = &stream;
+    writer
+        .write_all(
+            b"{\"v\":1,\"id\":1,\"method\":\"daemon.sleep\",\"params\":{\"millis\":600000,\"tick_millis\":1}}\n",
+        )
+        .unwrap();
+    // Let the unread events fill the socket and the daemon's queue.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let out = env.banger(["daemon", "stop"]);
+    let took = started.elapsed();
+    println!("daemon stop with an unread streaming request took {took:?}");
+    out.assert_success();
+    // The drain window is 30 s (`bangerd::server::DRAIN`).
+    assert!(took < Duration::from_secs(35), "took {took:?}");
+    assert_eq!(env.daemon_pid(), None);
+    drop(stream);
 }

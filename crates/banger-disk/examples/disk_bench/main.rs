@@ -1,4 +1,4 @@
-//! Disk preparation benchmark (DESIGN.md §5): root overlay + work disk per
+//! Disk preparation benchmark (run by `scripts/bench.sh`): root overlay + work disk per
 //! VM with reflinks for 1, 4 and 16 GiB images, and the sparse-copy
 //! fallback side by side with `cp --sparse=always`.
 //!

@@ -120,7 +120,11 @@ fn host_ext4_has_no_reflink_and_falls_back() {
     let dir = tempfile::tempdir().unwrap();
     let probe = detect_strategy(dir.path()).unwrap();
     if probe.strategy == StorageStrategy::Reflink {
-        eprintln!("skipped: {} supports reflinks", dir.path().display());
+        banger_testkit::skip(
+            "host_ext4_has_no_reflink_and_falls_back",
+            &format!("{} supports reflinks", dir.path().display()),
+            banger_testkit::Prerequisite::NotInCi,
+        );
         return;
     }
     assert!(!probe.reflink.is_yes());

@@ -10,8 +10,12 @@ use banger_disk::{FsType, MountedImage};
 /// Skips the calling test (with a printed reason) unless running as root.
 macro_rules! require_root {
     () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (loop devices, mounts)");
+        if !banger_testkit::root_or_skip(
+            std::thread::current()
+                .name()
+                .unwrap_or("a banger-disk test"),
+            "loop devices, mounts",
+        ) {
             return;
         }
     };

@@ -507,8 +507,10 @@ fn oneshot_mounts_the_work_disk_when_it_is_there() {
             })
         })
     else {
-        eprintln!(
-            "skipping oneshot_mounts_the_work_disk_when_it_is_there: no block device to point at"
+        banger_testkit::skip(
+            "oneshot_mounts_the_work_disk_when_it_is_there",
+            "no block device to point at",
+            banger_testkit::Prerequisite::NotInCi,
         );
         return;
     };

@@ -188,8 +188,7 @@ fn registry_serves_an_image_pushed_by_oci_image_sh() {
 #[ignore = "builds a Debian rootfs with debootstrap: network, root, ~1 minute"]
 fn debian_rootfs_builds_once_and_is_reused() {
     let test = "debian_rootfs_builds_once_and_is_reused";
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root");
+    if !banger_testkit::root_or_skip(test, "debootstrap") {
         return;
     }
     if !have("debootstrap", test) {

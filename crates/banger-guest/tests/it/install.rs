@@ -240,7 +240,11 @@ fn systemd_accepts_the_installed_units() {
     }
     let host_units = Path::new("/usr/lib/systemd/system");
     if !host_units.join("sysinit.target").exists() {
-        eprintln!("skipping systemd_accepts_the_installed_units: no systemd units on this host");
+        banger_testkit::skip(
+            "systemd_accepts_the_installed_units",
+            "no systemd units on this host (apt-get install systemd)",
+            banger_testkit::Prerequisite::ProvidedByCi,
+        );
         return;
     }
     let rootfs = Rootfs::new();

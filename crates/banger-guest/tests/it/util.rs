@@ -5,12 +5,14 @@ use std::process::Command;
 
 /// Whether `program` can be found on PATH; prints why a test is skipped when not.
 pub(crate) fn have(program: &str, test: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
-    if !found {
-        eprintln!("skipping {test}: {program} is not installed");
-    }
-    found
+    let package = match program {
+        "systemd-analyze" => "systemd",
+        "ssh-keygen" => "openssh-client",
+        "unshare" | "sha256sum" => "coreutils util-linux",
+        "ip" => "iproute2",
+        other => other,
+    };
+    banger_testkit::have_or_skip(test, program, package)
 }
 
 /// The repository root (two levels above this crate).

@@ -1,4 +1,4 @@
-//! `image pull` benchmark (DESIGN.md §5): an image pulled from a local
+//! `image pull` benchmark (run by `scripts/bench.sh`): an image pulled from a local
 //! registry into a staging directory by banger (cold cache, then cache
 //! hit), side by side with `skopeo copy` + `umoci unpack` of the same
 //! image, optionally followed by `mkfs.ext4 -d` on both results.

@@ -772,8 +772,7 @@ async fn dropping_a_pull_removes_its_staging_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_an_image_pushed_by_skopeo() {
-    if !Path::new("/usr/bin/skopeo").exists() {
-        eprintln!("skipping: skopeo is not installed");
+    if !banger_testkit::have_or_skip("pulls_an_image_pushed_by_skopeo", "skopeo", "skopeo") {
         return;
     }
     let Some(registry) = Registry::start() else {

@@ -18,11 +18,7 @@ use rand::Rng;
 
 /// Whether root-only tests can run; prints why not otherwise.
 pub(crate) fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipping {test}: needs root (network namespaces, netlink, iptables)");
-    false
+    banger_testkit::root_or_skip(test, "network namespaces, netlink, iptables")
 }
 
 /// `len` random lowercase hex characters, for names.

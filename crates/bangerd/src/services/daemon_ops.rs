@@ -16,6 +16,7 @@ pub fn ping(daemon: &Daemon) -> PingResult {
         build: daemon.build.clone(),
         pid: std::process::id(),
         protocol: PROTOCOL_VERSION,
+        config: daemon.config.fingerprint,
     }
 }
 

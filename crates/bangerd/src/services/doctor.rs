@@ -25,6 +25,7 @@ pub async fn run(daemon: &Daemon) -> Result<DoctorResult, RpcError> {
 pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, RpcError> {
     let images = image_facts(daemon).await?;
     let companions = companion_facts(daemon);
+    let space = space_check(daemon)?;
     let storage = storage_facts(&daemon.storage);
     let dns = dns_facts(daemon);
     let probe = publish_probe(daemon)?;
@@ -46,6 +47,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
         let mut all = checks::host_checks(host.as_ref(), &inputs);
         all.push(checks::companions(&companions));
         all.push(checks::storage(&storage));
+        all.push(space);
         all.push(checks::default_image(&images));
         all.push(checks::dns_listener(&dns, &listen));
         all.push(checks::dns_routing(&dns));
@@ -87,6 +89,53 @@ fn companion_facts(daemon: &Daemon) -> Vec<Companion> {
             needed: sim,
         },
     ]
+}
+
+/// What the VMs' sparse disks may still grow into against the free space
+/// (the host check `disk-space` judges the free space itself).
+fn space_check(daemon: &Daemon) -> Result<DoctorCheck, RpcError> {
+    use banger_model::ByteSize;
+    use banger_rpc::response::CheckStatus;
+    let dir = &daemon.layout.state_dir;
+    let Ok(fs) = crate::disk_space::filesystem(dir) else {
+        return Ok(DoctorCheck {
+            name: "vm-disks".into(),
+            status: CheckStatus::Pass,
+            detail: format!("{} does not exist yet", dir.display()),
+            fix: None,
+        });
+    };
+    let vms = daemon.store.list_vms().map_err(store_error)?;
+    let (mut provisioned, mut allocated) = (0, 0);
+    for vm in &vms {
+        let image = daemon.store.get_image(&vm.image_id).map_err(store_error)?;
+        let disks = crate::disk_space::vm_disks(vm, image.as_ref());
+        provisioned += disks.provisioned().0;
+        allocated += disks.allocated().0;
+    }
+    let growth = ByteSize(provisioned.saturating_sub(allocated));
+    let detail = format!(
+        "{} VMs: disks provisioned {}, allocated {}; they may still grow by {} ({} free)",
+        vms.len(),
+        ByteSize(provisioned).human(),
+        ByteSize(allocated).human(),
+        growth.human(),
+        fs.free.human()
+    );
+    let (status, fix) = if growth > fs.free {
+        (
+            CheckStatus::Warn,
+            Some("the VMs' disks may outgrow the free space (overcommitted): delete VMs you no longer need, or free space".into()),
+        )
+    } else {
+        (CheckStatus::Pass, None)
+    };
+    Ok(DoctorCheck {
+        name: "vm-disks".into(),
+        status,
+        detail,
+        fix,
+    })
 }
 
 fn storage_facts(probe: &banger_disk::StrategyProbe) -> StorageFacts {

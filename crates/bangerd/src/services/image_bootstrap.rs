@@ -22,7 +22,7 @@ use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries;
-use crate::daemon::{Daemon, error_chain};
+use crate::daemon::Daemon;
 use crate::server::{EventSink, Stage};
 use crate::services::image_import::{
     BuiltImage, build_image_files, check_name_free, publish, resolve_kernel,
@@ -206,8 +206,11 @@ async fn build(
         .await
         .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
         .map_err(|err| {
-            RpcError::internal(format!("{err}: {}", error_chain(&err)))
-                .with_hint(format!("see {}", plan.log.display()))
+            let failed = crate::vm::internal("cleaning the rootfs", &err);
+            match failed.hint {
+                Some(_) => failed,
+                None => failed.with_hint(format!("see {}", plan.log.display())),
+            }
         })?;
     stage.done();
 
@@ -285,7 +288,7 @@ fn debootstrap_error(err: DebootstrapError) -> RpcError {
             .with_hint(format!("debootstrap's log: {}", log.display())),
         DebootstrapError::Cancelled => RpcError::cancelled(),
         DebootstrapError::Prepare { .. } | DebootstrapError::Exec(_) => {
-            RpcError::internal(format!("{message}: {}", error_chain(&err)))
+            crate::errors::failed(ErrorCode::Internal, "running debootstrap", &err)
         }
     }
 }

@@ -13,7 +13,7 @@ use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries;
-use crate::daemon::{Daemon, error_chain, resolve_error, store_error};
+use crate::daemon::{Daemon, resolve_error, store_error};
 use crate::guest_install;
 use crate::images::Staging;
 use crate::server::EventSink;
@@ -93,7 +93,13 @@ async fn unpack_tarball(tarball: &Path, rootfs: &Path, events: &EventSink) -> Re
         Ok::<_, std::io::Error>(stats)
     })
     .await?
-    .map_err(|err| RpcError::invalid(format!("cannot import the tarball: {err}")))?;
+    .map_err(|err| {
+        crate::errors::failed(
+            ErrorCode::InvalidArgument,
+            "cannot import the tarball",
+            &err,
+        )
+    })?;
     stage.done();
     report_skipped(events, stats.skipped_special);
     Ok(())
@@ -135,7 +141,8 @@ pub async fn build_image_files(
     events: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<BuiltImage, RpcError> {
-    fs_err::create_dir_all(staging).map_err(|err| RpcError::internal(err.to_string()))?;
+    fs_err::create_dir_all(staging)
+        .map_err(|err| crate::vm::internal("staging the image", &err))?;
     let rootfs = staging.join(ROOTFS);
     let seed = staging.join(WORK_SEED);
 
@@ -189,11 +196,12 @@ pub async fn publish(daemon: &Daemon, staging: &Path, mut image: Image) -> Resul
     let _registry = daemon.images_lock.lock().await;
     let target = daemon.layout.image_dir(&image.id);
     if let Some(parent) = target.parent() {
-        fs_err::create_dir_all(parent).map_err(|err| RpcError::internal(err.to_string()))?;
+        fs_err::create_dir_all(parent)
+            .map_err(|err| crate::vm::internal("publishing the image", &err))?;
     }
     if let Err(err) = fs_err::rename(staging, &target) {
         remove_dir(staging);
-        return Err(RpcError::internal(format!("publishing the image: {err}")));
+        return Err(crate::vm::internal("publishing the image", &err));
     }
     image.rootfs_path = target.join(ROOTFS);
     let seed = target.join(WORK_SEED);
@@ -365,8 +373,8 @@ fn check_cancel(cancel: &CancellationToken) -> Result<(), RpcError> {
     }
 }
 
-fn failure(what: &str, err: &dyn std::error::Error) -> RpcError {
-    RpcError::internal(format!("{what}: {err}: {}", error_chain(err)))
+fn failure(what: &str, err: &(dyn std::error::Error + 'static)) -> RpcError {
+    crate::errors::failed(ErrorCode::Internal, what, err)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -168,12 +168,12 @@ fn up_to_date(
     })
 }
 
-fn pull_failed(err: &dyn std::error::Error) -> RpcError {
-    RpcError::new(
-        ErrorCode::FailedPrecondition,
-        format!("{err}: {}", error_chain(err)),
-    )
-    .with_hint("layers already downloaded stay cached; pulling again resumes")
+fn pull_failed(err: &(dyn std::error::Error + 'static)) -> RpcError {
+    let failed = crate::errors::failed(ErrorCode::FailedPrecondition, "pulling the image", err);
+    match failed.hint {
+        Some(_) => failed,
+        None => failed.with_hint("layers already downloaded stay cached; pulling again resumes"),
+    }
 }
 
 /// Downloads and unpacks a resolved OCI image into `staging`.
@@ -215,10 +215,7 @@ async fn stage_catalog(
         () = cancel.cancelled() => return Err(RpcError::cancelled()),
     }
     .map_err(|err| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{err}: {}", error_chain(&err)),
-        )
+        crate::errors::failed(ErrorCode::FailedPrecondition, "downloading the image", &err)
     })?;
     stage.done();
     let stage = events.stage("unpack");
@@ -236,10 +233,7 @@ async fn stage_catalog(
     .await
     .map_err(|err| RpcError::internal(err.to_string()))?
     .map_err(|err| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{err}: {}", error_chain(&err)),
-        )
+        crate::errors::failed(ErrorCode::FailedPrecondition, "unpacking the image", &err)
     })?;
     stage.done();
     Ok(ImageSource::Catalog {

@@ -42,26 +42,21 @@ pub async fn register(
     let stage = events.stage("copy");
     let copy = {
         let (rootfs, seed, out) = (params.rootfs.clone(), params.work_seed.clone(), out.clone());
-        blocking(move || -> Result<ByteSize, String> {
-            fs_err::create_dir_all(&out).map_err(|err| err.to_string())?;
-            clone_file(&rootfs, &out.join(ROOTFS), strategy).map_err(|err| err.to_string())?;
-            match seed {
-                Some(seed) => {
-                    clone_file(&seed, &out.join(WORK_SEED), strategy)
-                        .map_err(|err| err.to_string())?;
+        blocking(
+            move || -> Result<ByteSize, Box<dyn std::error::Error + Send + Sync>> {
+                fs_err::create_dir_all(&out)?;
+                clone_file(&rootfs, &out.join(ROOTFS), strategy)?;
+                match seed {
+                    Some(seed) => drop(clone_file(&seed, &out.join(WORK_SEED), strategy)?),
+                    None => empty_seed(&out)?,
                 }
-                None => empty_seed(&out).map_err(|err| err.to_string())?,
-            }
-            Ok(ByteSize(
-                fs_err::metadata(out.join(ROOTFS))
-                    .map_err(|err| err.to_string())?
-                    .len(),
-            ))
-        })
+                Ok(ByteSize(fs_err::metadata(out.join(ROOTFS))?.len()))
+            },
+        )
     };
     let size = copy
         .await?
-        .map_err(|err| RpcError::internal(format!("copying the image files: {err}")))?;
+        .map_err(|err| crate::vm::internal("copying the image files", err.as_ref()))?;
     stage.done();
 
     let stage = events.stage("install_guest_files");

@@ -155,7 +155,7 @@ pub async fn bootstrap(
         .and_then(|()| fs_err::rename(&staging, &target));
     if let Err(err) = moved {
         remove_dir(&staging);
-        return Err(RpcError::internal(format!("publishing the kernel: {err}")));
+        return Err(crate::vm::internal("publishing the kernel", &err));
     }
     let kernel = Kernel {
         id,
@@ -271,7 +271,7 @@ fn apt_error(err: AptError) -> RpcError {
 }
 
 fn build_error(err: &BuildKernelError) -> RpcError {
-    RpcError::internal(format!("{err}{}", chain_suffix(err)))
+    crate::errors::failed(ErrorCode::Internal, "building the kernel", err)
 }
 
 fn chain_suffix(err: &dyn std::error::Error) -> String {

@@ -10,7 +10,7 @@ use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries::is_elf;
-use crate::daemon::{Daemon, error_chain, resolve_error, store_error};
+use crate::daemon::{Daemon, resolve_error, store_error};
 
 /// Names tried for the initrd inside an imported directory.
 const INITRD_NAMES: &[&str] = &["initrd.img", "initrd"];
@@ -70,10 +70,7 @@ pub async fn import(
         Ok(copied) => copied,
         Err(err) => {
             let _ = fs_err::remove_dir_all(&target);
-            return Err(RpcError::internal(format!(
-                "copying the kernel: {err}: {}",
-                error_chain(&err)
-            )));
+            return Err(crate::vm::internal("copying the kernel", &err));
         }
     };
     let kernel = Kernel {

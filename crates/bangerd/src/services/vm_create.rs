@@ -49,6 +49,8 @@ pub async fn create(
     }
     let requested_at = std::time::Instant::now();
     let plan = plan(daemon, params)?;
+    // A key ssh would refuse is refused before anything exists.
+    let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
     let mut vm = allocate(daemon, &plan).await?;
     let _lock = daemon.vm_locks.lock(&vm.id).await;
     tracing::info!(vm = %vm.name, id = %vm.id, spec = %vm.spec, vmm = %vm.vmm, "creating VM");
@@ -58,12 +60,8 @@ pub async fn create(
         let (store, id) = (Arc::clone(&daemon.store), vm.id.clone());
         async move { store.delete_vm(&id).map_err(|err| err.to_string()) }
     });
+    daemon.checkpoint("record the VM as creating");
     let outcome = async {
-        let key = daemon
-            .keys
-            .ensure()
-            .await
-            .map_err(|err| crate::vm::internal("preparing the SSH key", &err))?;
         disks::create_dir(&vm, &mut undo)?;
         let snapshot = vm.clone();
         let prepare = disks::prepare_new(daemon, &snapshot, &plan.image, &key, events);
@@ -120,6 +118,13 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
         )
         .with_hint("import one (`banger kernel import DIR --name K`) and re-import the image with --kernel-ref K, or use --vmm sim"));
     }
+    crate::disk_space::check_new_vm(
+        daemon,
+        name.as_str(),
+        &spec,
+        &image,
+        params.allow_overcommit,
+    )?;
     if image.work_seed_path.is_none() {
         return Err(RpcError::new(
             ErrorCode::FailedPrecondition,
@@ -188,11 +193,24 @@ async fn ensure_default_image(
             .map_err(store_error);
     }
     let http = crate::images::http()?;
-    let Ok(catalog) = crate::images::catalog(daemon, &http).await else {
-        // An unreachable catalog is reported as "no default image" below.
-        return Ok(());
-    };
-    if catalog.image(&name).is_none() {
+    let catalog = crate::images::catalog(daemon, &http).await;
+    let listed = catalog
+        .as_ref()
+        .is_ok_and(|catalog| catalog.image(&name).is_some());
+    if !listed {
+        // A configured name that leads nowhere is the user's to fix; an
+        // unset one is reported as "no default image" by `plan`.
+        if daemon.config.default_image.is_some() {
+            let why = match &catalog {
+                Ok(_) => "nor in the catalog".to_owned(),
+                Err(err) => format!("and the catalog cannot be read ({})", err.message),
+            };
+            return Err(RpcError::invalid(format!(
+                "default_image = {name:?} in {} is not a local image {why}",
+                daemon.layout.config_file().display()
+            ))
+            .with_hint("`banger image list` shows your images: set default_image to one of them, or remove the key"));
+        }
         return Ok(());
     }
     events.log(

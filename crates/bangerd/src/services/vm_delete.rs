@@ -1,5 +1,9 @@
-//! `vm.delete`: stop (kill) if needed, then remove disks, files, record and
-//! the VM's known_hosts entry.
+//! `vm.delete`: record the VM as `deleting`, then stop (kill) it, remove
+//! its disks, files, known_hosts entry and finally its record. Each step
+//! tolerates its work already being done, so a delete that a crash
+//! interrupted is finished by running the steps again: the next daemon's
+//! reconcile does, and so does another `vm delete`. A VM is never listed as
+//! usable with its disks gone.
 
 use std::sync::Arc;
 
@@ -8,7 +12,7 @@ use banger_rpc::{ErrorCode, RpcError};
 
 use crate::daemon::{Daemon, store_error};
 use crate::vm::halt::{self, Mode};
-use crate::vm::{disks, load, resolve};
+use crate::vm::{disks, load, resolve, save};
 
 pub async fn delete(daemon: &Arc<Daemon>, reference: &str) -> Result<Vm, RpcError> {
     let found = resolve(daemon, reference)?;
@@ -20,17 +24,36 @@ pub async fn delete(daemon: &Arc<Daemon>, reference: &str) -> Result<Vm, RpcErro
             format!("VM {} is still being created", vm.name),
         ));
     }
-    let mut problems = halt::halt(daemon, &mut vm, Mode::Kill).await;
-    let image = daemon.store.get_image(&vm.image_id).map_err(store_error)?;
-    problems.extend(disks::destroy(daemon, &vm, image.as_ref()).await);
-    daemon.store.delete_vm(&vm.id).map_err(store_error)?;
-    let known_hosts = crate::ssh::known_hosts_file(&daemon.layout, vm.name.as_str());
-    let _ = fs_err::remove_file(known_hosts);
+    if vm.state != VmState::Deleting {
+        vm.state = VmState::Deleting;
+        save(daemon, &mut vm)?;
+        daemon.checkpoint("record the VM as deleting");
+    }
+    let problems = finish(daemon, &mut vm).await?;
     drop(lock);
     daemon.vm_locks.forget(&vm.id);
     if !problems.is_empty() {
-        tracing::warn!(vm = %vm.name, ?problems, "deleted with problems; the next reconcile retries");
+        tracing::warn!(vm = %vm.name, ?problems, "deleted with problems; the next reconcile sweeps what is left");
     }
     tracing::info!(vm = %vm.name, id = %vm.id, "VM deleted");
     Ok(vm)
+}
+
+/// The steps of a delete once the VM is recorded `deleting`. The record
+/// goes last; until then the VM stays listed as `deleting`.
+pub async fn finish(daemon: &Arc<Daemon>, vm: &mut Vm) -> Result<Vec<String>, RpcError> {
+    let mut problems = halt::stop_and_release(daemon, vm, Mode::Kill).await;
+    let image = daemon.store.get_image(&vm.image_id).map_err(store_error)?;
+    problems.extend(disks::destroy(daemon, vm, image.as_ref()).await);
+    daemon.checkpoint("remove the disks");
+    let known_hosts = crate::ssh::known_hosts_file(&daemon.layout, vm.name.as_str());
+    match fs_err::remove_file(&known_hosts) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => problems.push(err.to_string()),
+    }
+    daemon.checkpoint("forget the host key");
+    daemon.store.delete_vm(&vm.id).map_err(store_error)?;
+    daemon.checkpoint("delete the record");
+    Ok(problems)
 }

@@ -8,7 +8,7 @@ use banger_rpc::response::{SshInfo, VmHealth, VmStats};
 use banger_rpc::{ErrorCode, RpcError};
 
 use crate::daemon::Daemon;
-use crate::vm::{internal, resolve};
+use crate::vm::resolve;
 
 pub async fn ssh_info(daemon: &Daemon, reference: &str) -> Result<SshInfo, RpcError> {
     let vm = resolve(daemon, reference)?;
@@ -18,11 +18,7 @@ pub async fn ssh_info(daemon: &Daemon, reference: &str) -> Result<SshInfo, RpcEr
             format!("VM {} has no address yet", vm.name),
         )
     })?;
-    let key = daemon
-        .keys
-        .ensure()
-        .await
-        .map_err(|err| internal("preparing the SSH key", &err))?;
+    let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
     Ok(SshInfo {
         name: vm.name.to_string(),
         ip,
@@ -89,6 +85,14 @@ pub async fn stats(daemon: &Daemon, reference: &str) -> Result<VmStats, RpcError
         rss_bytes: second.rss_pages * page_size(),
         threads: second.threads,
         uptime_seconds: uptime.max(0.0) as u64,
+        disks: crate::disk_space::vm_disks(
+            &vm,
+            daemon
+                .store
+                .get_image(&vm.image_id)
+                .map_err(crate::daemon::store_error)?
+                .as_ref(),
+        ),
     })
 }
 

@@ -1,20 +1,24 @@
 //! `vm.list` and `vm.show`.
 
-use banger_model::vm::Vm;
 use banger_rpc::RpcError;
-use banger_rpc::response::VmListResult;
+use banger_rpc::response::{VmDetails, VmListResult};
 
 use crate::daemon::{Daemon, resolve_error, store_error};
+use crate::disk_space;
 
 pub fn list(daemon: &Daemon) -> Result<VmListResult, RpcError> {
     Ok(VmListResult {
         vms: daemon.store.list_vms().map_err(store_error)?,
+        warnings: disk_space::low_space_warning(daemon).into_iter().collect(),
     })
 }
 
-pub fn show(daemon: &Daemon, reference: &str) -> Result<Vm, RpcError> {
+pub fn show(daemon: &Daemon, reference: &str) -> Result<VmDetails, RpcError> {
     let vms = daemon.store.list_vms().map_err(store_error)?;
-    banger_store::resolve(&vms, reference)
+    let vm = banger_store::resolve(&vms, reference)
         .cloned()
-        .map_err(resolve_error)
+        .map_err(resolve_error)?;
+    let image = daemon.store.get_image(&vm.image_id).map_err(store_error)?;
+    let disks = disk_space::vm_disks(&vm, image.as_ref());
+    Ok(VmDetails { vm, disks })
 }

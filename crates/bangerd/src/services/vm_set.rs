@@ -33,6 +33,9 @@ pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, RpcErr
     let found = resolve(daemon, &params.reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
     let mut vm = load(daemon, &found.id)?;
+    if vm.state == VmState::Deleting {
+        return Err(crate::vm::being_deleted(&vm));
+    }
     if let Some(disk) = disk
         && disk < vm.spec.disk_size
     {

@@ -11,7 +11,7 @@ use crate::server::EventSink;
 use crate::undo::Undo;
 use crate::vm::boot::{self, BootInput};
 use crate::vm::halt::{self, Mode};
-use crate::vm::{disks, finish, internal, load, resolve};
+use crate::vm::{disks, finish, load, resolve};
 
 pub async fn start(
     daemon: &Arc<Daemon>,
@@ -34,11 +34,13 @@ pub async fn restart(
     let found = resolve(daemon, reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
     let mut vm = load(daemon, &found.id)?;
-    if vm.state == VmState::Creating {
-        return Err(creating(&vm));
+    match vm.state {
+        VmState::Creating => return Err(creating(&vm)),
+        VmState::Deleting => return Err(crate::vm::being_deleted(&vm)),
+        _ => {}
     }
     let stage = events.stage("stop");
-    for problem in halt::halt(daemon, &mut vm, Mode::Graceful).await {
+    for problem in halt::halt(daemon, &mut vm, Mode::Graceful).await? {
         events.log("warning", problem);
     }
     stage.done();
@@ -54,11 +56,15 @@ async fn start_locked(
 ) -> Result<Vm, RpcError> {
     let requested_at = std::time::Instant::now();
     match vm.state {
-        VmState::Running => return Ok(vm),
+        // Running with its VMM alive. A record that says running over a
+        // VMM that is gone (its exit could not be recorded, e.g. on a full
+        // disk) is cleaned up and started again.
+        VmState::Running if daemon.has_live_process(&vm.id) => return Ok(vm),
         VmState::Creating => return Err(creating(&vm)),
+        VmState::Deleting => return Err(crate::vm::being_deleted(&vm)),
         // Leftovers of an interrupted operation or a failed boot: clean first.
-        VmState::Starting | VmState::Stopping | VmState::Error => {
-            for problem in halt::halt(daemon, &mut vm, Mode::Kill).await {
+        VmState::Running | VmState::Starting | VmState::Stopping | VmState::Error => {
+            for problem in halt::halt(daemon, &mut vm, Mode::Kill).await? {
                 events.log("warning", problem);
             }
         }
@@ -82,11 +88,7 @@ async fn start_locked(
 
     let mut undo = Undo::default();
     let outcome = async {
-        let key = daemon
-            .keys
-            .ensure()
-            .await
-            .map_err(|err| internal("preparing the SSH key", &err))?;
+        let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
         let snapshot = vm.clone();
         let prepare = disks::prepare_existing(daemon, &snapshot, &image, &key, events);
         let input = BootInput {

@@ -21,9 +21,10 @@ pub async fn stop(daemon: &Arc<Daemon>, reference: &str, mode: Mode) -> Result<V
                 format!("VM {} is still being created", vm.name),
             ));
         }
+        VmState::Deleting => return Err(crate::vm::being_deleted(&vm)),
         _ => {}
     }
-    let problems = halt::halt(daemon, &mut vm, mode).await;
+    let problems = halt::halt(daemon, &mut vm, mode).await?;
     if !problems.is_empty() {
         tracing::warn!(vm = %vm.name, ?problems, "stopped with problems");
     }

@@ -101,6 +101,7 @@ pub async fn boot(
         vm.state = VmState::Starting;
     }
     save(daemon, vm).map_err(Failure::after_launch)?;
+    daemon.checkpoint("record the VMM");
     let config = vm_config(vm, &input, &launched.kernel, &root_device);
     let paths = vm.paths();
     daemon
@@ -113,6 +114,7 @@ pub async fn boot(
                     .with_hint(format!("see {}", paths.vmm_log().display())),
             )
         })?;
+    daemon.checkpoint("configure the VMM and start the guest");
     let control_plane_ms = input.requested_at.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(vm = %vm.name, control_plane_ms, "InstanceStart sent");
     vmm_stage.done();
@@ -188,6 +190,7 @@ async fn launch_steps(
                 .map_err(|err| err.to_string())
         }
     });
+    daemon.checkpoint("acquire the TAP");
 
     if vm.nat {
         let ops = &daemon.network.ops;
@@ -215,6 +218,7 @@ async fn launch_steps(
                     .map_err(|err| err.to_string())
             }
         });
+        daemon.checkpoint("add NAT rules");
     }
 
     let paths = vm.paths();
@@ -251,6 +255,7 @@ async fn launch_steps(
         let (vmm, process) = (Arc::clone(&daemon.vmm), process.clone());
         async move { vmm.kill(&process).await.map_err(|err| err.to_string()) }
     });
+    daemon.checkpoint("start the VMM");
     Ok(Launched {
         process,
         tap,

@@ -186,6 +186,7 @@ async fn create_root(
                 .map_err(|err| err.message)?
         }
     });
+    daemon.checkpoint("make the root disk");
     Ok(overlay.device())
 }
 
@@ -219,6 +220,7 @@ async fn create_work_disk(
             .await
             .map_err(|err| err.message)?
     });
+    daemon.checkpoint("make the work disk");
     Ok(())
 }
 

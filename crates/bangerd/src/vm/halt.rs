@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::{blocking, disks, save};
 use crate::daemon::Daemon;
+use banger_rpc::RpcError;
 
 /// How long a SIGKILLed VMM may take to disappear before we give up waiting.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -41,20 +42,48 @@ pub async fn find_process(daemon: &Daemon, vm: &Vm) -> Option<VmmProcess> {
     }
 }
 
-/// Stops the VMM, releases host resources and marks the VM stopped (the
-/// caller saves other fields it changes). Returns problems met on the way.
-pub async fn halt(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Vec<String> {
+/// Stops the VMM, releases host resources and records the VM stopped (with
+/// the other fields the caller changed). Problems met on the way are
+/// returned; failing to record the result is an error: the host is then
+/// stopped but the store may still say otherwise (`vm start` and the next
+/// reconcile check the VMM, not only the record).
+pub async fn halt(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Result<Vec<String>, RpcError> {
+    let recorded_pid = daemon
+        .store
+        .get_vm(&vm.id)
+        .ok()
+        .flatten()
+        .and_then(|stored| stored.pid);
+    let problems = stop_and_release(daemon, vm, mode).await;
+    vm.state = banger_model::vm::VmState::Stopped;
+    if let Err(err) = save(daemon, vm) {
+        // The host is stopped; the record catches up once it can be written.
+        if let Some(pid) = recorded_pid {
+            tokio::spawn(super::watch::record_gone(
+                Arc::downgrade(daemon),
+                vm.id.clone(),
+                pid,
+                None,
+            ));
+        }
+        return Err(err);
+    }
+    daemon.checkpoint("record the VM as stopped");
+    Ok(problems)
+}
+
+/// Stops the VMM and releases host resources, without recording a new
+/// state. Every step tolerates its work already being done.
+pub async fn stop_and_release(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(process) = find_process(daemon, vm).await {
         stop_process(daemon, vm, &process, mode, &mut problems).await;
+        daemon.checkpoint("stop the VMM");
     }
     problems.extend(release_host(daemon, vm).await);
+    daemon.checkpoint("release the host");
     vm.pid = None;
     vm.tap = None;
-    vm.state = banger_model::vm::VmState::Stopped;
-    if let Err(err) = save(daemon, vm) {
-        problems.push(err.message);
-    }
     problems
 }
 

@@ -68,6 +68,15 @@ impl From<RpcError> for Failure {
     }
 }
 
+/// The refusal for an operation on a VM that is being deleted.
+pub fn being_deleted(vm: &Vm) -> RpcError {
+    RpcError::new(
+        ErrorCode::Conflict,
+        format!("VM {} is being deleted", vm.name),
+    )
+    .with_hint(format!("`banger vm delete {}` finishes it", vm.name))
+}
+
 /// Reads a VM back from the store.
 pub fn load(daemon: &Daemon, id: &Id) -> Result<Vm, RpcError> {
     daemon
@@ -99,18 +108,9 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(|err| RpcError::internal(format!("worker failed: {err}")))
 }
 
-/// `what: error: cause: cause`
-pub fn internal(what: &str, err: &dyn std::error::Error) -> RpcError {
-    RpcError::internal(format!("{what}: {err}{}", chain_suffix(err)))
-}
-
-fn chain_suffix(err: &dyn std::error::Error) -> String {
-    let chain = crate::daemon::error_chain(err);
-    if chain.is_empty() {
-        String::new()
-    } else {
-        format!(": {chain}")
-    }
+/// `what: error: cause: cause` (`resource_exhausted` when out of space).
+pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> RpcError {
+    crate::errors::failed(ErrorCode::Internal, what, err)
 }
 
 /// Ends a create or start: on success the VM is running, published in DNS
@@ -165,6 +165,7 @@ pub async fn finish(
                 return Box::pin(finish(daemon, vm, Err(failure), undo, events, may_delete)).await;
             }
             undo.disarm();
+            daemon.checkpoint("record the VM as running");
             if let Some(net) = &vm.network {
                 daemon.network.publish(&vm.name, net.ip);
             }

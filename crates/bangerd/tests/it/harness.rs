@@ -55,6 +55,41 @@ pub(crate) struct Harness {
     pub(crate) bootstrap: Arc<FakeBootstrap>,
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn new_daemon(
+    layout: Layout,
+    config: Config,
+    store: Arc<Store>,
+    net: &Arc<FakeNetOps>,
+    disk: &Arc<FakeDiskOps>,
+    vmm: &Arc<FakeVmm>,
+    ready: &Arc<FakeReadiness>,
+    bootstrap: &Arc<FakeBootstrap>,
+) -> Arc<Daemon> {
+    let network = Network::start(net.clone(), config.network.clone()).await;
+    let storage = StrategyProbe {
+        dir: layout.state_dir.clone(),
+        strategy: StorageStrategy::Copy,
+        reflink: Support::No("fake".into()),
+        device_mapper: None,
+    };
+    let subsystems = Subsystems {
+        network,
+        disk: disk.clone(),
+        storage,
+        vmm: vmm.clone(),
+        readiness: ready.clone(),
+        bootstrap: bootstrap.clone(),
+    };
+    Daemon::new(
+        layout,
+        config,
+        store,
+        banger_buildinfo::BuildInfo::current(),
+        subsystems,
+    )
+}
+
 impl Harness {
     pub(crate) async fn new() -> Self {
         Self::with_config(Config::default()).await
@@ -81,28 +116,17 @@ impl Harness {
         let vmm = Arc::new(FakeVmm::new());
         let ready = Arc::new(FakeReadiness::default());
         let bootstrap = Arc::new(FakeBootstrap::new());
-        let network = Network::start(net.clone(), config.network.clone()).await;
-        let storage = StrategyProbe {
-            dir: layout.state_dir.clone(),
-            strategy: StorageStrategy::Copy,
-            reflink: Support::No("fake".into()),
-            device_mapper: None,
+        let daemon = new_daemon(layout, config, store, &net, &disk, &vmm, &ready, &bootstrap).await;
+        let harness = Self {
+            _dir: dir,
+            daemon,
+            net,
+            disk,
+            vmm,
+            ready,
+            bootstrap,
         };
-        let subsystems = Subsystems {
-            network,
-            disk: disk.clone(),
-            storage,
-            vmm: vmm.clone(),
-            readiness: ready.clone(),
-            bootstrap: bootstrap.clone(),
-        };
-        let daemon = Daemon::new(
-            layout,
-            config,
-            store,
-            banger_buildinfo::BuildInfo::current(),
-            subsystems,
-        );
+        let daemon = &harness.daemon;
         let image = Image {
             id: Id::generate(),
             name: Name::parse("debian").unwrap(),
@@ -116,15 +140,24 @@ impl Harness {
             created_at: jiff::Timestamp::now(),
         };
         daemon.store.insert_image(&image).unwrap();
-        Self {
-            _dir: dir,
-            daemon,
-            net,
-            disk,
-            vmm,
-            ready,
-            bootstrap,
-        }
+        harness
+    }
+
+    /// Replaces the daemon with a new one over the same store, state dir
+    /// and host (the fakes keep their TAPs, rules, disks and VMMs), as the
+    /// daemon started after a crash would be. Reconcile is not run.
+    pub(crate) async fn restart(&mut self) {
+        self.daemon = new_daemon(
+            self.daemon.layout.clone(),
+            self.daemon.config.clone(),
+            Arc::clone(&self.daemon.store),
+            &self.net,
+            &self.disk,
+            &self.vmm,
+            &self.ready,
+            &self.bootstrap,
+        )
+        .await;
     }
 
     pub(crate) async fn create(

@@ -336,3 +336,84 @@ async fn failed_start_keeps_the_vm_and_frees_the_host() {
     assert_eq!(started.state, VmState::Running);
     assert!(started.last_error.is_none());
 }
+
+/// The store refuses writes (as on a full disk) while a VM is stopped: the
+/// stop fails instead of reporting success, the host is stopped anyway, a
+/// start fails clearly instead of answering "running", and once writes go
+/// through again the record catches up by itself and the VM starts.
+#[tokio::test]
+async fn a_stop_that_cannot_be_recorded_fails_and_the_record_catches_up() {
+    let h = Harness::new().await;
+    let vm = h.create("web", true).await.unwrap();
+    h.daemon.store.refuse_writes(true).unwrap();
+
+    let err = bangerd::services::vm_stop::stop(&h.daemon, "web", Mode::Graceful)
+        .await
+        .expect_err("an unrecorded stop must not succeed");
+    assert!(err.message.contains("recording the change"), "{err:?}");
+    assert!(!h.vmm.is_running(&vm.paths().api_socket()));
+    assert!(h.vm_taps().is_empty() && h.net.nat().is_empty());
+    let start = bangerd::services::vm_start::start(
+        &h.daemon,
+        "web",
+        &EventSink::discard(),
+        &CancellationToken::new(),
+    )
+    .await;
+    assert!(start.is_err(), "start answered {start:?} with no VMM");
+    assert!(h.vm_taps().is_empty(), "a failed start left a TAP");
+    let stale = h.daemon.store.get_vm(&vm.id).unwrap().unwrap();
+    assert_eq!(stale.state, VmState::Running, "the store took a write");
+
+    h.daemon.store.refuse_writes(false).unwrap();
+    let since = std::time::Instant::now();
+    let caught_up = async {
+        loop {
+            let stored = h.daemon.store.get_vm(&vm.id).unwrap().unwrap();
+            if stored.state == VmState::Stopped {
+                return stored;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let stored = tokio::time::timeout(Duration::from_secs(10), caught_up)
+        .await
+        .expect("the record caught up within 10 s");
+    println!(
+        "the record caught up {:?} after writes went through",
+        since.elapsed()
+    );
+    assert_eq!(stored.pid, None);
+    let started = bangerd::services::vm_start::start(
+        &h.daemon,
+        "web",
+        &EventSink::discard(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started.state, VmState::Running);
+    assert!(h.vmm.is_running(&vm.paths().api_socket()));
+}
+
+/// `default_image` naming nothing (not local, not in the catalog) is an
+/// error naming the key, not a silent fallback to another image.
+#[tokio::test]
+async fn a_configured_default_image_that_names_nothing_is_an_error() {
+    let config = banger_model::config::Config {
+        default_image: Some("nope".into()),
+        ..Default::default()
+    };
+    let h = Harness::with_config(config).await;
+    // No image is the default yet.
+    let mut image = h.daemon.store.default_image().unwrap().unwrap();
+    h.daemon.store.delete_image(&image.id).unwrap();
+    image.is_default = false;
+    h.daemon.store.insert_image(&image).unwrap();
+
+    let err = h.create("web", false).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+    assert!(err.message.contains("default_image = \"nope\""), "{err:?}");
+    assert!(err.hint.unwrap().contains("banger image list"));
+    assert!(h.vm_names().is_empty());
+}

@@ -2,6 +2,7 @@
 //! disks, VMM, readiness): every rollback path, without root.
 
 mod bootstrap;
+mod crash;
 mod doctor;
 mod harness;
 mod lifecycle;

@@ -8,11 +8,7 @@ use std::path::Path;
 
 /// Whether the test runs as root; prints why it skips otherwise.
 pub(crate) fn root_or_skip(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipping {test}: needs root (ownership, device nodes, xattrs)");
-    }
-    root
+    banger_testkit::root_or_skip(test, "ownership, device nodes, xattrs")
 }
 
 /// Every path under `dir`, relative, sorted (symlinks not followed).

@@ -38,8 +38,10 @@ impl Registry {
     /// missing.
     pub(crate) fn start() -> Option<Self> {
         if !Path::new(REGISTRY_BIN).exists() {
-            eprintln!(
-                "skipping: {REGISTRY_BIN} is not installed (apt-get install docker-registry)"
+            banger_testkit::skip(
+                std::thread::current().name().unwrap_or("a registry test"),
+                &format!("{REGISTRY_BIN} is not installed (apt-get install docker-registry)"),
+                banger_testkit::Prerequisite::ProvidedByCi,
             );
             return None;
         }
