@@ -224,6 +224,10 @@ pub struct PortRow {
     pub proto: String,
     /// `https://web.vm:8443`, `tcp web.vm:22`, or a guest-local address.
     pub endpoint: String,
+    /// The same with the guest's address for the name (`https://172.30.0.2:8443`),
+    /// for hosts where `NAME.vm` does not resolve.
+    #[serde(default)]
+    pub address: String,
     pub port: u16,
     pub process: Option<String>,
     pub command: Option<String>,
@@ -233,5 +237,8 @@ pub struct PortRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortsResult {
     pub name: String,
+    /// The guest's address on the bridge.
+    #[serde(default)]
+    pub ip: Option<String>,
     pub ports: Vec<PortRow>,
 }

@@ -55,6 +55,7 @@ pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, RpcE
     ports.sort_by(|a, b| (a.port, &a.proto).cmp(&(b.port, &b.proto)));
     Ok(PortsResult {
         name: vm.name.to_string(),
+        ip: Some(ip.to_string()),
         ports,
     })
 }
@@ -81,9 +82,11 @@ async fn row(listener: &Listener, ip: Ipv4Addr, host: &str) -> PortRow {
             }
         }
     };
+    let address = endpoint.replace(host, &ip.to_string());
     PortRow {
         proto: proto.to_owned(),
         endpoint,
+        address,
         port,
         process: listener.process.clone(),
         command: listener.command.clone(),
