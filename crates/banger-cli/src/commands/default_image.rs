@@ -59,7 +59,15 @@ pub(crate) async fn bootstrap_default_image(
             .map(|config| config.vmm)
             .unwrap_or(VmmKind::Firecracker)
     });
-    preflight(vmm, &banger_doctor::RealHost)?;
+    let simvm = match Config::load(&layout.config_file())
+        .ok()
+        .and_then(|config| config.simvm_bin)
+    {
+        Some(path) if path.is_file() => Ok(path),
+        Some(path) => Err(format!("simvm_bin = {}", path.display())),
+        None => crate::daemon_client::companion_binary("banger-simvm"),
+    };
+    preflight(vmm, &banger_doctor::RealHost, simvm)?;
     let plan = Plan {
         distro: DEFAULT,
         kernel: vmm == VmmKind::Firecracker && kernels.kernels.is_empty(),
@@ -109,14 +117,27 @@ pub(crate) async fn bootstrap_default_image(
 }
 
 /// The cheap checks that fail any VM whatever its image, run before minutes
-/// of building one: the VMM's binary, `/dev/kvm` (Firecracker), privileges.
+/// of building one: the VMM's binary (Firecracker, or banger-simvm for sim
+/// VMs), `/dev/kvm` (Firecracker), privileges.
 /// Fails with each failing check and its fix; nothing has been built.
-pub(crate) fn preflight(vmm: VmmKind, host: &dyn banger_doctor::Host) -> anyhow::Result<()> {
+/// `simvm` is where banger-simvm was found (or where it was looked for).
+pub(crate) fn preflight(
+    vmm: VmmKind,
+    host: &dyn banger_doctor::Host,
+    simvm: Result<std::path::PathBuf, String>,
+) -> anyhow::Result<()> {
     let mut config = crate::config();
     config.vmm = vmm;
+    let simvm = banger_doctor::Companion {
+        name: "banger-simvm".into(),
+        found: simvm,
+        role: "runs sim VMs".into(),
+        needed: vmm == VmmKind::Sim,
+    };
     let failed: Vec<_> = [
         checks::kvm(host, vmm),
         checks::firecracker(host, &config),
+        checks::companions(std::slice::from_ref(&simvm)),
         checks::privileges(host),
     ]
     .into_iter()
@@ -186,20 +207,30 @@ mod tests {
     fn preflight_fails_before_building_on_a_host_that_cannot_run_the_vmm() {
         use banger_doctor::{FakeHost, KvmProbe};
         let healthy = FakeHost::default();
-        assert!(preflight(VmmKind::Firecracker, &healthy).is_ok());
+        let simvm = || Ok("/usr/lib/banger/banger-simvm".into());
+        assert!(preflight(VmmKind::Firecracker, &healthy, simvm()).is_ok());
         let mut no_kvm = FakeHost {
             kvm: KvmProbe::Missing,
             ..FakeHost::default()
         };
         no_kvm.programs.remove("firecracker");
-        let err = preflight(VmmKind::Firecracker, &no_kvm).unwrap_err();
+        let err = preflight(VmmKind::Firecracker, &no_kvm, simvm()).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("no default image was built"), "{text}");
         assert!(text.contains("/dev/kvm does not exist"), "{text}");
         assert!(text.contains("fix: "), "{text}");
         assert!(text.contains("firecracker"), "{text}");
         // The sim needs neither.
-        assert!(preflight(VmmKind::Sim, &no_kvm).is_ok());
+        assert!(preflight(VmmKind::Sim, &no_kvm, simvm()).is_ok());
+        // ...but banger-simvm.
+        let text = format!(
+            "{:#}",
+            preflight(VmmKind::Sim, &no_kvm, Err("/x/banger-simvm, PATH".into())).unwrap_err()
+        );
+        assert!(text.contains("banger-simvm is missing"), "{text}");
+        assert!(text.contains("make install"), "{text}");
+        // Firecracker VMs do not need it.
+        assert!(preflight(VmmKind::Firecracker, &healthy, Err("x".into())).is_ok());
         let unprivileged = FakeHost {
             privileges: banger_doctor::Privileges {
                 euid: 1000,
@@ -208,7 +239,10 @@ mod tests {
             },
             ..FakeHost::default()
         };
-        let text = format!("{:#}", preflight(VmmKind::Sim, &unprivileged).unwrap_err());
+        let text = format!(
+            "{:#}",
+            preflight(VmmKind::Sim, &unprivileged, simvm()).unwrap_err()
+        );
         assert!(text.contains("uid 1000 is not root"), "{text}");
     }
 
