@@ -345,3 +345,33 @@ fn host_keys_are_made_on_the_host_and_pinned() {
     assert!(!known_hosts.exists());
     sim.assert_clean();
 }
+
+/// `nat = false` under `[network]` makes isolation the default; `--nat`
+/// still asks for NAT; the `spec:` line says which each VM got.
+#[test]
+fn nat_false_in_config_isolates_unless_asked() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.env.write_config(
+        "vmm = \"sim\"\nboot_timeout_seconds = 60\nstop_grace_seconds = 5\n\n[network]\nnat = false\n",
+    );
+    sim.import_fixture();
+    let out = sim.ok(["vm", "create", "--name", "quiet"]);
+    assert!(
+        out.stderr.lines().next().unwrap().ends_with(" · no NAT"),
+        "{out}"
+    );
+    let out = sim.ok(["vm", "create", "--name", "open", "--nat"]);
+    assert!(
+        out.stderr.lines().next().unwrap().ends_with(" · NAT"),
+        "{out}"
+    );
+    let shown = sim.ok(["vm", "show", "quiet"]);
+    assert!(shown.stdout.contains("nat         off"), "{shown}");
+    let shown = sim.ok(["vm", "show", "open"]);
+    assert!(shown.stdout.contains("nat         on"), "{shown}");
+    sim.ok(["vm", "delete", "quiet", "open"]);
+    sim.assert_clean();
+}

@@ -481,3 +481,24 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NAT rule that cannot be added because `iptables` is not installed
+    /// is told apart from other failures, so the hint can say what to
+    /// install.
+    #[tokio::test]
+    async fn a_missing_iptables_is_recognised_down_the_error_chain() {
+        let ops = banger_net::nat::Iptables::new("/nonexistent/iptables");
+        let id = banger_model::Id::from_stored("0123456789abcdef0123456789abcdef");
+        let err = ops
+            .add_vm_nat(&id, Ipv4Addr::new(172, 30, 0, 2), "br-banger")
+            .await
+            .unwrap_err();
+        assert!(program_missing(&err), "{err:?}");
+        let other = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no");
+        assert!(!program_missing(&other));
+    }
+}
