@@ -12,6 +12,9 @@
 #   workspace prepare, 10k files / 100 MB, vs `git push` over ssh to the guest  (side by side)
 #   image pull -> ext4 vs skopeo copy + umoci unpack + mkfs.ext4 -d             faster
 #   DNS queries/s on loopback vs dnsmasq, side by side (dnsperf)               >= dnsmasq
+#   qemu engine (vmm = "qemu"; KVM or software emulation, whichever this host
+#   gives): time to InstanceStart, to the agent's /healthz, to SSH, and the
+#   guest's systemd-analyze critical chain and top-10 blame                   (base line)
 #
 # Everything runs in a private network namespace with the state dir on a
 # loop-mounted XFS (reflink); all of it is removed on exit.
@@ -59,7 +62,9 @@ mkdir -p "$work/state" "$work/home" "$work/config/banger" "$work/run"
 mount -o loop "$work/xfs.img" "$work/state"
 ip netns add "$netns"
 ip -n "$netns" link set lo up
-printf 'vmm = "sim"\nlog_level = "info"\n' > "$work/config/banger/config.toml"
+vhost_vsock=$repo_root/.cache/tools/bin/vhost-device-vsock
+printf 'vmm = "sim"\nlog_level = "info"\nvhost_vsock_bin = "%s"\nboot_timeout_seconds = 600\n' "$vhost_vsock" \
+    > "$work/config/banger/config.toml"
 
 export HOME="$work/home" XDG_STATE_HOME="$work/state" XDG_CONFIG_HOME="$work/config" \
     XDG_RUNTIME_DIR="$work/run" NO_COLOR=1
@@ -160,3 +165,44 @@ echo
 echo "== image pull (banger-image's pull_bench, on tmpfs)" >&2
 "$repo_root/target/release/examples/pull_bench" --rootfs-tar "$repo_root/.cache/fixtures/debian-bookworm/rootfs.tar" \
     --runs 3 --mkfs --work-dir /dev/shm
+
+echo
+echo "== qemu engine: the bootstrapped kernel and the Debian image in QEMU microvm" >&2
+if ! command -v qemu-system-x86_64 >/dev/null || [ ! -x "$vhost_vsock" ]; then
+    echo "qemu engine                            : skipped (needs qemu-system-x86 and $vhost_vsock: scripts/install-deps.sh)"
+    exit 0
+fi
+# The kernel users get, bootstrapped by a second banger in the host's
+# network namespace (it downloads Debian's kernel package), then imported.
+kernel_env=(env HOME="$work/home" XDG_STATE_HOME="$work/kstate" XDG_CONFIG_HOME="$work/kconfig"
+    XDG_CACHE_HOME="$repo_root/.cache/bench-kernel" XDG_RUNTIME_DIR="$work/krun")
+"${kernel_env[@]}" "$BANGER" kernel bootstrap debian >"$work/last.log" 2>&1
+"${kernel_env[@]}" "$BANGER" daemon stop >/dev/null 2>&1
+kernel_dir=$(dirname "$(find "$work/kstate/banger/kernels" -name vmlinux | head -1)")
+b kernel import "$kernel_dir" --name bench-kernel >"$work/last.log" 2>&1
+b image import "$rootfs" --name qdebian --kernel-ref bench-kernel >"$work/last.log" 2>&1
+# Seconds of one stage in `vm create`'s progress lines.
+stage_s() {
+    awk -v stage="$1" '$1 == stage && $2 == "done" {
+        v = $3; if ($4 == "ms") v /= 1000; printf "%.1f", v }' "$2"
+}
+for run in 1 2; do
+    b vm create --name "q$run" --vmm qemu --image qdebian >"$work/q$run.log" 2>&1 \
+        || { cp "$work/q$run.log" "$work/last.log"; false; }
+    accel=$(b vm show "q$run" --json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("accel", "?"))')
+    start_vmm=$(stage_s start_vmm "$work/q$run.log")
+    disks=$(stage_s prepare_disks "$work/q$run.log")
+    agent=$(stage_s wait_vsock_agent "$work/q$run.log")
+    ssh=$(stage_s wait_ssh "$work/q$run.log")
+    to_start=$(python3 -c "print('%.1f' % max($start_vmm, $disks))")
+    to_agent=$(python3 -c "print('%.1f' % ($to_start + $agent))")
+    to_ssh=$(python3 -c "print('%.1f' % ($to_start + $agent + $ssh))")
+    label="first VM, accelerator probe included"
+    [ "$run" -eq 2 ] && label="second VM"
+    echo "qemu ($accel), $label: InstanceStart ${to_start} s, agent /healthz ${to_agent} s, SSH ${to_ssh} s"
+done
+echo "guest systemd-analyze critical-chain (q2):"
+b vm ssh q2 -- systemd-analyze critical-chain --no-pager 2>&1 | sed 's/^/    /'
+echo "guest systemd-analyze blame, top 10 (q2):"
+b vm ssh q2 -- sh -c 'systemd-analyze blame --no-pager | head -10' 2>&1 | sed 's/^/    /'
+b vm delete q1 q2 >/dev/null

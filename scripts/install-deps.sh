@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
-# Installs the Debian/Ubuntu packages banger and its test suite use.
-# Idempotent: only missing packages are installed. Needs root (or sudo).
+# Installs the Debian/Ubuntu packages banger and its test suite use, and
+# vhost-device-vsock (the qemu engine's vsock device) from the crate
+# registry, pinned, into the repository's ignored .cache/tools/bin.
+# Idempotent: only missing pieces are installed. Needs root (or sudo) for
+# the packages.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The vhost-user vsock device for vmm = "qemu" (its unix socket speaks
+# Firecracker's hybrid vsock). Built once per machine (~2 min), then reused.
+VHOST_VSOCK_VERSION=0.3.0
+TOOLS_ROOT=.cache/tools
+install_vhost_device_vsock() {
+    local bin="$TOOLS_ROOT/bin/vhost-device-vsock"
+    if [ -x "$bin" ] && grep -q "vhost-device-vsock $VHOST_VSOCK_VERSION" "$TOOLS_ROOT/.crates.toml" 2>/dev/null; then
+        return 0
+    fi
+    echo "installing vhost-device-vsock $VHOST_VSOCK_VERSION into $TOOLS_ROOT/bin" >&2
+    cargo install --locked --quiet vhost-device-vsock --version "$VHOST_VSOCK_VERSION" --root "$TOOLS_ROOT"
+}
 
 packages=(
     # banger at runtime (kmod: depmod indexes a bootstrapped kernel's modules)
@@ -24,6 +41,7 @@ for package in "${packages[@]}"; do
 done
 
 if [ "${#missing[@]}" -eq 0 ]; then
+    install_vhost_device_vsock
     exit 0
 fi
 
@@ -35,3 +53,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install_vhost_device_vsock

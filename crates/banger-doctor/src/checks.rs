@@ -40,6 +40,8 @@ pub fn host_checks(host: &dyn Host, inputs: &HostInputs<'_>) -> Vec<DoctorCheck>
         kvm(host, inputs.config.vmm),
         vhost_vsock(host),
         firecracker(host, inputs.config),
+        qemu(host, inputs.config),
+        vhost_device_vsock(host, inputs.config),
         tools(host),
         privileges(host),
         disk_space(host, inputs.state_dir),
@@ -76,23 +78,38 @@ pub fn vmm(config: &Config) -> DoctorCheck {
              hypervisor; their isolation is that of a container, not of a VM",
             "on a host with usable KVM set vmm = \"firecracker\" in config.toml (or drop the key)",
         ),
+        VmmKind::Qemu => DoctorCheck::pass(
+            "vmm",
+            "qemu: guests boot their real kernel in QEMU microvm (banger-simvm's qemu engine); \
+             KVM when the kernel boots under it, otherwise software emulation, which is slow",
+        ),
     }
 }
 
 /// `/dev/kvm` opens, speaks API 12 and creates a VM.
 pub fn kvm(host: &dyn Host, vmm: VmmKind) -> DoctorCheck {
-    let problem = |detail: String, fix: &str| {
-        if vmm == VmmKind::Sim {
-            DoctorCheck::warn(
-                "kvm",
-                format!("{detail} (vmm = \"sim\" does not need it)"),
-                fix,
-            )
-        } else {
-            DoctorCheck::fail("kvm", detail, fix)
-        }
+    let problem = |detail: String, fix: &str| match vmm {
+        VmmKind::Sim => DoctorCheck::warn(
+            "kvm",
+            format!("{detail} (vmm = \"sim\" does not need it)"),
+            fix,
+        ),
+        VmmKind::Qemu => DoctorCheck::warn(
+            "kvm",
+            format!("{detail}: qemu guests run under software emulation (TCG), slowly"),
+            fix,
+        ),
+        VmmKind::Firecracker => DoctorCheck::fail("kvm", detail, fix),
     };
     match host.kvm() {
+        KvmProbe::Usable { api_version } if vmm == VmmKind::Qemu => DoctorCheck::pass(
+            "kvm",
+            format!(
+                "/dev/kvm usable (API {api_version}, VM created); with qemu_accel = \"auto\" each \
+                 kernel is booted under KVM once to check (nested KVM may create VMs that cannot \
+                 run a kernel; then guests run under TCG, slowly, and `vm show` says so)"
+            ),
+        ),
         KvmProbe::Usable { api_version } => DoctorCheck::pass(
             "kvm",
             format!("/dev/kvm usable (API {api_version}, VM created)"),
@@ -153,7 +170,7 @@ pub fn firecracker(host: &dyn Host, config: &Config) -> DoctorCheck {
         } else {
             DoctorCheck::warn(
                 "firecracker",
-                format!("{detail} (vmm = \"sim\" does not need it)"),
+                format!("{detail} (vmm = \"{}\" does not need it)", config.vmm),
                 fix,
             )
         }
@@ -202,6 +219,70 @@ pub fn firecracker(host: &dyn Host, config: &Config) -> DoctorCheck {
             ),
             install.to_owned(),
         ),
+    }
+}
+
+/// The QEMU binary the qemu engine runs (config `qemu_bin`, else `PATH`).
+pub fn qemu(host: &dyn Host, config: &Config) -> DoctorCheck {
+    let fix = "sudo apt-get install qemu-system-x86 (or set qemu_bin in config.toml)";
+    companion(
+        host,
+        config,
+        "qemu",
+        config.qemu_bin.as_deref(),
+        "qemu-system-x86_64",
+        fix,
+    )
+}
+
+/// The vhost-user vsock device the qemu engine runs (config
+/// `vhost_vsock_bin`, else `PATH`).
+pub fn vhost_device_vsock(host: &dyn Host, config: &Config) -> DoctorCheck {
+    let fix = "cargo install --locked vhost-device-vsock --version 0.3.0 (scripts/install-deps.sh \
+               does this into .cache/tools/bin), then put it in PATH or set vhost_vsock_bin in \
+               config.toml";
+    companion(
+        host,
+        config,
+        "vhost-device-vsock",
+        config.vhost_vsock_bin.as_deref(),
+        "vhost-device-vsock",
+        fix,
+    )
+}
+
+/// A program only `vmm = "qemu"` needs: fails when it is the VMM and the
+/// program is missing, warns otherwise.
+fn companion(
+    host: &dyn Host,
+    config: &Config,
+    check: &str,
+    configured: Option<&Path>,
+    program: &str,
+    fix: &str,
+) -> DoctorCheck {
+    let problem = |detail: String| {
+        if config.vmm == VmmKind::Qemu {
+            DoctorCheck::fail(check, detail, fix)
+        } else {
+            DoctorCheck::warn(
+                check,
+                format!("{detail} (only vmm = \"qemu\" needs it)"),
+                fix,
+            )
+        }
+    };
+    let binary = match configured {
+        Some(path) if host.is_executable(path) => path.to_owned(),
+        Some(path) => return problem(format!("{} is not an executable file", path.display())),
+        None => match host.find_program(program) {
+            Some(path) => path,
+            None => return problem(format!("{program} is not in PATH")),
+        },
+    };
+    match host.program_version(&binary) {
+        Ok(version) => DoctorCheck::pass(check, format!("{} ({version})", binary.display())),
+        Err(_) => DoctorCheck::pass(check, binary.display().to_string()),
     }
 }
 

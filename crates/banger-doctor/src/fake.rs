@@ -37,6 +37,9 @@ impl Default for FakeHost {
         }
         let firecracker = PathBuf::from("/usr/local/bin/firecracker");
         programs.insert("firecracker".into(), firecracker.clone());
+        for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
+            programs.insert(program.into(), PathBuf::from("/usr/bin").join(program));
+        }
         let mut versions = BTreeMap::new();
         versions.insert(firecracker, Ok("Firecracker v1.16.0".to_owned()));
         let mut devices = BTreeMap::new();

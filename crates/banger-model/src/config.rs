@@ -47,6 +47,28 @@ impl LogLevel {
     }
 }
 
+/// `qemu_accel`: what runs qemu guests' vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuAccel {
+    /// KVM when the guest's kernel boots under it (probed), else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    /// Software emulation, always.
+    Tcg,
+}
+
+impl QemuAccel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
 /// `config.toml` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +77,9 @@ struct RawConfig {
     vmm: Option<VmmKind>,
     firecracker_bin: Option<PathBuf>,
     simvm_bin: Option<PathBuf>,
+    qemu_bin: Option<PathBuf>,
+    vhost_vsock_bin: Option<PathBuf>,
+    qemu_accel: Option<QemuAccel>,
     ssh_key_path: Option<String>,
     default_image: Option<String>,
     stop_grace_seconds: Option<u64>,
@@ -93,6 +118,12 @@ pub struct Config {
     pub vmm: VmmKind,
     pub firecracker_bin: Option<PathBuf>,
     pub simvm_bin: Option<PathBuf>,
+    /// `qemu-system-x86_64` for `vmm = "qemu"` (else found in `PATH`).
+    pub qemu_bin: Option<PathBuf>,
+    /// `vhost-device-vsock` for `vmm = "qemu"` (else found in `PATH`).
+    pub vhost_vsock_bin: Option<PathBuf>,
+    /// What runs qemu guests' vCPUs.
+    pub qemu_accel: QemuAccel,
     /// As written; `~/` is expanded by [`Config::ssh_key_path`].
     pub ssh_key_path: Option<String>,
     pub default_image: Option<String>,
@@ -172,6 +203,9 @@ impl Default for Config {
             vmm: VmmKind::Firecracker,
             firecracker_bin: None,
             simvm_bin: None,
+            qemu_bin: None,
+            vhost_vsock_bin: None,
+            qemu_accel: QemuAccel::Auto,
             ssh_key_path: None,
             default_image: None,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -238,6 +272,9 @@ impl Config {
             vmm: raw.vmm.unwrap_or(VmmKind::Firecracker),
             firecracker_bin: raw.firecracker_bin,
             simvm_bin: raw.simvm_bin,
+            qemu_bin: raw.qemu_bin,
+            vhost_vsock_bin: raw.vhost_vsock_bin,
+            qemu_accel: raw.qemu_accel.unwrap_or_default(),
             ssh_key_path: raw.ssh_key_path,
             default_image: raw.default_image,
             stop_grace: DEFAULT_STOP_GRACE,
@@ -255,6 +292,8 @@ impl Config {
         for (key, value) in [
             ("firecracker_bin", &config.firecracker_bin),
             ("simvm_bin", &config.simvm_bin),
+            ("qemu_bin", &config.qemu_bin),
+            ("vhost_vsock_bin", &config.vhost_vsock_bin),
         ] {
             if let Some(path) = value
                 && !path.is_absolute()
@@ -500,7 +539,9 @@ mod tests {
                 "owner",
             ),
             ("log_level = \"loud\"", "log_level"),
-            ("vmm = \"qemu\"", "vmm"),
+            ("vmm = \"bochs\"", "vmm"),
+            ("qemu_accel = \"hvf\"", "qemu_accel"),
+            ("vhost_vsock_bin = \"relative\"", "vhost_vsock_bin"),
             ("firecracker_bin = \"firecracker\"", "firecracker_bin"),
             ("ssh_key_path = \"id_ed25519\"", "ssh_key_path"),
             ("default_image = \"Debian\"", "default_image"),

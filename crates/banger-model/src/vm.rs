@@ -94,13 +94,19 @@ pub enum VmmKind {
     Firecracker,
     /// `banger-simvm`: the guest runs in Linux namespaces, not a hypervisor.
     Sim,
+    /// `banger-simvm --engine qemu`: the real kernel and image in QEMU
+    /// microvm (KVM when usable, software emulation otherwise).
+    Qemu,
 }
 
 impl VmmKind {
+    pub const ALL: [Self; 3] = [Self::Firecracker, Self::Sim, Self::Qemu];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Firecracker => "firecracker",
             Self::Sim => "sim",
+            Self::Qemu => "qemu",
         }
     }
 
@@ -108,8 +114,55 @@ impl VmmKind {
         match raw {
             "firecracker" => Some(Self::Firecracker),
             "sim" => Some(Self::Sim),
+            "qemu" => Some(Self::Qemu),
             _ => None,
         }
+    }
+
+    /// Whether guests boot a kernel (the image must have one).
+    pub fn boots_kernel(self) -> bool {
+        matches!(self, Self::Firecracker | Self::Qemu)
+    }
+}
+
+/// What runs a qemu guest's vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's software emulation (TCG): correct, and slow.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+
+    /// How `vm show` and `doctor` describe it.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Kvm => "KVM, hardware virtualisation",
+            Self::Tcg => "TCG, software emulation: slow",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "kvm" => Some(Self::Kvm),
+            "tcg" => Some(Self::Tcg),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -179,9 +232,13 @@ impl NetworkAllocation {
 pub struct WorkspaceInfo {
     pub host_path: PathBuf,
     pub guest_path: PathBuf,
-    /// The head commit at prepare time: the default export base.
+    /// The default export base: the workspace as it was copied in (the
+    /// host's uncommitted work included), committed in the guest.
     pub base_commit: String,
     pub branch: Option<String>,
+    /// The host's HEAD when the workspace was copied.
+    #[serde(default)]
+    pub head_commit: Option<String>,
 }
 
 /// One VM.
@@ -195,6 +252,9 @@ pub struct Vm {
     pub spec: VmSpec,
     pub nat: bool,
     pub vmm: VmmKind,
+    /// qemu VMs: the accelerator of the current (or last) boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<Accel>,
     pub network: Option<NetworkAllocation>,
     /// The TAP device while running.
     pub tap: Option<String>,
@@ -293,7 +353,7 @@ mod tests {
                 format!("\"{state}\"")
             );
         }
-        for kind in [VmmKind::Firecracker, VmmKind::Sim] {
+        for kind in VmmKind::ALL {
             assert_eq!(VmmKind::parse(kind.as_str()), Some(kind));
         }
         for strategy in [

@@ -337,6 +337,7 @@ mod tests {
                     guest_path: "/root/repo".into(),
                     base_commit: "abc".into(),
                     branch: None,
+                    head_commit: None,
                 },
             }),
             Request::ImageList,

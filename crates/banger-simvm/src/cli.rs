@@ -3,7 +3,18 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+use crate::qemu::AccelChoice;
+
+/// How simvm runs guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// The root drive in Linux namespaces (no kernel, no hypervisor).
+    Sim,
+    /// The kernel, initrd and drives in QEMU microvm.
+    Qemu,
+}
 
 /// Firecracker's default API socket.
 pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
@@ -12,7 +23,7 @@ pub const DEFAULT_ID: &str = "anonymous-instance";
 
 /// banger-simvm: speaks the Firecracker API on a unix socket and, on
 /// InstanceStart, runs the root drive as a container (Linux namespaces, not
-/// a hypervisor).
+/// a hypervisor) or, with `--engine qemu`, boots the kernel in QEMU.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "banger-simvm", version, about, long_about = None)]
 pub struct Args {
@@ -29,6 +40,24 @@ pub struct Args {
     /// stdout, like Firecracker's serial port).
     #[arg(long, value_name = "PATH")]
     pub log_path: Option<PathBuf>,
+
+    /// How guests run: `sim` (the root drive in Linux namespaces, no
+    /// kernel) or `qemu` (the real kernel and drives in QEMU microvm).
+    #[arg(long, value_enum, default_value_t = Engine::Sim)]
+    pub engine: Engine,
+
+    /// qemu engine: the QEMU binary.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu_bin: PathBuf,
+
+    /// qemu engine: the vhost-user vsock device binary.
+    #[arg(long, value_name = "PATH", default_value = "vhost-device-vsock")]
+    pub vhost_vsock_bin: PathBuf,
+
+    /// qemu engine: `kvm`, `tcg` (software emulation) or `auto` (KVM when
+    /// the guest's kernel boots under it, else TCG).
+    #[arg(long, value_name = "ACCEL", default_value = "auto")]
+    pub accel: AccelChoice,
 
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long, value_name = "LEVEL")]
@@ -99,6 +128,24 @@ mod tests {
         assert_eq!(args.api_sock, PathBuf::from("/tmp/a.sock"));
         assert_eq!(args.id, "vm-1");
         assert_eq!(args.level.as_deref(), Some("Debug"));
+        assert_eq!(args.engine, Engine::Sim);
+    }
+
+    #[test]
+    fn qemu_engine_flags() {
+        let args = Args::try_parse_from([
+            "banger-simvm",
+            "--engine",
+            "qemu",
+            "--accel",
+            "tcg",
+            "--qemu-bin",
+            "/usr/bin/qemu-system-x86_64",
+        ])
+        .unwrap();
+        assert_eq!(args.engine, Engine::Qemu);
+        assert_eq!(args.accel, AccelChoice::Fixed(crate::qemu::Accel::Tcg));
+        assert!(Args::try_parse_from(["banger-simvm", "--accel", "hvf"]).is_err());
     }
 
     #[test]

@@ -116,23 +116,50 @@ pub struct NicPlan {
     pub mac: Option<api::MacAddr>,
 }
 
+/// The vsock device (simvm serves its host-side socket, `uds_path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockPlan {
+    pub guest_cid: u32,
+}
+
 /// Everything `InstanceStart` hands to the launcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootPlan {
     pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub vcpus: u8,
+    pub mem_mib: usize,
     pub root: DrivePlan,
     /// Mounted at `/root` inside the root drive.
     pub work: Option<DrivePlan>,
+    /// Every drive in Firecracker's order: the root drive first, then the
+    /// others as they were added (the guest sees them as vda, vdb, …).
+    pub drives: Vec<DrivePlan>,
     pub cmdline: String,
     pub ip: Option<IpConfig>,
     pub nic: Option<NicPlan>,
+    pub vsock: Option<VsockPlan>,
+}
+
+/// How simvm's hybrid vsock socket reaches a guest's vsock listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockUpstream {
+    /// The listener for port P is the unix socket `<dir>/<P>.sock` (the
+    /// namespace engine: seen from simvm through the guest's root).
+    Dir(PathBuf),
+    /// Another hybrid vsock socket (`CONNECT <port>\n` → `OK …\n`): the
+    /// qemu engine's vhost-device-vsock.
+    Hybrid(PathBuf),
+    /// Nothing can be reached yet (the guest's vsock driver is not up):
+    /// connections are closed, as when nothing listens.
+    NotReady,
 }
 
 /// A running guest.
 pub trait Guest: Send + Sync + fmt::Debug {
-    /// The directory (seen from simvm) where the guest's vsock listeners
-    /// live as `<port>.sock`.
-    fn vsock_dir(&self) -> PathBuf;
+    /// Where connections to the guest's vsock ports go.
+    fn vsock_upstream(&self) -> VsockUpstream;
     /// Ctrl-Alt-Del: asks the guest to shut down.
     fn ctrl_alt_del(&self) -> Result<(), String>;
     fn pause(&self) -> Result<(), String>;
@@ -145,6 +172,12 @@ pub trait Guest: Send + Sync + fmt::Debug {
     /// empty once everything has been released.
     fn leftovers(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Once exited: why, if the guest did not end by shutting itself down
+    /// or being asked to (a crashed or killed VMM process). simvm then exits
+    /// with an error, as a crashed Firecracker would.
+    fn failure(&self) -> Option<String> {
+        None
     }
 }
 
@@ -296,6 +329,10 @@ impl Controller {
             (&Method::GET, "vm", None) if second == Some("config") => ApiReply::fault(
                 "The requested operation is not supported: banger-simvm does not emulate GET /vm/config",
             ),
+            // Firecracker loads snapshots only into a fresh VMM.
+            (&Method::PUT, "snapshot", Some(_)) if second == Some("load") && self.booted() => {
+                ApiReply::fault(NOT_SUPPORTED_POST_BOOT)
+            }
             (&Method::GET, "balloon" | "hotplug" | "mmds", None)
             | (
                 &Method::PUT,
@@ -648,6 +685,7 @@ impl Controller {
             .iter()
             .find(|d| !d.is_root_device)
             .map(drive_plan);
+        let drives = self.drives.iter().map(drive_plan).collect();
         let cmdline = boot.boot_args.clone().unwrap_or_default();
         let ip = Cmdline::parse(&cmdline)
             .ip()
@@ -656,13 +694,22 @@ impl Controller {
             tap: n.host_dev_name.clone(),
             mac: n.guest_mac,
         });
+        let vsock = self.vsock.as_ref().map(|device| VsockPlan {
+            guest_cid: device.config().guest_cid,
+        });
         Ok(BootPlan {
             id: self.id.clone(),
+            kernel: PathBuf::from(&boot.kernel_image_path),
+            initrd: boot.initrd_path.as_ref().map(PathBuf::from),
+            vcpus: self.machine.vcpu_count,
+            mem_mib: self.machine.mem_size_mib,
             root,
             work,
+            drives,
             cmdline,
             ip,
             nic,
+            vsock,
         })
     }
 
@@ -726,8 +773,8 @@ mod tests {
     }
 
     impl Guest for FakeGuest {
-        fn vsock_dir(&self) -> PathBuf {
-            PathBuf::from("/nonexistent")
+        fn vsock_upstream(&self) -> VsockUpstream {
+            VsockUpstream::Dir(PathBuf::from("/nonexistent"))
         }
         fn ctrl_alt_del(&self) -> Result<(), String> {
             self.calls.lock().unwrap().push("ctrl_alt_del");
@@ -869,6 +916,65 @@ mod tests {
 
         let reply = f.send(Method::GET, "/", "").await;
         assert!(reply.body.unwrap().contains(r#""state":"Running""#));
+    }
+
+    /// The plan carries everything a VMM needs (qemu uses all of it).
+    #[tokio::test]
+    async fn the_plan_holds_the_whole_machine() {
+        let mut f = Fixture::new();
+        f.ok(
+            Method::PUT,
+            "/vsock",
+            r#"{"guest_cid":7,"uds_path":"{dir}/v.sock"}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/machine-config",
+            r#"{"vcpu_count":2,"mem_size_mib":768}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/boot-source",
+            r#"{"kernel_image_path":"{dir}/vmlinux","initrd_path":"{dir}/work.img","boot_args":"console=ttyS0"}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/drives/rootfs",
+            r#"{"drive_id":"rootfs","is_root_device":true,"path_on_host":"{dir}/root.img","is_read_only":true}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/drives/work",
+            r#"{"drive_id":"work","is_root_device":false,"path_on_host":"{dir}/work.img"}"#,
+        )
+        .await;
+        f.ok(
+            Method::PUT,
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        )
+        .await;
+        let plan = f.launcher.plans.lock().unwrap()[0].clone();
+        assert_eq!(plan.vsock, Some(VsockPlan { guest_cid: 7 }));
+        assert_eq!((plan.vcpus, plan.mem_mib), (2, 768));
+        assert_eq!(plan.kernel, PathBuf::from(f.path("vmlinux")));
+        assert_eq!(plan.initrd, Some(PathBuf::from(f.path("work.img"))));
+        let drives: Vec<(PathBuf, bool)> = plan
+            .drives
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                (PathBuf::from(f.path("root.img")), true),
+                (PathBuf::from(f.path("work.img")), false)
+            ]
+        );
     }
 
     #[tokio::test]

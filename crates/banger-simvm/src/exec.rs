@@ -91,3 +91,86 @@ pub(crate) fn fork_guest_init() -> nix::Result<nix::unistd::ForkResult> {
     // other thread can hold a lock the child would inherit.
     unsafe { nix::unistd::fork() }
 }
+
+/// Makes a child die with simvm: SIGKILL when the spawning thread ends.
+/// Callers spawn from tokio worker threads, which live as long as simvm.
+fn die_with_parent(command: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes raw system calls (prctl, getppid), both async-signal-safe; it
+    // allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts `vhost-device-vsock` for one guest: the vhost-user socket QEMU
+/// connects to, and the hybrid vsock socket clients use. Its output is
+/// piped (simvm logs it).
+pub(crate) fn spawn_vhost_vsock(
+    binary: &Path,
+    guest_cid: u32,
+    vhost_socket: &Path,
+    uds_path: &Path,
+) -> io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("--guest-cid")
+        .arg(guest_cid.to_string())
+        .arg("--socket")
+        .arg(vhost_socket)
+        .arg("--uds-path")
+        .arg(uds_path)
+        // Its warnings (env_logger) land in simvm's log;
+        // BANGER_SIMVM_VSOCK_LOG=debug shows every packet.
+        .env(
+            "RUST_LOG",
+            std::env::var("BANGER_SIMVM_VSOCK_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    command.spawn()
+}
+
+/// Starts QEMU: stdout (the guest's serial console) is simvm's stdout,
+/// stderr is piped (simvm logs it).
+pub(crate) fn spawn_qemu(
+    binary: &Path,
+    args: &[std::ffi::OsString],
+) -> io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    command.spawn()
+}
+
+/// Starts QEMU for the accelerator probe: console on a pipe, stderr
+/// discarded.
+pub(crate) fn spawn_qemu_probe(
+    binary: &Path,
+    args: &[std::ffi::OsString],
+) -> io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    command.spawn()
+}

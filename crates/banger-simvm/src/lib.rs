@@ -1,17 +1,26 @@
 //! banger-simvm: a stand-in VMM for hosts without KVM. It is started like
 //! `firecracker` (`--api-sock PATH --id ID`), answers the Firecracker v1.16
 //! API with Firecracker's paths, field names, status codes and error bodies,
-//! and on `InstanceStart` runs the root drive as a container: its own mount,
-//! PID, UTS, network and IPC namespaces, the second drive at `/root`, a veth
-//! on the bridge of the configured TAP, and the image's first-boot script
-//! in container mode. Isolation is namespaces, not a hypervisor.
+//! and on `InstanceStart` boots the guest with one of two engines
+//! (`--engine`):
+//!
+//! - `sim` runs the root drive as a container: its own mount, PID, UTS,
+//!   network and IPC namespaces, the second drive at `/root`, a veth on the
+//!   bridge of the configured TAP, and the image's first-boot script in
+//!   container mode. Isolation is namespaces, not a hypervisor.
+//! - `qemu` boots the configured kernel, initrd and drives in QEMU's
+//!   `microvm` machine (KVM when the kernel boots under it, else software
+//!   emulation), the TAP as its NIC and vsock through `vhost-device-vsock`:
+//!   the real guest, slowly where there is no usable KVM.
 //!
 //! Layout:
 //! - [`cli`]: Firecracker's command-line flags.
 //! - [`controller`]: the API as a state machine (pure; no root needed).
 //! - [`server`]: HTTP/1.1 on the API unix socket.
 //! - [`vsock`]: Firecracker's hybrid vsock (`CONNECT <port>`) to guest unix sockets.
-//! - [`guest`]: the container boot (host side and the re-executed helper).
+//! - [`guest`]: the `sim` engine's container boot (host side and the
+//!   re-executed helper).
+//! - [`qemu`]: the `qemu` engine (command line, QMP, accelerator probe).
 //! - [`net`]: the guest's veth and addresses, over netlink.
 //! - [`loopdev`]: autoclear loop devices.
 //! - [`log`]: simvm's own log (`--log-path`, `PUT /logger`).
@@ -24,6 +33,7 @@ pub mod guest;
 pub mod log;
 pub mod loopdev;
 pub mod net;
+pub mod qemu;
 pub mod server;
 pub mod vsock;
 
@@ -36,7 +46,7 @@ use banger_firecracker::api::LogLevel;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Mutex, watch};
 
-use crate::controller::{Controller, Guest, GuestSlot};
+use crate::controller::{Controller, Guest, GuestLauncher, GuestSlot};
 
 /// How long guest processes get between SIGTERM and SIGKILL.
 pub const GUEST_GRACE: Duration = Duration::from_secs(3);
@@ -64,9 +74,21 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
 
     let (slot, _) = watch::channel(None);
     let slot: Arc<GuestSlot> = Arc::new(slot);
-    let launcher = Arc::new(
-        guest::NamespaceLauncher::new(GUEST_GRACE).context("could not start the guest spawner")?,
-    );
+    let launcher: Arc<dyn GuestLauncher> = match args.engine {
+        cli::Engine::Sim => Arc::new(
+            guest::NamespaceLauncher::new(GUEST_GRACE)
+                .context("could not start the guest spawner")?,
+        ),
+        cli::Engine::Qemu => Arc::new(qemu::QemuLauncher::new(
+            qemu::QemuConfig {
+                qemu: args.qemu_bin.clone(),
+                vhost_vsock: args.vhost_vsock_bin.clone(),
+                accel: args.accel,
+            },
+            args.api_sock.clone(),
+        )),
+    };
+    tracing::info!(engine = ?args.engine, "engine");
     let mut controller = Controller::new(args.id.clone(), launcher, log, slot.clone());
     if let Some(metrics) = &args.metrics_path {
         controller
@@ -97,6 +119,8 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
         if let Some(guest) = &guest {
             stop_guest(guest.as_ref()).await;
         }
+    } else if let Some(failure) = guest.as_ref().and_then(|g| g.failure()) {
+        tracing::error!(%failure, "the guest failed");
     } else {
         tracing::info!("guest is gone, exiting");
     }
@@ -109,7 +133,10 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
         .ok()
         .and_then(|c| c.vsock_path().map(Path::to_path_buf));
     remove_sockets([Some(args.api_sock.clone()), vsock]);
-    Ok(())
+    match guest.as_ref().and_then(|g| g.failure()) {
+        Some(failure) if !stopped_by_signal => Err(anyhow::anyhow!("the guest failed: {failure}")),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves once a guest has been started and has exited.

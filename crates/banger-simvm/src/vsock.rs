@@ -1,9 +1,21 @@
 //! Firecracker's hybrid vsock, host-initiated side: simvm listens on the
 //! configured `uds_path`; a client writes `CONNECT <port>\n`, gets
 //! `OK <host-port>\n`, then a byte stream to the guest's listener on that
-//! port. Inside the guest the listener for port P is the unix socket
-//! `/run/banger/vsock/<P>.sock`. A request that does not parse, or a port
-//! nobody listens on, gets the connection closed, as Firecracker does.
+//! port. A request that does not parse, or a port nobody listens on, gets
+//! the connection closed, as Firecracker does. Where the stream goes is the
+//! guest's [`VsockUpstream`]:
+//!
+//! - the namespace engine: the listener for port P is the unix socket
+//!   `/run/banger/vsock/<P>.sock` inside the guest;
+//! - the qemu engine: vhost-device-vsock's own hybrid socket, which
+//!   reaches the guest over virtio-vsock. vhost-device-vsock 0.3.0 is
+//!   fragile in two ways simvm shields it from: a host connection that
+//!   arrives while QEMU is still setting up its rings can end its worker
+//!   thread (the device then never answers again), so simvm connects only
+//!   once the guest's driver has started the device
+//!   ([`VsockUpstream::NotReady`] before); and it panics when the `OK` it
+//!   writes meets a closed socket, so simvm finishes every handshake it
+//!   starts, even for a client that gave up.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,7 +29,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::controller::Guest;
+use crate::controller::{Guest, VsockUpstream};
 
 /// Where, inside the guest, the listener for vsock port P lives, as
 /// `<P>.sock` (banger-guest's contract with the agent).
@@ -30,6 +42,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST_LEN: usize = 32;
 /// Shortest valid request, `connect 0\n`.
 const MIN_REQUEST_LEN: usize = 10;
+/// How long simvm waits for an upstream hybrid socket to answer `CONNECT`
+/// (the guest may still be booting; see the module docs for why this is
+/// not the client's patience).
+const UPSTREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A configured vsock device: the listening socket and its accept loop.
 #[derive(Debug)]
@@ -127,6 +143,10 @@ enum ProxyError {
     BadRequest(String),
     #[error("the guest is not running")]
     NoGuest,
+    #[error("the guest's vsock device is not ready yet")]
+    NotReady,
+    #[error("the vsock device refused port {port}: {answer:?}")]
+    Refused { port: u32, answer: String },
     #[error("nothing listens on guest vsock port {port}")]
     NoListener {
         port: u32,
@@ -179,11 +199,17 @@ async fn proxy(
         .await
         .map_err(|_| ProxyError::RequestTimeout)??;
     let guest = guest.ok_or(ProxyError::NoGuest)?;
-    let target = guest.vsock_dir().join(format!("{port}.sock"));
-    let mut upstream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&target))
-        .await
-        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
-        .map_err(|source| ProxyError::NoListener { port, source })?;
+    let mut upstream = match guest.vsock_upstream() {
+        VsockUpstream::Dir(dir) => {
+            let target = dir.join(format!("{port}.sock"));
+            tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&target))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+                .map_err(|source| ProxyError::NoListener { port, source })?
+        }
+        VsockUpstream::Hybrid(socket) => hybrid_connect(&socket, port).await?,
+        VsockUpstream::NotReady => return Err(ProxyError::NotReady),
+    };
     let host_port = ports.next();
     client
         .write_all(format!("OK {host_port}\n").as_bytes())
@@ -196,6 +222,48 @@ async fn proxy(
     Ok(())
 }
 
+/// `CONNECT port` on another hybrid socket; returns the stream once it
+/// answered `OK`. Waits for the answer however long the client waits.
+async fn hybrid_connect(socket: &Path, port: u32) -> Result<UnixStream, ProxyError> {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ProxyError::NoListener { port, source })?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|source| ProxyError::NoListener { port, source })?;
+    let answer = tokio::time::timeout(UPSTREAM_ANSWER_TIMEOUT, read_line(&mut stream))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+        .map_err(|source| ProxyError::NoListener { port, source })?;
+    if !answer.starts_with("OK ") {
+        return Err(ProxyError::Refused { port, answer });
+    }
+    Ok(stream)
+}
+
+/// Reads one `\n`-terminated line byte by byte (nothing after it is
+/// consumed) and returns it without the newline.
+async fn read_line(stream: &mut UnixStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        if byte[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(byte[0]);
+        if line.len() > MAX_REQUEST_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "answer too long",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -206,8 +274,8 @@ mod tests {
     struct DirGuest(PathBuf);
 
     impl Guest for DirGuest {
-        fn vsock_dir(&self) -> PathBuf {
-            self.0.clone()
+        fn vsock_upstream(&self) -> VsockUpstream {
+            VsockUpstream::Dir(self.0.clone())
         }
         fn ctrl_alt_del(&self) -> Result<(), String> {
             Ok(())
@@ -293,5 +361,77 @@ mod tests {
 
         device.remove().unwrap();
         assert!(!path.exists());
+    }
+
+    #[derive(Debug)]
+    struct HybridGuest(PathBuf);
+
+    impl Guest for HybridGuest {
+        fn vsock_upstream(&self) -> VsockUpstream {
+            VsockUpstream::Hybrid(self.0.clone())
+        }
+        fn ctrl_alt_del(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn pause(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn exited(&self) -> watch::Receiver<bool> {
+            watch::channel(false).1
+        }
+    }
+
+    /// A slow upstream hybrid socket (like vhost-device-vsock with an
+    /// emulated guest): its `OK` reaches an open socket even when the
+    /// client gave up first, and a patient client gets simvm's `OK` and the
+    /// stream.
+    #[tokio::test]
+    async fn hybrid_upstream_handshakes_are_finished_even_for_clients_that_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = UnixListener::bind(dir.path().join("device.sock")).unwrap();
+        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                let results_tx = results_tx.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 13];
+                    s.read_exact(&mut request).await.unwrap();
+                    assert_eq!(&request, b"CONNECT 1024\n");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let wrote = s.write_all(b"OK 77\n").await.is_ok();
+                    let _ = results_tx.send(wrote);
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let guest: Arc<dyn Guest> = Arc::new(HybridGuest(dir.path().join("device.sock")));
+        let (_slot, rx) = watch::channel(Some(guest));
+        let config = Vsock {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: dir.path().join("v.sock").display().to_string(),
+        };
+        let device = VsockDevice::bind(config, rx).unwrap();
+
+        // A client that gives up before the device answers.
+        let mut impatient = UnixStream::connect(device.path()).await.unwrap();
+        impatient.write_all(b"CONNECT 1024\n").await.unwrap();
+        drop(impatient);
+        assert!(
+            results.recv().await.unwrap(),
+            "the device's OK met a closed socket"
+        );
+
+        let (line, mut stream) = exchange(device.path(), b"CONNECT 1024\n").await;
+        assert_eq!(line, format!("OK {}\n", (1u32 << 30) + 1));
+        assert!(results.recv().await.unwrap());
+        stream.write_all(b"ping\n").await.unwrap();
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping\n");
     }
 }

@@ -91,8 +91,13 @@ ALTER TABLE vms_v2 RENAME TO vms;
 CREATE INDEX vms_image ON vms(image_id);
 "#;
 
+/// qemu VMs record what ran their vCPUs (`kvm` or `tcg`).
+const V3: &str = r#"
+ALTER TABLE vms ADD COLUMN accel TEXT CHECK (accel IN ('kvm', 'tcg'));
+"#;
+
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 #[cfg(test)]
@@ -114,7 +119,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         let journal: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();

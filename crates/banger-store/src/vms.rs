@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use banger_model::vm::{NetworkAllocation, StorageStrategy, Vm, VmState, VmmKind, WorkspaceInfo};
+use banger_model::vm::{
+    Accel, NetworkAllocation, StorageStrategy, Vm, VmState, VmmKind, WorkspaceInfo,
+};
 use banger_model::{ByteSize, Id, Name, VmSpec};
 use rusqlite::{OptionalExtension, Row, params};
 
@@ -11,7 +13,8 @@ use crate::{Store, StoreError, from_millis, is_foreign_key_violation, map_unique
 
 const COLUMNS: &str = "v.id, v.name, v.image_id, i.name, v.state, v.vcpu, v.memory_mib, \
     v.disk_size, v.nat, v.vmm, v.guest_ip, v.prefix_len, v.gateway, v.mac, v.tap, v.storage, \
-    v.dir, v.pid, v.vsock_cid, v.created_at, v.updated_at, v.started_at, v.last_error, v.workspace";
+    v.dir, v.pid, v.vsock_cid, v.created_at, v.updated_at, v.started_at, v.last_error, v.workspace, \
+    v.accel";
 const FROM: &str = "vms v JOIN images i ON i.id = v.image_id";
 
 impl Store {
@@ -20,8 +23,9 @@ impl Store {
         let result = self.conn().execute(
             "INSERT INTO vms (id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm, \
              guest_ip, prefix_len, gateway, mac, tap, storage, dir, pid, vsock_cid, created_at, \
-             updated_at, started_at, last_error, workspace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-             ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+             updated_at, started_at, last_error, workspace, accel) VALUES (?1, ?2, ?3, ?4, ?5, \
+             ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
+             ?23, ?24)",
             params![
                 vm.id.as_str(),
                 vm.name.as_str(),
@@ -46,6 +50,7 @@ impl Store {
                 vm.started_at.map(to_millis),
                 vm.last_error,
                 workspace_json(vm),
+                vm.accel.map(Accel::as_str),
             ],
         );
         match result {
@@ -64,7 +69,7 @@ impl Store {
             "UPDATE vms SET state = ?2, vcpu = ?3, memory_mib = ?4, disk_size = ?5, nat = ?6, \
              guest_ip = ?7, prefix_len = ?8, gateway = ?9, mac = ?10, tap = ?11, storage = ?12, \
              pid = ?13, vsock_cid = ?14, updated_at = ?15, started_at = ?16, last_error = ?17, \
-             workspace = ?18 WHERE id = ?1",
+             workspace = ?18, accel = ?19 WHERE id = ?1",
             params![
                 vm.id.as_str(),
                 vm.state.as_str(),
@@ -84,6 +89,7 @@ impl Store {
                 vm.started_at.map(to_millis),
                 vm.last_error,
                 workspace_json(vm),
+                vm.accel.map(Accel::as_str),
             ],
         )?;
         if changed == 0 {
@@ -192,6 +198,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<Vm, StoreError>> {
     let started_at: Option<i64> = row.get(21)?;
     let last_error: Option<String> = row.get(22)?;
     let workspace: Option<String> = row.get(23)?;
+    let accel: Option<String> = row.get(24)?;
     Ok((|| {
         let network = match (guest_ip, prefix_len, gateway, mac) {
             (Some(ip), Some(prefix_len), Some(gateway), Some(mac)) => Some(NetworkAllocation {
@@ -215,6 +222,9 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<Vm, StoreError>> {
             },
             nat,
             vmm: VmmKind::parse(&vmm).ok_or_else(|| corrupt("VMM kind", &vmm))?,
+            accel: accel
+                .map(|raw| Accel::parse(&raw).ok_or_else(|| corrupt("accel", &raw)))
+                .transpose()?,
             network,
             tap,
             storage: storage

@@ -57,6 +57,7 @@ fn vm(name: &str, image: &Image, ip: Option<Ipv4Addr>) -> Vm {
         },
         nat: true,
         vmm: VmmKind::Sim,
+        accel: None,
         network: ip.map(|ip| NetworkAllocation {
             ip,
             prefix_len: 24,
@@ -110,6 +111,7 @@ fn records_round_trip_with_timestamps_at_millisecond_precision() {
         guest_path: "/root/repo".into(),
         base_commit: "abc".into(),
         branch: None,
+        head_commit: Some("abc".into()),
     });
     store.update_vm(&mut v).unwrap();
     let got = store.get_vm(&v.id).unwrap().unwrap();
@@ -124,6 +126,52 @@ fn records_round_trip_with_timestamps_at_millisecond_precision() {
         vec![Ipv4Addr::new(172, 30, 0, 2)]
     );
     assert_eq!(store.used_cids().unwrap(), vec![3]);
+}
+
+/// Migration V2: qemu VMs and their accelerator are stored; rows written
+/// under V1 survive the table rebuild.
+#[test]
+fn qemu_vms_keep_their_accelerator_and_v1_rows_survive_the_rebuild() {
+    use banger_model::vm::Accel;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("banger.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        banger_store::schema::migrations()
+            .to_version(&mut conn, 1)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO images (id, name, rootfs_path, rootfs_size, source, created_at) \
+             VALUES ('img1', 'debian', '/r.ext4', 1, '{\"kind\":\"import\",\"path\":\"/r\"}', 0); \
+             INSERT INTO vms (id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm, \
+             dir, created_at, updated_at) VALUES ('vm1', 'old', 'img1', 'stopped', 1, 128, 1, 0, \
+             'sim', '/d', 0, 0);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (vmm, accel): (String, Option<String>) = conn
+        .query_row("SELECT vmm, accel FROM vms WHERE id = 'vm1'", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((vmm.as_str(), accel), ("sim", None));
+
+    let k = kernel("k1");
+    store.insert_kernel(&k).unwrap();
+    let i = image("bookworm", Some(&k));
+    store.insert_image(&i).unwrap();
+    let mut q = vm("q", &i, Some(Ipv4Addr::new(172, 30, 0, 3)));
+    q.vmm = VmmKind::Qemu;
+    q.vsock_cid = Some(4);
+    store.insert_vm(&q).unwrap();
+    q.accel = Some(Accel::Tcg);
+    store.update_vm(&mut q).unwrap();
+    let got = store.get_vm(&q.id).unwrap().unwrap();
+    assert_eq!(got.vmm, VmmKind::Qemu);
+    assert_eq!(got.accel, Some(Accel::Tcg));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! End-to-end environments: a [`TestEnv`] whose daemon runs inside its own
-//! network namespace with `vmm = "sim"`, so bridges, TAPs, NAT rules and the
+//! network namespace with `vmm = "sim"` (or `"qemu"`), so bridges, TAPs, NAT rules and the
 //! DNS port never touch the host or other tests. Dropping it stops the
 //! daemon, kills any VMM left under its state dir and deletes the namespace.
 
@@ -61,6 +61,23 @@ pub struct SimEnv {
 impl SimEnv {
     /// A fresh world with `vmm = "sim"` and `extra_config` appended.
     pub fn new(extra_config: &str) -> Self {
+        Self::with_settings(
+            "vmm = \"sim\"\nboot_timeout_seconds = 60\nstop_grace_seconds = 5\n",
+            extra_config,
+        )
+    }
+
+    /// A fresh world with `vmm = "qemu"` (real guest kernels, slow under
+    /// software emulation: generous boot and stop limits) and
+    /// `extra_config` appended.
+    pub fn qemu(extra_config: &str) -> Self {
+        Self::with_settings(
+            "vmm = \"qemu\"\nboot_timeout_seconds = 300\nstop_grace_seconds = 60\n",
+            extra_config,
+        )
+    }
+
+    fn with_settings(settings: &str, extra_config: &str) -> Self {
         let env = TestEnv::new();
         let netns = format!(
             "bt-{}",
@@ -81,9 +98,8 @@ impl SimEnv {
         } else {
             "\n[network]\n"
         };
-        sim.env.write_config(&format!(
-            "vmm = \"sim\"\nboot_timeout_seconds = 60\nstop_grace_seconds = 5\n{extra_config}{network}"
-        ));
+        sim.env
+            .write_config(&format!("{settings}{extra_config}{network}"));
         sim
     }
 
@@ -132,7 +148,12 @@ impl SimEnv {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns]).arg(program);
         command.env_clear();
-        for key in ["PATH", "BANGER_LOG", "RUST_BACKTRACE"] {
+        for key in [
+            "PATH",
+            "BANGER_LOG",
+            "RUST_BACKTRACE",
+            "BANGER_SIMVM_VSOCK_LOG",
+        ] {
             if let Some(value) = std::env::var_os(key) {
                 command.env(key, value);
             }
@@ -204,6 +225,12 @@ impl SimEnv {
             section(
                 &format!("console of {}", vm_dir.file_name().to_string_lossy()),
                 tail(&console, 30),
+            );
+            let vmm_log =
+                std::fs::read_to_string(vm_dir.path().join("vmm.log")).unwrap_or_default();
+            section(
+                &format!("vmm log of {}", vm_dir.file_name().to_string_lossy()),
+                tail(&vmm_log, 40),
             );
         }
         text

@@ -54,3 +54,10 @@ pub fn is_elf(path: &Path) -> bool {
         .is_ok()
         && magic == *b"\x7fELF"
 }
+
+/// Whether `path` is a regular file with an execute bit.
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}

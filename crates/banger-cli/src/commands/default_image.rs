@@ -70,7 +70,7 @@ pub(crate) async fn bootstrap_default_image(
     preflight(vmm, &banger_doctor::RealHost, simvm)?;
     let plan = Plan {
         distro: DEFAULT,
-        kernel: vmm == VmmKind::Firecracker && kernels.kernels.is_empty(),
+        kernel: vmm.boots_kernel() && kernels.kernels.is_empty(),
     };
     eprintln!("{}", describe(&plan));
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
@@ -117,8 +117,9 @@ pub(crate) async fn bootstrap_default_image(
 }
 
 /// The cheap checks that fail any VM whatever its image, run before minutes
-/// of building one: the VMM's binary (Firecracker, or banger-simvm for sim
-/// VMs), `/dev/kvm` (Firecracker), privileges.
+/// of building one: the VMM and its pieces (Firecracker; banger-simvm for
+/// sim and qemu VMs, QEMU and vhost-device-vsock for qemu VMs), `/dev/kvm`
+/// (Firecracker), privileges.
 /// Fails with each failing check and its fix; nothing has been built.
 /// `simvm` is where banger-simvm was found (or where it was looked for).
 pub(crate) fn preflight(
@@ -131,12 +132,14 @@ pub(crate) fn preflight(
     let simvm = banger_doctor::Companion {
         name: "banger-simvm".into(),
         found: simvm,
-        role: "runs sim VMs".into(),
-        needed: vmm == VmmKind::Sim,
+        role: "runs sim and qemu VMs".into(),
+        needed: matches!(vmm, VmmKind::Sim | VmmKind::Qemu),
     };
     let failed: Vec<_> = [
         checks::kvm(host, vmm),
         checks::firecracker(host, &config),
+        checks::qemu(host, &config),
+        checks::vhost_device_vsock(host, &config),
         checks::companions(std::slice::from_ref(&simvm)),
         checks::privileges(host),
     ]
@@ -231,6 +234,21 @@ mod tests {
         assert!(text.contains("make install"), "{text}");
         // Firecracker VMs do not need it.
         assert!(preflight(VmmKind::Firecracker, &healthy, Err("x".into())).is_ok());
+        // qemu VMs need QEMU and vhost-device-vsock too.
+        let mut with_qemu = FakeHost::default();
+        for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
+            with_qemu
+                .programs
+                .insert(program.into(), format!("/usr/bin/{program}").into());
+        }
+        assert!(preflight(VmmKind::Qemu, &with_qemu, simvm()).is_ok());
+        let mut without_qemu = with_qemu.clone();
+        without_qemu.programs.remove("qemu-system-x86_64");
+        let text = format!(
+            "{:#}",
+            preflight(VmmKind::Qemu, &without_qemu, simvm()).unwrap_err()
+        );
+        assert!(text.contains("qemu-system-x86_64 is not in PATH"), "{text}");
         let unprivileged = FakeHost {
             privileges: banger_doctor::Privileges {
                 euid: 1000,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use banger_model::layout::Layout;
-use banger_model::vm::{Vm, VmmKind};
+use banger_model::vm::{Accel, Vm, VmmKind};
 use banger_rpc::Request;
 use banger_rpc::request::RefParams;
 use banger_rpc::response::{VmDetails, VmListResult};
@@ -35,7 +35,7 @@ pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<Exi
             vm.id.short().to_owned(),
             vm.state.to_string(),
             vm.image_name.clone(),
-            vmm_label(vm.vmm).to_owned(),
+            vmm_label(vm),
             vm.network
                 .as_ref()
                 .map(|net| net.ip.to_string())
@@ -49,6 +49,9 @@ pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<Exi
     print_table(&mut rows);
     if result.vms.iter().any(|vm| vm.vmm == VmmKind::Sim) {
         eprintln!("note: sim VMs are isolated by Linux namespaces, not by a hypervisor");
+    }
+    if result.vms.iter().any(|vm| vm.accel == Some(Accel::Tcg)) {
+        eprintln!("note: qemu (tcg) VMs run under software emulation, which is slow");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -64,11 +67,14 @@ pub(super) fn disks_line(disks: &banger_model::vm::VmDisks) -> String {
     )
 }
 
-/// `sim*` marks namespace-isolated VMs in tables.
-fn vmm_label(kind: VmmKind) -> &'static str {
-    match kind {
-        VmmKind::Firecracker => "firecracker",
-        VmmKind::Sim => "sim*",
+/// `sim*` marks namespace-isolated VMs in tables; qemu VMs show their
+/// accelerator.
+fn vmm_label(vm: &Vm) -> String {
+    match (vm.vmm, vm.accel) {
+        (VmmKind::Firecracker, _) => "firecracker".into(),
+        (VmmKind::Sim, _) => "sim*".into(),
+        (VmmKind::Qemu, Some(accel)) => format!("qemu ({accel})"),
+        (VmmKind::Qemu, None) => "qemu".into(),
     }
 }
 
@@ -96,9 +102,14 @@ fn print_vm(vm: &Vm) {
     }
     println!("image       {} ({})", vm.image_name, vm.image_id.short());
     println!("spec        {}", vm.spec);
-    let isolation = match vm.vmm {
-        VmmKind::Firecracker => "firecracker (hypervisor isolation)",
-        VmmKind::Sim => "sim (Linux namespaces, NOT a hypervisor)",
+    let isolation = match (vm.vmm, vm.accel) {
+        (VmmKind::Firecracker, _) => "firecracker (hypervisor isolation)".to_owned(),
+        (VmmKind::Sim, _) => "sim (Linux namespaces, NOT a hypervisor)".to_owned(),
+        (VmmKind::Qemu, Some(accel)) => format!(
+            "qemu (a real guest kernel in QEMU microvm; {})",
+            accel.description()
+        ),
+        (VmmKind::Qemu, None) => "qemu (a real guest kernel in QEMU microvm)".to_owned(),
     };
     println!("vmm         {isolation}");
     if let Some(net) = &vm.network {

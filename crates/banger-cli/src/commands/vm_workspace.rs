@@ -143,14 +143,19 @@ pub(super) async fn send(
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
+    let copied_in = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("banger-base "))
+        .map(str::to_owned)
+        .filter(|sha| export::valid_base(sha));
     let workspace = WorkspaceInfo {
         host_path: repo.top.clone(),
         guest_path: PathBuf::from(GUEST_REPO),
-        base_commit: summary
-            .base
-            .clone()
+        base_commit: copied_in
+            .or_else(|| summary.base.clone())
             .unwrap_or_else(|| EMPTY_TREE.to_owned()),
         branch: plan.branch.clone(),
+        head_commit: summary.base.clone(),
     };
     let mut client = daemon_client::connect(layout).await?;
     let _: Vm = client

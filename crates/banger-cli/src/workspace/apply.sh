@@ -60,4 +60,18 @@ global_email=$(value global.email)
 if [ -n "$global_name" ]; then HOME=/root git config --global user.name "$global_name"; fi
 if [ -n "$global_email" ]; then HOME=/root git config --global user.email "$global_email"; fi
 
+# The workspace as copied in, as a commit (HEAD, branch and index stay as
+# they are): `vm workspace export` diffs against it by default, so its
+# patch applies to the host checkout the workspace came from.
+index="$d/index"
+if [ -f "$repo/.git/index" ]; then cp "$repo/.git/index" "$index"; fi
+GIT_INDEX_FILE=$index git -C "$repo" add -A
+tree=$(GIT_INDEX_FILE=$index git -C "$repo" write-tree)
+parent=$(git -C "$repo" rev-parse -q --verify 'HEAD^{commit}' || true)
+base=$(GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost \
+    GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \
+    git -C "$repo" commit-tree "$tree" ${parent:+-p "$parent"} -m "banger: the workspace as copied in")
+git -C "$repo" update-ref refs/banger/copied-in "$base"
+echo "banger-base $base"
+
 rm -rf "$d"

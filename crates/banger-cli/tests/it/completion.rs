@@ -97,6 +97,7 @@ fn stopped_vm(name: &str, image: &Image, dir: PathBuf) -> Vm {
         },
         nat: false,
         vmm: VmmKind::Sim,
+        accel: None,
         network: None,
         tap: None,
         storage: None,

@@ -26,7 +26,7 @@ const MIRROR_HOST: &str = "deb.debian.org:80";
 /// connecting to the Debian mirror from the host's namespace. Used as
 /// `http_proxy`, it gives a daemon in the test namespace the mirror and
 /// nothing else. It records the request lines it forwards.
-struct MirrorProxy {
+pub(crate) struct MirrorProxy {
     port: u16,
     stop: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
@@ -34,7 +34,7 @@ struct MirrorProxy {
 }
 
 impl MirrorProxy {
-    fn start(netns: &str) -> Self {
+    pub(crate) fn start(netns: &str) -> Self {
         let path = format!("/run/netns/{netns}");
         // A socket belongs to the namespace of the thread that made it.
         let listener = std::thread::spawn(move || {
@@ -134,7 +134,7 @@ fn forward(client: TcpStream, requests: &Mutex<Vec<String>>) {
 
 /// Points this world's package caches at the repository's ignored
 /// `.cache/`, so repeated runs reuse downloaded packages.
-fn share_caches(env: &TestEnv) {
+pub(crate) fn share_caches(env: &TestEnv) {
     let banger_cache = env.layout.cache_dir.clone();
     std::fs::create_dir_all(&banger_cache).unwrap();
     let shared = std::env::var_os("BANGER_FIXTURE_CACHE")
@@ -159,14 +159,18 @@ fn reported_seconds(line: &str) -> Option<f64> {
     }
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// `banger ARGS` inside the namespace with the proxy set, so that the
 /// daemon it starts inherits it.
-fn banger_via_proxy(sim: &SimEnv, proxy: &MirrorProxy, args: &[&str]) -> banger_testkit::Output {
+pub(crate) fn banger_via_proxy(
+    sim: &SimEnv,
+    proxy: &MirrorProxy,
+    args: &[&str],
+) -> banger_testkit::Output {
     let mut command = sim.in_netns(binary("banger"));
     command
         .args(args)

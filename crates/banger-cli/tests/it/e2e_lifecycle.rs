@@ -22,15 +22,15 @@ fn guest_ip(sim: &SimEnv, name: &str) -> String {
 /// A second namespace playing "the internet": reachable from the test
 /// namespace over a veth, with no route back to the guests' subnet, so only
 /// NATed guests can talk to its HTTP server at 10.200.0.2:8080.
-struct Outside {
+pub(crate) struct Outside {
     netns: String,
     server: Child,
 }
 
 impl Outside {
-    const URL: &str = "http://10.200.0.2:8080/marker";
+    pub(crate) const URL: &str = "http://10.200.0.2:8080/marker";
 
-    fn new(sim: &SimEnv, marker: &str) -> Self {
+    pub(crate) fn new(sim: &SimEnv, marker: &str) -> Self {
         let netns = format!("{}-out", sim.netns);
         let run = |args: &[&str]| {
             let out = Command::new(args[0]).args(&args[1..]).output().unwrap();

@@ -224,7 +224,24 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
     let prepared = sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
     assert!(prepared.stderr.contains("workspace:"), "{prepared}");
     let vm: Value = serde_json::from_str(&sim.ok(["vm", "show", "dev", "--json"]).stdout).unwrap();
-    assert_eq!(vm["workspace"]["base_commit"], base.as_str());
+    assert_eq!(vm["workspace"]["head_commit"], base.as_str());
+    // The default base is the workspace as copied in: here HEAD's tree.
+    let copied_in = vm["workspace"]["base_commit"].as_str().unwrap().to_owned();
+    let tree_of = |commit: &str| {
+        sim.ok([
+            "vm",
+            "ssh",
+            "dev",
+            "--",
+            "git",
+            "-C",
+            "/root/repo",
+            "rev-parse",
+            &format!("{commit}^{{tree}}"),
+        ])
+        .stdout
+    };
+    assert_eq!(tree_of(&copied_in), tree_of(&base));
 
     // Work in the guest: a commit, then an uncommitted edit and a new binary file.
     sim.ok([
@@ -246,7 +263,7 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
         "--output",
         &patch_file.to_string_lossy(),
     ]);
-    assert!(out.stderr.contains(&format!("base: {base}")), "{out}");
+    assert!(out.stderr.contains(&format!("base: {copied_in}")), "{out}");
 
     git(&repo, &["apply", "--index", &patch_file.to_string_lossy()]);
     assert_eq!(
@@ -297,6 +314,68 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
         "--format=%D %s",
     ]);
     assert_eq!(branch.stdout.trim(), "HEAD -> try init");
+    sim.ok(["vm", "delete", "dev"]);
+    sim.assert_clean();
+}
+
+/// The round trip on the same checkout: export's default base is the
+/// workspace as copied in, uncommitted and untracked work included, so the
+/// patch applies to the host checkout as it still is.
+#[test]
+fn export_applies_to_the_unchanged_host_checkout() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    sim.ok(["vm", "create", "--name", "dev"]);
+    sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
+    let vm: Value = serde_json::from_str(&sim.ok(["vm", "show", "dev", "--json"]).stdout).unwrap();
+    let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    assert_eq!(vm["workspace"]["head_commit"], head.as_str());
+    assert_ne!(vm["workspace"]["base_commit"], head.as_str());
+    // The guest: a commit on top of the host's work, then more edits.
+    sim.ok([
+        "vm",
+        "ssh",
+        "dev",
+        "--",
+        "sh",
+        "-c",
+        "cd /root/repo && echo guest >> modified.txt && git add -A && git commit -qm guest \
+         && echo more >> committed.txt && printf 'new\\n' > guest-new.txt && rm run.sh",
+    ]);
+    let guest_tree = sim
+        .ok([
+            "vm",
+            "ssh",
+            "dev",
+            "--",
+            "sh",
+            "-c",
+            &format!("cd /root/repo && {MANIFEST}"),
+        ])
+        .stdout;
+    let patch = sim.env.root().join("work.patch");
+    sim.ok([
+        "vm",
+        "workspace",
+        "export",
+        "dev",
+        "--output",
+        &patch.to_string_lossy(),
+    ]);
+    git(&repo, &["apply", &patch.to_string_lossy()]);
+    let host_tree: String = host_manifest(&repo)
+        .lines()
+        .filter(|line| !line.contains("ignored.log"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(
+        host_tree, guest_tree,
+        "host after git apply differs from the guest"
+    );
     sim.ok(["vm", "delete", "dev"]);
     sim.assert_clean();
 }

@@ -11,6 +11,7 @@ mod e2e_developer;
 mod e2e_full_disk;
 mod e2e_images;
 mod e2e_lifecycle;
+mod e2e_qemu;
 mod e2e_workspace;
 mod install;
 mod protocol;

@@ -532,6 +532,8 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
             "kvm",
             "vhost-vsock",
             "firecracker",
+            "qemu",
+            "vhost-device-vsock",
             "tools",
             "privileges",
             "disk-space",
@@ -550,7 +552,62 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
         ..FakeHost::default().without_program("firecracker")
     };
     let (pass, warn, fail) = banger_doctor::tally(&host_checks(&hostile, &inputs));
-    assert_eq!((pass, warn, fail), (6, 0, 3));
+    assert_eq!((pass, warn, fail), (8, 0, 3));
+}
+
+#[test]
+fn qemu_needs_qemu_and_the_vsock_device_and_says_when_it_is_slow() {
+    let config = Config {
+        vmm: VmmKind::Qemu,
+        ..Config::default()
+    };
+    assert_status(&vmm(&config), CheckStatus::Pass, "software emulation");
+    let host = FakeHost::default().without_program("vhost-device-vsock");
+    let check = vhost_device_vsock(&host, &config);
+    assert_status(
+        &check,
+        CheckStatus::Fail,
+        "vhost-device-vsock is not in PATH",
+    );
+    assert!(
+        check
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("install-deps.sh"),
+        "{check:?}"
+    );
+    assert_status(
+        &vhost_device_vsock(&host, &Config::default()),
+        CheckStatus::Warn,
+        "only vmm = \"qemu\" needs it",
+    );
+    let host = FakeHost::default().without_program("qemu-system-x86_64");
+    let check = qemu(&host, &config);
+    assert_status(
+        &check,
+        CheckStatus::Fail,
+        "qemu-system-x86_64 is not in PATH",
+    );
+    assert!(
+        check
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("qemu-system-x86"),
+        "{check:?}"
+    );
+    // Without KVM a qemu guest still runs, under emulation: a warning.
+    let host = FakeHost {
+        kvm: KvmProbe::Missing,
+        ..FakeHost::default()
+    };
+    assert_status(
+        &kvm(&host, VmmKind::Qemu),
+        CheckStatus::Warn,
+        "software emulation",
+    );
+    assert_status(&firecracker(&host, &config), CheckStatus::Pass, "");
 }
 
 #[test]

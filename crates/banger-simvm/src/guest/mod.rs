@@ -37,7 +37,7 @@ use tokio::sync::{oneshot, watch};
 pub use init::helper_main;
 use proto::{Event, GO, HelperConfig, HelperDrive};
 
-use crate::controller::{BootPlan, Guest, GuestLauncher};
+use crate::controller::{BootPlan, Guest, GuestLauncher, VsockUpstream};
 use crate::vsock::GUEST_VSOCK_DIR;
 use crate::{loopdev, net};
 
@@ -437,9 +437,11 @@ impl NsGuest {
 }
 
 impl Guest for NsGuest {
-    fn vsock_dir(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.init_pid))
-            .join(GUEST_VSOCK_DIR.trim_start_matches('/'))
+    fn vsock_upstream(&self) -> VsockUpstream {
+        VsockUpstream::Dir(
+            PathBuf::from(format!("/proc/{}/root", self.init_pid))
+                .join(GUEST_VSOCK_DIR.trim_start_matches('/')),
+        )
     }
 
     fn ctrl_alt_del(&self) -> Result<(), String> {

@@ -121,12 +121,20 @@ fn agent_binary() -> Option<PathBuf> {
 /// Whether the boot tests can run here; prints why not.
 fn prerequisites(test: &str) -> Option<PathBuf> {
     if !support::is_root() {
-        support::skip(test, "needs root (mounts, loop devices, namespaces)");
+        support::skip(
+            test,
+            "needs root (mounts, loop devices, namespaces)",
+            support::Prerequisite::ProvidedByCi,
+        );
         return None;
     }
     for tool in ["mkfs.ext4", "debugfs", "ssh", "ssh-keygen", "ip"] {
         if !support::have(tool) {
-            support::skip(test, &format!("{tool} is not installed"));
+            support::skip(
+                test,
+                &format!("{tool} is not installed"),
+                support::Prerequisite::ProvidedByCi,
+            );
             return None;
         }
     }
@@ -135,6 +143,7 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
             test,
             "no rootfs: build it with tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm \
              or set BANGER_TEST_ROOTFS to a Debian tree with openssh-server, iproute2 and python3",
+            support::Prerequisite::ProvidedByCi,
         );
         return None;
     };

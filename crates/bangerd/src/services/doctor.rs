@@ -46,6 +46,9 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
         all.push(checks::companions(&companions));
+        if config.vmm == banger_model::vm::VmmKind::Qemu {
+            all.push(qemu_accel(&config));
+        }
         all.push(checks::storage(&storage));
         all.push(space);
         all.push(checks::default_image(&images));
@@ -70,7 +73,11 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
 fn companion_facts(daemon: &Daemon) -> Vec<Companion> {
     use crate::binaries::{AGENT, SIMVM, find};
     let found = |name: &str| find(name).map_err(|err| format!("{}, PATH", err.searched));
-    let sim = daemon.config.vmm == banger_model::vm::VmmKind::Sim;
+    // The qemu engine is banger-simvm too.
+    let sim = matches!(
+        daemon.config.vmm,
+        banger_model::vm::VmmKind::Sim | banger_model::vm::VmmKind::Qemu
+    );
     vec![
         Companion {
             name: AGENT.into(),
@@ -85,10 +92,43 @@ fn companion_facts(daemon: &Daemon) -> Vec<Companion> {
                 Some(path) => Err(format!("simvm_bin = {}", path.display())),
                 None => found(SIMVM),
             },
-            role: "runs sim VMs (--vmm sim)".into(),
+            role: "runs sim and qemu VMs (--vmm sim, --vmm qemu)".into(),
             needed: sim,
         },
     ]
+}
+
+/// `vmm = "qemu"`: which accelerator guests get here, the configured one or
+/// what the last boot's probe found; software emulation is a warning (slow).
+fn qemu_accel(config: &banger_model::config::Config) -> DoctorCheck {
+    use banger_model::config::QemuAccel;
+    use banger_model::vm::Accel;
+    let name = "qemu-accel";
+    let slow_fix = "on a host whose KVM runs guests, qemu_accel = \"auto\" picks KVM by itself; \
+                    or use vmm = \"sim\" for speed (namespaces, not a hypervisor)";
+    let judged = |accel: Accel, detail: String| match accel {
+        Accel::Kvm => DoctorCheck::pass(name, detail),
+        Accel::Tcg => DoctorCheck::warn(name, detail, slow_fix),
+    };
+    match config.qemu_accel {
+        QemuAccel::Kvm => judged(Accel::Kvm, "qemu_accel = \"kvm\"".into()),
+        QemuAccel::Tcg => judged(
+            Accel::Tcg,
+            format!("qemu_accel = \"tcg\": {}", Accel::Tcg.description()),
+        ),
+        QemuAccel::Auto => match crate::vm::qemu::last_probe() {
+            Some((accel, reason)) => judged(
+                accel,
+                format!("qemu guests run on {} ({reason})", accel.description()),
+            ),
+            None => DoctorCheck::pass(
+                name,
+                "qemu_accel = \"auto\": the first qemu VM boots its kernel under KVM to check; \
+                 if it does not start, guests run under software emulation (slow) and `vm show` \
+                 says so",
+            ),
+        },
+    }
 }
 
 /// What the VMs' sparse disks may still grow into against the free space

@@ -111,10 +111,10 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
         Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
         None => None,
     };
-    if vmm == VmmKind::Firecracker && kernel.is_none() {
+    if vmm.boots_kernel() && kernel.is_none() {
         return Err(RpcError::new(
             ErrorCode::FailedPrecondition,
-            format!("image {} has no kernel, and Firecracker needs one", image.name),
+            format!("image {} has no kernel, and {vmm} needs one", image.name),
         )
         .with_hint("import one (`banger kernel import DIR --name K`) and re-import the image with --kernel-ref K, or use --vmm sim"));
     }
@@ -270,6 +270,7 @@ async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, RpcError> {
         spec: plan.spec,
         nat: plan.nat,
         vmm: plan.vmm,
+        accel: None,
         network: Some(NetworkAllocation {
             ip,
             prefix_len: net.subnet.prefix_len(),

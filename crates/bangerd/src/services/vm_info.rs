@@ -69,8 +69,10 @@ pub async fn stats(daemon: &Daemon, reference: &str) -> Result<VmStats, RpcError
             )
             .with_hint(format!("start it with `banger vm start {}`", vm.name))
         })?;
+    // The VMM and what it runs: QEMU and its vsock device under the qemu
+    // engine, the guest's processes under the sim engine.
     let read = || {
-        proc_stat(pid).ok_or_else(|| RpcError::not_found(format!("the VMM process {pid} is gone")))
+        tree_stat(pid).ok_or_else(|| RpcError::not_found(format!("the VMM process {pid} is gone")))
     };
     let first = read()?;
     tokio::time::sleep(CPU_SAMPLE).await;
@@ -106,6 +108,44 @@ struct ProcStat {
 
 fn proc_stat(pid: u32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `pid`'s figures plus those of all its descendants (the start time stays
+/// `pid`'s own).
+fn tree_stat(pid: u32) -> Option<ProcStat> {
+    let mut total = proc_stat(pid)?;
+    let mut parents = vec![pid];
+    let mut seen = std::collections::HashSet::from([pid]);
+    while let Some(parent) = parents.pop() {
+        for child in children(parent) {
+            if !seen.insert(child) {
+                continue;
+            }
+            if let Some(stat) = proc_stat(child) {
+                total.cpu_ticks += stat.cpu_ticks;
+                total.rss_pages += stat.rss_pages;
+                total.threads += stat.threads;
+            }
+            parents.push(child);
+        }
+    }
+    Some(total)
+}
+
+/// Direct children of `pid` (from every thread's `children` list).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Fields of `/proc/<pid>/stat` after the parenthesised command name.
@@ -163,6 +203,22 @@ mod tests {
                 threads: 3
             }
         );
+    }
+
+    #[test]
+    fn a_tree_counts_the_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let own = std::process::id();
+        let listed = children(own);
+        let tree = tree_stat(own).unwrap();
+        let alone = proc_stat(own).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(listed.contains(&child.id()), "{listed:?}");
+        assert!(tree.threads > alone.threads, "{tree:?} vs {alone:?}");
     }
 
     #[test]

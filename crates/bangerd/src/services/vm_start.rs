@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use banger_model::vm::{Vm, VmState, VmmKind};
+use banger_model::vm::{Vm, VmState};
 use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ async fn start_locked(
         Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
         None => None,
     };
-    if vm.vmm == VmmKind::Firecracker && kernel.is_none() {
+    if vm.vmm.boots_kernel() && kernel.is_none() {
         return Err(RpcError::new(
             ErrorCode::FailedPrecondition,
             format!("image {} has no kernel", image.name),

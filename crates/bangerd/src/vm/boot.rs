@@ -56,6 +56,8 @@ struct Launched {
     process: VmmProcess,
     tap: String,
     kernel: PathBuf,
+    /// qemu VMs: what runs the vCPUs.
+    accel: Option<banger_model::vm::Accel>,
 }
 
 /// Boots `vm`: `prepare` (its disks) runs alongside the VMM launch (TAP,
@@ -95,6 +97,7 @@ pub async fn boot(
 
     vm.pid = Some(launched.process.pid());
     vm.tap = Some(launched.tap.clone());
+    vm.accel = launched.accel;
     // A create stays `creating` until ready, so that reconcile removes an
     // interrupted create entirely.
     if vm.state != VmState::Creating {
@@ -225,16 +228,26 @@ async fn launch_steps(
     let kernel = match (input.kernel, vm.vmm) {
         (Some(kernel), _) => kernel.vmlinux_path.clone(),
         (None, VmmKind::Sim) => sim_placeholder_kernel(&paths.dir)?,
-        (None, VmmKind::Firecracker) => {
+        (None, VmmKind::Firecracker | VmmKind::Qemu) => {
             return Err(Failure::before_launch(RpcError::new(
                 ErrorCode::FailedPrecondition,
                 format!("image {} has no kernel", input.image.name),
             )));
         }
     };
+    let (extra_args, accel) = match vm.vmm {
+        VmmKind::Qemu => {
+            let engine = super::qemu::engine(daemon, &kernel)
+                .await
+                .map_err(Failure::before_launch)?;
+            (engine.args, Some(engine.accel))
+        }
+        VmmKind::Sim | VmmKind::Firecracker => (Vec::new(), None),
+    };
     let spec = LaunchSpec {
         vsock_socket: Some(paths.vsock_socket()),
         log_path: Some(paths.vmm_log()),
+        extra_args,
         ..LaunchSpec::new(
             vmm_binary(daemon, vm.vmm)?,
             vm.id.as_str(),
@@ -246,9 +259,11 @@ async fn launch_steps(
         let failure = internal("starting the VMM", &err);
         Failure::before_launch(match vm.vmm {
             VmmKind::Firecracker => failure.with_hint(
-                "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm sim",
+                "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm qemu or --vmm sim",
             ),
-            VmmKind::Sim => failure.with_hint(format!("see {}", paths.console_log().display())),
+            VmmKind::Sim | VmmKind::Qemu => {
+                failure.with_hint(format!("see {}", paths.console_log().display()))
+            }
         })
     })?;
     undo.push("stop the VMM", Class::Host, {
@@ -260,6 +275,7 @@ async fn launch_steps(
         process,
         tap,
         kernel,
+        accel,
     })
 }
 
@@ -374,7 +390,7 @@ fn vmm_binary(daemon: &Daemon, kind: VmmKind) -> Result<PathBuf, Failure> {
             .firecracker_bin
             .clone()
             .unwrap_or_else(|| PathBuf::from("firecracker"))),
-        VmmKind::Sim => match &daemon.config.simvm_bin {
+        VmmKind::Sim | VmmKind::Qemu => match &daemon.config.simvm_bin {
             Some(path) => Ok(path.clone()),
             None => crate::binaries::find(crate::binaries::SIMVM).map_err(|err| {
                 Failure::before_launch(RpcError::new(

@@ -489,6 +489,7 @@ mod tests {
             },
             nat: false,
             vmm: VmmKind::Sim,
+            accel: None,
             network: None,
             tap: None,
             storage: Some(storage),

@@ -5,11 +5,13 @@
 //! - [`disks`]: the copy-on-write root, the work disk, per-VM file edits.
 //! - [`boot`]: TAP, NAT, VMM launch and configuration, agent and SSH waits.
 //! - [`halt`]: stopping a VMM and releasing what a running VM holds.
+//! - [`qemu`]: the qemu engine's programs and accelerator, resolved once.
 //! - [`watch`]: noticing a VMM that exits on its own.
 
 pub mod boot;
 pub mod disks;
 pub mod halt;
+pub mod qemu;
 pub mod watch;
 
 use banger_model::Id;

@@ -36,6 +36,8 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "kvm",
             "vhost-vsock",
             "firecracker",
+            "qemu",
+            "vhost-device-vsock",
             "tools",
             "privileges",
             "disk-space",
