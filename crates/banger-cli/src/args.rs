@@ -370,7 +370,7 @@ pub struct ImageBootstrapArgs {
 pub enum KernelCommand {
     /// Download a kernel from the catalog
     Pull(KernelPullArgs),
-    /// Register a directory holding vmlinux (and optionally initrd.img)
+    /// Register a directory holding vmlinux (and optionally initrd.img and modules.ext4)
     Import(KernelImportArgs),
     /// Build a kernel from the distribution's packages
     Bootstrap(KernelBootstrapArgs),

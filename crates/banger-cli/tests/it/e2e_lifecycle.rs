@@ -568,6 +568,20 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
     let kernel_dir = sim.env.root().join("kernel");
     std::fs::create_dir_all(&kernel_dir).unwrap();
     std::fs::copy("/bin/true", kernel_dir.join("vmlinux")).unwrap();
+    // A modules image as `kernel bootstrap` makes it comes along.
+    let modules_tree = sim.env.root().join("modules-tree");
+    std::fs::create_dir_all(&modules_tree).unwrap();
+    std::fs::write(modules_tree.join("modules.dep"), "").unwrap();
+    let modules = kernel_dir.join("modules.ext4");
+    std::fs::File::create(&modules)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-L", "banger-modules", "-d"])
+        .arg(&modules_tree)
+        .arg(&modules);
+    banger_testkit::env::run(mkfs).assert_success();
     let out = sim.ok([
         "kernel",
         "import",
@@ -600,6 +614,15 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
     // The kernel command line the guest saw.
     let cmdline = sim.ok(["vm", "logs", "fc"]).stdout;
     assert!(cmdline.contains("banger-first-boot"), "{cmdline}");
+    // The kernel's modules went to the VMM as a third, read-only drive.
+    let vmm_log = std::fs::read_to_string(
+        std::path::Path::new(vm["dir"].as_str().unwrap()).join("vmm.log"),
+    )
+    .unwrap();
+    assert!(
+        vmm_log.contains("path=/drives/modules"),
+        "no modules drive was configured:\n{vmm_log}"
+    );
     // A kernel in use cannot be removed.
     let out = sim.banger(["kernel", "rm", "k1"]);
     out.assert_code(1);
