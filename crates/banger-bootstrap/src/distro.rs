@@ -31,8 +31,10 @@ pub const BASE_PACKAGES: &[&str] = &[
 /// What the developer profile adds to [`BASE_PACKAGES`]: a box to work in.
 /// Compilers and make, download and sync tools, a terminal multiplexer and
 /// editors, JSON and archive tools, Python with venv and pip, network
-/// diagnostics, Docker with compose, and `kmod` so the guest can load the
-/// modules Docker needs.
+/// diagnostics, Docker with compose, `kmod` so the guest can load the
+/// modules Docker needs, and `apparmor`: Debian's kernel enables AppArmor,
+/// and Docker refuses to start containers when it cannot load its profile
+/// (debootstrap installs no Recommends, where docker.io asks for it).
 pub const DEVELOPER_PACKAGES: &[&str] = &[
     "build-essential",
     "curl",
@@ -55,6 +57,7 @@ pub const DEVELOPER_PACKAGES: &[&str] = &[
     "docker.io",
     "docker-compose",
     "kmod",
+    "apparmor",
     "bash-completion",
 ];
 

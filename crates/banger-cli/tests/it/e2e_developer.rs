@@ -11,6 +11,8 @@ use std::process::Command;
 
 use banger_testkit::{SimEnv, binary, e2e_ready};
 
+use crate::e2e_bootstrap::{MirrorProxy, banger_via_proxy, share_caches};
+
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
         .arg("-C")
@@ -113,6 +115,86 @@ fn make_test_in_the_developer_image_exits_with_makes_code() {
         "/usr/bin/vi",
         "/usr/bin/nano",
         "modprobe",
+    ] {
+        assert!(out.stdout.contains(wanted), "{wanted} missing:\n{out}");
+    }
+    sim.assert_clean();
+}
+
+/// Docker in a real guest: the developer image on the qemu engine with the
+/// bootstrapped kernel, whose modules reach the guest on the read-only
+/// modules drive. dockerd starts under systemd, uses overlay2, and runs a
+/// container from an image loaded locally (`docker import` of a tiny tree
+/// made in the guest; no registry is reachable).
+#[test]
+fn docker_runs_in_the_developer_image_on_qemu() {
+    if !e2e_ready() {
+        return;
+    }
+    let vhost = match crate::e2e_qemu::vhost_device_vsock() {
+        Ok(path) => path,
+        Err(reason) => {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "{reason}; scripts/install-deps.sh installs it"
+            );
+            eprintln!(
+                "skipped docker_runs_in_the_developer_image_on_qemu: {reason}; scripts/install-deps.sh installs it"
+            );
+            return;
+        }
+    };
+    let rootfs = banger_testkit::fixtures::developer_rootfs();
+    let sim = SimEnv::qemu(&format!("vhost_vsock_bin = \"{}\"\n", vhost.display()));
+    share_caches(&sim.env);
+    let proxy = MirrorProxy::start(&sim.netns);
+    let out = banger_via_proxy(&sim, &proxy, &["kernel", "bootstrap", "debian"]);
+    if !out.success() {
+        panic!("kernel bootstrap failed:\n{out}\n{}", sim.diagnostics());
+    }
+    drop(proxy);
+    sim.ok([
+        "image",
+        "import",
+        &rootfs.to_string_lossy(),
+        "--name",
+        "developer",
+        "--kernel-ref",
+        "debian-bookworm-cloud",
+    ]);
+    let script = r#"set -e
+for i in $(seq 180); do systemctl is-active --quiet docker && break; sleep 1; done
+echo "docker.service: $(systemctl is-active docker)"
+echo "modules: $(ls /lib/modules/$(uname -r)/modules.dep)"
+docker info --format 'driver={{.Driver}}'
+grep -qw overlay /proc/filesystems && echo "overlay: available"
+mkdir -p /tmp/img/bin
+cp /bin/true /tmp/img/bin/true
+for lib in $(ldd /bin/true | grep -o '/[^ ]*'); do mkdir -p "/tmp/img$(dirname "$lib")"; cp "$lib" "/tmp/img$lib"; done
+tar -C /tmp/img -c . | docker import - local/true >/dev/null
+docker run --rm local/true /bin/true && echo "docker run: ok""#;
+    let started = std::time::Instant::now();
+    let out = sim.banger([
+        "vm",
+        "run",
+        "--rm",
+        "--vmm",
+        "qemu",
+        "--image",
+        "developer",
+        "--",
+        script,
+    ]);
+    eprintln!("docker on qemu took {:.0?}", started.elapsed());
+    if !out.success() {
+        panic!("docker in the guest failed:\n{out}\n{}", sim.diagnostics());
+    }
+    for wanted in [
+        "docker.service: active",
+        "modules: /lib/modules/",
+        "driver=overlay2",
+        "overlay: available",
+        "docker run: ok",
     ] {
         assert!(out.stdout.contains(wanted), "{wanted} missing:\n{out}");
     }

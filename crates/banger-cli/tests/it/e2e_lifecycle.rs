@@ -615,10 +615,9 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
     let cmdline = sim.ok(["vm", "logs", "fc"]).stdout;
     assert!(cmdline.contains("banger-first-boot"), "{cmdline}");
     // The kernel's modules went to the VMM as a third, read-only drive.
-    let vmm_log = std::fs::read_to_string(
-        std::path::Path::new(vm["dir"].as_str().unwrap()).join("vmm.log"),
-    )
-    .unwrap();
+    let vmm_log =
+        std::fs::read_to_string(std::path::Path::new(vm["dir"].as_str().unwrap()).join("vmm.log"))
+            .unwrap();
     assert!(
         vmm_log.contains("path=/drives/modules"),
         "no modules drive was configured:\n{vmm_log}"
