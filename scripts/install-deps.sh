@@ -21,8 +21,8 @@ install_vhost_device_vsock() {
 }
 
 packages=(
-    # banger at runtime
-    e2fsprogs iproute2 iptables openssh-client git zstd
+    # banger at runtime (kmod: depmod indexes a bootstrapped kernel's modules)
+    e2fsprogs iproute2 iptables openssh-client git zstd kmod
     # building the guest image fixtures and default images
     debootstrap debian-archive-keyring ca-certificates
     # test suite: guests' sshd comes from the image, but sshd/ssh-keygen are used on the host too

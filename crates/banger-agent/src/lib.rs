@@ -9,9 +9,13 @@
 //! - [`listen`]: `--listen vsock:PORT | unix:PATH`, binding and serving.
 //! - [`server`]: the axum router.
 //! - [`ports`]: listening sockets from `/proc/net/*` and `/proc/<pid>/fd`.
+//! - [`session`]: `banger-session`, the guard around an SSH session's command.
+//! - [`exec`]: the only module that starts processes.
 
+mod exec;
 pub mod listen;
 pub mod ports;
 pub mod server;
+pub mod session;
 
 pub use listen::{BindError, BoundListener, ListenAddr, ParseListenAddrError, ServeError};

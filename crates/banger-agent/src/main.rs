@@ -1,11 +1,14 @@
 //! `banger-vsock-agent --listen vsock:PORT | unix:PATH`
 //!
+//! Called as `banger-session` (a symlink in the guest), it is the guard
+//! around an SSH session's command instead ([`banger_agent::session`]).
+//!
 //! Arguments are parsed by hand: one flag does not justify clap's size in a
 //! binary that is copied into every guest image.
 
 use std::process::ExitCode;
 
-use banger_agent::{ListenAddr, server};
+use banger_agent::{ListenAddr, server, session};
 
 const USAGE: &str = "usage: banger-vsock-agent --listen vsock:PORT|unix:PATH
 
@@ -15,7 +18,25 @@ Serves GET /healthz and GET /ports (listening sockets in this guest).
   --version             print the version";
 
 fn main() -> ExitCode {
-    let listen = match parse_args(std::env::args().skip(1)) {
+    let mut args = std::env::args_os();
+    let called_as = args
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|path| path.file_name().map(|name| name.to_owned()));
+    if called_as.as_deref() == Some(std::ffi::OsStr::new(session::SESSION_NAME)) {
+        return session::main(args.collect());
+    }
+    let args = match args
+        .map(|arg| arg.into_string())
+        .collect::<Result<Vec<String>, _>>()
+    {
+        Ok(args) => args,
+        Err(arg) => {
+            eprintln!("banger-vsock-agent: argument {arg:?} is not UTF-8\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = match parse_args(args.into_iter()) {
         Ok(Some(listen)) => listen,
         Ok(None) => return ExitCode::SUCCESS,
         Err(message) => {

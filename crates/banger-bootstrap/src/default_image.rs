@@ -31,20 +31,26 @@ pub fn default_image_source(images: &[Image]) -> DefaultImageSource {
 pub fn describe(source: &DefaultImageSource) -> String {
     match source {
         DefaultImageSource::Bootstrap { distro } => format!(
-            "no default image yet: the first `banger vm run` bootstraps {distro} from Debian's packages ({DEBIAN_MIRROR}, needs debootstrap)"
+            "no default image yet: the first `banger vm run` bootstraps {distro} (developer profile) from Debian's packages ({DEBIAN_MIRROR}, needs debootstrap)"
         ),
-        DefaultImageSource::Image { name, source } => {
-            let origin = match source {
-                ImageSource::Bootstrap { distro, mirror } => {
-                    format!("bootstrapped from {distro} packages ({mirror})")
-                }
-                ImageSource::Import { path } => format!("imported from {}", path.display()),
-                ImageSource::Register => "registered from existing files".to_owned(),
-                ImageSource::Pull { reference, .. } => format!("pulled from {reference}"),
-                ImageSource::Catalog { name, .. } => format!("from the catalog ({name})"),
-            };
-            format!("{name}, {origin}")
-        }
+        DefaultImageSource::Image { name, source } => format!("{name}, {}", origin(source)),
+    }
+}
+
+/// Where an image came from, in words: `developer profile, bootstrapped
+/// from debian:bookworm packages (http://deb.debian.org/debian)`.
+pub fn origin(source: &ImageSource) -> String {
+    match source {
+        ImageSource::Bootstrap {
+            distro,
+            mirror,
+            profile,
+            ..
+        } => format!("{profile} profile, bootstrapped from {distro} packages ({mirror})"),
+        ImageSource::Import { path } => format!("imported from {}", path.display()),
+        ImageSource::Register => "registered from existing files".to_owned(),
+        ImageSource::Pull { reference, .. } => format!("pulled from {reference}"),
+        ImageSource::Catalog { name, .. } => format!("from the catalog ({name})"),
     }
 }
 
@@ -78,13 +84,16 @@ mod tests {
                 ImageSource::Bootstrap {
                     distro: "debian:bookworm".into(),
                     mirror: DEBIAN_MIRROR.into(),
+                    profile: banger_model::image::ImageProfile::Developer,
+                    extra_packages: Vec::new(),
+                    installed_size: None,
                 },
                 true,
             ),
         ];
         assert_eq!(
             describe(&default_image_source(&images)),
-            "debian-bookworm, bootstrapped from debian:bookworm packages (http://deb.debian.org/debian)"
+            "debian-bookworm, developer profile, bootstrapped from debian:bookworm packages (http://deb.debian.org/debian)"
         );
     }
 }

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::path::Path;
 
+pub use banger_model::image::ImageProfile;
+
 /// Debian's archive keyring (package `debian-archive-keyring`): apt and
 /// debootstrap verify the mirror's signed `InRelease` against it.
 pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -25,6 +27,48 @@ pub const BASE_PACKAGES: &[&str] = &[
     "procps",
     "systemd-sysv",
 ];
+
+/// What the developer profile adds to [`BASE_PACKAGES`]: a box to work in.
+/// Compilers and make, download and sync tools, a terminal multiplexer and
+/// editors, JSON and archive tools, Python with venv and pip, network
+/// diagnostics, Docker with compose, `kmod` so the guest can load the
+/// modules Docker needs, and `apparmor`: Debian's kernel enables AppArmor,
+/// and Docker refuses to start containers when it cannot load its profile
+/// (debootstrap installs no Recommends, where docker.io asks for it).
+pub const DEVELOPER_PACKAGES: &[&str] = &[
+    "build-essential",
+    "curl",
+    "wget",
+    "openssh-client",
+    "rsync",
+    "tmux",
+    "less",
+    "nano",
+    "vim-tiny",
+    "jq",
+    "unzip",
+    "xz-utils",
+    "zstd",
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "iputils-ping",
+    "dnsutils",
+    "docker.io",
+    "docker-compose",
+    "kmod",
+    "apparmor",
+    "bash-completion",
+];
+
+/// The packages of a profile on top of debootstrap's minbase, base first.
+pub fn profile_packages(profile: ImageProfile) -> Vec<&'static str> {
+    let mut packages = BASE_PACKAGES.to_vec();
+    if profile == ImageProfile::Developer {
+        packages.extend(DEVELOPER_PACKAGES.iter().copied());
+    }
+    packages
+}
 
 /// A distribution family banger knows how to bootstrap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

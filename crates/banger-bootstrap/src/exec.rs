@@ -1,5 +1,5 @@
 //! The only module of this crate that starts processes: `debootstrap`,
-//! `apt-get` and `apt-cache`.
+//! `apt-get`, `apt-cache` and `depmod`.
 //!
 //! Arguments are passed as argv, never through a shell. Programs are looked
 //! up on the daemon's `PATH` only (so a test can hide one by narrowing
@@ -106,6 +106,36 @@ pub enum ExecError {
     },
     #[error("{program} was cancelled")]
     Cancelled { program: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DepmodError {
+    #[error("depmod is not installed (package kmod)")]
+    NotInstalled,
+    #[error("depmod failed ({status}): {detail}")]
+    Failed { status: String, detail: String },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+/// `depmod -b BASE RELEASE`: the module indexes (`modules.dep`, its `.bin`,
+/// aliases, symbols) for the modules under `BASE/lib/modules/RELEASE`,
+/// written next to them, as the guest's `modprobe` reads them.
+pub async fn depmod(
+    base: &Path,
+    release: &str,
+    cancel: &CancellationToken,
+) -> Result<(), DepmodError> {
+    let program = locate("depmod").ok_or(DepmodError::NotInstalled)?;
+    let invocation = Invocation::new(program).arg("-b").arg(base).arg(release);
+    let finished = run(&invocation, None, &mut |_| {}, cancel).await?;
+    if finished.status.success() {
+        return Ok(());
+    }
+    Err(DepmodError::Failed {
+        status: finished.status.to_string(),
+        detail: finished.tail.join("\n"),
+    })
 }
 
 /// Finds `program` on `PATH` (or, with no `PATH` at all, in the usual

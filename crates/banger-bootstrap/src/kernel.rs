@@ -15,6 +15,12 @@ use crate::vmlinux::{self, ExtractVmlinuxError};
 /// File names in a kernel directory (what `kernel import` reads too).
 pub const VMLINUX: &str = "vmlinux";
 pub const INITRD: &str = "initrd.img";
+/// The kernel's modules as a read-only ext4 image (the contents of
+/// `lib/modules/<release>/`), attached to every VM that boots the kernel.
+pub const MODULES_IMAGE: &str = "modules.ext4";
+/// The label of [`MODULES_IMAGE`]; the guest's first boot mounts a drive
+/// with this label at `/lib/modules/$(uname -r)`.
+pub const MODULES_LABEL: &str = "banger-modules";
 /// Largest module accepted (a bound on decompression).
 const MAX_MODULE: usize = 64 << 20;
 
@@ -161,6 +167,86 @@ pub fn build(
         modules: plan.load_order,
         builtin: plan.builtin.into_iter().collect(),
     })
+}
+
+/// What [`extract_modules`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModulesTree {
+    /// `out_dir/lib/modules/<release>`.
+    pub dir: PathBuf,
+    /// Module files (`.ko`, `.ko.xz`, …) in it.
+    pub modules: usize,
+    /// Everything else written (`modules.order`, `modules.builtin`, …).
+    pub other_files: usize,
+}
+
+/// Writes every regular file of the kernel package under
+/// `lib/modules/<release>/` to `out_dir/lib/modules/<release>/`, as the
+/// package has it (compressed modules stay compressed); symlinks (`build`,
+/// `source`) are left out. `depmod -b out_dir` then makes the indexes.
+pub fn extract_modules(
+    kernel_deb: &Path,
+    release: &str,
+    out_dir: &Path,
+) -> Result<ModulesTree, BuildKernelError> {
+    let deb = Deb::open(kernel_deb)?;
+    let dir = out_dir.join("lib/modules").join(release);
+    let mut tree = ModulesTree {
+        dir: dir.clone(),
+        modules: 0,
+        other_files: 0,
+    };
+    let mut failure = None;
+    deb.walk(|file| {
+        if failure.is_some() || file.kind != DebFileKind::File {
+            return Ok(());
+        }
+        let Some(relpath) = module_relpath(file.path, release) else {
+            return Ok(());
+        };
+        let safe = Path::new(relpath)
+            .components()
+            .all(|part| matches!(part, std::path::Component::Normal(_)));
+        if relpath.is_empty() || !safe {
+            tracing::warn!(
+                path = file.path,
+                "module path outside the release directory skipped"
+            );
+            return Ok(());
+        }
+        let target = dir.join(relpath);
+        let written = target
+            .parent()
+            .map_or(Ok(()), fs_err::create_dir_all)
+            .and_then(|()| fs_err::File::create(&target))
+            .and_then(|mut out| std::io::copy(&mut file.reader.take(MAX_MODULE as u64), &mut out));
+        match written {
+            Ok(_) => {
+                if modules::name_from_path(relpath).is_some() {
+                    tree.modules += 1;
+                } else {
+                    tree.other_files += 1;
+                }
+            }
+            Err(source) => {
+                failure = Some(BuildKernelError::Write {
+                    path: target,
+                    source,
+                })
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    if tree.modules == 0 {
+        return Err(BuildKernelError::NoModules {
+            path: kernel_deb.to_owned(),
+            release: release.to_owned(),
+        });
+    }
+    Ok(tree)
 }
 
 fn find_vmlinuz(deb: &Deb) -> Result<(String, Vec<u8>), BuildKernelError> {
@@ -363,6 +449,50 @@ mod tests {
             entries["bin/busybox"].node,
             Node::File(b"\x7fELF bb".to_vec())
         );
+    }
+
+    #[test]
+    fn extracts_every_module_and_index_input_of_the_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = "6.12.0-1-cloud-amd64";
+        let m = |name: &str| format!("usr/lib/modules/{release}/{name}");
+        let overlay = fake_ko("license=GPL\0depends=\0");
+        let xz = compress(Compression::Xz, &fake_ko("license=GPL\0"));
+        let files: Vec<(String, Vec<u8>)> = vec![
+            (m("kernel/fs/overlayfs/overlay.ko"), overlay.clone()),
+            (m("kernel/net/bridge/br_netfilter.ko.xz"), xz.clone()),
+            (
+                m("modules.order"),
+                b"kernel/fs/overlayfs/overlay.ko\n".to_vec(),
+            ),
+            (m("modules.builtin"), b"kernel/fs/ext4/ext4.ko\n".to_vec()),
+            ("lib/modules/6.1.0-other/kernel/x.ko".into(), fake_ko("")),
+            ("usr/share/doc/linux/changelog".into(), b"x".to_vec()),
+        ];
+        let borrowed: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(path, data)| (path.as_str(), data.as_slice()))
+            .collect();
+        let deb = dir.path().join("kernel.deb");
+        std::fs::write(&deb, build_deb(&borrowed, &[])).unwrap();
+        let out = dir.path().join("tree");
+        let tree = extract_modules(&deb, release, &out).unwrap();
+        assert_eq!(tree.dir, out.join("lib/modules").join(release));
+        assert_eq!((tree.modules, tree.other_files), (2, 2));
+        assert_eq!(
+            std::fs::read(tree.dir.join("kernel/fs/overlayfs/overlay.ko")).unwrap(),
+            overlay
+        );
+        // Compressed modules stay as the package has them (kmod reads them).
+        assert_eq!(
+            std::fs::read(tree.dir.join("kernel/net/bridge/br_netfilter.ko.xz")).unwrap(),
+            xz
+        );
+        assert!(!out.join("lib/modules/6.1.0-other").exists());
+        assert!(matches!(
+            extract_modules(&deb, "5.0.0-none", &dir.path().join("none")),
+            Err(BuildKernelError::NoModules { .. })
+        ));
     }
 
     #[test]

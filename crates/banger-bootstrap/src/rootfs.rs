@@ -7,15 +7,18 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::distro::{ARCH, BASE_PACKAGES, Distro};
+use crate::distro::{ARCH, Distro, ImageProfile, profile_packages};
 
 /// A debootstrap run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootfsPlan {
     pub distro: Distro,
     pub mirror: String,
-    /// [`BASE_PACKAGES`] followed by the extra ones, without duplicates.
+    pub profile: ImageProfile,
+    /// The profile's packages followed by the extra ones, without duplicates.
     pub packages: Vec<String>,
+    /// The extra ones alone (`--packages`), as given, checked.
+    pub extra: Vec<String>,
     /// The directory the root filesystem is built in (must not exist).
     pub target: PathBuf,
     /// debootstrap's `--cache-dir`: downloaded `.deb`s, reused by later runs.
@@ -46,23 +49,32 @@ pub fn check_package_name(name: &str) -> Result<(), BadPackageName> {
 }
 
 impl RootfsPlan {
-    /// A plan for `distro` from `mirror` with `extra` packages; `.deb`s are
-    /// cached under `cache_dir/debootstrap/<release>-amd64`.
+    /// A plan for `distro` from `mirror`: the `profile`'s packages and
+    /// `extra` ones; `.deb`s are cached under
+    /// `cache_dir/debootstrap/<release>-amd64`.
     pub fn new(
         distro: &Distro,
         mirror: &str,
+        profile: ImageProfile,
         extra: &[String],
         target: &Path,
         cache_dir: &Path,
         log: &Path,
     ) -> Result<Self, BadPackageName> {
-        let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|p| (*p).to_owned()).collect();
+        let mut packages: Vec<String> = profile_packages(profile)
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        let mut checked = Vec::new();
         for package in extra {
             let package = package.trim();
             if package.is_empty() {
                 continue;
             }
             check_package_name(package)?;
+            if !checked.iter().any(|known| known == package) {
+                checked.push(package.to_owned());
+            }
             if !packages.iter().any(|known| known == package) {
                 packages.push(package.to_owned());
             }
@@ -70,7 +82,9 @@ impl RootfsPlan {
         Ok(Self {
             distro: distro.clone(),
             mirror: mirror.to_owned(),
+            profile,
             packages,
+            extra: checked,
             target: target.to_owned(),
             deb_cache: cache_dir
                 .join("debootstrap")
@@ -186,9 +200,9 @@ pub enum FinishRootfsError {
 }
 
 /// Removes what belongs to the build host or must differ per VM: host name,
-/// resolver, machine id, ssh host keys (the guest's first boot generates its
-/// own), apt's downloaded lists and packages, and device nodes (the guest's
-/// `/dev` is a devtmpfs).
+/// resolver, machine id, ssh host keys (banger writes each VM's own at
+/// create), apt's downloaded lists and packages, and device nodes (the
+/// guest's `/dev` is a devtmpfs).
 pub fn finish(root: &Path) -> Result<(), FinishRootfsError> {
     if !root.join("etc/os-release").exists() && !root.join("usr/lib/os-release").exists() {
         return Err(FinishRootfsError::NotARootfs(root.to_owned()));
@@ -328,6 +342,7 @@ mod tests {
         let plan = RootfsPlan::new(
             &distro,
             "http://m/debian",
+            ImageProfile::Minimal,
             &["git".into(), "curl".into(), " ".into()],
             Path::new("/s/tree"),
             Path::new("/c"),
@@ -364,11 +379,33 @@ mod tests {
                 "http://m/debian"
             ]
         );
+        assert_eq!(plan.extra, ["git", "curl"]);
+        let developer = RootfsPlan::new(
+            &distro,
+            "http://m/debian",
+            ImageProfile::Developer,
+            &["htop".into(), "make".into()],
+            Path::new("/s/tree"),
+            Path::new("/c"),
+            Path::new("/s/log"),
+        )
+        .unwrap();
+        for wanted in [
+            "openssh-server",
+            "systemd-sysv",
+            "build-essential",
+            "docker.io",
+            "htop",
+        ] {
+            assert!(developer.packages.iter().any(|p| p == wanted), "{wanted}");
+        }
+        assert_eq!(developer.packages.iter().filter(|p| *p == "git").count(), 1);
         for bad in ["Git", "a", "x;rm", "-x", "a b"] {
             assert!(
                 RootfsPlan::new(
                     &distro,
                     "m",
+                    ImageProfile::Developer,
                     &[bad.into()],
                     Path::new("/t"),
                     Path::new("/c"),

@@ -4,6 +4,7 @@ use banger_model::publish::PortForward;
 use std::path::PathBuf;
 
 use banger_model::ByteSize;
+use banger_model::image::ImageProfile;
 use banger_model::vm::VmmKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -53,6 +54,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Boot a fresh VM and drop into it; with PATH, bring that git checkout; with -- CMD, run it and exit with its code
+    #[command(after_help = RUN_EXAMPLES)]
     Run(VmRunArgs),
     /// Create and boot a VM without connecting to it (scripting primitive)
     Create(VmCreateArgs),
@@ -79,6 +81,7 @@ pub enum VmCommand {
     /// CPU and memory use of a VM's VMM process
     Stats(RefJsonArgs),
     /// Open a shell in a VM, or run a command there
+    #[command(after_help = SSH_EXAMPLES)]
     Ssh(VmSshArgs),
     /// Check that a VM's guest agent answers
     Health(RefJsonArgs),
@@ -110,6 +113,17 @@ pub struct VmCpArgs {
     pub dst: String,
 }
 
+const RUN_EXAMPLES: &str = "Examples:
+  banger vm run                                a shell in a fresh VM
+  banger vm run . -- make test                 several words: run as words (each one quoted)
+  banger vm run . -- 'make lint && make test'  one argument: a command line for the guest's shell
+  banger vm run --rm . -- cargo test           delete the VM when the command ends";
+
+const SSH_EXAMPLES: &str = "Examples:
+  banger vm ssh box                    a login shell
+  banger vm ssh box -- sh -c 'exit 3'  several words: run as words (each one quoted); exits 3
+  banger vm ssh box -- 'id; uname -r'  one argument: a command line for the guest's shell";
+
 /// Size and placement flags shared by `vm run` and `vm create`.
 #[derive(Debug, Clone, Args)]
 pub struct CreateFlags {
@@ -128,9 +142,12 @@ pub struct CreateFlags {
     /// Size of the guest's /root disk, e.g. 8G
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<ByteSize>,
-    /// Give the VM outbound network access through NAT
-    #[arg(long)]
+    /// Give the VM outbound network access through NAT (the default unless `[network] nat = false`)
+    #[arg(long, conflicts_with = "no_nat")]
     pub nat: bool,
+    /// Keep the VM off the outside network: no NAT (it still reaches the host's bridge)
+    #[arg(long)]
+    pub no_nat: bool,
     /// Which VMM runs the guest: firecracker, qemu (the real kernel in QEMU; software emulation without usable KVM), or sim (namespaces, no hypervisor)
     #[arg(long, value_name = "VMM", value_parser = parse_vmm)]
     pub vmm: Option<VmmKind>,
@@ -162,6 +179,11 @@ pub struct PortForwardArgs {
     pub remove: bool,
 }
 
+fn parse_profile(raw: &str) -> Result<ImageProfile, String> {
+    ImageProfile::parse(raw)
+        .ok_or_else(|| format!("{raw:?} is not a profile; use developer or minimal"))
+}
+
 fn parse_vmm(raw: &str) -> Result<VmmKind, String> {
     VmmKind::parse(raw).ok_or_else(|| format!("{raw:?} is not a VMM; use firecracker, qemu or sim"))
 }
@@ -188,7 +210,7 @@ pub struct VmRunArgs {
     pub full_copy: bool,
     /// A path inside the git repository to copy to /root/repo
     pub path: Option<PathBuf>,
-    /// Command to run in the VM (after --); banger exits with its exit code
+    /// Command to run in the VM (after --): one argument is a shell command line, several are words; banger exits with its exit code
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -264,7 +286,7 @@ pub struct VmSshArgs {
     /// VM name, id or unique id prefix
     #[arg(value_name = "REF")]
     pub reference: String,
-    /// Command to run instead of a shell (after --)
+    /// Command to run instead of a shell (after --): one argument is a shell command line, several are words
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -378,7 +400,10 @@ pub struct ImageBootstrapArgs {
     /// Name for the image [default: derived from the distro]
     #[arg(long)]
     pub name: Option<String>,
-    /// Extra packages, comma-separated (on top of openssh-server, iproute2, ca-certificates, git, procps, systemd-sysv)
+    /// Package set: developer (compilers and make, git, curl, tmux, editors, jq, Python with venv and pip, Docker with compose, …) or minimal (sshd, systemd, iproute2, git, procps, TLS roots)
+    #[arg(long, value_name = "PROFILE", default_value = "developer", value_parser = parse_profile)]
+    pub profile: ImageProfile,
+    /// Extra packages, comma-separated, on top of the profile's
     #[arg(long, value_delimiter = ',')]
     pub packages: Vec<String>,
     /// Package mirror URL [default: the distribution's, e.g. http://deb.debian.org/debian]
@@ -393,7 +418,7 @@ pub struct ImageBootstrapArgs {
 pub enum KernelCommand {
     /// Download a kernel from the catalog
     Pull(KernelPullArgs),
-    /// Register a directory holding vmlinux (and optionally initrd.img)
+    /// Register a directory holding vmlinux (and optionally initrd.img and modules.ext4)
     Import(KernelImportArgs),
     /// Build a kernel from the distribution's packages
     Bootstrap(KernelBootstrapArgs),

@@ -30,9 +30,42 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 pub const VAR: &str = "COMPLETE";
 
 /// The command tree with the live completers attached (the factory for
-/// [`clap_complete::CompleteEnv`]).
+/// [`clap_complete::CompleteEnv`]). Completing an empty word offers values
+/// and subcommands only: `vm ssh <TAB>` lists VM names, and with none to
+/// offer (no daemon) the shell inserts nothing, rather than the `--` that
+/// `--help` and `--version` have in common. Typing `-` first offers them.
 pub fn command() -> Command {
-    attach(Cli::command())
+    let cli = attach(Cli::command());
+    let args = std::env::args_os().collect::<Vec<_>>();
+    if completing_empty_word(&args, completion_index()) {
+        without_help_flags(cli)
+    } else {
+        cli
+    }
+}
+
+/// Whether the word being completed (`args` is our own argv: `banger --
+/// banger vm ssh ''`) is empty.
+fn completing_empty_word(args: &[OsString], index: Option<usize>) -> bool {
+    let Some(start) = args.iter().position(|arg| arg == "--") else {
+        return false;
+    };
+    let words = &args[start + 1..];
+    let current = index.unwrap_or(words.len().saturating_sub(1));
+    words.get(current).is_none_or(|word| word.is_empty())
+}
+
+/// The command tree without `--help`/`--version` flags, all the way down.
+fn without_help_flags(command: Command) -> Command {
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    let mut command = command.disable_help_flag(true).disable_version_flag(true);
+    for name in names {
+        command = command.mut_subcommand(name, without_help_flags);
+    }
+    command
 }
 
 /// Answers a completion request (`COMPLETE=SHELL banger -- WORDS…`) and
@@ -227,6 +260,40 @@ async fn fetch(layout: &Layout, kind: Kind) -> Option<Vec<(String, Option<String
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_word_is_told_apart() {
+        use std::ffi::OsString;
+        let args = |words: &[&str]| -> Vec<OsString> {
+            ["banger", "--", "banger"]
+                .iter()
+                .chain(words)
+                .map(OsString::from)
+                .collect()
+        };
+        assert!(super::completing_empty_word(
+            &args(&["vm", "ssh", ""]),
+            Some(3)
+        ));
+        assert!(super::completing_empty_word(
+            &args(&["vm", "ssh", ""]),
+            None
+        ));
+        assert!(!super::completing_empty_word(
+            &args(&["vm", "ssh", "b"]),
+            Some(3)
+        ));
+        assert!(!super::completing_empty_word(
+            &args(&["vm", "ssh", "-"]),
+            None
+        ));
+        // The word completed may be before the last one (bash, zsh).
+        assert!(super::completing_empty_word(
+            &args(&["vm", "ssh", "", "x"]),
+            Some(3)
+        ));
+        assert!(!super::completing_empty_word(&["banger".into()], None));
+    }
+
     use super::*;
 
     fn args(words: &[&str]) -> Vec<OsString> {

@@ -223,6 +223,33 @@ pub fn bangerd_path() -> anyhow::Result<PathBuf> {
     sibling_binary("bangerd")
 }
 
+/// A companion binary where bangerd looks for it: next to `bangerd`, in
+/// `../lib/banger/` of its prefix, else in `PATH`. On failure, where it was
+/// looked for.
+pub fn companion_binary(name: &str) -> Result<PathBuf, String> {
+    let mut searched = Vec::new();
+    if let Ok(bangerd) = bangerd_path()
+        && let Some(dir) = bangerd.parent()
+    {
+        for candidate in [dir.join(name), dir.join("../lib/banger").join(name)] {
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            searched.push(candidate.display().to_string());
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    searched.push("PATH".into());
+    Err(searched.join(", "))
+}
+
 /// A banger binary installed next to the running one, else found in `PATH`.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     if let Ok(exe) = std::env::current_exe()

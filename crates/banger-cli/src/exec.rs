@@ -23,14 +23,11 @@ pub fn spawn_daemon(bangerd: &Path, startup_log: &Path) -> std::io::Result<Child
     command.spawn()
 }
 
-/// Runs the system `ssh` with `args`, inheriting the terminal, and returns
-/// its exit status. Ctrl-C reaches `ssh` (same process group); the caller
-/// keeps a handler installed so banger itself survives it.
-pub async fn run_ssh(args: &[std::ffi::OsString]) -> std::io::Result<std::process::ExitStatus> {
-    tokio::process::Command::new("ssh")
-        .args(args)
-        .status()
-        .await
+/// Starts the system `ssh` with `args`, inheriting the terminal. Ctrl-C at
+/// the terminal reaches `ssh` too (same process group); the caller keeps a
+/// handler installed so banger itself survives it, and waits for the child.
+pub fn spawn_ssh(args: &[std::ffi::OsString]) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new("ssh").args(args).spawn()
 }
 
 /// Runs another `banger` (the freshly installed one after an update) with

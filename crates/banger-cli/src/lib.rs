@@ -57,9 +57,14 @@ pub fn main() -> ExitCode {
 /// The VM defaults as this host and config resolve them. A broken config
 /// falls back to host heuristics here; the command itself reports the error.
 pub fn vm_defaults() -> VmDefaults {
-    let config = Layout::from_env()
+    VmDefaults::resolve(&config().vm_defaults, HostFacts::detect())
+}
+
+/// `config.toml`, or the defaults when it is missing or broken (the daemon
+/// reports a broken config when the command reaches it).
+pub fn config() -> Config {
+    Layout::from_env()
         .ok()
         .and_then(|layout| Config::load(&layout.config_file()).ok())
-        .unwrap_or_default();
-    VmDefaults::resolve(&config.vm_defaults, HostFacts::detect())
+        .unwrap_or_default()
 }

@@ -11,6 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Debug)]
 pub struct Progress {
     multi: Option<MultiProgress>,
+    /// The terminal's settings before `ECHOCTL` was turned off (restored by
+    /// [`Progress::finish`] and on drop).
+    echo: Option<QuietCtrlC>,
     stages: HashMap<String, ProgressBar>,
     tasks: HashMap<String, ProgressBar>,
     /// Non-terminal output: last printed tenth per task, to keep logs short.
@@ -28,8 +31,10 @@ impl Progress {
         let multi = std::io::stderr()
             .is_terminal()
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let echo = multi.as_ref().and_then(|_| QuietCtrlC::start());
         Self {
             multi,
+            echo,
             stages: HashMap::new(),
             tasks: HashMap::new(),
             printed_tenths: HashMap::new(),
@@ -151,6 +156,45 @@ impl Progress {
         for (_, bar) in self.tasks.drain() {
             bar.abandon();
         }
+        self.echo = None;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.echo = None;
+    }
+}
+
+/// The terminal does not echo `^C` while progress is drawn: indicatif pads
+/// the last line to the terminal's width, so the two echoed characters
+/// would wrap the cursor onto a new line, and every redraw after a Ctrl-C
+/// would land one line lower than the last, leaving copies of the spinners
+/// behind. Turns `ECHOCTL` off on stderr's terminal and back on when dropped.
+#[derive(Debug)]
+struct QuietCtrlC {
+    saved: nix::sys::termios::Termios,
+}
+
+impl QuietCtrlC {
+    fn start() -> Option<Self> {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        let stderr = std::io::stderr();
+        let saved = tcgetattr(&stderr).ok()?;
+        if !saved.local_flags.contains(LocalFlags::ECHOCTL) {
+            return None;
+        }
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHOCTL);
+        tcsetattr(&stderr, SetArg::TCSANOW, &quiet).ok()?;
+        Some(Self { saved })
+    }
+}
+
+impl Drop for QuietCtrlC {
+    fn drop(&mut self) {
+        use nix::sys::termios::{SetArg, tcsetattr};
+        let _ = tcsetattr(std::io::stderr(), SetArg::TCSANOW, &self.saved);
     }
 }
 

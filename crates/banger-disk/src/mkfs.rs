@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use banger_model::ByteSize;
@@ -68,6 +68,9 @@ pub struct Ext4BuildOptions {
     /// filesystem that guests install packages into). The image is sparse,
     /// so unused free space costs no disk.
     pub free_space: ByteSize,
+    /// Leave out device nodes and FIFOs (a guest's `/dev` is a devtmpfs):
+    /// `mkfs.ext4 -d` copies them, then they are removed from the image.
+    pub skip_special: bool,
 }
 
 /// A built image.
@@ -77,6 +80,8 @@ pub struct Ext4Image {
     pub size: ByteSize,
     pub inodes: u64,
     pub content: ContentSize,
+    /// Device nodes and FIFOs left out ([`Ext4BuildOptions::skip_special`]).
+    pub skipped_special: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +115,13 @@ pub enum BuildExt4Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot leave the device node or FIFO {path} out of {out}")]
+    SkipSpecial {
+        path: PathBuf,
+        out: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn round_up(value: u64, to: u64) -> u64 {
@@ -118,6 +130,11 @@ fn round_up(value: u64, to: u64) -> u64 {
 
 /// Measures `dir` as described in the module docs.
 pub fn measure_dir(dir: &Path) -> Result<ContentSize, BuildExt4Error> {
+    walk(dir).map(|(content, _)| content)
+}
+
+/// [`measure_dir`], also listing the device nodes and FIFOs (relative to `dir`).
+fn walk(dir: &Path) -> Result<(ContentSize, Vec<PathBuf>), BuildExt4Error> {
     let walk_error = |path: &Path| {
         let path = path.to_owned();
         move |source: io::Error| BuildExt4Error::Walk { path, source }
@@ -130,6 +147,7 @@ pub fn measure_dir(dir: &Path) -> Result<ContentSize, BuildExt4Error> {
     }
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut total = ContentSize::default();
+    let mut special = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(current) = stack.pop() {
         total.inodes += 1;
@@ -144,6 +162,11 @@ pub fn measure_dir(dir: &Path) -> Result<ContentSize, BuildExt4Error> {
             if file_type.is_dir() {
                 stack.push(path);
                 continue;
+            }
+            if (file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo())
+                && let Ok(rel) = path.strip_prefix(dir)
+            {
+                special.push(rel.to_owned());
             }
             if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
                 continue;
@@ -161,7 +184,7 @@ pub fn measure_dir(dir: &Path) -> Result<ContentSize, BuildExt4Error> {
         }
         total.bytes += round_up(entry_bytes, BLOCK);
     }
-    Ok(total)
+    Ok((total, special))
 }
 
 /// The journal size mke2fs picks for a filesystem of `blocks` 4 KiB blocks.
@@ -208,7 +231,7 @@ pub fn build_ext4_from_dir(
     {
         return Err(BuildExt4Error::Label(label.clone()));
     }
-    let content = measure_dir(src)?;
+    let (content, special) = walk(src)?;
     let mut plan = plan_ext4(content);
     if options.free_space.bytes() > 0 {
         // Free space for packages: fewer inodes per byte than the content
@@ -230,12 +253,22 @@ pub fn build_ext4_from_dir(
         attempt += 1;
         match mkfs_once(src, out, plan, options) {
             Ok(()) => {
-                tracing::info!(out = %out.display(), size = %plan.size, inodes = plan.inodes, content = content.bytes, "built ext4 image");
+                let skipped_special = if options.skip_special && !special.is_empty() {
+                    if let Err(error) = remove_special(out, &special) {
+                        let _ = std::fs::remove_file(out);
+                        return Err(error);
+                    }
+                    special.len() as u64
+                } else {
+                    0
+                };
+                tracing::info!(out = %out.display(), size = %plan.size, inodes = plan.inodes, content = content.bytes, skipped_special, "built ext4 image");
                 return Ok(Ext4Image {
                     path: out.to_owned(),
                     size: plan.size,
                     inodes: plan.inodes,
                     content,
+                    skipped_special,
                 });
             }
             Err(error) => {
@@ -254,6 +287,30 @@ pub fn build_ext4_from_dir(
             }
         }
     }
+}
+
+/// Removes `special` (paths relative to the image's root) from the image
+/// `out` in one debugfs run.
+fn remove_special(out: &Path, special: &[PathBuf]) -> Result<(), BuildExt4Error> {
+    let mut edits = crate::edits::Ext4Edits::new();
+    for rel in special {
+        let failed =
+            |source: Box<dyn std::error::Error + Send + Sync>| BuildExt4Error::SkipSpecial {
+                path: rel.clone(),
+                out: out.to_owned(),
+                source,
+            };
+        let guest = rel
+            .to_str()
+            .map(|rel| format!("/{rel}"))
+            .ok_or_else(|| failed("the name is not UTF-8".into()))?;
+        edits.remove(&guest).map_err(|err| failed(Box::new(err)))?;
+    }
+    crate::edits::apply_edits(out, &edits).map_err(|err| BuildExt4Error::SkipSpecial {
+        path: special[0].clone(),
+        out: out.to_owned(),
+        source: Box::new(err),
+    })
 }
 
 fn is_out_of_space(output: &str) -> bool {
@@ -314,6 +371,7 @@ pub fn make_work_seed(rootfs_dir: &Path, out: &Path) -> Result<Ext4Image, BuildE
         growable: true,
         min_size: None,
         free_space: banger_model::ByteSize(0),
+        skip_special: true,
     };
     let home = rootfs_dir.join("root");
     match std::fs::symlink_metadata(&home) {

@@ -347,7 +347,7 @@ pub fn privileges(host: &dyn Host) -> DoctorCheck {
             "privileges",
             format!(
                 "uid {} with CAP_NET_ADMIN and CAP_SYS_ADMIN: bridges, TAPs and mounts work, \
-                 but the helpers the daemon runs (iptables for --nat, dmsetup) do not inherit \
+                 but the helpers the daemon runs (iptables for NAT, dmsetup) do not inherit \
                  the capabilities",
                 privileges.euid
             ),
@@ -470,6 +470,51 @@ pub fn storage(facts: &StorageFacts) -> DoctorCheck {
     }
 }
 
+/// One of banger's companion binaries as the daemon looks for it (next to
+/// `bangerd`, in `../lib/banger/`, in `PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Companion {
+    /// `banger-vsock-agent`, `banger-simvm`, …
+    pub name: String,
+    /// Where it was found, or where it was looked for.
+    pub found: Result<PathBuf, String>,
+    /// What it is for, e.g. `copied into every image`.
+    pub role: String,
+    /// Whether this configuration cannot work without it.
+    pub needed: bool,
+}
+
+/// The companion binaries: each found, or what is missing and the fix.
+pub fn companions(list: &[Companion]) -> DoctorCheck {
+    let fix = "reinstall banger: `make install` puts banger-vsock-agent and banger-simvm in \
+               PREFIX/lib/banger next to PREFIX/bin/bangerd";
+    let missing: Vec<&Companion> = list.iter().filter(|c| c.found.is_err()).collect();
+    if missing.is_empty() {
+        let found = list
+            .iter()
+            .map(|c| match &c.found {
+                Ok(path) => format!("{} ({})", c.name, path.display()),
+                Err(_) => c.name.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return DoctorCheck::pass("companions", found);
+    }
+    let detail = missing
+        .iter()
+        .map(|c| {
+            let searched = c.found.as_ref().err().map_or("", String::as_str);
+            format!("{} is missing ({}; looked in {searched})", c.name, c.role)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if missing.iter().any(|c| c.needed) {
+        DoctorCheck::fail("companions", detail, fix)
+    } else {
+        DoctorCheck::warn("companions", detail, fix)
+    }
+}
+
 /// What the image catalog says about the wanted default image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogLookup {
@@ -491,6 +536,9 @@ pub struct ImageFacts {
     pub wanted: String,
     /// The image the store marks as default.
     pub store_default: Option<String>,
+    /// Where that image came from, e.g. `developer profile, bootstrapped
+    /// from debian:bookworm packages (…)`.
+    pub store_default_origin: Option<String>,
     /// Every image name in the store.
     pub local: Vec<String>,
     /// The catalog's answer for `wanted` (only asked without a usable local
@@ -502,12 +550,16 @@ pub fn default_image(facts: &ImageFacts) -> DoctorCheck {
     let import = "`banger image pull REF` (OCI or catalog) or `banger image import DIR --name N`; \
                   the first image becomes the default (`banger image promote N` picks another)";
     if let Some(name) = &facts.store_default {
+        let shown = match &facts.store_default_origin {
+            Some(origin) => format!("{name}, {origin}"),
+            None => name.clone(),
+        };
         let detail = match &facts.configured {
             Some(configured) if configured != name => format!(
-                "{name} (local default; default_image = {configured:?} in config only applies \
+                "{shown} (local default; default_image = {configured:?} in config only applies \
                  while no image is promoted)"
             ),
-            _ => format!("{name} (local default)"),
+            _ => format!("{shown} (local default)"),
         };
         return DoctorCheck::pass("default-image", detail);
     }
@@ -531,10 +583,11 @@ pub fn default_image(facts: &ImageFacts) -> DoctorCheck {
         (CatalogLookup::NotFound, None) => DoctorCheck::warn(
             "default-image",
             format!(
-                "no default image, and the catalog does not list {wanted}: `vm run` and \
-                 `vm create` need --image"
+                "no default image, and the catalog does not list {wanted}: the first `vm run` or \
+                 `vm create` without --image bootstraps debian:bookworm (developer profile) from \
+                 Debian's packages (a few minutes; needs debootstrap)"
             ),
-            import,
+            format!("`banger image bootstrap` builds it now, or {import}"),
         ),
         (CatalogLookup::Unavailable(err), _) => DoctorCheck::warn(
             "default-image",

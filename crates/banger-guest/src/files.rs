@@ -26,6 +26,10 @@ pub const SSHD_DROP_IN: &str = include_str!("../guest/99-banger.conf");
 pub use banger_model::contract::FIRST_BOOT_PATH;
 /// Where the agent binary lives in the guest.
 pub const AGENT_PATH: &str = "/usr/local/bin/banger-vsock-agent";
+/// The session guard: a symlink to the agent, which answers to this name.
+/// banger's remote command lines `exec` it around a `-- CMD` so that the
+/// command stops when its SSH session goes away (see `banger-agent`).
+pub const SESSION_PATH: &str = "/usr/local/libexec/banger-session";
 /// The first-boot unit's path.
 pub const FIRST_BOOT_UNIT_PATH: &str = "/etc/systemd/system/banger-first-boot.service";
 /// The agent unit's path.
@@ -33,18 +37,29 @@ pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/banger-vsock-agent.servic
 /// The sshd drop-in's path.
 pub const SSHD_DROP_IN_PATH: &str = "/etc/ssh/sshd_config.d/99-banger.conf";
 
-/// Units masked (linked to `/dev/null`) because they wait for minutes, or
+/// Units masked (linked to `/dev/null`). Some wait for minutes, or
 /// forever, in a Firecracker guest built from a container rootfs: without
 /// udev no `dev-ttyS0.device` ever appears for the serial getty to bind to,
 /// `systemd-firstboot` prompts on the console when `/etc/machine-id` is
 /// missing, and the network is configured by the kernel's `ip=` argument, so
-/// nothing should wait for a network manager to bring it online.
+/// nothing should wait for a network manager to bring it online. The rest
+/// is housekeeping a disposable sandbox does not need and should not spend
+/// its first minutes on: apt's daily downloads and upgrades (which also
+/// hold apt's lock when the user wants to install), man-db's index, ext4
+/// scrubbing of LVM snapshots, TRIM and dpkg database backups.
 pub const MASKED_UNITS: &[&str] = &[
     "dev-ttyS0.device",
     "serial-getty@ttyS0.service",
     "systemd-firstboot.service",
     "systemd-networkd-wait-online.service",
     "NetworkManager-wait-online.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "man-db.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "dpkg-db-backup.timer",
 ];
 
 /// Owner of every entry.
@@ -177,6 +192,7 @@ impl GuestFiles {
             0o644,
         ));
 
+        entries.push(link(SESSION_PATH.to_owned(), AGENT_PATH));
         entries.push(link(
             "/etc/systemd/system/sysinit.target.wants/banger-first-boot.service".to_owned(),
             FIRST_BOOT_UNIT_PATH,

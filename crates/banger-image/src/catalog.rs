@@ -608,7 +608,6 @@ pub async fn install_kernel(
     let staging_owned = staging.clone();
     tokio::task::spawn_blocking(move || -> Result<KernelFiles, InstallKernelError> {
         let options = UnpackOptions {
-            allow_devices: false,
             ..UnpackOptions::default()
         };
         extract_artifact(&name, &artifact, &file, &staging_owned, options)?;

@@ -124,6 +124,8 @@ pub struct PulledImage {
     pub staging: PathBuf,
     pub content: ContentSize,
     pub stats: PullStats,
+    /// Device nodes and FIFOs in the layers, skipped (never created).
+    pub skipped_special: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -393,7 +395,7 @@ impl Puller {
             .buffer_unordered(self.concurrency);
         let mut downloads_done = false;
 
-        let result: Result<ContentSize, PullError> = async {
+        let result: Result<(ContentSize, u64), PullError> = async {
             while next < layers.len() {
                 let layer = &layers[next];
                 if !ready.contains(&layer.digest) {
@@ -474,15 +476,17 @@ impl Puller {
                 });
                 next += 1;
             }
-            tokio::task::spawn_blocking(move || unpacker.finish())
+            let skipped = unpacker.skipped_special();
+            let content = tokio::task::spawn_blocking(move || unpacker.finish())
                 .await
                 .map_err(|_| PullError::Panicked {
                     reference: reference.clone(),
                 })?
-                .map_err(unpack_error)
+                .map_err(unpack_error)?;
+            Ok((content, skipped))
         }
         .await;
-        let content = result?;
+        let (content, skipped_special) = result?;
         let metadata = ImageMetadata {
             reference: reference.clone(),
             manifest_digest: image.manifest_digest.clone(),
@@ -498,6 +502,7 @@ impl Puller {
             staging: staging.to_owned(),
             content,
             stats,
+            skipped_special,
         })
     }
 

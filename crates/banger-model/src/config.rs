@@ -86,6 +86,7 @@ struct RawConfig {
     boot_timeout_seconds: Option<u64>,
     catalog_url: Option<String>,
     update_url: Option<String>,
+    /// Retired: refused with an explanation instead of as an unknown key.
     allow_device_nodes: Option<bool>,
     vm_defaults: Option<RawVmDefaults>,
     network: Option<RawNetwork>,
@@ -107,6 +108,7 @@ struct RawNetwork {
     subnet: Option<String>,
     dns_listen: Option<String>,
     tap_pool_size: Option<i64>,
+    nat: Option<bool>,
 }
 
 /// Validated configuration with defaults applied.
@@ -130,7 +132,6 @@ pub struct Config {
     pub boot_timeout: Duration,
     pub catalog_url: Option<String>,
     pub update_url: Option<String>,
-    pub allow_device_nodes: bool,
     pub vm_defaults: VmDefaultsConfig,
     pub network: NetworkConfig,
     pub file_sync: Vec<FileSync>,
@@ -169,6 +170,9 @@ pub struct NetworkConfig {
     pub subnet: Ipv4Net,
     pub dns_listen: SocketAddr,
     pub tap_pool_size: u32,
+    /// Whether new VMs reach the outside through NAT unless `--nat` or
+    /// `--no-nat` says otherwise.
+    pub nat: bool,
 }
 
 impl NetworkConfig {
@@ -187,6 +191,7 @@ impl Default for NetworkConfig {
                 .parse()
                 .expect("default DNS address parses"),
             tap_pool_size: DEFAULT_TAP_POOL,
+            nat: true,
         }
     }
 }
@@ -207,7 +212,6 @@ impl Default for Config {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             catalog_url: None,
             update_url: None,
-            allow_device_nodes: false,
             vm_defaults: VmDefaultsConfig::default(),
             network: NetworkConfig::default(),
             file_sync: Vec::new(),
@@ -276,9 +280,14 @@ impl Config {
             stop_grace: DEFAULT_STOP_GRACE,
             catalog_url: raw.catalog_url,
             update_url: raw.update_url,
-            allow_device_nodes: raw.allow_device_nodes.unwrap_or(false),
             ..Config::default()
         };
+        if raw.allow_device_nodes.is_some() {
+            return Err(invalid(
+                "allow_device_nodes",
+                "is no longer used: device nodes and FIFOs in images are always skipped (a guest's /dev is a devtmpfs); delete this line".to_owned(),
+            ));
+        }
 
         for (key, value) in [
             ("firecracker_bin", &config.firecracker_bin),
@@ -394,6 +403,9 @@ impl Config {
                 }
                 config.network.tap_pool_size = pool as u32;
             }
+            if let Some(nat) = network.nat {
+                config.network.nat = nat;
+            }
         }
 
         if let Some(entries) = raw.file_sync {
@@ -488,6 +500,7 @@ mod tests {
             subnet = "10.77.0.1/24"
             dns_listen = "127.0.0.1:5353"
             tap_pool_size = 0
+            nat = false
 
             [[file_sync]]
             host = "~/.aws"
@@ -504,6 +517,8 @@ mod tests {
         assert_eq!(config.network.bridge, "br-test");
         assert_eq!(config.network.gateway(), Ipv4Addr::new(10, 77, 0, 1));
         assert_eq!(config.network.tap_pool_size, 0);
+        assert!(!config.network.nat);
+        assert!(Config::default().network.nat, "NAT is on by default");
         assert_eq!(config.file_sync.len(), 1);
         assert_eq!(
             config.ssh_key_path(Path::new("/home/me")),
@@ -516,6 +531,7 @@ mod tests {
     fn bad_configs_name_the_key() {
         let cases = [
             ("surprise = 1", "surprise"),
+            ("allow_device_nodes = true", "allow_device_nodes"),
             ("[vm_defaults]\ncpus = 2", "cpus"),
             ("[network]\nbridge_name = \"x\"", "bridge_name"),
             (

@@ -140,7 +140,7 @@ protocol! {
     ImageShow = "image.show", RefParams => Image;
     ImageImport = "image.import", ImageImportParams => Image;
     ImageRegister = "image.register", ImageRegisterParams => Image;
-    ImagePull = "image.pull", ImagePullParams => Image;
+    ImagePull = "image.pull", ImagePullParams => ImagePullResult;
     ImageBootstrap = "image.bootstrap", ImageBootstrapParams => Image;
     ImageDelete = "image.delete", RefParams => Empty;
     ImagePromote = "image.promote", RefParams => Image;
@@ -271,6 +271,9 @@ pub struct ImageBootstrapParams {
     pub distro: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// The package set [default: developer].
+    #[serde(default)]
+    pub profile: Option<banger_model::image::ImageProfile>,
     #[serde(default)]
     pub packages: Vec<String>,
     #[serde(default)]
@@ -366,6 +369,7 @@ mod tests {
             Request::ImageBootstrap(ImageBootstrapParams {
                 distro: "debian:bookworm".into(),
                 name: None,
+                profile: Some(banger_model::image::ImageProfile::Minimal),
                 packages: vec![],
                 mirror: None,
                 kernel_ref: None,

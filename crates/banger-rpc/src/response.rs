@@ -69,6 +69,31 @@ pub struct ImageListResult {
     pub images: Vec<Image>,
 }
 
+/// `image.pull`: the image, and what the pull did to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePullResult {
+    pub image: Image,
+    pub outcome: PullOutcome,
+}
+
+/// What `image pull` of a name did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PullOutcome {
+    /// A new image.
+    Pulled,
+    /// The image was there with the same digest: nothing was downloaded.
+    UpToDate { digest: String },
+    /// The image was there with another digest: its files were replaced in
+    /// place (same name and id). VMs made from it keep their own disks.
+    Replaced {
+        previous_digest: String,
+        digest: String,
+        /// VMs made from the previous version.
+        vms: Vec<String>,
+    },
+}
+
 /// `kernel.list`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelListResult {
@@ -133,6 +158,10 @@ pub struct PortRow {
     pub proto: String,
     /// `https://web.vm:8443`, `tcp web.vm:22`, or a guest-local address.
     pub endpoint: String,
+    /// The same with the guest's address for the name (`https://172.30.0.2:8443`),
+    /// for hosts where `NAME.vm` does not resolve.
+    #[serde(default)]
+    pub address: String,
     pub port: u16,
     pub process: Option<String>,
     pub command: Option<String>,
@@ -145,5 +174,8 @@ pub struct PortRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortsResult {
     pub name: String,
+    /// The guest's address on the bridge.
+    #[serde(default)]
+    pub ip: Option<String>,
     pub ports: Vec<PortRow>,
 }

@@ -49,6 +49,39 @@ impl Store {
         Ok(())
     }
 
+    /// Rewrites an image's kernel, files, size, source and time (an image
+    /// replaced in place by a newer pull); its id, name and default flag stay.
+    pub fn update_image(&self, image: &Image) -> Result<(), StoreError> {
+        let source = serde_json::to_string(&image.source).expect("image sources serialise");
+        let result = self.conn().execute(
+            "UPDATE images SET kernel_id = ?2, rootfs_path = ?3, work_seed_path = ?4, \
+             rootfs_size = ?5, source = ?6, created_at = ?7 WHERE id = ?1",
+            params![
+                image.id.as_str(),
+                image.kernel_id.as_ref().map(Id::as_str),
+                image.rootfs_path.to_string_lossy(),
+                image
+                    .work_seed_path
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                image.rootfs_size.bytes() as i64,
+                source,
+                to_millis(image.created_at),
+            ],
+        );
+        match result {
+            Ok(0) => Err(StoreError::Missing {
+                kind: "image",
+                id: image.id.to_string(),
+            }),
+            Ok(_) => Ok(()),
+            Err(err) if is_foreign_key_violation(&err) => Err(StoreError::Conflict {
+                what: "the image's kernel does not exist".into(),
+            }),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     pub fn list_images(&self) -> Result<Vec<Image>, StoreError> {
         let conn = self.conn();
         let mut statement =

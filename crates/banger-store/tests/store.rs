@@ -266,6 +266,41 @@ fn only_one_default_image() {
 }
 
 #[test]
+fn an_image_is_updated_in_place_keeping_id_name_and_default() {
+    let (_dir, store) = open();
+    let k = kernel("k");
+    store.insert_kernel(&k).unwrap();
+    let mut a = image("a", None);
+    store.insert_image(&a).unwrap();
+    store.set_default_image(&a.id).unwrap();
+    a.kernel_id = Some(k.id.clone());
+    a.rootfs_size = ByteSize::gib(2);
+    a.source = ImageSource::Pull {
+        reference: "docker.io/library/debian:bookworm".into(),
+        manifest_digest: "sha256:cc".into(),
+        layer_digests: vec!["sha256:dd".into()],
+    };
+    store.update_image(&a).unwrap();
+    let stored = store.get_image(&a.id).unwrap().unwrap();
+    assert_eq!(stored.name.as_str(), "a");
+    assert!(stored.is_default);
+    assert_eq!(stored.kernel_name.as_deref(), Some("k"));
+    assert_eq!(stored.rootfs_size, ByteSize::gib(2));
+    assert_eq!(stored.source, a.source);
+    let missing = image("missing", None);
+    assert!(matches!(
+        store.update_image(&missing),
+        Err(StoreError::Missing { .. })
+    ));
+    let mut bad_kernel = a.clone();
+    bad_kernel.kernel_id = Some(Id::generate());
+    assert!(matches!(
+        store.update_image(&bad_kernel),
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+#[test]
 fn a_second_connection_sees_committed_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("banger.db");

@@ -10,10 +10,13 @@
 //!   namespace, leak assertions and diagnostics.
 //! - [`http`]: a small HTTP server on loopback (release downloads).
 //! - [`release`]: signed test releases for `banger update`.
+//! - [`fixtures`]: root filesystems built with banger's bootstrap code,
+//!   cached under `.cache/` (the developer image's tree).
 //! - [`skip`]: tests that cannot run here, logged for the run's summary
 //!   (and failing in CI when CI provides what they lack).
 
 pub mod env;
+pub mod fixtures;
 pub mod http;
 pub mod release;
 pub mod sim;

@@ -25,6 +25,7 @@
 //! - [`ssh`]: the managed SSH key and banger's ssh_config.
 //! - [`file_sync`]: `[[file_sync]]` entries into the work disk.
 //! - [`forward`]: published ports, forwarded from the host into guests.
+//! - [`git_identity`]: the host's git identity into the guest's `.gitconfig`.
 //! - [`exec`]: the processes the daemon starts itself.
 
 pub mod binaries;
@@ -34,6 +35,7 @@ pub mod errors;
 pub mod exec;
 pub mod file_sync;
 pub mod forward;
+pub mod git_identity;
 pub mod guest_install;
 pub mod images;
 pub mod instance;

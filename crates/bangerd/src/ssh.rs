@@ -3,8 +3,10 @@
 //! The managed key lives at `<state>/ssh/id_ed25519` and is generated on
 //! first use; `ssh_key_path` in config points at a key of the user's own,
 //! which banger never generates, moves or deletes. Guest host keys are
-//! remembered per VM name in `<state>/ssh/known_hosts.d/<name>.vm`, which
-//! `vm delete` removes, so a new VM reusing a name is never a host-key
+//! pinned per VM name in `<state>/ssh/known_hosts.d/<name>.vm`: each VM's
+//! ed25519 host key is made on the host at create and written there and
+//! into its root disk, so the first connection already checks it. `vm
+//! delete` removes the file, so a new VM reusing a name is never a host-key
 //! mismatch and nothing ever prompts.
 
 use std::path::{Path, PathBuf};
@@ -273,6 +275,23 @@ pub fn known_hosts_file(layout: &Layout, vm_name: &str) -> PathBuf {
     known_hosts_dir(layout).join(format!("{vm_name}.vm"))
 }
 
+/// Writes the known_hosts file `path` with one line: `host` has `public`
+/// (an `ssh-ed25519 AAAA… comment` line), replacing what was there.
+pub fn pin_host_key(path: &Path, host: &str, public: &str) -> std::io::Result<()> {
+    let mut words = public.split_whitespace();
+    let (Some(kind), Some(key)) = (words.next(), words.next()) else {
+        return Err(std::io::Error::other(format!(
+            "not an OpenSSH public key line: {public:?}"
+        )));
+    };
+    if let Some(dir) = path.parent() {
+        fs_err::create_dir_all(dir)?;
+    }
+    let temp = path.with_extension("tmp");
+    fs_err::write(&temp, format!("{host} {kind} {key}\n"))?;
+    fs_err::rename(&temp, path)
+}
+
 /// banger's `ssh_config` text: `ssh NAME.vm` with the managed key, as root.
 pub fn ssh_config_text(layout: &Layout, key: &Path) -> String {
     format!(
@@ -309,6 +328,23 @@ pub fn write_ssh_config(layout: &Layout, key: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_host_key_is_one_known_hosts_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts.d/box.vm");
+        pin_host_key(&file, "box.vm", "ssh-ed25519 AAAAC3Nza root@box").unwrap();
+        assert_eq!(
+            fs_err::read_to_string(&file).unwrap(),
+            "box.vm ssh-ed25519 AAAAC3Nza\n"
+        );
+        pin_host_key(&file, "box.vm", "ssh-ed25519 BBBB root@box").unwrap();
+        assert_eq!(
+            fs_err::read_to_string(&file).unwrap(),
+            "box.vm ssh-ed25519 BBBB\n"
+        );
+        assert!(pin_host_key(&file, "box.vm", "garbage").is_err());
+    }
 
     #[test]
     fn ssh_config_points_at_key_and_known_hosts() {

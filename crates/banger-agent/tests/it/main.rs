@@ -2,4 +2,5 @@
 //! banger-guest's client.
 
 mod serve;
+mod session;
 mod static_binary;

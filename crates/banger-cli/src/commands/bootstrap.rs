@@ -5,7 +5,7 @@ use banger_rpc::{Method, method};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use banger_model::image::Image;
+use banger_model::image::{Image, ImageSource};
 use banger_model::kernel::Kernel;
 use banger_model::layout::Layout;
 use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};
@@ -19,25 +19,14 @@ pub(super) async fn image(layout: &Layout, args: &ImageBootstrapArgs) -> anyhow:
     let params = ImageBootstrapParams {
         distro: args.distro.clone(),
         name: args.name.clone(),
+        profile: Some(args.profile),
         packages: args.packages.clone(),
         mirror: args.mirror.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
     let started = Instant::now();
     let image = bootstrap_image(layout, params).await?;
-    eprintln!(
-        "image {} bootstrapped from {} in {} ({}, {}){}",
-        image.name,
-        args.distro,
-        elapsed(started.elapsed()),
-        image.id.short(),
-        image.rootfs_size.human(),
-        if image.is_default {
-            ", now the default image"
-        } else {
-            ""
-        }
-    );
+    eprintln!("{}", bootstrapped_line(&image, started.elapsed()));
     if image.kernel_id.is_none() {
         eprintln!(
             "note: no kernel attached; Firecracker VMs need one: `banger kernel bootstrap`, then bootstrap the image again with --kernel-ref (sim VMs need none)"
@@ -68,6 +57,34 @@ pub(super) async fn kernel(
             .unwrap_or_default(),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `image debian-bookworm (developer profile) bootstrapped from
+/// debian:bookworm in 6 min 02 s: 1.4 GiB installed (id, rootfs.ext4
+/// 5.6 GiB sparse), now the default image`.
+pub(crate) fn bootstrapped_line(image: &Image, took: Duration) -> String {
+    let (distro, profile, installed) = match &image.source {
+        ImageSource::Bootstrap {
+            distro,
+            profile,
+            installed_size,
+            ..
+        } => (distro.as_str(), profile.as_str(), *installed_size),
+        _ => ("packages", "unknown", None),
+    };
+    format!(
+        "image {} ({profile} profile) bootstrapped from {distro} in {}: {} installed ({}, rootfs.ext4 {} sparse){}",
+        image.name,
+        elapsed(took),
+        installed.map_or_else(|| "?".to_owned(), |size| size.human()),
+        image.id.short(),
+        image.rootfs_size.human(),
+        if image.is_default {
+            ", now the default image"
+        } else {
+            ""
+        }
+    )
 }
 
 /// `image.bootstrap` with live stages; Ctrl-C cancels (the daemon rolls back).

@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 use anyhow::Context;
-use banger_bootstrap::distro::{BASE_PACKAGES, DEBIAN_MIRROR, DEFAULT};
+use banger_bootstrap::distro::{DEBIAN_MIRROR, DEFAULT, ImageProfile, profile_packages};
 use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_model::vm::VmmKind;
@@ -19,9 +19,10 @@ use banger_rpc::response::KernelListResult;
 use banger_rpc::{CallError, ErrorCode, RpcError};
 
 use crate::args::CreateFlags;
-use crate::commands::bootstrap::{bootstrap_image, bootstrap_kernel, elapsed};
+use crate::commands::bootstrap::{bootstrap_image, bootstrap_kernel, bootstrapped_line};
 use crate::daemon_client;
 use crate::output::{EXIT_USAGE, ExitError};
+use banger_doctor::{CheckStatus, checks};
 
 /// What the fallback would build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +60,15 @@ pub(crate) async fn bootstrap_default_image(
             .map(|config| config.vmm)
             .unwrap_or(VmmKind::Firecracker)
     });
+    let simvm = match Config::load(&layout.config_file())
+        .ok()
+        .and_then(|config| config.simvm_bin)
+    {
+        Some(path) if path.is_file() => Ok(path),
+        Some(path) => Err(format!("simvm_bin = {}", path.display())),
+        None => crate::daemon_client::companion_binary("banger-simvm"),
+    };
+    preflight(vmm, &banger_doctor::RealHost, simvm)?;
     let plan = Plan {
         distro: DEFAULT,
         kernel: vmm.boots_kernel() && kernels.kernels.is_empty(),
@@ -96,29 +106,67 @@ pub(crate) async fn bootstrap_default_image(
         ImageBootstrapParams {
             distro: plan.distro.into(),
             name: None,
+            profile: None,
             packages: Vec::new(),
             mirror: None,
             kernel_ref,
         },
     )
     .await?;
-    eprintln!(
-        "bootstrapped image {} ({}) from {} in {}; it is the default image from now on",
-        image.name,
-        image.rootfs_size.human(),
-        plan.distro,
-        elapsed(started.elapsed())
-    );
+    eprintln!("{}", bootstrapped_line(&image, started.elapsed()));
     Ok(())
+}
+
+/// The cheap checks that fail any VM whatever its image, run before minutes
+/// of building one: the VMM and its pieces (Firecracker; banger-simvm for
+/// sim and qemu VMs, QEMU and vhost-device-vsock for qemu VMs), `/dev/kvm`
+/// (Firecracker), privileges.
+/// Fails with each failing check and its fix; nothing has been built.
+/// `simvm` is where banger-simvm was found (or where it was looked for).
+pub(crate) fn preflight(
+    vmm: VmmKind,
+    host: &dyn banger_doctor::Host,
+    simvm: Result<std::path::PathBuf, String>,
+) -> anyhow::Result<()> {
+    let mut config = crate::config();
+    config.vmm = vmm;
+    let simvm = banger_doctor::Companion {
+        name: "banger-simvm".into(),
+        found: simvm,
+        role: "runs sim and qemu VMs".into(),
+        needed: matches!(vmm, VmmKind::Sim | VmmKind::Qemu),
+    };
+    let failed: Vec<_> = [
+        checks::kvm(host, vmm),
+        checks::firecracker(host, &config),
+        checks::qemu(host, &config),
+        checks::vhost_device_vsock(host, &config),
+        checks::companions(std::slice::from_ref(&simvm)),
+        checks::privileges(host),
+    ]
+    .into_iter()
+    .filter(|check| check.status == CheckStatus::Fail)
+    .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(ExitError {
+        message: format!(
+            "this host cannot run {vmm} VMs yet, so no default image was built:\n{}hint: `banger doctor` checks everything; on hosts without KVM use --vmm sim",
+            crate::commands::doctor::render(&failed, false)
+        ),
+        code: 1,
+    }
+    .into())
 }
 
 /// What the user is told before the bootstrap.
 pub(crate) fn describe(plan: &Plan) -> String {
     let mut text = format!(
         "There is no default image yet, and the catalog offers none. banger can build one on this host from Debian's own packages:\n  \
-         debootstrap {} (minbase + {}) from {DEBIAN_MIRROR}, verified against Debian's archive keyring",
+         debootstrap {}, developer profile (minbase + {}) from {DEBIAN_MIRROR}, verified against Debian's archive keyring",
         plan.distro,
-        BASE_PACKAGES.join(", ")
+        profile_packages(ImageProfile::Developer).join(", ")
     );
     if plan.kernel {
         text.push_str(
@@ -126,7 +174,7 @@ pub(crate) fn describe(plan: &Plan) -> String {
         );
     }
     text.push_str(
-        "\nThis needs debootstrap and takes a few minutes the first time (packages are cached for later builds).",
+        "\nThis needs debootstrap and takes a few minutes the first time (packages are cached for later builds); `banger image bootstrap --profile minimal` builds a small image instead.",
     );
     text
 }
@@ -158,6 +206,64 @@ mod tests {
         assert!(!is_no_default_image(&anyhow::Error::from(other)));
         let internal = RpcError::internal("no default image, oddly");
         assert!(!is_no_default_image(&anyhow::Error::from(internal)));
+    }
+
+    #[test]
+    fn preflight_fails_before_building_on_a_host_that_cannot_run_the_vmm() {
+        use banger_doctor::{FakeHost, KvmProbe};
+        let healthy = FakeHost::default();
+        let simvm = || Ok("/usr/lib/banger/banger-simvm".into());
+        assert!(preflight(VmmKind::Firecracker, &healthy, simvm()).is_ok());
+        let mut no_kvm = FakeHost {
+            kvm: KvmProbe::Missing,
+            ..FakeHost::default()
+        };
+        no_kvm.programs.remove("firecracker");
+        let err = preflight(VmmKind::Firecracker, &no_kvm, simvm()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("no default image was built"), "{text}");
+        assert!(text.contains("/dev/kvm does not exist"), "{text}");
+        assert!(text.contains("fix: "), "{text}");
+        assert!(text.contains("firecracker"), "{text}");
+        // The sim needs neither.
+        assert!(preflight(VmmKind::Sim, &no_kvm, simvm()).is_ok());
+        // ...but banger-simvm.
+        let text = format!(
+            "{:#}",
+            preflight(VmmKind::Sim, &no_kvm, Err("/x/banger-simvm, PATH".into())).unwrap_err()
+        );
+        assert!(text.contains("banger-simvm is missing"), "{text}");
+        assert!(text.contains("make install"), "{text}");
+        // Firecracker VMs do not need it.
+        assert!(preflight(VmmKind::Firecracker, &healthy, Err("x".into())).is_ok());
+        // qemu VMs need QEMU and vhost-device-vsock too.
+        let mut with_qemu = FakeHost::default();
+        for program in ["qemu-system-x86_64", "vhost-device-vsock"] {
+            with_qemu
+                .programs
+                .insert(program.into(), format!("/usr/bin/{program}").into());
+        }
+        assert!(preflight(VmmKind::Qemu, &with_qemu, simvm()).is_ok());
+        let mut without_qemu = with_qemu.clone();
+        without_qemu.programs.remove("qemu-system-x86_64");
+        let text = format!(
+            "{:#}",
+            preflight(VmmKind::Qemu, &without_qemu, simvm()).unwrap_err()
+        );
+        assert!(text.contains("qemu-system-x86_64 is not in PATH"), "{text}");
+        let unprivileged = FakeHost {
+            privileges: banger_doctor::Privileges {
+                euid: 1000,
+                cap_net_admin: false,
+                cap_sys_admin: false,
+            },
+            ..FakeHost::default()
+        };
+        let text = format!(
+            "{:#}",
+            preflight(VmmKind::Sim, &unprivileged, simvm()).unwrap_err()
+        );
+        assert!(text.contains("uid 1000 is not root"), "{text}");
     }
 
     #[test]

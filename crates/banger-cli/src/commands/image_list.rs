@@ -93,8 +93,21 @@ pub(super) async fn show(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<
         ImageSource::Catalog { name, sha256 } => {
             println!("source      catalog {name} (sha256 {sha256})")
         }
-        ImageSource::Bootstrap { distro, mirror } => {
-            println!("source      bootstrap of {distro} from {mirror}")
+        ImageSource::Bootstrap {
+            distro,
+            mirror,
+            profile,
+            extra_packages,
+            installed_size,
+        } => {
+            println!("source      bootstrap of {distro} from {mirror}");
+            println!("profile     {profile}");
+            if !extra_packages.is_empty() {
+                println!("packages    + {}", extra_packages.join(", "));
+            }
+            if let Some(size) = installed_size {
+                println!("installed   {}", size.human());
+            }
         }
     }
     println!(

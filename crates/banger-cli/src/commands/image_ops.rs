@@ -9,7 +9,7 @@ use banger_model::image::Image;
 use banger_model::kernel::Kernel;
 use banger_model::layout::Layout;
 use banger_rpc::request::{ImageImportParams, KernelImportParams, RefParams};
-use banger_rpc::response::Empty;
+use banger_rpc::response::{Empty, PullOutcome};
 
 use crate::args::{ImageImportArgs, KernelImportArgs, RefArg};
 use crate::daemon_client;
@@ -98,8 +98,32 @@ pub(super) async fn image_pull(
         name: args.name.clone(),
         kernel_ref: args.kernel_ref.clone(),
     };
-    let image = with_progress::<method::ImagePull>(layout, params).await?;
-    report_image(&image, "pulled");
+    let pulled = with_progress::<method::ImagePull>(layout, params).await?;
+    let image = &pulled.image;
+    match &pulled.outcome {
+        PullOutcome::Pulled => report_image(image, "pulled"),
+        PullOutcome::UpToDate { digest } => {
+            eprintln!("image {} is up to date ({digest})", image.name)
+        }
+        PullOutcome::Replaced {
+            previous_digest,
+            digest,
+            vms,
+        } => {
+            eprintln!(
+                "image {} replaced in place: {previous_digest} → {digest} ({}, {})",
+                image.name,
+                image.id.short(),
+                image.rootfs_size.human()
+            );
+            if !vms.is_empty() {
+                eprintln!(
+                    "VMs made from the previous version keep their disks: {}; new VMs get the new one",
+                    vms.join(", ")
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,10 +162,7 @@ pub(super) async fn kernel_pull(
 
 /// Runs an image request, rendering its progress; Ctrl-C cancels it (the
 /// daemon removes what it staged).
-async fn with_progress<M: Method<Result = Image>>(
-    layout: &Layout,
-    params: M::Params,
-) -> anyhow::Result<Image> {
+async fn with_progress<M: Method>(layout: &Layout, params: M::Params) -> anyhow::Result<M::Result> {
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
     let outcome = {
@@ -153,7 +174,7 @@ async fn with_progress<M: Method<Result = Image>>(
     };
     progress.finish();
     match outcome {
-        Some(image) => Ok(image?),
+        Some(result) => Ok(result?),
         None => Err(crate::output::ExitError {
             message: "cancelled; nothing was registered".into(),
             code: 130,

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 
+use banger_guest::files::SESSION_PATH;
 use banger_rpc::response::SshInfo;
 
 /// Options that make ssh to a banger VM quiet and prompt-free: the managed
@@ -36,13 +37,35 @@ pub(super) fn ssh_args(info: &SshInfo, remote: Option<&str>, force_tty: bool) ->
 }
 
 /// The remote side of ssh always runs one shell string; quoting every word
-/// keeps `banger vm ssh x -- sh -c 'exit 7'` exactly three words there.
-pub(super) fn remote_command(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|word| quote(word))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The shell command line for `-- CMD...`, as ssh builds it: one argument
+/// is the user's own command line, run by the guest's shell as written
+/// (`-- "make lint && make test"`); several are words, each quoted, so
+/// `-- sh -c 'exit 7'` stays exactly three words there.
+pub(super) fn command_line(command: &[String]) -> String {
+    match command {
+        [line] => line.clone(),
+        words => words
+            .iter()
+            .map(|word| quote(word))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// What ssh runs in the guest for a command line: in `cwd` when given, under
+/// banger's session guard when the image has it (it stops the command when
+/// the SSH session goes away), by the guest user's shell. Only `line` comes
+/// from the user, and it reaches that shell as one quoted argument.
+pub(super) fn remote_script(line: &str, cwd: Option<&str>) -> String {
+    let mut script = String::new();
+    if let Some(dir) = cwd {
+        script.push_str(&format!("cd {} || exit 1\n", quote(dir)));
+    }
+    script.push_str(&format!(
+        r#"g={SESSION_PATH}; [ -x "$g" ] || g=; exec $g "${{SHELL:-/bin/sh}}" -c {}"#,
+        quote(line)
+    ));
+    script
 }
 
 fn quote(word: &str) -> String {
@@ -62,11 +85,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_survive_the_remote_shell() {
+    fn several_words_survive_the_remote_shell() {
         let words = ["sh", "-c", "exit 7", "it's", "", "a$b"].map(String::from);
+        assert_eq!(command_line(&words), r#"sh -c 'exit 7' 'it'\''s' '' 'a$b'"#);
+    }
+
+    #[test]
+    fn one_argument_is_a_command_line() {
+        assert_eq!(command_line(&["echo a; echo b".into()]), "echo a; echo b");
+        assert_eq!(command_line(&["true".into()]), "true");
+    }
+
+    #[test]
+    fn the_script_runs_the_line_in_the_shell_under_the_guard() {
         assert_eq!(
-            remote_command(&words),
-            r#"sh -c 'exit 7' 'it'\''s' '' 'a$b'"#
+            remote_script("echo a; echo 'b'", None),
+            r#"g=/usr/local/libexec/banger-session; [ -x "$g" ] || g=; exec $g "${SHELL:-/bin/sh}" -c 'echo a; echo '\''b'\'''"#
         );
+        let script = remote_script("make test", Some("/root/repo"));
+        assert!(script.starts_with("cd /root/repo || exit 1\n"), "{script}");
+        assert!(script.ends_with("-c 'make test'"), "{script}");
     }
 }

@@ -31,8 +31,29 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
 /// Validates the flags, prints the `spec:` line, creates the VM with live
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
-    let (name, spec) = resolve(flags)?;
-    create_resolved(layout, flags, &name, spec).await
+    let resolved = resolve(flags)?;
+    create_resolved(layout, flags, &resolved).await
+}
+
+/// A VM's name, size and network, settled before the daemon is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Resolved {
+    pub name: Name,
+    pub spec: VmSpec,
+    /// Outbound network through NAT.
+    pub nat: bool,
+}
+
+impl std::fmt::Display for Resolved {
+    /// `4 vcpu · 8192 MiB · 8G disk · NAT` (or `· no NAT`)
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} · {}",
+            self.spec,
+            if self.nat { "NAT" } else { "no NAT" }
+        )
+    }
 }
 
 /// [`create`] once the name and size are settled (`vm run` settles them
@@ -45,14 +66,13 @@ pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Resu
 pub(super) async fn create_resolved(
     layout: &Layout,
     flags: &CreateFlags,
-    name: &Name,
-    spec: VmSpec,
+    resolved: &Resolved,
 ) -> anyhow::Result<Vm> {
-    eprintln!("spec: {spec}");
-    let vm = match create_once(layout, flags, name, spec).await {
+    eprintln!("spec: {resolved}");
+    let vm = match create_once(layout, flags, resolved).await {
         Err(err) if flags.image.is_none() && default_image::is_no_default_image(&err) => {
             default_image::bootstrap_default_image(layout, flags).await?;
-            create_once(layout, flags, name, spec).await
+            create_once(layout, flags, resolved).await
         }
         outcome => outcome,
     }?;
@@ -68,16 +88,16 @@ pub(super) async fn create_resolved(
 async fn create_once(
     layout: &Layout,
     flags: &CreateFlags,
-    name: &Name,
-    spec: VmSpec,
+    resolved: &Resolved,
 ) -> anyhow::Result<Vm> {
+    let Resolved { name, spec, nat } = resolved;
     let params = VmCreateParams {
         name: Some(name.to_string()),
         image: flags.image.clone(),
         vcpu: Some(i64::from(spec.vcpu)),
         memory_mib: Some(i64::from(spec.memory_mib)),
         disk_size: Some(spec.disk_size),
-        nat: flags.nat,
+        nat: *nat,
         vmm: flags.vmm,
         allow_overcommit: flags.allow_overcommit,
         ports: flags.publish.clone(),
@@ -108,8 +128,10 @@ async fn create_once(
     }
 }
 
-/// Client-side checks (the daemon checks again) and defaults.
-pub(super) fn resolve(flags: &CreateFlags) -> anyhow::Result<(Name, VmSpec)> {
+/// Client-side checks (the daemon checks again) and defaults: size from
+/// `[vm_defaults]` and the host, NAT from `--nat`/`--no-nat`, else
+/// `[network] nat` (on unless set to false).
+pub(super) fn resolve(flags: &CreateFlags) -> anyhow::Result<Resolved> {
     let usage = |message: String| {
         anyhow::Error::from(ExitError {
             message,
@@ -131,7 +153,17 @@ pub(super) fn resolve(flags: &CreateFlags) -> anyhow::Result<(Name, VmSpec)> {
         disk_size: spec::validate_disk(flags.disk_size.unwrap_or(defaults.disk_size.value))
             .map_err(|err| usage(err.to_string()))?,
     };
-    Ok((name, spec))
+    let nat = nat_for(flags, crate::config().network.nat);
+    Ok(Resolved { name, spec, nat })
+}
+
+/// `--nat`, `--no-nat`, else the configured default.
+fn nat_for(flags: &CreateFlags, configured: bool) -> bool {
+    if flags.no_nat {
+        false
+    } else {
+        flags.nat || configured
+    }
 }
 
 /// Polls until the daemon has rolled the VM back (bounded).
@@ -153,4 +185,52 @@ async fn wait_until_gone(layout: &Layout, name: &Name) {
         }
     }
     eprintln!("the daemon is still rolling back VM {name}; `banger vm list` shows when it is gone");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_model::ByteSize;
+
+    fn flags(nat: bool, no_nat: bool) -> CreateFlags {
+        CreateFlags {
+            name: None,
+            image: None,
+            vcpu: None,
+            memory: None,
+            disk_size: None,
+            nat,
+            no_nat,
+            allow_overcommit: false,
+            publish: Vec::new(),
+            vmm: None,
+        }
+    }
+
+    #[test]
+    fn nat_is_on_unless_turned_off() {
+        assert!(nat_for(&flags(false, false), true));
+        assert!(!nat_for(&flags(false, false), false));
+        assert!(nat_for(&flags(true, false), false));
+        assert!(!nat_for(&flags(false, true), true));
+    }
+
+    #[test]
+    fn the_spec_line_says_whether_the_vm_has_nat() {
+        let resolved = Resolved {
+            name: Name::parse("box").unwrap(),
+            spec: VmSpec {
+                vcpu: 2,
+                memory_mib: 2048,
+                disk_size: ByteSize::gib(8),
+            },
+            nat: true,
+        };
+        assert_eq!(resolved.to_string(), "2 vcpu · 2048 MiB · 8G disk · NAT");
+        let isolated = Resolved {
+            nat: false,
+            ..resolved
+        };
+        assert_eq!(isolated.to_string(), "2 vcpu · 2048 MiB · 8G disk · no NAT");
+    }
 }

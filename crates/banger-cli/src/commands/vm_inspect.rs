@@ -27,9 +27,12 @@ pub(super) async fn logs(layout: &Layout, args: &VmLogsArgs) -> anyhow::Result<E
         ("vmm log", paths.vmm_log()),
     ];
     let mut offsets = [0u64; 2];
+    let mut out = Labelled::default();
+    let stdout = std::io::stdout();
     for (index, (label, path)) in files.iter().enumerate() {
-        eprintln!("==> {label}: {} <==", path.display());
-        offsets[index] = copy_from(path, 0)?;
+        let (bytes, offset) = read_from(path, 0)?;
+        offsets[index] = offset;
+        out.write(&mut stdout.lock(), label, path, &bytes, true)?;
     }
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
@@ -39,18 +42,61 @@ pub(super) async fn logs(layout: &Layout, args: &VmLogsArgs) -> anyhow::Result<E
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        for (index, (_, path)) in files.iter().enumerate() {
-            offsets[index] = copy_from(path, offsets[index])?;
+        for (index, (label, path)) in files.iter().enumerate() {
+            let (bytes, offset) = read_from(path, offsets[index])?;
+            offsets[index] = offset;
+            out.write(&mut stdout.lock(), label, path, &bytes, false)?;
         }
     }
 }
 
-/// Copies `path` from `offset` to stdout; returns the new offset. A missing
-/// file is empty; a truncated one starts over.
-fn copy_from(path: &Path, offset: u64) -> anyhow::Result<u64> {
+/// Output of several logs on one stream, `tail -f` style: a `==> label:
+/// path <==` header whenever the log being shown changes, on a line of its
+/// own, so each line is under the header of the log it came from.
+#[derive(Debug, Default)]
+struct Labelled {
+    /// The label of the log written last.
+    current: Option<String>,
+    /// Whether the last byte written ended a line.
+    mid_line: bool,
+}
+
+impl Labelled {
+    /// Writes `bytes` of log `label`; `always` prints its header even with
+    /// nothing new (the first dump of every log).
+    fn write(
+        &mut self,
+        out: &mut impl Write,
+        label: &str,
+        path: &Path,
+        bytes: &[u8],
+        always: bool,
+    ) -> std::io::Result<()> {
+        if bytes.is_empty() && !always {
+            return Ok(());
+        }
+        if self.current.as_deref() != Some(label) || always {
+            if self.mid_line {
+                out.write_all(b"\n")?;
+            }
+            writeln!(out, "==> {label}: {} <==", path.display())?;
+            self.current = Some(label.to_owned());
+            self.mid_line = false;
+        }
+        if !bytes.is_empty() {
+            out.write_all(bytes)?;
+            self.mid_line = !bytes.ends_with(b"\n");
+        }
+        out.flush()
+    }
+}
+
+/// What `path` holds from `offset` on, and the new offset. A missing file
+/// is empty; a truncated one starts over.
+fn read_from(path: &Path, offset: u64) -> anyhow::Result<(Vec<u8>, u64)> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(err) => return Err(anyhow::anyhow!("reading {}: {err}", path.display())),
     };
     let len = file.metadata()?.len();
@@ -58,10 +104,8 @@ fn copy_from(path: &Path, offset: u64) -> anyhow::Result<u64> {
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&bytes)?;
-    stdout.flush()?;
-    Ok(start + bytes.len() as u64)
+    let end = start + bytes.len() as u64;
+    Ok((bytes, end))
 }
 
 pub(super) async fn stats(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<ExitCode> {
@@ -111,4 +155,44 @@ pub(super) async fn health(layout: &Layout, args: &RefJsonArgs) -> anyhow::Resul
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_is_under_the_header_of_its_log() {
+        let (console, vmm) = (Path::new("/v/console.log"), Path::new("/v/vmm.log"));
+        let mut out = Vec::new();
+        let mut labelled = Labelled::default();
+        labelled
+            .write(&mut out, "console", console, b"boot 1\n", true)
+            .unwrap();
+        labelled.write(&mut out, "vmm log", vmm, b"", true).unwrap();
+        // Following: new console output after the vmm header gets its own.
+        labelled
+            .write(&mut out, "console", console, b"login: ", false)
+            .unwrap();
+        labelled
+            .write(&mut out, "vmm log", vmm, b"", false)
+            .unwrap();
+        labelled
+            .write(&mut out, "vmm log", vmm, b"api: PUT\n", false)
+            .unwrap();
+        labelled
+            .write(&mut out, "vmm log", vmm, b"api: GET\n", false)
+            .unwrap();
+        labelled
+            .write(&mut out, "console", console, b"root\n", false)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "==> console: /v/console.log <==\nboot 1\n\
+             ==> vmm log: /v/vmm.log <==\n\
+             ==> console: /v/console.log <==\nlogin: \n\
+             ==> vmm log: /v/vmm.log <==\napi: PUT\napi: GET\n\
+             ==> console: /v/console.log <==\nroot\n"
+        );
+    }
 }

@@ -28,11 +28,26 @@ pub(super) async fn run(layout: &Layout, args: &RefJsonArgs) -> anyhow::Result<E
         eprintln!("nothing listens in {}", result.name);
         return Ok(ExitCode::SUCCESS);
     }
+    let host = format!("{}.vm", result.name);
+    let by_name = match &result.ip {
+        Some(ip) => resolves_to(&host, ip).await,
+        None => true,
+    };
+    if !by_name {
+        eprintln!(
+            "{host} does not resolve on this host, so endpoints show its address (`banger doctor` checks .vm names; docs/dns-routing.md sets them up)"
+        );
+    }
     let mut rows = table(&["PROTO", "ENDPOINT", "PUBLISHED", "PROCESS", "COMMAND"]);
     for port in &result.ports {
+        let endpoint = if by_name || port.address.is_empty() {
+            &port.endpoint
+        } else {
+            &port.address
+        };
         rows.add_row(vec![
             port.proto.clone(),
-            port.endpoint.clone(),
+            endpoint.clone(),
             if port.published.is_empty() {
                 "-".into()
             } else {
@@ -91,6 +106,26 @@ pub(super) fn published_line(vm: &Vm, forward: &PortForward) -> String {
         std::net::IpAddr::V6(addr) => format!("[{addr}]:{}", forward.host_port),
     };
     format!("{host} → {}:{}", vm.name, forward.guest_port)
+}
+
+/// Whether this host's resolver answers `host` with `ip` (bounded: a
+/// resolver that hangs counts as no).
+async fn resolves_to(host: &str, ip: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let host = host.to_owned();
+    let lookup = tokio::task::spawn_blocking(move || {
+        (host.as_str(), 0)
+            .to_socket_addrs()
+            .map(|mut addrs| addrs.any(|addr| addr.ip() == ip))
+            .unwrap_or(false)
+    });
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await,
+        Ok(Ok(true))
+    )
 }
 
 fn shorten(text: &str, max: usize) -> String {

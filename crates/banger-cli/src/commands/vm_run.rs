@@ -12,7 +12,6 @@ use banger_model::vm::{Vm, WorkspaceInfo};
 use banger_rpc::request::RefParams;
 use banger_rpc::{CallError, ErrorCode, RpcError};
 
-use super::ssh_args::remote_command;
 use super::vm_ssh::Session;
 use super::vm_workspace::{self, open_repo};
 use super::{vm_create, vm_ssh};
@@ -41,46 +40,56 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         .as_deref()
         .map(|path| open_repo(path, &plan))
         .transpose()?;
-    let (name, spec) = vm_create::resolve(&args.create)?;
+    let resolved = vm_create::resolve(&args.create)?;
     let mut payload = match &repo {
         Some(repo) => Some(vm_workspace::build(repo, &plan).await?),
         None => None,
     };
 
-    let created = vm_create::create_resolved(layout, &args.create, &name, spec).await;
+    let created = vm_create::create_resolved(layout, &args.create, &resolved).await;
     let vm = match created {
         Ok(vm) => vm,
         Err(err) => {
             if args.rm {
-                cleanup_failed_create(layout, name.as_str(), &err).await;
+                cleanup_failed_create(layout, resolved.name.as_str(), &err).await;
             }
             return Err(err);
         }
     };
 
-    // From here on, Ctrl-C must not skip the cleanup below.
+    // From here on, Ctrl-C must not skip the cleanup below. The SSH
+    // session handles Ctrl-C itself (see `vm_ssh::ssh`).
     let mut workspace = None;
-    let session = async {
-        if let (Some(repo), Some(built)) = (&repo, payload.take()) {
-            workspace =
-                Some(vm_workspace::send(layout, vm.name.as_str(), repo, &plan, built).await?);
-            if args.command.is_empty() {
-                vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
+    let outcome = async {
+        let prepare = async {
+            if let (Some(repo), Some(built)) = (&repo, payload.take()) {
+                workspace =
+                    Some(vm_workspace::send(layout, vm.name.as_str(), repo, &plan, built).await?);
+                if args.command.is_empty() {
+                    vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
+                }
             }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            prepared = prepare => prepared?,
+            _ = interrupted() => return Ok(ExitCode::from(130)),
         }
         let session = session(&args.command, repo.is_some());
         vm_ssh::ssh(layout, vm.name.as_str(), &session, !args.rm).await
-    };
-    let outcome = tokio::select! {
-        outcome = session => outcome,
-        _ = interrupted() => Ok(ExitCode::from(130)),
-    };
+    }
+    .await;
 
     if args.rm {
         if let Some(workspace) = &workspace {
             keep_or_report_changes(layout, &vm, workspace, args.export.as_deref()).await;
         }
         delete(layout, &vm).await;
+    } else if !args.command.is_empty() {
+        let name = &vm.name;
+        eprintln!(
+            "VM {name} keeps running: `banger vm ssh {name}` connects, `banger vm delete {name}` removes it (with --rm, vm run deletes it when the command ends)"
+        );
     }
     outcome
 }
@@ -151,22 +160,16 @@ async fn keep_or_report_changes(
 
 /// With a workspace, commands run in it and shells start in it.
 fn session(command: &[String], workspace: bool) -> Session {
-    if !workspace {
-        return Session::for_command(command);
-    }
-    if command.is_empty() {
-        Session {
+    let cwd = workspace.then_some(GUEST_REPO);
+    if command.is_empty() && workspace {
+        return Session {
             remote: Some(format!(
                 "cd {GUEST_REPO} && exec \"${{SHELL:-/bin/sh}}\" -l"
             )),
             interactive: true,
-        }
-    } else {
-        Session {
-            remote: Some(format!("cd {GUEST_REPO} && {}", remote_command(command))),
-            interactive: false,
-        }
+        };
     }
+    Session::for_command(command, cwd)
 }
 
 /// Resolves on the first Ctrl-C (the handler keeps banger alive for cleanup).
@@ -175,8 +178,8 @@ async fn interrupted() {
 }
 
 /// `--rm` after a failed create: the daemon already rolled back a failure
-/// before boot; a VM whose guest never answered in time is kept for its
-/// logs; any other leftover is deleted.
+/// before boot; a VM whose guest never answered in time keeps running to be
+/// looked at (the daemon's hint says how); any other leftover is deleted.
 async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error) {
     // The name belongs to a VM someone else made: never touch it.
     if rpc_code(err) == Some(ErrorCode::AlreadyExists) {
@@ -185,7 +188,7 @@ async fn cleanup_failed_create(layout: &Layout, name: &str, err: &anyhow::Error)
     let timed_out = rpc_code(err) == Some(ErrorCode::Timeout);
     if timed_out {
         eprintln!(
-            "VM {name} is kept so that `banger vm logs {name}` can show why it did not come up; `banger vm delete {name}` removes it"
+            "VM {name} is not deleted despite --rm: its guest did not answer in time, and it keeps running so you can look at it"
         );
         return;
     }

@@ -13,6 +13,26 @@ use banger_testkit::TestEnv;
 use banger_testkit::env::run;
 
 /// Runs one completion request as bash would (`_CLAP_COMPLETE_INDEX` is the
+/// word under the cursor) and returns every candidate, flags included.
+fn complete_all(env: &TestEnv, words: &[&str]) -> Vec<String> {
+    let mut command = env.command("banger");
+    command
+        .env("COMPLETE", "bash")
+        .env("_CLAP_IFS", "\n")
+        .env("_CLAP_COMPLETE_INDEX", words.len().to_string())
+        .arg("--")
+        .arg("banger")
+        .args(words);
+    let out = run(command);
+    out.assert_success();
+    out.stdout
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs one completion request as bash would (`_CLAP_COMPLETE_INDEX` is the
 /// word under the cursor) and returns the candidates.
 fn complete(env: &TestEnv, words: &[&str]) -> Vec<String> {
     let mut command = env.command("banger");
@@ -145,6 +165,31 @@ fn live_names_for_vms_images_and_kernels() {
     assert_eq!(
         sorted(complete(&env, &["kernel", "rm", ""])),
         ["k61", "k66"]
+    );
+}
+
+/// `vm ssh <TAB>` offers the VM names only, so the shell never inserts the
+/// `--` that `--help` and `--version` share; `-<TAB>` still offers flags.
+#[test]
+fn an_empty_word_gets_names_not_flags() {
+    let env = populated();
+    assert_eq!(
+        sorted(complete_all(&env, &["vm", "ssh", ""])),
+        ["db", "web"]
+    );
+    assert_eq!(
+        sorted(complete_all(&env, &["vm", "stop", ""])),
+        ["db", "web"]
+    );
+    let flags = complete_all(&env, &["vm", "ssh", "-"]);
+    assert!(flags.contains(&"-h".to_owned()), "{flags:?}");
+    let longs = complete_all(&env, &["vm", "ssh", "--"]);
+    assert!(longs.contains(&"--help".to_owned()), "{longs:?}");
+    // Without a daemon there is nothing to offer, and nothing is offered.
+    let empty = TestEnv::new();
+    assert_eq!(
+        complete_all(&empty, &["vm", "ssh", ""]),
+        Vec::<String>::new()
     );
 }
 

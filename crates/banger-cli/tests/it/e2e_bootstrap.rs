@@ -149,7 +149,7 @@ pub(crate) fn share_caches(env: &TestEnv) {
 
 /// The seconds in `… in 12.3 s; …` or `… in 2 min 05 s; …`.
 fn reported_seconds(line: &str) -> Option<f64> {
-    let text = line.split(" in ").nth(1)?.split(';').next()?.trim();
+    let text = line.split(" in ").nth(1)?.split([';', ':']).next()?.trim();
     let text = text.strip_suffix(" s")?;
     match text.split_once(" min ") {
         Some((minutes, seconds)) => {
@@ -236,14 +236,17 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         assert!(out.stderr.contains(stage), "stage {stage} missing:\n{out}");
     }
     assert!(
-        out.stderr.contains("bootstrapped image debian-bookworm"),
+        out.stderr.contains(
+            "image debian-bookworm (developer profile) bootstrapped from debian:bookworm in "
+        ),
         "{out}"
     );
+    assert!(out.stderr.contains(" installed ("), "{out}");
     // It says how long the bootstrap took, and no longer than it did.
     let line = out
         .stderr
         .lines()
-        .find(|line| line.starts_with("bootstrapped image debian-bookworm"))
+        .find(|line| line.starts_with("image debian-bookworm (developer profile) bootstrapped"))
         .unwrap_or_else(|| panic!("no bootstrap line:\n{out}"));
     let took = reported_seconds(line).unwrap_or_else(|| panic!("no duration in {line:?}"));
     assert!(
@@ -264,7 +267,7 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         "--",
         "sh",
         "-c",
-        "/usr/sbin/sshd -T; git --version; ip -V",
+        "/usr/sbin/sshd -T; git --version; ip -V; make --version; docker --version",
     ]);
     assert!(
         check.stdout.contains("permitrootlogin without-password"),
@@ -275,6 +278,16 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         "{check}"
     );
     assert!(check.stdout.contains("git version"), "{check}");
+    // The default is the developer image.
+    assert!(check.stdout.contains("GNU Make"), "{check}");
+    assert!(check.stdout.contains("Docker version"), "{check}");
+    let shown = sim.ok(["image", "show", "debian-bookworm"]);
+    assert!(shown.stdout.contains("profile     developer"), "{shown}");
+    let doctor = sim.banger(["doctor"]);
+    assert!(
+        doctor.stdout.contains("debian-bookworm, developer profile"),
+        "{doctor}"
+    );
 
     let images: Value = serde_json::from_str(&sim.ok(["image", "list", "--json"]).stdout).unwrap();
     let image = &images[0];
@@ -291,19 +304,33 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
 
     sim.assert_clean();
 
-    // A rebuild reuses the cached packages: no .deb crosses the proxy.
+    // A rebuild reuses the cached packages: no .deb crosses the proxy (the
+    // minimal set is part of the developer one).
     proxy.clear();
     let started = Instant::now();
     let again = banger_via_proxy(
         &sim,
         &proxy,
-        &["image", "bootstrap", "debian:bookworm", "--name", "again"],
+        &[
+            "image",
+            "bootstrap",
+            "debian:bookworm",
+            "--name",
+            "again",
+            "--profile",
+            "minimal",
+        ],
     );
     if !again.success() {
         panic!("command failed:\n{again}\n{}", sim.diagnostics());
     }
     eprintln!("cached rebuild took {:?}", started.elapsed());
-    assert!(again.stderr.contains("image again bootstrapped"), "{again}");
+    assert!(
+        again
+            .stderr
+            .contains("image again (minimal profile) bootstrapped"),
+        "{again}"
+    );
     assert!(
         !proxy.requests.lock().unwrap().is_empty(),
         "the rebuild did not go through the proxy at all"
@@ -438,6 +465,11 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
     check_elf_x86_64_executable(&vmlinux);
     let initrd = std::fs::read(kernel["initrd_path"].as_str().unwrap()).unwrap();
     check_initrd(&initrd, &release);
+    // The package's modules, indexed, as a read-only ext4 image every VM
+    // that boots this kernel gets.
+    let modules =
+        Path::new(kernel["vmlinux_path"].as_str().unwrap()).with_file_name("modules.ext4");
+    check_modules_image(&modules);
     match std::env::var_os("BANGER_TEST_FIRECRACKER") {
         Some(firecracker) => firecracker_accepts(
             Path::new(&firecracker),
@@ -459,6 +491,7 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
             Path::new(kernel["vmlinux_path"].as_str().unwrap()),
             Path::new(kernel["initrd_path"].as_str().unwrap()),
             &initrd,
+            &modules,
         );
     }
 
@@ -478,6 +511,34 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
         "the kernel package was downloaded again:\n{apt_log}"
     );
     env.banger(["kernel", "rm", "again"]).assert_success();
+}
+
+/// `modules.ext4`: labelled for first boot, the package's modules with
+/// depmod's indexes, Docker's modules among them.
+fn check_modules_image(image: &Path) {
+    assert!(image.is_file(), "{} is missing", image.display());
+    let mut label = std::process::Command::new("dumpe2fs");
+    label.arg("-h").arg(image);
+    let out = run(label);
+    assert!(
+        out.stdout
+            .contains("Filesystem volume name:   banger-modules"),
+        "{out}"
+    );
+    let dep = String::from_utf8(banger_disk::read_file(image, "/modules.dep").unwrap()).unwrap();
+    for module in ["overlay.ko", "br_netfilter.ko", "veth.ko", "nf_tables.ko"] {
+        assert!(
+            dep.lines()
+                .any(|line| line.split(':').next().unwrap_or("").contains(module)),
+            "{module} is not in modules.dep"
+        );
+    }
+    for index in ["/modules.dep.bin", "/modules.alias.bin", "/modules.builtin"] {
+        assert!(
+            banger_disk::stat(image, index).unwrap().is_some(),
+            "{index} missing"
+        );
+    }
 }
 
 fn check_elf_x86_64_executable(elf: &[u8]) {
@@ -627,7 +688,12 @@ fn firecracker_accepts(firecracker: &Path, vmlinux: &Path, initrd: &Path) {
 /// off. Checks that `/init` loaded the modules, mounted `/dev/vda`, applied
 /// `ip=` (address, route, hostname, resolv.conf) and chose first boot as
 /// the real init.
-fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u8]) {
+fn qemu_boots_through_the_initrd(
+    vmlinux: &Path,
+    initrd_path: &Path,
+    initrd: &[u8],
+    modules: &Path,
+) {
     let cpio = Compression::Gzip.decompress(initrd, 1 << 30).unwrap();
     let archive = Archive::parse(&cpio).unwrap();
     let Node::File(busybox) = &archive.entries()["bin/busybox"].node else {
@@ -635,7 +701,15 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    for sub in ["bin", "proc", "sys", "dev", "etc", "usr/local/libexec"] {
+    for sub in [
+        "bin",
+        "proc",
+        "sys",
+        "dev",
+        "etc",
+        "lib",
+        "usr/local/libexec",
+    ] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
     use std::os::unix::fs::PermissionsExt;
@@ -653,6 +727,11 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
         echo \"REPORT resolv: $(/bin/busybox cat /etc/resolv.conf | /bin/busybox tr '\\n' ' ')\"\n\
         echo \"REPORT hostname: $(/bin/busybox hostname)\"\n\
         echo \"REPORT root: $(/bin/busybox grep ' / ' /proc/mounts)\"\n\
+        release=$(/bin/busybox uname -r); /bin/busybox mkdir -p /lib/modules/$release\n\
+        /bin/busybox mount -t ext4 -o ro \"$(/bin/busybox findfs LABEL=banger-modules)\" /lib/modules/$release\n\
+        /bin/busybox modprobe overlay && /bin/busybox modprobe br_netfilter\n\
+        echo \"REPORT filesystems: $(/bin/busybox tr '\\n\\t' '  ' < /proc/filesystems)\"\n\
+        echo \"REPORT loaded: $(/bin/busybox cut -d' ' -f1 /proc/modules | /bin/busybox tr '\\n' ' ')\"\n\
         /bin/busybox poweroff -f\n";
     let first_boot = root.join("usr/local/libexec/banger-first-boot");
     std::fs::write(&first_boot, report).unwrap();
@@ -694,6 +773,12 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
         disk.display()
     ))
     .args(["-device", "virtio-blk-device,drive=root"])
+    .arg("-drive")
+    .arg(format!(
+        "id=modules,file={},format=raw,if=none,readonly=on",
+        modules.display()
+    ))
+    .args(["-device", "virtio-blk-device,drive=modules"])
     .args([
         "-netdev",
         "user,id=n0,restrict=on",
@@ -752,6 +837,12 @@ fn qemu_boots_through_the_initrd(vmlinux: &Path, initrd_path: &Path, initrd: &[u
     );
     assert!(all.contains("REPORT hostname: qguest"), "{all}");
     assert!(all.contains("/dev/vda / ext4 rw"), "{all}");
+    // The modules drive carries what Docker loads.
+    assert!(all.contains(" overlay "), "overlay not available:\n{all}");
+    assert!(
+        all.contains("br_netfilter"),
+        "br_netfilter not loaded:\n{all}"
+    );
     assert!(
         text.contains(
             "banger-initrd: switching to /dev/vda, init /usr/local/libexec/banger-first-boot"

@@ -89,9 +89,28 @@ fn a_pulled_image_boots_and_a_second_pull_downloads_nothing() {
     let release = sim.ok(["vm", "ssh", "pulled", "--", "cat", "/etc/os-release"]);
     assert!(release.stdout.contains("bookworm"), "{release}");
 
-    // Same image again: every layer comes from the cache.
+    // The same reference again: up to date, nothing downloaded, same image.
     let before = registry.blob_gets();
     assert!(before >= 1, "the first pull should have fetched blobs");
+    let out = sim.ok(["image", "pull", "127.0.0.1:5000/banger/debian:bookworm"]);
+    assert!(
+        out.stderr
+            .contains(&format!("image debian-bookworm is up to date ({digest})")),
+        "{out}"
+    );
+    assert_eq!(
+        registry.blob_gets(),
+        before,
+        "an up-to-date pull downloaded blobs"
+    );
+    let again: Value = serde_json::from_str(
+        &sim.ok(["image", "show", "debian-bookworm", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(again, image);
+
+    // Same image under another name: every layer comes from the cache.
     sim.ok([
         "image",
         "pull",
@@ -104,6 +123,59 @@ fn a_pulled_image_boots_and_a_second_pull_downloads_nothing() {
         before,
         "a cached pull downloaded blobs again"
     );
+
+    // A new version under the same tag replaces the image in place; the VM
+    // made from the old one keeps its disk, across a restart too.
+    sim.ok([
+        "vm",
+        "ssh",
+        "pulled",
+        "--",
+        "echo mine > /etc/written-in-the-vm",
+    ]);
+    let v2 = sim.env.root().join("v2.tar");
+    std::fs::copy(fixture_tar(), &v2).unwrap();
+    let extra = sim.env.root().join("v2");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/banger-v2"), "v2\n").unwrap();
+    let mut append = Command::new("tar");
+    append
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-rf"])
+        .arg(&v2)
+        .arg("-C")
+        .arg(&extra)
+        .arg("./etc/banger-v2");
+    banger_testkit::env::run(append).assert_success();
+    let digest2 = registry.push(&v2, "banger/debian:bookworm");
+    assert_ne!(digest2, digest);
+    let out = sim.ok(["image", "pull", "127.0.0.1:5000/banger/debian:bookworm"]);
+    assert!(
+        out.stderr.contains(&format!(
+            "image debian-bookworm replaced in place: {digest} → {digest2}"
+        )),
+        "{out}"
+    );
+    assert!(out.stderr.contains("keep their disks: pulled"), "{out}");
+    let replaced: Value = serde_json::from_str(
+        &sim.ok(["image", "show", "debian-bookworm", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(replaced["id"], image["id"]);
+    assert_eq!(replaced["is_default"], image["is_default"]);
+    assert_eq!(replaced["source"]["manifest_digest"], digest2.as_str());
+    let check = "cat /etc/written-in-the-vm; test -e /etc/banger-v2 && echo new || echo old";
+    assert_eq!(
+        sim.ok(["vm", "ssh", "pulled", "--", check]).stdout,
+        "mine\nold\n"
+    );
+    sim.ok(["vm", "restart", "pulled"]);
+    assert_eq!(
+        sim.ok(["vm", "ssh", "pulled", "--", check]).stdout,
+        "mine\nold\n"
+    );
+    let fresh = sim.ok(["vm", "run", "--rm", "--", "cat /etc/banger-v2"]);
+    assert_eq!(fresh.stdout, "v2\n", "{fresh}");
 
     // An image in use cannot be deleted.
     let out = sim.banger(["image", "delete", "debian-bookworm"]);
@@ -191,6 +263,104 @@ fn tarball_import_boots_and_hostile_tarballs_are_refused() {
         1,
         "only the good import is registered: {images:?}"
     );
+    sim.assert_clean();
+}
+
+/// What debootstrap puts in a new tree's /dev (its `setup_devices_simple`),
+/// plus a FIFO: made with mknod in `root/dev`.
+fn make_debootstrap_dev(root: &Path) {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let dev = root.join("dev");
+    std::fs::create_dir_all(dev.join("pts")).unwrap();
+    std::fs::create_dir_all(dev.join("shm")).unwrap();
+    for (name, major, minor, mode) in [
+        ("full", 1, 7, 0o666),
+        ("null", 1, 3, 0o666),
+        ("random", 1, 8, 0o666),
+        ("tty", 5, 0, 0o666),
+        ("urandom", 1, 9, 0o666),
+        ("zero", 1, 5, 0o666),
+        ("console", 5, 1, 0o600),
+        ("ptmx", 5, 2, 0o666),
+    ] {
+        mknod(
+            &dev.join(name),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )
+        .unwrap();
+    }
+    nix::unistd::mkfifo(&dev.join("initctl"), Mode::from_bits_truncate(0o600)).unwrap();
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(name)).unwrap();
+    }
+}
+
+/// A plain debootstrap tree imports with its /dev nodes, as a directory and
+/// as a tarball made from it: the 9 nodes and FIFOs are skipped with a
+/// one-line count, the image has none of them, and it boots.
+#[test]
+fn debootstrap_trees_import_with_their_dev_nodes() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    let tree = sim.env.root().join("debootstrap-tree");
+    let mut copy = Command::new("cp");
+    copy.args(["-a", "--reflink=auto"])
+        .arg(banger_testkit::sim::fixture_rootfs())
+        .arg(&tree);
+    banger_testkit::env::run(copy).assert_success();
+    make_debootstrap_dev(&tree);
+    let tarball = sim.env.root().join("debootstrap.tar");
+    let mut tar = Command::new("tar");
+    tar.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".");
+    banger_testkit::env::run(tar).assert_success();
+
+    for (source, name) in [(&tree, "from-dir"), (&tarball, "from-tar")] {
+        let out = sim.ok(["image", "import", &source.to_string_lossy(), "--name", name]);
+        assert!(
+            out.stderr.contains(
+                "skipped 9 device nodes and FIFOs: a guest's /dev is a devtmpfs, so images need none"
+            ),
+            "{out}"
+        );
+        let image: Value =
+            serde_json::from_str(&sim.ok(["image", "show", name, "--json"]).stdout).unwrap();
+        let rootfs = image["rootfs_path"].as_str().unwrap();
+        for gone in ["/dev/null", "/dev/console", "/dev/initctl"] {
+            assert_eq!(
+                banger_disk::stat(Path::new(rootfs), gone).unwrap(),
+                None,
+                "{gone} is in the {name} image"
+            );
+        }
+        assert!(
+            banger_disk::stat(Path::new(rootfs), "/dev/pts")
+                .unwrap()
+                .is_some()
+        );
+    }
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        "--image",
+        "from-tar",
+        "--",
+        "echo hi > /dev/null && test -c /dev/null && echo booted",
+    ]);
+    assert_eq!(out.stdout, "booted\n", "{out}");
     sim.assert_clean();
 }
 

@@ -127,9 +127,14 @@ fn create_ssh_dns_nat_stop_start_delete_leaves_nothing() {
     sim.import_fixture();
     let outside = Outside::new(&sim, "hello-from-outside");
 
-    let out = sim.ok(["vm", "create", "--name", "web", "--nat"]);
+    // NAT is the default; the spec line says so.
+    let out = sim.ok(["vm", "create", "--name", "web"]);
     assert_eq!(out.stdout, "web\n");
     assert!(out.stderr.starts_with("spec: "), "{out}");
+    assert!(
+        out.stderr.lines().next().unwrap().ends_with(" · NAT"),
+        "{out}"
+    );
     for stage in [
         "prepare_disks",
         "start_vmm",
@@ -165,7 +170,11 @@ fn create_ssh_dns_nat_stop_start_delete_leaves_nothing() {
         Outside::URL,
     ]);
     assert_eq!(fetched.stdout, "hello-from-outside");
-    sim.ok(["vm", "create", "--name", "plain"]);
+    let out = sim.ok(["vm", "create", "--name", "plain", "--no-nat"]);
+    assert!(
+        out.stderr.lines().next().unwrap().ends_with(" · no NAT"),
+        "{out}"
+    );
     let blocked = sim.banger([
         "vm",
         "ssh",
@@ -180,7 +189,7 @@ fn create_ssh_dns_nat_stop_start_delete_leaves_nothing() {
     assert_ne!(
         blocked.code,
         Some(0),
-        "a VM without --nat reached the outside:\n{blocked}"
+        "a VM with --no-nat reached the outside:\n{blocked}"
     );
 
     // Inspection.
@@ -559,6 +568,20 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
     let kernel_dir = sim.env.root().join("kernel");
     std::fs::create_dir_all(&kernel_dir).unwrap();
     std::fs::copy("/bin/true", kernel_dir.join("vmlinux")).unwrap();
+    // A modules image as `kernel bootstrap` makes it comes along.
+    let modules_tree = sim.env.root().join("modules-tree");
+    std::fs::create_dir_all(&modules_tree).unwrap();
+    std::fs::write(modules_tree.join("modules.dep"), "").unwrap();
+    let modules = kernel_dir.join("modules.ext4");
+    std::fs::File::create(&modules)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-L", "banger-modules", "-d"])
+        .arg(&modules_tree)
+        .arg(&modules);
+    banger_testkit::env::run(mkfs).assert_success();
     let out = sim.ok([
         "kernel",
         "import",
@@ -595,6 +618,14 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
         logs.contains("running init= from the kernel command line")
             && logs.contains("/usr/local/libexec/banger-first-boot"),
         "{logs}"
+    );
+    // The kernel's modules went to the VMM as a third, read-only drive.
+    let vmm_log =
+        std::fs::read_to_string(std::path::Path::new(vm["dir"].as_str().unwrap()).join("vmm.log"))
+            .unwrap();
+    assert!(
+        vmm_log.contains("path=/drives/modules"),
+        "no modules drive was configured:\n{vmm_log}"
     );
     // A kernel in use cannot be removed.
     let out = sim.banger(["kernel", "rm", "k1"]);
@@ -640,6 +671,45 @@ fn ctrl_c_during_create_rolls_back() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("rolled back"), "{stderr}");
     assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
+/// `vm run --rm` whose guest never answers within the boot timeout: the VM
+/// keeps running (not stopped, not deleted) and banger says how to look and
+/// how to delete it; deleting it then leaves nothing.
+#[test]
+fn a_run_whose_guest_never_answers_keeps_the_vm_running() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.env.write_config(
+        "vmm = \"sim\"\nboot_timeout_seconds = 2\nstop_grace_seconds = 5\n\n[network]\n",
+    );
+    let rootfs = shell_only_rootfs(sim.env.root());
+    sim.ok([
+        "image",
+        "import",
+        &rootfs.to_string_lossy(),
+        "--name",
+        "bare",
+    ]);
+    let out = sim.banger(["vm", "run", "--rm", "--name", "slow", "--", "true"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    for wanted in [
+        "did not answer within the boot timeout",
+        "not deleted despite --rm",
+        "keeps running",
+        "banger vm logs slow",
+        "banger vm ssh slow",
+        "banger vm delete slow",
+    ] {
+        assert!(out.stderr.contains(wanted), "{wanted} missing:\n{out}");
+    }
+    assert_eq!(vm_json(&sim, "slow")["state"], "running");
+    assert!(has_vmm(&sim, "slow"), "the VMM was stopped");
+    assert!(sim.ok(["vm", "logs", "slow"]).stdout.contains("banger"));
+    sim.ok(["vm", "delete", "slow"]);
     sim.assert_clean();
 }
 

@@ -26,7 +26,7 @@ use crate::e2e_lifecycle::Outside;
 const KERNEL: &str = "debian-bookworm-cloud";
 
 /// `vhost-device-vsock`, or why the test cannot run.
-fn vhost_device_vsock() -> Result<PathBuf, String> {
+pub(crate) fn vhost_device_vsock() -> Result<PathBuf, String> {
     if !have("qemu-system-x86_64") {
         return Err("qemu-system-x86_64 is not installed (package qemu-system-x86)".into());
     }

@@ -497,9 +497,43 @@ fn ports_show_http_and_https_listeners_at_their_vm_name() {
         1,
         "{rows:?}"
     );
+    let ip = find(22)["address"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("tcp ")
+        .trim_end_matches(":22")
+        .to_owned();
+    assert_eq!(find(8443)["address"], format!("https://{ip}:8443"));
+    // web.vm does not resolve in the test's namespace (no resolver routes
+    // .vm there): the table shows the address form and says why.
     let table = sim.ok(["vm", "ports", "web"]);
     assert!(table.stdout.starts_with("PROTO"), "{table}");
+    assert!(
+        table.stdout.contains(&format!("https://{ip}:8443")),
+        "{table}"
+    );
+    assert!(
+        table
+            .stderr
+            .contains("web.vm does not resolve on this host"),
+        "{table}"
+    );
+    // Where it resolves (here through the namespace's own /etc/hosts, which
+    // `ip netns exec` mounts from /etc/netns/NS/), the table shows the name.
+    let etc = std::path::PathBuf::from("/etc/netns").join(&sim.netns);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("hosts"),
+        format!("127.0.0.1 localhost\n{ip} web.vm\n"),
+    )
+    .unwrap();
+    let table = sim.banger(["vm", "ports", "web"]);
+    let _ = std::fs::remove_dir_all(&etc);
+    // Only when empty: /etc/netns may have been there before.
+    let _ = std::fs::remove_dir("/etc/netns");
+    assert!(table.success(), "{table}");
     assert!(table.stdout.contains("https://web.vm:8443"), "{table}");
+    assert!(!table.stderr.contains("does not resolve"), "{table}");
     sim.ok(["vm", "delete", "web"]);
     sim.assert_clean();
 }

@@ -6,6 +6,8 @@ mod completion;
 mod daemon;
 mod doctor;
 mod e2e_bootstrap;
+mod e2e_commands;
+mod e2e_developer;
 mod e2e_full_disk;
 mod e2e_images;
 mod e2e_lifecycle;

@@ -223,6 +223,7 @@ fn build_image(tree: &Path, image_dir: &Path, size_gib: u64) -> Result<(), Strin
             growable: false,
             min_size: Some(ByteSize::gib(size_gib)),
             free_space: banger_model::ByteSize(0),
+            skip_special: false,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -110,6 +110,75 @@ fn preserves_owners_modes_symlinks_and_hard_links() {
     assert!(readlink.contains(&long_target), "{readlink}");
 }
 
+/// A debootstrap tree's /dev: with `skip_special` the nodes and FIFOs are
+/// left out of the image (hard-linked names too), counted; everything else
+/// in /dev stays.
+#[test]
+fn skip_special_leaves_device_nodes_and_fifos_out() {
+    require_root!();
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("dev/pts")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), b"x\n").unwrap();
+    let rw = Mode::from_bits_truncate(0o666);
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("tty", 5, 0),
+    ] {
+        mknod(
+            &tree.join("dev").join(name),
+            SFlag::S_IFCHR,
+            rw,
+            makedev(major, minor),
+        )
+        .unwrap();
+    }
+    mknod(&tree.join("dev/loop0"), SFlag::S_IFBLK, rw, makedev(7, 0)).unwrap();
+    std::fs::hard_link(tree.join("dev/null"), tree.join("dev/null-too")).unwrap();
+    nix::unistd::mkfifo(&tree.join("dev/initctl"), Mode::from_bits_truncate(0o600)).unwrap();
+    std::os::unix::fs::symlink("/proc/self/fd", tree.join("dev/fd")).unwrap();
+
+    let out = dir.path().join("rootfs.ext4");
+    let built = build_ext4_from_dir(
+        &tree,
+        &out,
+        &Ext4BuildOptions {
+            skip_special: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(built.skipped_special, 7);
+    util::assert_fsck_clean(&out);
+    for gone in [
+        "null", "null-too", "zero", "full", "tty", "loop0", "initctl",
+    ] {
+        assert!(
+            stat(&out, &format!("/dev/{gone}")).unwrap().is_none(),
+            "/dev/{gone} is still in the image"
+        );
+    }
+    assert_eq!(
+        stat(&out, "/dev/pts").unwrap().unwrap().kind,
+        FileKind::Directory
+    );
+    assert_eq!(
+        stat(&out, "/dev/fd").unwrap().unwrap().kind,
+        FileKind::Symlink
+    );
+    assert_eq!(read_file(&out, "/etc/hostname").unwrap(), b"x\n");
+
+    // Without the option they are copied as they are.
+    let kept = dir.path().join("kept.ext4");
+    let built = build_ext4_from_dir(&tree, &kept, &Ext4BuildOptions::default()).unwrap();
+    assert_eq!(built.skipped_special, 0);
+    assert_eq!(util::debugfs_stat(&kept, "/dev/null").kind, "character");
+}
+
 #[test]
 fn size_follows_content_with_headroom() {
     let dir = tempfile::tempdir().unwrap();

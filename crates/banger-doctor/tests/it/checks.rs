@@ -324,6 +324,7 @@ fn default_image_local_catalog_and_missing() {
             configured: configured.map(str::to_owned),
             wanted: configured.unwrap_or("debian-bookworm").to_owned(),
             store_default: store_default.map(str::to_owned),
+            store_default_origin: None,
             local: local.iter().map(|name| (*name).to_owned()).collect(),
             catalog,
         }
@@ -353,7 +354,19 @@ fn default_image_local_catalog_and_missing() {
     assert_status(
         &check(facts(None, None, &[], NotFound)),
         CheckStatus::Warn,
-        "need --image",
+        "bootstraps debian:bookworm (developer profile)",
+    );
+    let mut bootstrapped = facts(
+        None,
+        Some("debian-bookworm"),
+        &["debian-bookworm"],
+        NotFound,
+    );
+    bootstrapped.store_default_origin = Some("developer profile, bootstrapped from debian:bookworm packages (http://deb.debian.org/debian)".into());
+    assert_status(
+        &check(bootstrapped),
+        CheckStatus::Pass,
+        "debian-bookworm, developer profile, bootstrapped from debian:bookworm",
     );
     assert_status(
         &check(facts(Some("arch"), None, &["debian"], NotFound)),
@@ -595,4 +608,41 @@ fn qemu_needs_qemu_and_the_vsock_device_and_says_when_it_is_slow() {
         "software emulation",
     );
     assert_status(&firecracker(&host, &config), CheckStatus::Pass, "");
+}
+
+#[test]
+fn companions_are_found_or_named_with_the_install_fix() {
+    use banger_doctor::Companion;
+    let companion = |name: &str, found: Result<&str, &str>, needed| Companion {
+        name: name.into(),
+        found: found.map(Into::into).map_err(Into::into),
+        role: format!("{name} role"),
+        needed,
+    };
+    let all = [
+        companion(
+            "banger-vsock-agent",
+            Ok("/usr/lib/banger/banger-vsock-agent"),
+            true,
+        ),
+        companion("banger-simvm", Ok("/usr/lib/banger/banger-simvm"), false),
+    ];
+    assert_status(
+        &checks::companions(&all),
+        CheckStatus::Pass,
+        "banger-vsock-agent (/usr/lib/banger/banger-vsock-agent)",
+    );
+    let no_simvm = [
+        companion("banger-vsock-agent", Ok("/a"), true),
+        companion("banger-simvm", Err("/usr/bin/banger-simvm, PATH"), false),
+    ];
+    let check = checks::companions(&no_simvm);
+    assert_status(
+        &check,
+        CheckStatus::Warn,
+        "banger-simvm is missing (banger-simvm role; looked in /usr/bin/banger-simvm, PATH)",
+    );
+    assert!(check.fix.unwrap().contains("make install"));
+    let no_agent = [companion("banger-vsock-agent", Err("x"), true)];
+    assert_status(&checks::companions(&no_agent), CheckStatus::Fail, "missing");
 }

@@ -250,6 +250,58 @@ fn pid1_with_systemd_mounts_and_execs_it_with_the_kernel_arguments() {
     );
 }
 
+/// The drive labelled banger-modules (whichever vdX it is) is mounted
+/// read-only at /lib/modules/<release> before systemd starts; other drives
+/// are left alone, and without one nothing happens.
+#[test]
+fn pid1_mounts_the_kernel_modules_drive_before_systemd() {
+    let root = FakeRoot::new();
+    root.write("/etc/os-release", "ID=debian\n");
+    root.executable("/lib/systemd/systemd");
+    let superblock_with = |label: &str| {
+        let mut bytes = vec![0u8; 2048];
+        bytes[1144..1144 + label.len()].copy_from_slice(label.as_bytes());
+        bytes
+    };
+    let dev = root.root().join("dev");
+    fs_err::create_dir_all(&dev).unwrap();
+    fs_err::write(dev.join("vda"), superblock_with("rootfs")).unwrap();
+    fs_err::write(dev.join("vdb"), superblock_with("banger-work")).unwrap();
+    fs_err::write(dev.join("vdc"), superblock_with("banger-modules")).unwrap();
+    let release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (code, stdout, stderr) = root.dry_run(&["--init"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let actions = actions(&stdout);
+    let mount = format!(
+        "would run: mount -t ext4 -o ro,noload /dev/vdc {}/lib/modules/{release}",
+        root.root().display()
+    );
+    let at = actions
+        .iter()
+        .position(|action| *action == mount)
+        .unwrap_or_else(|| panic!("no {mount:?} in {actions:?}"));
+    assert!(
+        actions[at + 1..]
+            .iter()
+            .any(|a| a.starts_with("would exec: "))
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.contains("/lib/modules"))
+            .count(),
+        2,
+        "mkdir and mount only: {actions:?}"
+    );
+
+    fs_err::remove_file(dev.join("vdc")).unwrap();
+    let (_, stdout, _) = root.dry_run(&["--init"]);
+    assert!(!stdout.contains("/lib/modules"), "{stdout}");
+}
+
 #[test]
 fn pid1_skips_filesystems_that_are_already_mounted() {
     let root = FakeRoot::new();

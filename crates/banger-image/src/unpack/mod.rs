@@ -22,11 +22,18 @@
 //! Refused, with an error naming the layer and the entry: absolute names,
 //! `..` components, symlinks whose target climbs above the root, hard links
 //! whose target is absolute, climbs out or is missing, anything whose
-//! parent resolves outside the root, device nodes and FIFOs (unless
-//! [`UnpackOptions::allow_devices`]), and sizes beyond the limits (per file,
+//! parent resolves outside the root, and sizes beyond the limits (per file,
 //! total, and a ratio of unpacked to compressed bytes for decompression
 //! bombs). When an [`Unpacker`] is dropped before [`Unpacker::finish`]
 //! succeeded, its staging directory is deleted.
+//!
+//! Device nodes and FIFOs are never created: a guest's `/dev` is a
+//! devtmpfs (a tmpfs under banger-simvm), so an image needs none, and a
+//! node in an image could only ever give access to a host device. Each one
+//! is skipped (whatever a lower layer had at its path is removed, as the
+//! node would have replaced it) and counted: [`LayerStats::skipped_special`],
+//! [`Unpacker::skipped_special`]. A debootstrap tree's `/dev/null`,
+//! `/dev/console`, … import this way.
 
 mod fs;
 mod path;
@@ -44,10 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{
-    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, futimens, makedev, mknodat,
-    utimensat,
-};
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
@@ -66,8 +70,6 @@ const GIB: u64 = 1024 * MIB;
 /// Limits and switches for [`Unpacker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackOptions {
-    /// Create character/block devices and FIFOs instead of refusing them.
-    pub allow_devices: bool,
     /// Apply the archive's uid/gid (needs root; otherwise files belong to
     /// the caller). Defaults to whether the process runs as root.
     pub preserve_ownership: bool,
@@ -87,7 +89,6 @@ pub struct UnpackOptions {
 impl Default for UnpackOptions {
     fn default() -> Self {
         Self {
-            allow_devices: false,
             preserve_ownership: nix::unistd::geteuid().is_root(),
             max_total_bytes: 64 * GIB,
             max_file_bytes: 32 * GIB,
@@ -128,9 +129,6 @@ pub enum Refusal {
     DanglingParent,
     BadWhiteout,
     ReplacesRoot,
-    DeviceNode {
-        kind: &'static str,
-    },
     FileTooLarge {
         size: u64,
         limit: u64,
@@ -177,10 +175,6 @@ impl fmt::Display for Refusal {
             Self::DanglingParent => write!(f, "has a parent that is a dangling symlink"),
             Self::BadWhiteout => write!(f, "is a whiteout for an invalid name"),
             Self::ReplacesRoot => write!(f, "would replace the root directory"),
-            Self::DeviceNode { kind } => write!(
-                f,
-                "is a {kind}; device nodes and FIFOs are refused unless allowed (allow_device_nodes in config)"
-            ),
             Self::FileTooLarge { size, limit } => {
                 write!(f, "is {size} bytes, over the per-file limit of {limit}")
             }
@@ -248,6 +242,8 @@ pub struct LayerStats {
     pub file_bytes: u64,
     /// Size of the uncompressed tar stream.
     pub tar_bytes: u64,
+    /// Device nodes and FIFOs skipped (never created).
+    pub skipped_special: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +302,9 @@ pub struct Unpacker {
     dirs: BTreeMap<RelPath, Meta>,
     total_bytes: u64,
     entries: u64,
+    skipped_special: u64,
+    /// Where skipped nodes would have been (hard links to them are skipped).
+    skipped_paths: HashSet<RelPath>,
     poisoned: bool,
     finished: bool,
     cancel: Option<Arc<AtomicBool>>,
@@ -440,6 +439,8 @@ impl Unpacker {
             dirs,
             total_bytes: 0,
             entries: 0,
+            skipped_special: 0,
+            skipped_paths: HashSet::new(),
             poisoned: false,
             finished: false,
             cancel: None,
@@ -459,6 +460,11 @@ impl Unpacker {
 
     pub fn options(&self) -> &UnpackOptions {
         &self.options
+    }
+
+    /// Device nodes and FIFOs skipped so far, all layers together.
+    pub fn skipped_special(&self) -> u64 {
+        self.skipped_special
     }
 
     /// Applies a layer blob from the cache: sniffs its compression, applies
@@ -709,35 +715,24 @@ impl Unpacker {
                     .into_owned();
                 let target =
                     path::hard_link_target(&target).map_err(|reason| at.refused(reason))?;
+                if self.skipped_paths.contains(&target) {
+                    // A second name of a skipped node is skipped too.
+                    self.skip_special(at, &rel, &parent, name, state)?;
+                    return Ok(());
+                }
                 self.make_hard_link(at, &rel, &parent, name, &target)?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let (label, flag) = match kind {
-                    tar::EntryType::Char => ("character device", SFlag::S_IFCHR),
-                    tar::EntryType::Block => ("block device", SFlag::S_IFBLK),
-                    _ => ("FIFO", SFlag::S_IFIFO),
-                };
-                if !self.options.allow_devices {
-                    return Err(at.refused(Refusal::DeviceNode { kind: label }));
-                }
-                let meta = self.meta(at, entry)?;
-                let header = entry.header();
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                self.make_node(
-                    at,
-                    &rel,
-                    &parent,
-                    name,
-                    flag,
-                    makedev(major.into(), minor.into()),
-                    &meta,
-                )?;
+                self.skip_special(at, &rel, &parent, name, state)?;
+                return Ok(());
             }
             other => {
                 tracing::warn!(layer = at.layer, entry = at.entry, kind = ?other, "skipping archive entry of unsupported type");
                 return Ok(());
             }
+        }
+        if !self.skipped_paths.is_empty() {
+            self.skipped_paths.remove(&rel);
         }
         state.record(&rel);
         Ok(())
@@ -1016,51 +1011,30 @@ impl Unpacker {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn make_node(
+    /// A device node or FIFO: never created. What lower layers had at its
+    /// path goes, as the node would have replaced it; parents are not made.
+    fn skip_special(
         &mut self,
         at: &At<'_>,
         rel: &RelPath,
         parent: &RelPath,
         name: &OsStr,
-        kind: SFlag,
-        device: libc::dev_t,
-        meta: &Meta,
+        state: &mut LayerState,
     ) -> Result<(), UnpackError> {
-        let dir = self.parent_dir(at, parent)?;
-        self.clear(at, &dir, rel, name)?;
-        mknodat(
-            &dir,
-            name,
-            kind,
-            Mode::from_bits_truncate(meta.mode),
-            device,
-        )
-        .map_err(at.errno("create the device node"))?;
-        if self.options.preserve_ownership {
-            fchownat(
-                &dir,
-                name,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(at.errno("set the node's owner"))?;
+        self.skipped_special += 1;
+        self.skipped_paths.insert(rel.clone());
+        state.stats.skipped_special += 1;
+        tracing::debug!(
+            layer = at.layer,
+            entry = at.entry,
+            "skipped a device node or FIFO"
+        );
+        let mut unused = Vec::new();
+        match fs::resolve_dir(&self.root, parent, false, &mut unused) {
+            Ok(dir) => self.clear(at, &dir, rel, name),
+            Err(ResolveFailure::Missing | ResolveFailure::NotADirectory) => Ok(()),
+            Err(failure) => Err(at.resolve(failure)),
         }
-        // Just created by us, so not a symlink: following is harmless.
-        fchmodat(
-            &dir,
-            name,
-            Mode::from_bits_truncate(meta.mode),
-            FchmodatFlags::FollowSymlink,
-        )
-        .map_err(at.errno("set the node's mode"))?;
-        if let Some(mtime) = meta.mtime {
-            let time = TimeSpec::new(mtime, 0);
-            utimensat(&dir, name, &time, &time, UtimensatFlags::NoFollowSymlink)
-                .map_err(at.errno("set the node's mtime"))?;
-        }
-        Ok(())
     }
 
     fn whiteout(

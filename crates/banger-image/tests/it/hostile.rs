@@ -204,34 +204,6 @@ fn hard_links_out_of_the_root_are_refused() {
 }
 
 #[test]
-fn device_nodes_and_fifos_are_refused_by_default() {
-    let mut layer = Tarball::new();
-    layer.dir("dev").device("dev/sda", EntryType::Block, 8, 0);
-    assert_eq!(
-        refused(&[layer.bytes()], UnpackOptions::default(), "dev/sda"),
-        Refusal::DeviceNode {
-            kind: "block device"
-        }
-    );
-    let mut layer = Tarball::new();
-    layer.device("dev/mem", EntryType::Char, 1, 1);
-    assert_eq!(
-        refused(&[layer.bytes()], UnpackOptions::default(), "dev/mem"),
-        Refusal::DeviceNode {
-            kind: "character device"
-        }
-    );
-    let mut layer = Tarball::new();
-    layer.device("fifo", EntryType::Fifo, 0, 0);
-    assert_eq!(
-        refused(&[layer.bytes()], UnpackOptions::default(), "fifo"),
-        Refusal::DeviceNode { kind: "FIFO" }
-    );
-    let message = Refusal::DeviceNode { kind: "FIFO" }.to_string();
-    assert!(message.contains("allow_device_nodes"), "{message}");
-}
-
-#[test]
 fn decompression_bombs_are_refused() {
     let zeros = vec![0u8; 8 * 1024 * 1024];
     // One file over the per-file limit.

@@ -350,38 +350,53 @@ fn ownership_modes_mtimes_and_xattrs() {
     );
 }
 
+/// Device nodes and FIFOs are never created, whoever unpacks: they are
+/// counted, what a lower layer had at their path goes, and hard links to
+/// them are skipped too; the rest of the layer applies.
 #[test]
-fn devices_are_created_only_when_allowed() {
-    if !root_or_skip("devices_are_created_only_when_allowed") {
-        return;
-    }
+fn device_nodes_and_fifos_are_skipped_and_counted() {
     let sandbox = Sandbox::new();
-    let mut layer = Tarball::new();
-    layer
+    let mut lower = Tarball::new();
+    lower
+        .dir("dev")
+        .file("dev/console", b"a file a lower layer had");
+    let mut upper = Tarball::new();
+    upper
         .device("dev/null", tar::EntryType::Char, 1, 3)
+        .device("dev/console", tar::EntryType::Char, 5, 1)
         .device("dev/loop9", tar::EntryType::Block, 7, 9)
-        .device("run/fifo", tar::EntryType::Fifo, 0, 0);
-    let options = UnpackOptions {
-        allow_devices: true,
-        ..UnpackOptions::default()
-    };
-    apply(&sandbox, &[layer.bytes()], options).unwrap();
-    use std::os::unix::fs::FileTypeExt;
+        .device("run/initctl", tar::EntryType::Fifo, 0, 0)
+        .hardlink("dev/null-again", "dev/null")
+        .file("etc/hostname", b"kept\n");
+    let mut unpacker = Unpacker::create(&sandbox.staging(), UnpackOptions::default()).unwrap();
+    let first = unpacker
+        .apply_tar("lower", lower.bytes().as_slice(), None)
+        .unwrap();
+    assert_eq!(first.skipped_special, 0);
+    let stats = unpacker
+        .apply_tar("upper", upper.bytes().as_slice(), None)
+        .unwrap();
+    assert_eq!(stats.skipped_special, 5);
+    assert_eq!(unpacker.skipped_special(), 5);
+    unpacker.finish().unwrap();
     let staging = sandbox.staging();
-    let null = std::fs::symlink_metadata(staging.join("dev/null")).unwrap();
-    assert!(null.file_type().is_char_device());
-    assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
-    assert!(
-        std::fs::symlink_metadata(staging.join("dev/loop9"))
-            .unwrap()
-            .file_type()
-            .is_block_device()
-    );
-    assert!(
-        std::fs::symlink_metadata(staging.join("run/fifo"))
-            .unwrap()
-            .file_type()
-            .is_fifo()
+    for gone in [
+        "dev/null",
+        "dev/console",
+        "dev/loop9",
+        "run/initctl",
+        "dev/null-again",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(staging.join(gone)).is_err(),
+            "{gone} exists"
+        );
+    }
+    // A skipped node's parent is not made for it.
+    assert!(!staging.join("run").exists());
+    assert_eq!(
+        std::fs::read(staging.join("etc/hostname")).unwrap(),
+        b"kept\n"
     );
 }
 

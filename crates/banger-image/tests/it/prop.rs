@@ -115,14 +115,13 @@ proptest! {
     #[test]
     fn nothing_lands_outside_staging(
         layers in proptest::collection::vec(proptest::collection::vec(entry(), 0..14), 1..4),
-        allow_devices in any::<bool>(),
         compress in any::<bool>(),
     ) {
         let sandbox = Sandbox::new();
         let sentinel = sandbox.sentinel();
         let canary_inode = std::fs::metadata(sentinel.join("canary")).unwrap().ino();
         let passwd_links = std::fs::metadata("/etc/passwd").map(|meta| meta.nlink()).ok();
-        let options = UnpackOptions { allow_devices, ..UnpackOptions::default() };
+        let options = UnpackOptions::default();
 
         let result = (|| {
             let mut unpacker = Unpacker::create(&sandbox.staging(), options)?;

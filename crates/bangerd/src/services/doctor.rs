@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use banger_disk::strategy::Support;
 use banger_doctor::checks::{self, DnsFacts, ImageFacts, ResolveProbe, RoutingFacts, StorageFacts};
-use banger_doctor::{CatalogLookup, Host, HostInputs, RealHost};
+use banger_doctor::{CatalogLookup, Companion, Host, HostInputs, RealHost};
 use banger_model::Name;
 use banger_model::defaults::{HostFacts, VmDefaults};
 use banger_rpc::RpcError;
@@ -24,6 +24,7 @@ pub async fn run(daemon: &Daemon) -> Result<DoctorResult, RpcError> {
 /// [`run`] against any host (tests pass a `FakeHost`).
 pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, RpcError> {
     let images = image_facts(daemon).await?;
+    let companions = companion_facts(daemon);
     let space = space_check(daemon)?;
     let storage = storage_facts(&daemon.storage);
     let dns = dns_facts(daemon);
@@ -45,6 +46,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
             defaults: &defaults,
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);
+        all.push(checks::companions(&companions));
         if config.vmm == banger_model::vm::VmmKind::Qemu {
             all.push(qemu_accel(&config, qemu_seen));
         }
@@ -66,6 +68,35 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let checks: Vec<DoctorCheck> =
         checks.map_err(|err| RpcError::internal(format!("running the checks: {err}")))?;
     Ok(DoctorResult { checks })
+}
+
+/// The binaries bangerd runs or copies besides itself.
+fn companion_facts(daemon: &Daemon) -> Vec<Companion> {
+    use crate::binaries::{AGENT, SIMVM, find};
+    let found = |name: &str| find(name).map_err(|err| format!("{}, PATH", err.searched));
+    // The qemu engine is banger-simvm too.
+    let sim = matches!(
+        daemon.config.vmm,
+        banger_model::vm::VmmKind::Sim | banger_model::vm::VmmKind::Qemu
+    );
+    vec![
+        Companion {
+            name: AGENT.into(),
+            found: found(AGENT),
+            role: "copied into every image: VMs are ready when it answers".into(),
+            needed: true,
+        },
+        Companion {
+            name: SIMVM.into(),
+            found: match &daemon.config.simvm_bin {
+                Some(path) if path.is_file() => Ok(path.clone()),
+                Some(path) => Err(format!("simvm_bin = {}", path.display())),
+                None => found(SIMVM),
+            },
+            role: "runs sim and qemu VMs (--vmm sim, --vmm qemu)".into(),
+            needed: sim,
+        },
+    ]
 }
 
 /// `vmm = "qemu"`: which accelerator guests get here, the configured one or
@@ -192,11 +223,11 @@ async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
         .iter()
         .map(|image| image.name.to_string())
         .collect();
-    let store_default = daemon
-        .store
-        .default_image()
-        .map_err(store_error)?
-        .map(|image| image.name.to_string());
+    let default = daemon.store.default_image().map_err(store_error)?;
+    let store_default = default.as_ref().map(|image| image.name.to_string());
+    let store_default_origin = default
+        .as_ref()
+        .map(|image| banger_bootstrap::default_image::origin(&image.source));
     let configured = daemon.config.default_image.clone();
     let wanted = configured
         .clone()
@@ -211,6 +242,7 @@ async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
         configured,
         wanted,
         store_default,
+        store_default_origin,
         local,
         catalog,
     })

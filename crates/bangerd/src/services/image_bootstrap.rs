@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::binaries;
 use crate::daemon::Daemon;
 use crate::server::{EventSink, Stage};
-use crate::services::image_import::{build_image_files, check_name_free, publish, resolve_kernel};
+use crate::services::image_import::{
+    BuiltImage, build_image_files, check_name_free, publish, resolve_kernel,
+};
 
 /// One bootstrap at a time per daemon: they share the `.deb` cache, and two
 /// debootstraps at once would only compete for the same two cores.
@@ -79,9 +81,11 @@ pub async fn bootstrap_with_agent(
         .staging_dir()
         .join(format!("{}.rootfs", id.as_str()));
     let log = log_path(daemon, &id);
+    let profile = params.profile.unwrap_or_default();
     let plan = RootfsPlan::new(
         &distro,
         &mirror,
+        profile,
         &params.packages,
         &tree,
         &daemon.layout.cache_dir,
@@ -109,7 +113,7 @@ pub async fn bootstrap_with_agent(
     events.log(
         "info",
         format!(
-            "debootstrap {distro} (minbase + {}) from {mirror}; log: {}",
+            "debootstrap {distro}, {profile} profile (minbase + {}) from {mirror}; log: {}",
             plan.packages.join(", "),
             log.display()
         ),
@@ -118,8 +122,8 @@ pub async fn bootstrap_with_agent(
 
     let built = build(daemon, &plan, &staging, agent, events, cancel).await;
     let released = release_tree(daemon, &tree).await;
-    let size = match (built, released) {
-        (Ok(size), Ok(())) => size,
+    let built = match (built, released) {
+        (Ok(built), Ok(())) => built,
         (Err(err), _) | (Ok(_), Err(err)) => {
             remove_dir(&staging);
             tracing::warn!(image = %name, error = %err.message, log = %log.display(), "image bootstrap failed");
@@ -136,10 +140,13 @@ pub async fn bootstrap_with_agent(
             kernel_name: kernel.map(|kernel| kernel.name.to_string()),
             rootfs_path: PathBuf::new(),
             work_seed_path: None,
-            rootfs_size: size,
+            rootfs_size: built.size,
             source: ImageSource::Bootstrap {
                 distro: distro.to_string(),
                 mirror,
+                profile,
+                extra_packages: plan.extra.clone(),
+                installed_size: Some(built.content),
             },
             is_default: false,
             created_at: jiff::Timestamp::now(),
@@ -161,7 +168,7 @@ async fn build(
     agent: &Path,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<banger_model::ByteSize, RpcError> {
+) -> Result<BuiltImage, RpcError> {
     let mut current: Option<(Phase, Stage)> = None;
     let mut on_line = |line: &str| {
         if let Some(phase) = rootfs::phase_of(line) {

@@ -47,10 +47,12 @@ pub async fn import(
     let rootfs = if meta.is_dir() {
         source.clone()
     } else {
-        unpack_tarball(daemon, &source, &staging.rootfs(), events).await?;
+        unpack_tarball(&source, &staging.rootfs(), events).await?;
         staging.rootfs()
     };
-    let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel).await?;
+    let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel)
+        .await?
+        .size;
     let image = publish(
         daemon,
         &staging.out(),
@@ -73,29 +75,22 @@ pub async fn import(
 
 /// Unpacks a rootfs tarball (plain, gzip or zstd) with the same hardening
 /// as OCI layers: nothing may land outside `rootfs`.
-async fn unpack_tarball(
-    daemon: &Daemon,
-    tarball: &Path,
-    rootfs: &Path,
-    events: &EventSink,
-) -> Result<(), RpcError> {
+async fn unpack_tarball(tarball: &Path, rootfs: &Path, events: &EventSink) -> Result<(), RpcError> {
     let stage = events.stage("unpack");
-    let options = banger_image::UnpackOptions {
-        allow_devices: daemon.config.allow_device_nodes,
-        ..banger_image::UnpackOptions::default()
-    };
+    let options = banger_image::UnpackOptions::default();
     let (tarball, rootfs) = (tarball.to_owned(), rootfs.to_owned());
-    blocking(move || {
+    let stats = blocking(move || {
         let file = fs_err::File::open(&tarball)?;
         let size = file.metadata().ok().map(|meta| meta.len());
         let mut reader = std::io::BufReader::new(file);
         let mut unpacker =
             banger_image::Unpacker::create(&rootfs, options).map_err(std::io::Error::other)?;
         let label = tarball.display().to_string();
-        unpacker
+        let stats = unpacker
             .apply_compressed(&label, &mut reader, size)
             .map_err(std::io::Error::other)?;
-        unpacker.finish().map(drop).map_err(std::io::Error::other)
+        unpacker.finish().map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(stats)
     })
     .await?
     .map_err(|err| {
@@ -106,11 +101,38 @@ async fn unpack_tarball(
         )
     })?;
     stage.done();
+    report_skipped(events, stats.skipped_special);
     Ok(())
 }
 
+/// The one line saying how many device nodes and FIFOs an image left out.
+pub fn report_skipped(events: &EventSink, count: u64) {
+    if count == 0 {
+        return;
+    }
+    let what = if count == 1 {
+        "device node or FIFO"
+    } else {
+        "device nodes and FIFOs"
+    };
+    events.log(
+        "info",
+        format!("skipped {count} {what}: a guest's /dev is a devtmpfs, so images need none"),
+    );
+    tracing::info!(count, "skipped device nodes and FIFOs");
+}
+
+/// What [`build_image_files`] made.
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltImage {
+    /// `rootfs.ext4`'s size (sparse; free space included).
+    pub size: ByteSize,
+    /// What the root filesystem's files take.
+    pub content: ByteSize,
+}
+
 /// Builds `rootfs.ext4` (with banger's guest files) and `work-seed.ext4`
-/// from a rootfs directory into `staging`; returns the rootfs size.
+/// from a rootfs directory into `staging`.
 pub async fn build_image_files(
     daemon: &Daemon,
     rootfs_dir: &Path,
@@ -118,7 +140,7 @@ pub async fn build_image_files(
     agent: &Path,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<ByteSize, RpcError> {
+) -> Result<BuiltImage, RpcError> {
     fs_err::create_dir_all(staging)
         .map_err(|err| crate::vm::internal("staging the image", &err))?;
     let rootfs = staging.join(ROOTFS);
@@ -130,6 +152,7 @@ pub async fn build_image_files(
         move || {
             let options = Ext4BuildOptions {
                 free_space: ROOTFS_FREE_SPACE,
+                skip_special: true,
                 ..Ext4BuildOptions::default()
             };
             build_ext4_from_dir(&src, &out, &options)
@@ -138,6 +161,7 @@ pub async fn build_image_files(
     .await?
     .map_err(|err| failure("building rootfs.ext4", &err))?;
     stage.done();
+    report_skipped(events, image.skipped_special);
     check_cancel(cancel)?;
 
     let stage = events.stage("install_guest_files");
@@ -160,7 +184,10 @@ pub async fn build_image_files(
     .map_err(|err| failure("building work-seed.ext4", &err))?;
     stage.done();
     check_cancel(cancel)?;
-    Ok(image.size)
+    Ok(BuiltImage {
+        size: image.size,
+        content: ByteSize(image.content.bytes),
+    })
 }
 
 /// Moves a staged image into place and records it; the first image becomes
@@ -193,6 +220,63 @@ pub async fn publish(daemon: &Daemon, staging: &Path, mut image: Image) -> Resul
     }
     tracing::info!(image = %image.name, id = %image.id, default = image.is_default, "image published");
     Ok(image)
+}
+
+/// Replaces the files and record of `previous` with a staged build of the
+/// same image (same id and name, default flag kept): the new `rootfs.ext4`
+/// and `work-seed.ext4` are renamed over the old ones and grown seeds of the
+/// old one are dropped. VMs made from it keep their disks: file roots are
+/// their own copies, and a dm-snapshot VM keeps the rootfs its snapshot
+/// sits on through a hard link in its directory (made here for VMs older
+/// than that link). Returns the image and the names of those VMs.
+pub async fn replace(
+    daemon: &Daemon,
+    staging: &Path,
+    previous: &Image,
+    mut image: Image,
+) -> Result<(Image, Vec<String>), RpcError> {
+    let _registry = daemon.images_lock.lock().await;
+    let dir = daemon.layout.image_dir(&previous.id);
+    let vms: Vec<banger_model::vm::Vm> = daemon
+        .store
+        .list_vms()
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|vm| vm.image_id == previous.id)
+        .collect();
+    for vm in &vms {
+        crate::vm::disks::keep_dm_base(vm, &previous.rootfs_path).map_err(|err| {
+            RpcError::internal(format!("keeping VM {}'s root base: {err}", vm.name))
+        })?;
+    }
+    let rootfs = dir.join(ROOTFS);
+    let seed = dir.join(WORK_SEED);
+    let staged_seed = staging.join(WORK_SEED);
+    if staged_seed.is_file() {
+        fs_err::rename(&staged_seed, &seed)
+            .map_err(|err| RpcError::internal(format!("replacing the image: {err}")))?;
+    }
+    fs_err::rename(staging.join(ROOTFS), &rootfs)
+        .map_err(|err| RpcError::internal(format!("replacing the image: {err}")))?;
+    // Grown copies of the old seed (`work-seed.grown-<bytes>.ext4`).
+    if let Ok(entries) = fs_err::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("work-seed.grown-")
+                && let Err(err) = fs_err::remove_file(entry.path())
+            {
+                tracing::warn!(error = %err, "stale grown seed not removed");
+            }
+        }
+    }
+    image.id = previous.id.clone();
+    image.is_default = previous.is_default;
+    image.rootfs_path = rootfs;
+    image.work_seed_path = seed.is_file().then_some(seed);
+    daemon.store.update_image(&image).map_err(store_error)?;
+    let names = vms.iter().map(|vm| vm.name.to_string()).collect();
+    tracing::info!(image = %image.name, id = %image.id, "image replaced in place");
+    Ok((image, names))
 }
 
 pub fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {

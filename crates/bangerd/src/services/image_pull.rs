@@ -2,15 +2,16 @@
 //! layers (cached by digest) unpacked safely into staging, banger's guest
 //! files added, ext4 built, published. `kernel.pull`: a catalog kernel.
 
-use banger_image::{ImageSourceRef, PullOptions, Puller, Reference, UnpackOptions};
+use banger_image::{ImageSourceRef, PullOptions, Puller, UnpackOptions};
 use banger_model::image::{Image, ImageSource};
 use banger_model::kernel::{Kernel, KernelSource};
 use banger_model::{Id, Name};
 use banger_rpc::request::{ImagePullParams, KernelPullParams};
+use banger_rpc::response::{ImagePullResult, PullOutcome};
 use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
-use super::image_import::{build_image_files, check_name_free, publish, resolve_kernel};
+use super::image_import::{build_image_files, check_name_free, publish, replace, resolve_kernel};
 use crate::binaries;
 use crate::daemon::{Daemon, error_chain, store_error};
 use crate::images::{self, Staging};
@@ -21,7 +22,7 @@ pub async fn pull(
     params: ImagePullParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
+) -> Result<ImagePullResult, RpcError> {
     let http = images::http()?;
     let catalog = images::catalog(daemon, &http).await?;
     let source = banger_image::resolve_image(&catalog, &params.reference).map_err(|err| {
@@ -38,9 +39,43 @@ pub async fn pull(
                 }
                 None => images::derive_name(&reference.to_string())?,
             };
-            check_name_free(daemon, &name)?;
-            let kernel = resolve_kernel(daemon, params.kernel_ref.as_deref())?;
-            pull_oci(daemon, &reference, name, kernel, events, cancel).await
+            let existing = existing_from(
+                daemon,
+                &name,
+                |source| matches!(source, ImageSource::Pull { reference: pulled, .. } if *pulled == reference.to_string()),
+            )?;
+            let kernel = match (&existing, params.kernel_ref.as_deref()) {
+                (Some(image), None) => current_kernel(daemon, image)?,
+                (_, reference) => resolve_kernel(daemon, reference)?,
+            };
+            let puller = Puller::new(PullOptions::new(daemon.layout.oci_cache()))
+                .map_err(|err| RpcError::internal(format!("{err}: {}", error_chain(&err))))?;
+            let resolved = tokio::select! {
+                resolved = puller.resolve(&reference) => resolved,
+                () = cancel.cancelled() => return Err(RpcError::cancelled()),
+            }
+            .map_err(|err| pull_failed(&err))?;
+            let digest = resolved.manifest_digest.to_string();
+            if let Some(image) = &existing
+                && let ImageSource::Pull {
+                    manifest_digest, ..
+                } = &image.source
+                && *manifest_digest == digest
+            {
+                return up_to_date(daemon, image, kernel, digest);
+            }
+            let id = existing
+                .as_ref()
+                .map_or_else(Id::generate, |image| image.id.clone());
+            let staging = Staging::new(daemon, &Id::generate())?;
+            let source = stage_oci(&puller, &resolved, &staging, events, cancel).await?;
+            let staged = Staged {
+                id,
+                name,
+                kernel,
+                source,
+            };
+            finish(daemon, &staging, staged, existing, digest, events, cancel).await
         }
         ImageSourceRef::Catalog(entry) => {
             let name = match &params.name {
@@ -51,80 +86,126 @@ pub async fn pull(
                     Name::parse(&entry.name).map_err(|err| RpcError::invalid(err.to_string()))?
                 }
             };
-            check_name_free(daemon, &name)?;
-            let kernel = match params.kernel_ref.as_deref() {
-                Some(reference) => resolve_kernel(daemon, Some(reference))?,
-                None => Some(
+            let existing = existing_from(
+                daemon,
+                &name,
+                |source| matches!(source, ImageSource::Catalog { name: pulled, .. } if *pulled == entry.name),
+            )?;
+            let kernel = match (&existing, params.kernel_ref.as_deref()) {
+                (_, Some(reference)) => resolve_kernel(daemon, Some(reference))?,
+                (Some(image), None) => current_kernel(daemon, image)?,
+                (None, None) => Some(
                     ensure_catalog_kernel(daemon, &catalog, &entry.kernel, &http, events, cancel)
                         .await?,
                 ),
             };
-            pull_catalog(daemon, &entry, name, kernel, &http, events, cancel).await
+            let digest = format!("sha256:{}", entry.artifact.sha256);
+            if let Some(image) = &existing
+                && let ImageSource::Catalog { sha256, .. } = &image.source
+                && *sha256 == entry.artifact.sha256
+            {
+                return up_to_date(daemon, image, kernel, digest);
+            }
+            let id = existing
+                .as_ref()
+                .map_or_else(Id::generate, |image| image.id.clone());
+            let staging = Staging::new(daemon, &Id::generate())?;
+            let source = stage_catalog(daemon, &entry, &http, &staging, events, cancel).await?;
+            let staged = Staged {
+                id,
+                name,
+                kernel,
+                source,
+            };
+            finish(daemon, &staging, staged, existing, digest, events, cancel).await
         }
     }
 }
 
-async fn pull_oci(
+/// The image called `name` when `same_source` says it came from what is
+/// being pulled (then the pull updates it); `None` when the name is free;
+/// an error naming the clash otherwise.
+fn existing_from(
     daemon: &Daemon,
-    reference: &Reference,
-    name: Name,
+    name: &Name,
+    same_source: impl Fn(&ImageSource) -> bool,
+) -> Result<Option<Image>, RpcError> {
+    let images = daemon.store.list_images().map_err(store_error)?;
+    match images.into_iter().find(|image| &image.name == name) {
+        None => Ok(None),
+        Some(image) if same_source(&image.source) => Ok(Some(image)),
+        Some(_) => check_name_free(daemon, name).map(|()| None),
+    }
+}
+
+/// The kernel an existing image boots with.
+fn current_kernel(daemon: &Daemon, image: &Image) -> Result<Option<Kernel>, RpcError> {
+    let Some(id) = &image.kernel_id else {
+        return Ok(None);
+    };
+    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+    Ok(kernels.into_iter().find(|kernel| &kernel.id == id))
+}
+
+/// Nothing to download; a `--kernel-ref` still applies.
+fn up_to_date(
+    daemon: &Daemon,
+    image: &Image,
     kernel: Option<Kernel>,
+    digest: String,
+) -> Result<ImagePullResult, RpcError> {
+    let mut image = image.clone();
+    let kernel_id = kernel.as_ref().map(|kernel| kernel.id.clone());
+    if kernel_id != image.kernel_id {
+        image.kernel_id = kernel_id;
+        image.kernel_name = kernel.map(|kernel| kernel.name.to_string());
+        daemon.store.update_image(&image).map_err(store_error)?;
+    }
+    tracing::info!(image = %image.name, %digest, "image is up to date");
+    Ok(ImagePullResult {
+        image,
+        outcome: PullOutcome::UpToDate { digest },
+    })
+}
+
+fn pull_failed(err: &(dyn std::error::Error + 'static)) -> RpcError {
+    let failed = crate::errors::failed(ErrorCode::FailedPrecondition, "pulling the image", err);
+    match failed.hint {
+        Some(_) => failed,
+        None => failed.with_hint("layers already downloaded stay cached; pulling again resumes"),
+    }
+}
+
+/// Downloads and unpacks a resolved OCI image into `staging`.
+async fn stage_oci(
+    puller: &Puller,
+    resolved: &banger_image::ResolvedImage,
+    staging: &Staging,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
-    let id = Id::generate();
-    let staging = Staging::new(daemon, &id)?;
-    let puller = Puller::new(PullOptions::new(daemon.layout.oci_cache()))
-        .map_err(|err| RpcError::internal(format!("{err}: {}", error_chain(&err))))?;
-    let options = UnpackOptions {
-        allow_devices: daemon.config.allow_device_nodes,
-        ..UnpackOptions::default()
-    };
+) -> Result<ImageSource, RpcError> {
     let stage = events.stage("pull");
     let progress = images::forward_progress(events);
     let rootfs = staging.rootfs();
     let pulled = tokio::select! {
-        pulled = puller.pull(reference, &rootfs, options, &progress) => pulled,
+        pulled = puller.pull_resolved(resolved, &rootfs, UnpackOptions::default(), &progress) => pulled,
         () = cancel.cancelled() => return Err(RpcError::cancelled()),
     }
-    .map_err(|err| {
-        let failed =
-            crate::errors::failed(ErrorCode::FailedPrecondition, "pulling the image", &err);
-        match failed.hint {
-            Some(_) => failed,
-            None => {
-                failed.with_hint("layers already downloaded stay cached; pulling again resumes")
-            }
-        }
-    })?;
+    .map_err(|err| pull_failed(&err))?;
     stage.done();
-    let source = pulled.metadata.source();
-    finish(
-        daemon,
-        &staging,
-        Staged {
-            id,
-            name,
-            kernel,
-            source,
-        },
-        events,
-        cancel,
-    )
-    .await
+    super::image_import::report_skipped(events, pulled.skipped_special);
+    Ok(pulled.metadata.source())
 }
 
-async fn pull_catalog(
+/// Downloads and unpacks a catalog image into `staging`.
+async fn stage_catalog(
     daemon: &Daemon,
     entry: &banger_image::catalog::ImageEntry,
-    name: Name,
-    kernel: Option<Kernel>,
     http: &banger_image::HttpClient,
+    staging: &Staging,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
-    let id = Id::generate();
-    let staging = Staging::new(daemon, &id)?;
+) -> Result<ImageSource, RpcError> {
     let store =
         banger_image::ArtifactStore::new(http.clone(), daemon.layout.cache_dir.join("catalog"));
     let stage = events.stage("download");
@@ -140,12 +221,14 @@ async fn pull_catalog(
     let stage = events.stage("unpack");
     let (entry_name, artifact, rootfs) =
         (entry.name.clone(), entry.artifact.clone(), staging.rootfs());
-    let options = UnpackOptions {
-        allow_devices: daemon.config.allow_device_nodes,
-        ..UnpackOptions::default()
-    };
     tokio::task::spawn_blocking(move || {
-        banger_image::extract_artifact(&entry_name, &artifact, &file, &rootfs, options)
+        banger_image::extract_artifact(
+            &entry_name,
+            &artifact,
+            &file,
+            &rootfs,
+            UnpackOptions::default(),
+        )
     })
     .await
     .map_err(|err| RpcError::internal(err.to_string()))?
@@ -153,23 +236,10 @@ async fn pull_catalog(
         crate::errors::failed(ErrorCode::FailedPrecondition, "unpacking the image", &err)
     })?;
     stage.done();
-    let source = ImageSource::Catalog {
+    Ok(ImageSource::Catalog {
         name: entry.name.clone(),
         sha256: entry.artifact.sha256.clone(),
-    };
-    finish(
-        daemon,
-        &staging,
-        Staged {
-            id,
-            name,
-            kernel,
-            source,
-        },
-        events,
-        cancel,
-    )
-    .await
+    })
 }
 
 /// What is known of an image whose rootfs tree is staged.
@@ -180,15 +250,17 @@ struct Staged {
     source: ImageSource,
 }
 
-/// From a staged rootfs tree to a published image: guest files, ext4,
-/// work seed, record.
+/// From a staged rootfs tree to a published image (guest files, ext4, work
+/// seed, record), or to the files of `existing` replaced in place.
 async fn finish(
     daemon: &Daemon,
     staging: &Staging,
     staged: Staged,
+    existing: Option<Image>,
+    digest: String,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
+) -> Result<ImagePullResult, RpcError> {
     let agent = find_agent()?;
     let size = build_image_files(
         daemon,
@@ -198,7 +270,8 @@ async fn finish(
         events,
         cancel,
     )
-    .await?;
+    .await?
+    .size;
     let image = Image {
         id: staged.id,
         name: staged.name,
@@ -211,7 +284,35 @@ async fn finish(
         is_default: false,
         created_at: jiff::Timestamp::now(),
     };
-    publish(daemon, &staging.out(), image).await
+    match existing {
+        None => Ok(ImagePullResult {
+            image: publish(daemon, &staging.out(), image).await?,
+            outcome: PullOutcome::Pulled,
+        }),
+        Some(previous) => {
+            let previous_digest = source_digest(&previous.source);
+            let (image, vms) = replace(daemon, &staging.out(), &previous, image).await?;
+            Ok(ImagePullResult {
+                image,
+                outcome: PullOutcome::Replaced {
+                    previous_digest,
+                    digest,
+                    vms,
+                },
+            })
+        }
+    }
+}
+
+/// The digest a pulled image was made from.
+fn source_digest(source: &ImageSource) -> String {
+    match source {
+        ImageSource::Pull {
+            manifest_digest, ..
+        } => manifest_digest.clone(),
+        ImageSource::Catalog { sha256, .. } => format!("sha256:{sha256}"),
+        other => other.kind().to_owned(),
+    }
 }
 
 /// `kernel.pull`

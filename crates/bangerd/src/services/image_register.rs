@@ -100,6 +100,7 @@ fn empty_seed(out: &Path) -> Result<(), banger_disk::BuildExt4Error> {
         growable: true,
         min_size: None,
         free_space: banger_model::ByteSize(0),
+        skip_special: false,
     };
     build_ext4_from_dir(empty.path(), &out.join(WORK_SEED), &options).map(drop)
 }

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use banger_bootstrap::apt::{AptEnv, AptError};
 use banger_bootstrap::distro::Distro;
+use banger_bootstrap::exec::DepmodError;
 use banger_bootstrap::kernel::{self, BuildKernelError};
 use banger_model::kernel::{Kernel, KernelSource};
 use banger_model::{Id, Name};
@@ -122,6 +123,26 @@ pub async fn bootstrap(
         return Err(RpcError::cancelled());
     }
 
+    let stage = events.stage("build_modules");
+    match build_modules(&debs[0], &built.release, &staging, cancel).await {
+        Ok((modules, size)) => {
+            stage.done();
+            events.log(
+                "info",
+                format!(
+                    "{modules} modules in {} ({}), mounted read-only at /lib/modules/{} in every VM that boots this kernel",
+                    kernel::MODULES_IMAGE,
+                    size.human(),
+                    built.release
+                ),
+            );
+        }
+        Err(err) => {
+            remove_dir(&staging);
+            return Err(err);
+        }
+    }
+
     let _registry = daemon.images_lock.lock().await;
     if let Err(err) = check_name_free(daemon, &name) {
         remove_dir(&staging);
@@ -154,6 +175,69 @@ pub async fn bootstrap(
     }
     tracing::info!(kernel = %kernel.name, id = %kernel.id, package = %kernel_package.name, "kernel bootstrapped");
     Ok(kernel)
+}
+
+/// The kernel package's modules as `modules.ext4` in `staging`: extracted,
+/// indexed by `depmod`, made into a read-only ext4 image labelled
+/// [`kernel::MODULES_LABEL`]; the tree is removed again. Returns the module
+/// count and the image's size.
+async fn build_modules(
+    kernel_deb: &Path,
+    release: &str,
+    staging: &Path,
+    cancel: &CancellationToken,
+) -> Result<(usize, banger_model::ByteSize), RpcError> {
+    let tree_root = staging.join("modules-tree");
+    let result = async {
+        let tree = {
+            let (deb, release, root) = (
+                kernel_deb.to_owned(),
+                release.to_owned(),
+                tree_root.clone(),
+            );
+            tokio::task::spawn_blocking(move || kernel::extract_modules(&deb, &release, &root))
+                .await
+                .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
+                .map_err(|err| build_error(&err))?
+        };
+        banger_bootstrap::exec::depmod(&tree_root, release, cancel)
+            .await
+            .map_err(|err| match err {
+                DepmodError::NotInstalled => RpcError::new(
+                    ErrorCode::FailedPrecondition,
+                    err.to_string(),
+                )
+                .with_hint("install it: `sudo apt-get install kmod` (depmod indexes the kernel's modules for the guests' modprobe)"),
+                DepmodError::Exec(banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
+                    RpcError::cancelled()
+                }
+                other => RpcError::internal(format!("{other}{}", chain_suffix(&other))),
+            })?;
+        let (dir, out) = (tree.dir.clone(), staging.join(kernel::MODULES_IMAGE));
+        let image = tokio::task::spawn_blocking(move || {
+            banger_disk::build_ext4_from_dir(
+                &dir,
+                &out,
+                &banger_disk::Ext4BuildOptions {
+                    label: Some(kernel::MODULES_LABEL.to_owned()),
+                    ..banger_disk::Ext4BuildOptions::default()
+                },
+            )
+        })
+        .await
+        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
+        .map_err(|err| {
+            RpcError::internal(format!(
+                "building {}: {err}{}",
+                kernel::MODULES_IMAGE,
+                chain_suffix(&err)
+            ))
+        })?;
+        Ok((tree.modules, image.size))
+    }
+    .await;
+    remove_dir(&tree_root);
+    result
 }
 
 fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {

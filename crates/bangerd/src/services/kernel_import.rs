@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use banger_bootstrap::kernel::MODULES_IMAGE;
 use banger_model::kernel::{Kernel, KernelSource};
 use banger_model::{Id, Name};
 use banger_rpc::request::KernelImportParams;
@@ -42,6 +43,9 @@ pub async fn import(
         .iter()
         .map(|file| dir.join(file))
         .find(|path| path.is_file());
+    // The kernel's modules as `kernel bootstrap` leaves them: every VM that
+    // boots the kernel gets them (first boot mounts the drive by its label).
+    let modules = Some(dir.join(MODULES_IMAGE)).filter(|path| path.is_file());
 
     let _registry = daemon.images_lock.lock().await;
     let existing = daemon.store.list_kernels().map_err(store_error)?;
@@ -60,8 +64,10 @@ pub async fn import(
     let target = daemon.layout.kernel_dir(&id);
     let copy = {
         let target = target.clone();
-        let initrd = initrd.clone();
-        tokio::task::spawn_blocking(move || copy_kernel(&vmlinux, initrd.as_deref(), &target))
+        let (initrd, modules) = (initrd.clone(), modules.clone());
+        tokio::task::spawn_blocking(move || {
+            copy_kernel(&vmlinux, initrd.as_deref(), modules.as_deref(), &target)
+        })
     };
     let copied = copy
         .await
@@ -93,11 +99,15 @@ pub async fn import(
 fn copy_kernel(
     vmlinux: &Path,
     initrd: Option<&Path>,
+    modules: Option<&Path>,
     target: &Path,
 ) -> std::io::Result<(PathBuf, Option<PathBuf>, Option<String>)> {
     fs_err::create_dir_all(target)?;
     let vmlinux_out = target.join("vmlinux");
     fs_err::copy(vmlinux, &vmlinux_out)?;
+    if let Some(modules) = modules {
+        fs_err::copy(modules, target.join(MODULES_IMAGE))?;
+    }
     let initrd_out = match initrd {
         Some(initrd) => {
             let out = target.join("initrd.img");

@@ -226,7 +226,9 @@ async fn ensure_default_image(
         name: None,
         kernel_ref: None,
     };
-    let image = super::image_pull::pull(daemon, params, events, cancel).await?;
+    let image = super::image_pull::pull(daemon, params, events, cancel)
+        .await?
+        .image;
     daemon
         .store
         .set_default_image(&image.id)

@@ -57,6 +57,7 @@ pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, RpcE
     ports.sort_by(|a, b| (a.port, &a.proto).cmp(&(b.port, &b.proto)));
     Ok(PortsResult {
         name: vm.name.to_string(),
+        ip: Some(ip.to_string()),
         ports,
     })
 }
@@ -83,9 +84,11 @@ async fn row(listener: &Listener, ip: Ipv4Addr, host: &str) -> PortRow {
             }
         }
     };
+    let address = endpoint.replace(host, &ip.to_string());
     PortRow {
         proto: proto.to_owned(),
         endpoint,
+        address,
         port,
         process: listener.process.clone(),
         command: listener.command.clone(),
@@ -113,6 +116,7 @@ fn add_published(ports: &mut Vec<PortRow>, published: &[PortForward]) {
                 process: None,
                 command: None,
                 published: vec![host],
+                address: String::new(),
             }),
         }
     }

@@ -202,7 +202,16 @@ async fn launch_steps(
             .map_err(|err| internal("enabling IP forwarding", &err))?;
         ops.add_vm_nat(&vm.id, network.ip, &daemon.network.config.bridge)
             .await
-            .map_err(|err| internal("adding NAT rules", &err))?;
+            .map_err(|err| {
+                let hint = if program_missing(&err) {
+                    "install iptables (`sudo apt-get install iptables`), or create the VM without \
+                     outbound network: --no-nat, or `nat = false` under [network] in config.toml"
+                } else {
+                    "or create the VM without outbound network: --no-nat, or `nat = false` \
+                     under [network] in config.toml"
+                };
+                internal("adding NAT rules", &err).with_hint(hint)
+            })?;
         undo.push("remove NAT rules", Class::Host, {
             let (ops, id) = (Arc::clone(ops), vm.id.clone());
             async move {
@@ -270,6 +279,22 @@ async fn launch_steps(
     })
 }
 
+/// Whether an error comes from a program that is not installed (a spawn
+/// that failed with "not found" somewhere down its causes).
+fn program_missing(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 /// Everything sent to the VMM before `InstanceStart`.
 fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) -> VmConfig {
     let network = vm.network.as_ref().expect("booting VMs have an address");
@@ -302,10 +327,19 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
             initrd_path: initrd.map(|path| path.to_string_lossy().into_owned()),
             boot_args: Some(args.to_string()),
         },
-        drives: vec![
-            Drive::virtio("rootfs", root_device.to_string_lossy(), true),
-            Drive::virtio("work", paths.work_disk().to_string_lossy(), false),
-        ],
+        drives: {
+            let mut drives = vec![
+                Drive::virtio("rootfs", root_device.to_string_lossy(), true),
+                Drive::virtio("work", paths.work_disk().to_string_lossy(), false),
+            ];
+            if let Some(modules) = modules_image(vm, input) {
+                drives.push(Drive {
+                    is_read_only: Some(true),
+                    ..Drive::virtio("modules", modules.to_string_lossy(), false)
+                });
+            }
+            drives
+        },
         network_interfaces: vec![NetworkInterface::new(
             "eth0",
             vm.tap
@@ -319,6 +353,23 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
             uds_path: paths.vsock_socket().to_string_lossy().into_owned(),
         }),
     }
+}
+
+/// The kernel's modules image (`modules.ext4` next to its `vmlinux`, made
+/// by `kernel bootstrap`), attached read-only as the third drive (`vdc`) of
+/// VMs that boot the kernel; the guest's first boot mounts it at
+/// `/lib/modules/$(uname -r)`, so every image gets its kernel's modules.
+/// Sim VMs run on the host's kernel and get none.
+fn modules_image(vm: &Vm, input: &BootInput<'_>) -> Option<PathBuf> {
+    if vm.vmm == VmmKind::Sim {
+        return None;
+    }
+    let kernel = input.kernel?;
+    let image = kernel
+        .vmlinux_path
+        .parent()?
+        .join(banger_bootstrap::kernel::MODULES_IMAGE);
+    image.is_file().then_some(image)
 }
 
 /// banger-simvm boots no kernel but, like Firecracker, wants a readable
@@ -429,7 +480,7 @@ where
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Failure::after_launch(
+            return Err(Failure::still_booting(
                 RpcError::new(
                     ErrorCode::Timeout,
                     format!("{what} did not answer within the boot timeout ({stage})"),
@@ -437,11 +488,33 @@ where
                 .with_hint(format!(
                     "{logs}; raise boot_timeout_seconds in config.toml if the guest is just slow"
                 )),
+                process.clone(),
             ));
         }
         tokio::select! {
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(PROBE_INTERVAL) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NAT rule that cannot be added because `iptables` is not installed
+    /// is told apart from other failures, so the hint can say what to
+    /// install.
+    #[tokio::test]
+    async fn a_missing_iptables_is_recognised_down_the_error_chain() {
+        let ops = banger_net::nat::Iptables::new("/nonexistent/iptables");
+        let id = banger_model::Id::from_stored("0123456789abcdef0123456789abcdef");
+        let err = ops
+            .add_vm_nat(&id, Ipv4Addr::new(172, 30, 0, 2), "br-banger")
+            .await
+            .unwrap_err();
+        assert!(program_missing(&err), "{err:?}");
+        let other = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no");
+        assert!(!program_missing(&other));
     }
 }

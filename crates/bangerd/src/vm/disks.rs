@@ -19,15 +19,38 @@ use crate::undo::{Class, Undo};
 use crate::vm::Failure;
 use crate::vm::boot::Prepared;
 
+/// A dm-snapshot VM's hard link to the image rootfs its snapshot sits on,
+/// in its own directory: the snapshot stays valid when the image is
+/// replaced by a newer pull (the link keeps the old file).
+pub fn dm_base(vm: &Vm) -> PathBuf {
+    vm.dir.join("base.ext4")
+}
+
+/// Makes [`dm_base`] for a dm-snapshot VM that has none yet (VMs made
+/// before the link existed), pointing at `rootfs`; other VMs need nothing.
+pub fn keep_dm_base(vm: &Vm, rootfs: &Path) -> std::io::Result<()> {
+    if vm.storage != Some(StorageStrategy::DmSnapshot) {
+        return Ok(());
+    }
+    let base = dm_base(vm);
+    if base.exists() {
+        return Ok(());
+    }
+    fs_err::hard_link(rootfs, base)
+}
+
 /// The VM's root overlay as it exists on disk (rebuilt from the VM, never
-/// stored: file strategies are a path, dm is named after the VM id).
+/// stored: file strategies are a path, dm is named after the VM id and sits
+/// on [`dm_base`], or on the image's rootfs for VMs older than that link).
 pub fn overlay_for(vm: &Vm, image: &Image) -> RootOverlay {
     let paths = vm.paths();
     match vm.storage.unwrap_or(StorageStrategy::Copy) {
         StorageStrategy::DmSnapshot => RootOverlay::DmSnapshot {
             name: banger_disk::dm::root_dm_name(&vm.id)
                 .expect("VM ids are hex, which always makes a valid dm name"),
-            base: image.rootfs_path.clone(),
+            base: Some(dm_base(vm))
+                .filter(|base| base.exists())
+                .unwrap_or_else(|| image.rootfs_path.clone()),
             cow: banger_disk::overlay::cow_path(&paths.dir),
             loops: None,
         },
@@ -61,8 +84,9 @@ pub async fn prepare_new(
     let result = async {
         let root = create_root(daemon, vm, image, &mut undo).await?;
         create_work_disk(daemon, vm, image, &mut undo).await?;
+        let host_key = host_key(daemon, vm, &mut undo).await?;
         let (root_files, work_files) = tokio::join!(
-            write_root_files(daemon, vm, &root),
+            write_root_files(daemon, vm, &root, &host_key),
             write_work_files(daemon, vm, key)
         );
         root_files?;
@@ -131,11 +155,22 @@ async fn create_root(
     undo: &mut Undo,
 ) -> Result<PathBuf, RpcError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
+    let strategy = vm.storage.unwrap_or(daemon.storage.strategy);
+    // A snapshot sits on the image's rootfs for the VM's whole life: keep
+    // that file in the VM's directory (removed with it).
+    let base = if strategy == StorageStrategy::DmSnapshot {
+        let base = dm_base(vm);
+        fs_err::hard_link(&image.rootfs_path, &base)
+            .map_err(|err| internal("linking the image rootfs into the VM directory", &err))?;
+        base
+    } else {
+        image.rootfs_path.clone()
+    };
     let request = RootRequest {
-        base: image.rootfs_path.clone(),
+        base,
         vm_dir: vm.dir.clone(),
         vm_id: vm.id.clone(),
-        strategy: vm.storage.unwrap_or(daemon.storage.strategy),
+        strategy,
     };
     let overlay = blocking({
         let disk = Arc::clone(&disk);
@@ -189,11 +224,77 @@ async fn create_work_disk(
     Ok(())
 }
 
-/// `/etc/hostname` and `/etc/hosts` in the root disk.
-async fn write_root_files(daemon: &Daemon, vm: &Vm, root: &Path) -> Result<(), RpcError> {
+/// A VM's SSH host key, made on the host at create.
+#[derive(Debug, Clone)]
+pub struct HostKey {
+    /// `ssh_host_ed25519_key`, OpenSSH's private key format.
+    pub private: Vec<u8>,
+    /// The `.pub` line: `ssh-ed25519 AAAA… root@NAME`.
+    pub public: String,
+}
+
+/// The host key types sshd would otherwise offer from an image (shared by
+/// every VM of it); a VM gets only its own ed25519 key.
+const OTHER_HOST_KEYS: &[&str] = &["rsa", "ecdsa", "dsa", "ed25519_sk", "ecdsa_sk"];
+
+/// Makes the VM's ed25519 host key on the host (the guest's first boot then
+/// has none to generate) and pins it in the VM's known_hosts file, so that
+/// the first connection already checks it (removed again on rollback and
+/// by `vm delete`).
+async fn host_key(daemon: &Daemon, vm: &Vm, undo: &mut Undo) -> Result<HostKey, RpcError> {
+    let dir = vm.dir.join("host-key.tmp");
+    fs_err::create_dir_all(&dir).map_err(|err| internal("preparing the host key", &err))?;
+    let path = dir.join("ssh_host_ed25519_key");
+    let made = crate::exec::ssh_keygen_ed25519(&path, &format!("root@{}", vm.name)).await;
+    let read = made
+        .map_err(|err| internal("generating the VM's SSH host key", &err))
+        .and_then(|()| {
+            let private = fs_err::read(&path);
+            let public = fs_err::read_to_string(path.with_extension("pub"));
+            match (private, public) {
+                (Ok(private), Ok(public)) => Ok(HostKey {
+                    private,
+                    public: public.trim_end().to_owned(),
+                }),
+                (Err(err), _) | (_, Err(err)) => {
+                    Err(internal("reading the VM's SSH host key", &err))
+                }
+            }
+        });
+    let _ = fs_err::remove_dir_all(&dir);
+    let key = read?;
+    let known_hosts = crate::ssh::known_hosts_file(&daemon.layout, vm.name.as_str());
+    crate::ssh::pin_host_key(&known_hosts, &vm.dns_name(), &key.public)
+        .map_err(|err| internal("pinning the VM's SSH host key", &err))?;
+    undo.push("unpin the host key", Class::Data, async move {
+        match fs_err::remove_file(&known_hosts) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.to_string()),
+            _ => Ok(()),
+        }
+    });
+    Ok(key)
+}
+
+/// `/etc/hostname`, `/etc/hosts` and the SSH host key in the root disk.
+async fn write_root_files(
+    daemon: &Daemon,
+    vm: &Vm,
+    root: &Path,
+    host_key: &HostKey,
+) -> Result<(), RpcError> {
     let mut edits = Ext4Edits::new();
     let file = Meta {
         mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    let secret = Meta {
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
+    let dir = Meta {
+        mode: 0o755,
         uid: 0,
         gid: 0,
     };
@@ -204,17 +305,47 @@ async fn write_root_files(daemon: &Daemon, vm: &Vm, root: &Path) -> Result<(), R
     edits
         .write_file("/etc/hostname", format!("{}\n", vm.name), file)
         .and_then(|edits| edits.write_file("/etc/hosts", hosts, file))
+        .and_then(|edits| edits.mkdir_p("/etc/ssh", dir))
+        .and_then(|edits| {
+            edits.write_file(
+                "/etc/ssh/ssh_host_ed25519_key",
+                host_key.private.clone(),
+                secret,
+            )
+        })
+        .and_then(|edits| {
+            edits.write_file(
+                "/etc/ssh/ssh_host_ed25519_key.pub",
+                format!("{}\n", host_key.public),
+                file,
+            )
+        })
         .map_err(|err| internal("preparing root disk edits", &err))?;
-    apply(daemon, root, edits, "writing hostname into the root disk").await
+    for kind in OTHER_HOST_KEYS {
+        for suffix in ["", ".pub"] {
+            edits
+                .remove(&format!("/etc/ssh/ssh_host_{kind}_key{suffix}"))
+                .map_err(|err| internal("preparing root disk edits", &err))?;
+        }
+    }
+    apply(
+        daemon,
+        root,
+        edits,
+        "writing per-VM files into the root disk",
+    )
+    .await
 }
 
 /// Refreshed at every start: /root normalised for sshd's StrictModes, the
-/// managed key in `authorized_keys`, and `[[file_sync]]` entries.
+/// managed key in `authorized_keys`, the host's git identity in
+/// `.gitconfig`, and `[[file_sync]]` entries.
 pub async fn write_work_files(
     daemon: &Daemon,
     vm: &Vm,
     key: &SshKey,
 ) -> Result<Vec<String>, RpcError> {
+    let gitconfig = guest_gitconfig(daemon, vm).await;
     let mut edits = Ext4Edits::new();
     let root_owned = |mode| Meta {
         mode,
@@ -234,8 +365,21 @@ pub async fn write_work_files(
             )
         })
         .map_err(|err| internal("preparing work disk edits", &err))?;
-    let warnings =
-        crate::file_sync::add_edits(&daemon.config.file_sync, &daemon.layout.home, &mut edits)?;
+    let mut warnings = Vec::new();
+    match gitconfig {
+        Ok(Some(content)) => {
+            edits
+                .write_file("/.gitconfig", content, root_owned(0o644))
+                .map_err(|err| internal("preparing work disk edits", &err))?;
+        }
+        Ok(None) => {}
+        Err(warning) => warnings.push(warning),
+    }
+    warnings.extend(crate::file_sync::add_edits(
+        &daemon.config.file_sync,
+        &daemon.layout.home,
+        &mut edits,
+    )?);
     apply(
         daemon,
         &vm.paths().work_disk(),
@@ -244,6 +388,33 @@ pub async fn write_work_files(
     )
     .await?;
     Ok(warnings)
+}
+
+/// The guest's `/root/.gitconfig` with the host's git identity set in it,
+/// `None` when the host has none; a warning when it cannot be made.
+async fn guest_gitconfig(daemon: &Daemon, vm: &Vm) -> Result<Option<Vec<u8>>, String> {
+    let identity = crate::git_identity::host(&daemon.layout.home).await;
+    if identity.is_empty() {
+        return Ok(None);
+    }
+    let work = vm.paths().work_disk();
+    let existing = blocking(move || banger_disk::read_file(&work, "/.gitconfig"))
+        .await
+        .map_err(|err| err.message)?;
+    let existing = match existing {
+        Ok(content) => Some(content),
+        Err(banger_disk::edits::ReadExt4Error::NotFound { .. }) => None,
+        Err(err) => {
+            tracing::debug!(vm = %vm.name, error = %err, "guest .gitconfig unreadable; writing a fresh one");
+            None
+        }
+    };
+    crate::git_identity::merge(existing.as_deref(), &identity)
+        .await
+        .map(Some)
+        .map_err(|err| {
+            format!("the host's git identity was not written to /root/.gitconfig: {err}")
+        })
 }
 
 async fn apply(
@@ -290,5 +461,101 @@ fn remove_dir(dir: &Path) -> Result<(), String> {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use banger_model::image::ImageSource;
+    use banger_model::vm::{VmState, VmmKind};
+    use banger_model::{ByteSize, Id, Name, VmSpec};
+
+    use super::*;
+
+    fn vm(dir: &Path, storage: StorageStrategy) -> Vm {
+        let now = jiff::Timestamp::now();
+        Vm {
+            id: Id::generate(),
+            name: Name::parse("box").unwrap(),
+            image_id: Id::generate(),
+            image_name: "img".into(),
+            state: VmState::Stopped,
+            spec: VmSpec {
+                vcpu: 1,
+                memory_mib: 512,
+                disk_size: ByteSize::gib(1),
+            },
+            nat: false,
+            vmm: VmmKind::Sim,
+            accel: None,
+            network: None,
+            tap: None,
+            storage: Some(storage),
+            dir: dir.to_owned(),
+            pid: None,
+            vsock_cid: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            last_error: None,
+            workspace: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn image(rootfs: &Path) -> Image {
+        Image {
+            id: Id::generate(),
+            name: Name::parse("img").unwrap(),
+            kernel_id: None,
+            kernel_name: None,
+            rootfs_path: rootfs.to_owned(),
+            work_seed_path: None,
+            rootfs_size: ByteSize::gib(1),
+            source: ImageSource::Register,
+            is_default: false,
+            created_at: jiff::Timestamp::now(),
+        }
+    }
+
+    /// A dm-snapshot VM keeps the rootfs its snapshot sits on when the
+    /// image's file is replaced; file-strategy VMs need no link.
+    #[test]
+    fn dm_snapshots_keep_their_base_across_an_image_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs.ext4");
+        fs_err::write(&rootfs, b"v1").unwrap();
+        let vm_dir = dir.path().join("vm");
+        fs_err::create_dir(&vm_dir).unwrap();
+        let dm = vm(&vm_dir, StorageStrategy::DmSnapshot);
+        let img = image(&rootfs);
+
+        // Older VMs without the link sit on the image's file.
+        let RootOverlay::DmSnapshot { base, .. } = overlay_for(&dm, &img) else {
+            panic!("not a dm overlay")
+        };
+        assert_eq!(base, rootfs);
+
+        keep_dm_base(&dm, &rootfs).unwrap();
+        keep_dm_base(&dm, &rootfs).unwrap();
+        let before = fs_err::metadata(&rootfs).unwrap().ino();
+        // The image is replaced by renaming a new file over it.
+        let new = dir.path().join("new.ext4");
+        fs_err::write(&new, b"v2").unwrap();
+        fs_err::rename(&new, &rootfs).unwrap();
+        let RootOverlay::DmSnapshot { base, .. } = overlay_for(&dm, &img) else {
+            panic!("not a dm overlay")
+        };
+        assert_eq!(base, dm_base(&dm));
+        assert_eq!(fs_err::metadata(&base).unwrap().ino(), before);
+        assert_eq!(fs_err::read(&base).unwrap(), b"v1");
+
+        let copy_dir = dir.path().join("copy-vm");
+        fs_err::create_dir(&copy_dir).unwrap();
+        let copy = vm(&copy_dir, StorageStrategy::Copy);
+        keep_dm_base(&copy, &rootfs).unwrap();
+        assert!(!dm_base(&copy).exists());
     }
 }

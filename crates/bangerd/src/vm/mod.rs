@@ -21,11 +21,16 @@ use banger_rpc::{ErrorCode, RpcError};
 use crate::daemon::{Daemon, store_error};
 
 /// A failed lifecycle step: the error for the client, and whether the VMM
-/// had been launched (then the VM is kept, in `error`, for `vm logs`).
+/// had been launched (then the VM is kept, in `error`, for `vm logs`), or
+/// is still booting (then it keeps running, to be looked at).
 #[derive(Debug)]
 pub struct Failure {
     pub error: RpcError,
     pub launched: bool,
+    /// The guest did not answer in time but its VMM (this process) runs:
+    /// keep it running (a slow guest may still come up; `vm logs`/`vm ssh`
+    /// can look).
+    pub still_booting: Option<banger_firecracker::VmmProcess>,
 }
 
 impl Failure {
@@ -33,6 +38,7 @@ impl Failure {
         Self {
             error,
             launched: false,
+            still_booting: None,
         }
     }
 
@@ -40,6 +46,16 @@ impl Failure {
         Self {
             error,
             launched: true,
+            still_booting: None,
+        }
+    }
+
+    /// A boot wait that timed out with the VMM `process` still running.
+    pub fn still_booting(error: RpcError, process: banger_firecracker::VmmProcess) -> Self {
+        Self {
+            error,
+            launched: true,
+            still_booting: Some(process),
         }
     }
 
@@ -102,7 +118,9 @@ pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> RpcError
 /// Ends a create or start: on success the VM is running, published in DNS
 /// and watched; on failure the rollback runs. `may_delete` (create) allows a
 /// full rollback when the VMM never ran or the client cancelled; otherwise
-/// the VM is kept in `error` (or `stopped` after a cancelled start).
+/// the VM is kept in `error` (or `stopped` after a cancelled start). A guest
+/// that did not answer in time keeps running, recorded as running with the
+/// timeout as its last error, and the error says how to look and delete.
 pub async fn finish(
     daemon: &std::sync::Arc<Daemon>,
     mut vm: Vm,
@@ -114,6 +132,42 @@ pub async fn finish(
 ) -> Result<Vm, RpcError> {
     use banger_model::vm::VmState;
     match outcome {
+        Err(Failure {
+            error,
+            still_booting: Some(process),
+            ..
+        }) if error.code != ErrorCode::Cancelled => {
+            vm.state = VmState::Running;
+            vm.started_at = Some(jiff::Timestamp::now());
+            vm.last_error = Some(error.message.clone());
+            if let Err(err) = save(daemon, &mut vm) {
+                let failure = Failure::after_launch(err);
+                return Box::pin(finish(
+                    daemon,
+                    vm,
+                    Err(failure),
+                    undo,
+                    ports,
+                    events,
+                    may_delete,
+                ))
+                .await;
+            }
+            undo.disarm();
+            if let Some(net) = &vm.network {
+                daemon.network.publish(&vm.name, net.ip);
+                daemon.forwards.start(&vm.id, net.ip, ports);
+            }
+            daemon.put_process(&vm.id, process.clone());
+            watch::spawn(daemon, vm.id.clone(), process);
+            tracing::warn!(vm = %vm.name, error = %error.message, "VM kept running although its guest did not answer in time");
+            let name = &vm.name;
+            let mut error = error;
+            error.hint = Some(format!(
+                "the VM keeps running so you can look: `banger vm logs {name}` (console), `banger vm ssh {name}` (once sshd answers); `banger vm delete {name}` removes it. Raise boot_timeout_seconds in config.toml if the guest is just slow"
+            ));
+            Err(error)
+        }
         Ok(process) => {
             let stage = events.stage("ready");
             vm.state = VmState::Running;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use banger_bootstrap::host::FakeOutcome;
-use banger_model::image::{Image, ImageSource};
+use banger_model::image::{Image, ImageProfile, ImageSource};
 use banger_rpc::request::ImageBootstrapParams;
 use banger_rpc::{ErrorCode, Event, RpcError, StageStatus};
 use bangerd::server::EventSink;
@@ -18,7 +18,8 @@ fn params(distro: &str) -> ImageBootstrapParams {
     ImageBootstrapParams {
         distro: distro.into(),
         name: None,
-        packages: vec!["curl".into()],
+        profile: None,
+        packages: vec!["curl".into(), "htop".into()],
         mirror: Some("http://mirror.test/debian".into()),
         kernel_ref: None,
     }
@@ -111,13 +112,22 @@ async fn builds_registers_and_cleans_up() {
     let (result, events) = run(&h, params("debian:bookworm"), &CancellationToken::new()).await;
     let image = result.unwrap();
     assert_eq!(image.name.as_str(), "debian-bookworm");
-    assert_eq!(
-        image.source,
-        ImageSource::Bootstrap {
-            distro: "debian:bookworm".into(),
-            mirror: "http://mirror.test/debian".into()
-        }
-    );
+    let ImageSource::Bootstrap {
+        distro,
+        mirror,
+        profile,
+        extra_packages,
+        installed_size,
+    } = &image.source
+    else {
+        panic!("not a bootstrap source: {:?}", image.source)
+    };
+    assert_eq!(distro, "debian:bookworm");
+    assert_eq!(mirror, "http://mirror.test/debian");
+    // The developer profile unless asked otherwise; --packages recorded.
+    assert_eq!(*profile, ImageProfile::Developer);
+    assert_eq!(extra_packages, &["curl", "htop"]);
+    assert!(installed_size.is_some_and(|size| size.bytes() > 0));
     assert!(image.rootfs_path.is_file());
     assert!(image.work_seed_path.as_ref().unwrap().is_file());
     // The log moved into the image's directory.
@@ -142,15 +152,55 @@ async fn builds_registers_and_cleans_up() {
     assert_eq!(calls[0], "preflight debian:bookworm");
     assert_eq!(calls[1], format!("release {}", stale.display()));
     assert!(
-        calls[2].contains("openssh-server,iproute2,ca-certificates,git,procps,systemd-sysv,curl"),
+        calls[2].contains(
+            "openssh-server,iproute2,ca-certificates,git,procps,systemd-sysv,build-essential,"
+        ),
         "{calls:?}"
     );
+    assert!(calls[2].contains(",docker.io,"), "{calls:?}");
+    assert!(calls[2].ends_with(",htop]"), "{calls:?}");
     assert!(calls[3].starts_with("release "), "{calls:?}");
 
     // The same name again is refused before anything runs.
     let (again, _) = run(&h, params("debian"), &CancellationToken::new()).await;
     assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyExists);
     assert_eq!(h.bootstrap.calls().len(), 4);
+}
+
+/// `--profile minimal` keeps the small set; `--packages` still adds.
+#[tokio::test]
+async fn the_minimal_profile_is_the_base_set() {
+    if !has_mkfs() {
+        eprintln!("skipped: mkfs.ext4 (e2fsprogs) is not installed");
+        return;
+    }
+    let h = Harness::new().await;
+    let mut minimal = params("debian:bookworm");
+    minimal.profile = Some(ImageProfile::Minimal);
+    let (result, _) = run(&h, minimal, &CancellationToken::new()).await;
+    let image = result.unwrap();
+    assert!(
+        matches!(
+            image.source,
+            ImageSource::Bootstrap {
+                profile: ImageProfile::Minimal,
+                ..
+            }
+        ),
+        "{:?}",
+        image.source
+    );
+    let calls = h.bootstrap.calls();
+    let debootstrap = calls
+        .iter()
+        .find(|call| call.starts_with("debootstrap "))
+        .unwrap();
+    assert!(
+        debootstrap.ends_with(
+            "[openssh-server,iproute2,ca-certificates,git,procps,systemd-sysv,curl,htop]"
+        ),
+        "{debootstrap}"
+    );
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "privileges",
             "disk-space",
             "vm-defaults",
+            "companions",
             "storage",
             "vm-disks",
             "default-image",

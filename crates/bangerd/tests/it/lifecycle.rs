@@ -71,7 +71,6 @@ enum Inject {
     Disk(DiskOp),
     Net(Op),
     Vmm(VmmOp),
-    NeverReady,
 }
 
 #[tokio::test]
@@ -87,7 +86,6 @@ async fn every_failure_rolls_back_what_was_acquired() {
         (Inject::Net(Op::EnableIpForward), false),
         (Inject::Vmm(VmmOp::Start), false),
         (Inject::Vmm(VmmOp::Configure), true),
-        (Inject::NeverReady, true),
     ];
     for (inject, kept) in cases {
         let h = Harness::new().await;
@@ -97,10 +95,6 @@ async fn every_failure_rolls_back_what_was_acquired() {
             }
             Inject::Net(op) => h.net.fail_always(op),
             Inject::Vmm(op) => h.vmm.fail_always(op),
-            Inject::NeverReady => h
-                .ready
-                .never
-                .store(true, std::sync::atomic::Ordering::SeqCst),
         }
         let err = h
             .create("web", true)
@@ -138,9 +132,6 @@ async fn every_failure_rolls_back_what_was_acquired() {
             assert!(vms[0].last_error.is_some());
             assert!(vms[0].pid.is_none());
             assert!(err.hint.is_some(), "{inject:?}: {err:?}");
-            if matches!(inject, Inject::NeverReady) {
-                assert_eq!(err.code, ErrorCode::Timeout);
-            }
             // And deleting it afterwards releases the disks too.
             bangerd::services::vm_delete::delete(&h.daemon, "web")
                 .await
@@ -162,6 +153,59 @@ async fn every_failure_rolls_back_what_was_acquired() {
                 .unwrap_or(true)
         );
     }
+}
+
+/// A guest that never answers within the boot timeout keeps running (its
+/// TAP, NAT rules and VMM stay), recorded as running with the timeout as
+/// its last error; the error says how to look and how to delete, and
+/// deleting releases everything.
+#[tokio::test]
+async fn a_guest_that_never_answers_keeps_running() {
+    let h = Harness::new().await;
+    h.ready
+        .never
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = h
+        .create("web", true)
+        .await
+        .expect_err("a boot timeout fails the create");
+    assert_eq!(err.code, ErrorCode::Timeout);
+    let hint = err.hint.unwrap();
+    for wanted in [
+        "keeps running",
+        "banger vm logs web",
+        "banger vm ssh web",
+        "banger vm delete web",
+    ] {
+        assert!(hint.contains(wanted), "{wanted}: {hint}");
+    }
+    let vms = h.daemon.store.list_vms().unwrap();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0].state, VmState::Running);
+    assert!(
+        vms[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("boot timeout")
+    );
+    assert!(vms[0].tap.is_some());
+    assert_eq!(h.vm_taps().len(), 1);
+    assert!(!h.net.nat().is_empty());
+    let running = h.vmm.calls().into_iter().any(|call| match call {
+        VmmCall::Start { api_socket, .. } => h.vmm.is_running(&api_socket),
+        _ => false,
+    });
+    assert!(running, "the VMM was stopped");
+    assert!(h.daemon.network.records.get("web").is_some());
+
+    bangerd::services::vm_delete::delete(&h.daemon, "web")
+        .await
+        .unwrap();
+    assert!(h.vm_names().is_empty());
+    assert!(h.vm_taps().is_empty());
+    assert!(h.net.nat().is_empty());
+    assert!(h.disk.is_clean());
 }
 
 #[tokio::test]
