@@ -79,7 +79,9 @@ impl Drop for LoopMount {
             std::thread::sleep(Duration::from_millis(100));
         }
         // `mount -o loop` set autoclear: the loop device goes with the
-        // mount, a moment later; detach it ourselves if it lingers.
+        // last mount of it — a deleted sim guest's mount namespace, which
+        // held a copy of this mount, is freed by the kernel a little later
+        // (seconds, after a guest wrote a lot). Detach it if it lingers.
         let attached = || {
             Command::new("losetup")
                 .arg("-j")
@@ -88,7 +90,7 @@ impl Drop for LoopMount {
                 .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
                 .unwrap_or_default()
         };
-        for _ in 0..50 {
+        for _ in 0..300 {
             if attached().trim().is_empty() {
                 break;
             }
