@@ -62,6 +62,12 @@ impl std::fmt::Display for Output {
     }
 }
 
+/// The work disk size of test VMs unless a test asks for another. Create
+/// refuses a VM whose disks the free space could not hold (disk honesty);
+/// CI machines have about 12 GiB free under /tmp, less than the builtin
+/// 8G work disk plus an imported image's root, and tests run side by side.
+pub const TEST_DISK_SIZE: &str = "2G";
+
 /// One test's private banger world.
 #[derive(Debug)]
 pub struct TestEnv {
@@ -147,12 +153,19 @@ impl TestEnv {
     /// Writes `config.toml`. Unless `toml` has its own `[network]` table,
     /// DNS listens on a random loopback port, so that test daemons sharing
     /// the host's network namespace never fight over the default port.
+    /// Unless it has its own `[vm_defaults]`, work disks default to
+    /// [`TEST_DISK_SIZE`].
     pub fn write_config(&self, toml: &str) {
         let path = self.layout.config_file();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let mut text = toml.to_owned();
         if !text.contains("[network]") {
             text.push_str("\n[network]\ndns_listen = \"127.0.0.1:0\"\n");
+        }
+        if !text.contains("[vm_defaults]") {
+            text.push_str(&format!(
+                "\n[vm_defaults]\ndisk_size = \"{TEST_DISK_SIZE}\"\n"
+            ));
         }
         std::fs::write(path, text).unwrap();
     }

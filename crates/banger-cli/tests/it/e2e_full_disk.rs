@@ -129,13 +129,21 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     sim.import_fixture();
     // 3 GiB cannot hold an 8G work disk plus the image's root: refused
     // with the numbers, unless overcommitting is asked for.
-    let refused = sim.banger(["vm", "create", "--name", "full"]);
+    let refused = sim.banger(["vm", "create", "--name", "full", "--disk-size", "8G"]);
     assert_ne!(refused.code, Some(0), "{refused}");
     assert!(refused.stderr.contains("may grow to"), "{refused}");
     assert!(refused.stderr.contains("--allow-overcommit"), "{refused}");
     println!("small disk: vm create said:\n{}", refused.stderr);
     assert!(vms(&sim).is_empty());
-    sim.ok(["vm", "create", "--name", "full", "--allow-overcommit"]);
+    sim.ok([
+        "vm",
+        "create",
+        "--name",
+        "full",
+        "--disk-size",
+        "8G",
+        "--allow-overcommit",
+    ]);
     let shown: Value =
         serde_json::from_str(&sim.ok(["vm", "show", "full", "--json"]).stdout).unwrap();
     assert_eq!(shown["disks"]["work"]["provisioned"], 8u64 << 30, "{shown}");
