@@ -5,7 +5,7 @@
 #   make install-systemd-user     (optional user unit for bangerd)
 #
 # Layout under PREFIX: bin/{banger,bangerd}; lib/banger/{banger-vsock-agent,
-# banger-simvm} (bangerd looks for its companions next to itself, then in
+# banger-simvm,banger-helper} (bangerd looks for its companions next to itself, then in
 # ../lib/banger/, then in PATH); share/man/man1/banger*.1; shell completions
 # in share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}.
 PREFIX ?= /usr/local
@@ -30,7 +30,7 @@ endif
 OUT := $(TARGET_DIR)/$(PROFILE)
 
 BINARIES := banger bangerd
-COMPANIONS := banger-vsock-agent banger-simvm
+COMPANIONS := banger-vsock-agent banger-simvm banger-helper
 
 .PHONY: all build install uninstall install-systemd-user uninstall-systemd-user test lint bench clean
 

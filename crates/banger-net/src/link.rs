@@ -128,6 +128,18 @@ pub struct LinkStatus {
     pub controller: Option<u32>,
     /// `bridge`, `tun`, `veth`, … when the kernel reports a kind.
     pub kind: Option<String>,
+    /// The link's alias (`ip link set NAME alias …`), when it has one.
+    pub alias: Option<String>,
+}
+
+/// Who a TAP is made for, when it is not root's: the uid that may open it
+/// without `CAP_NET_ADMIN` (`TUNSETOWNER`) and an alias recording it, so
+/// whoever made the TAP can recognise it later (`banger-helper` does after a
+/// restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapOwner {
+    pub uid: u32,
+    pub alias: String,
 }
 
 fn to_io(error: rtnetlink::Error) -> io::Error {
@@ -149,11 +161,15 @@ impl LinkStatus {
             up: message.header.flags.contains(LinkFlags::Up),
             controller: None,
             kind: None,
+            alias: None,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => status.name.clone_from(name),
                 LinkAttribute::Controller(index) if *index != 0 => status.controller = Some(*index),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
+                    status.alias = Some(alias.clone());
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -334,6 +350,17 @@ impl Netlink {
     /// nobody has it open), attaches it to `bridge` and sets it up.
     /// Returns whether the TAP was created by this call.
     pub async fn create_tap(&self, name: &str, bridge: &str) -> Result<bool, CreateTapError> {
+        self.create_tap_for(name, bridge, None).await
+    }
+
+    /// Like [`Netlink::create_tap`], and with `owner` the TAP is that uid's
+    /// (an adopted TAP too) and carries the owner's alias.
+    pub async fn create_tap_for(
+        &self,
+        name: &str,
+        bridge: &str,
+        owner: Option<&TapOwner>,
+    ) -> Result<bool, CreateTapError> {
         validate_tap_name(name).map_err(CreateTapError::InvalidName)?;
         validate_ifname(bridge).map_err(CreateTapError::InvalidName)?;
         let netlink_failed = |step: &'static str| {
@@ -353,25 +380,29 @@ impl Netlink {
                 bridge: bridge.to_owned(),
             })?;
 
-        let created = tun::create_persistent_tap(name).map_err(|error| CreateTapError::Tun {
-            name: name.to_owned(),
-            step: error.step,
-            source: error.source,
-        })?;
+        let created =
+            tun::create_persistent_tap(name, owner.map(|owner| owner.uid)).map_err(|error| {
+                CreateTapError::Tun {
+                    name: name.to_owned(),
+                    step: error.step,
+                    source: error.source,
+                }
+            })?;
 
         let attach = async {
             let tap = self
                 .link(name)
                 .await?
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+            let mut message = LinkUnspec::new_with_index(tap.index)
+                .controller(bridge_link.index)
+                .up();
+            if let Some(owner) = owner {
+                message = message.alias(owner.alias.clone());
+            }
             self.handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(tap.index)
-                        .controller(bridge_link.index)
-                        .up()
-                        .build(),
-                )
+                .set(message.build())
                 .execute()
                 .await
                 .map_err(to_io)
@@ -436,6 +467,23 @@ impl Netlink {
         }
         tracing::debug!(from, to, "TAP renamed");
         Ok(())
+    }
+
+    /// Sets the alias of link `name` (e.g. to mark a bridge as made for
+    /// someone).
+    pub async fn set_alias(&self, name: &str, alias: &str) -> io::Result<()> {
+        validate_ifname(name)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).alias(alias).build())
+            .execute()
+            .await
+            .map_err(to_io)
     }
 
     /// Deletes TAP `name`. Returns false when there was no such link.
