@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use banger_rpc::codec::{FrameReadError, FrameReader, write_frame};
 use banger_rpc::frame::{RequestFrame, ResponseFrame};
@@ -23,6 +24,10 @@ use crate::service::Helper;
 
 /// How many connections are served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may stay silent before the helper closes it, so
+/// idle peers cannot hold every slot.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves `listener` until `shutdown` completes. Connections being served
 /// then finish their current request in the background.
@@ -71,8 +76,17 @@ fn peer(stream: &UnixStream) -> Result<Caller, RpcError> {
     })
 }
 
-async fn serve_connection(stream: UnixStream, helper: &Helper, access: &Access) {
-    let caller = match peer(&stream).and_then(|caller| access.check(&caller).map(|()| caller)) {
+/// Checks the peer; the group look-ups may block (NSS), so off the runtime.
+async fn admit(stream: &UnixStream, access: &Arc<Access>) -> Result<Caller, RpcError> {
+    let caller = peer(stream)?;
+    let access = Arc::clone(access);
+    tokio::task::spawn_blocking(move || access.check(&caller).map(|()| caller))
+        .await
+        .map_err(|error| RpcError::internal(format!("checking the peer failed: {error}")))?
+}
+
+async fn serve_connection(stream: UnixStream, helper: &Helper, access: &Arc<Access>) {
+    let caller = match admit(&stream, access).await {
         Ok(caller) => caller,
         Err(refusal) => {
             tracing::warn!(error = %refusal, "refused a connection");
@@ -83,7 +97,15 @@ async fn serve_connection(stream: UnixStream, helper: &Helper, access: &Access) 
     };
     let (read, mut write) = stream.into_split();
     let mut reader = FrameReader::with_limit(read, MAX_FRAME_BYTES);
-    while let Some(line) = reader.next_line().await {
+    loop {
+        let line = match tokio::time::timeout(IDLE_TIMEOUT, reader.next_line()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(uid = caller.uid, "closing an idle connection");
+                return;
+            }
+        };
         let (id, outcome) = match line {
             Ok(line) => match parse(&line) {
                 Ok((id, request)) => (

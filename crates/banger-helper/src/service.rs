@@ -68,6 +68,8 @@ pub enum HelperError {
     ForeignLink { name: String, uid: u32 },
     #[error("link {name} already exists")]
     LinkExists { name: String },
+    #[error("uid {uid} already has {limit} TAPs, the most banger-helper makes for one user")]
+    TooManyTaps { uid: u32, limit: usize },
     #[error("NAT rules tagged for vm {vm_id} are outside uid {uid}'s subnet {subnet}")]
     NotYourRules {
         vm_id: String,
@@ -165,6 +167,7 @@ impl HelperError {
                 ErrorCode::PermissionDenied
             }
             Self::LinkExists { .. } | Self::SubnetTaken { .. } => ErrorCode::Conflict,
+            Self::TooManyTaps { .. } => ErrorCode::ResourceExhausted,
             Self::CreateTap(CreateTapError::BridgeMissing { .. }) => ErrorCode::FailedPrecondition,
             Self::CreateTap(CreateTapError::InvalidName(_))
             | Self::RenameTap(RenameTapError::InvalidName(_))
@@ -192,6 +195,10 @@ impl HelperError {
         }
     }
 }
+
+/// The most TAPs the helper keeps for one uid (a VM needs one; the warm
+/// pool a few), so no member can exhaust the host's interfaces.
+pub const MAX_TAPS_PER_UID: usize = 1024;
 
 /// Who a TAP of a given name belongs to, as far as the helper can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,9 +392,8 @@ impl Helper {
         })
     }
 
-    /// Who TAP `name` belongs to. Trusts the registry, then the link's
-    /// alias (a TAP made by an earlier helper instance); drops registry
-    /// entries whose link is gone.
+    /// Who TAP `name` belongs to, from the link's alias (which also covers a
+    /// TAP made by an earlier helper instance); keeps the registry in step.
     async fn tap_state(
         &self,
         taps: &mut BTreeMap<String, u32>,
@@ -406,15 +412,17 @@ impl Helper {
             taps.remove(name);
             return Ok(TapState::Absent);
         };
-        if let Some(uid) = taps.get(name) {
-            return Ok(TapState::Made(*uid));
-        }
+        // The link's mark is what counts: a registered name may since have
+        // been deleted and made again by someone else.
         match link.alias.as_deref().and_then(alias_uid) {
             Some(uid) => {
                 taps.insert(name.to_owned(), uid);
                 Ok(TapState::Made(uid))
             }
-            None => Ok(TapState::Foreign),
+            None => {
+                taps.remove(name);
+                Ok(TapState::Foreign)
+            }
         }
     }
 
@@ -445,6 +453,14 @@ impl Helper {
         let mut taps = self.taps.lock().await;
         let state = self.tap_state(&mut taps, &params.name).await?;
         Self::check_tap(caller, &params.name, state)?;
+        if state == TapState::Absent
+            && taps.values().filter(|uid| **uid == caller.uid).count() >= MAX_TAPS_PER_UID
+        {
+            return Err(HelperError::TooManyTaps {
+                uid: caller.uid,
+                limit: MAX_TAPS_PER_UID,
+            });
+        }
         let owner = TapOwner {
             uid: caller.uid,
             alias: owner_alias(caller.uid),

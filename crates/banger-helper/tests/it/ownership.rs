@@ -107,6 +107,26 @@ fn another_users_tap_is_refused() {
             .await;
         assert_eq!(code(deleted), ErrorCode::PermissionDenied);
         assert!(link_line(&foreign).is_some());
+        // A name alice once had, deleted behind the helper's back and made
+        // again by someone else, is no longer hers.
+        let reused = tap_name();
+        alice
+            .call::<method::CreateTap>(CreateTapParams {
+                name: reused.clone(),
+                bridge: alice_net.bridge.clone(),
+            })
+            .await
+            .unwrap();
+        ops.delete_tap(&reused).await.unwrap();
+        ops.create_tap(&reused, &alice_net.bridge).await.unwrap();
+        let deleted = alice
+            .call::<method::DeleteTap>(TapParams {
+                name: reused.clone(),
+            })
+            .await;
+        assert_eq!(code(deleted), ErrorCode::PermissionDenied);
+        assert!(link_line(&reused).is_some());
+
         // Root is no exception through the helper.
         let mut root = helper.root().await;
         let deleted = root
