@@ -4,6 +4,7 @@
 
 mod access;
 mod frames;
+mod install;
 mod netops;
 mod ownership;
 mod refusals;
