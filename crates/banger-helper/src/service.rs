@@ -2,18 +2,21 @@
 //! calling uid may touch, performed through banger-net's own code.
 //!
 //! What a caller owns is read from the kernel, not from a file: a TAP the
-//! helper made carries the alias `banger-helper uid=<uid>` (and the uid as
-//! its TUN owner), a user's bridge is named after its uid, and a NAT rule
-//! belongs to whoever's subnet its guest address is in. The in-memory
-//! registry of TAPs is rebuilt from those aliases when the helper starts,
-//! so a helper killed with `kill -9` recognises everything it made.
+//! helper made has the caller as its TUN owner (set before the TAP is made
+//! persistent, so no TAP of the helper's ever lacks it) and the alias
+//! `banger-helper uid=<uid>` for people reading `ip link`; a user's bridge
+//! is named after its uid; a NAT rule belongs to whoever's subnet its guest
+//! address is in. The in-memory registry of TAPs is rebuilt from those
+//! marks when the helper starts, so a helper killed with `kill -9`, even in
+//! the middle of making a TAP, recognises everything it made. banger's own
+//! root daemon makes TAPs without an owner: those are never a caller's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use banger_model::Id;
-use banger_net::link::ListLinksError;
+use banger_net::link::{LinkStatus, ListLinksError};
 use banger_net::names::{InvalidIfName, TAP_PREFIX, validate_tap_name};
 use banger_net::nat::Rule;
 use banger_net::routing::{ApplyDnsRoutingError, DnsRouting, RevertDnsRoutingError};
@@ -222,6 +225,13 @@ pub struct Helper {
     nat: Mutex<()>,
 }
 
+/// The uid a link was made for by the helper: its TUN owner, else its
+/// alias (a bridge).
+fn made_for(link: &LinkStatus) -> Option<u32> {
+    link.tun_owner
+        .or_else(|| link.alias.as_deref().and_then(alias_uid))
+}
+
 fn reply<M: Method>(result: M::Result) -> Value {
     serde_json::to_value(result).expect("results always serialise")
 }
@@ -251,7 +261,7 @@ impl Helper {
             if !link.name.starts_with(TAP_PREFIX) {
                 continue;
             }
-            if let Some(uid) = link.alias.as_deref().and_then(alias_uid) {
+            if let Some(uid) = made_for(&link) {
                 taps.insert(link.name, uid);
             }
         }
@@ -392,8 +402,8 @@ impl Helper {
         })
     }
 
-    /// Who TAP `name` belongs to, from the link's alias (which also covers a
-    /// TAP made by an earlier helper instance); keeps the registry in step.
+    /// Who TAP `name` belongs to, from the link's marks (which also covers
+    /// a TAP made by an earlier helper instance); keeps the registry in step.
     async fn tap_state(
         &self,
         taps: &mut BTreeMap<String, u32>,
@@ -414,7 +424,7 @@ impl Helper {
         };
         // The link's mark is what counts: a registered name may since have
         // been deleted and made again by someone else.
-        match link.alias.as_deref().and_then(alias_uid) {
+        match made_for(&link) {
             Some(uid) => {
                 taps.insert(name.to_owned(), uid);
                 Ok(TapState::Made(uid))
@@ -517,9 +527,14 @@ impl Helper {
         params: ListTapsParams,
     ) -> Result<Names, HelperError> {
         let mut taps = self.taps.lock().await;
-        let present: BTreeSet<String> =
-            self.ops.list_links(TAP_PREFIX).await?.into_iter().collect();
-        taps.retain(|name, _| present.contains(name));
+        taps.clear();
+        for link in self.ops.netlink().links().await? {
+            if link.name.starts_with(TAP_PREFIX)
+                && let Some(uid) = made_for(&link)
+            {
+                taps.insert(link.name, uid);
+            }
+        }
         let names = taps
             .iter()
             .filter(|(name, uid)| **uid == caller.uid && name.starts_with(&params.prefix))

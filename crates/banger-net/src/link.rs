@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 use crate::names::{InvalidIfName, validate_ifname, validate_tap_name};
@@ -130,6 +132,30 @@ pub struct LinkStatus {
     pub kind: Option<String>,
     /// The link's alias (`ip link set NAME alias …`), when it has one.
     pub alias: Option<String>,
+    /// For a TUN/TAP device made with an owner (`TUNSETOWNER`), that uid.
+    pub tun_owner: Option<u32>,
+}
+
+/// `IFLA_TUN_OWNER` in a tun link's info data (linux/if_link.h).
+const IFLA_TUN_OWNER: u16 = 1;
+
+/// The owner uid in a tun link's info data; the kernel reports
+/// `(uid_t)-1` for a TAP without one.
+fn tun_owner(nlas: &[rtnetlink::packet_route::link::InfoTun]) -> Option<u32> {
+    use rtnetlink::packet_core::Nla;
+    use rtnetlink::packet_route::link::InfoTun;
+    nlas.iter().find_map(|nla| {
+        let InfoTun::Other(nla) = nla else {
+            return None;
+        };
+        if nla.kind() != IFLA_TUN_OWNER || nla.value_len() != 4 {
+            return None;
+        }
+        let mut value = [0u8; 4];
+        nla.emit_value(&mut value);
+        let uid = u32::from_ne_bytes(value);
+        (uid != u32::MAX).then_some(uid)
+    })
 }
 
 /// Who a TAP is made for, when it is not root's: the uid that may open it
@@ -162,6 +188,7 @@ impl LinkStatus {
             controller: None,
             kind: None,
             alias: None,
+            tun_owner: None,
         };
         for attribute in &message.attributes {
             match attribute {
@@ -172,8 +199,12 @@ impl LinkStatus {
                 }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            status.kind = Some(kind_name(kind));
+                        match info {
+                            LinkInfo::Kind(kind) => status.kind = Some(kind_name(kind)),
+                            LinkInfo::Data(InfoData::Tun(nlas)) => {
+                                status.tun_owner = tun_owner(nlas);
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::refusals::code;
-use crate::support::{connect_as, in_netns, link_line, root_or_skip, tap_name};
+use crate::support::{connect_as, in_netns, link_line, root_or_skip, sh, tap_name};
 
 /// `nogroup` on Debian: the group the spawned helper admits.
 const GROUP: &str = "nogroup";
@@ -26,16 +26,43 @@ const NOBODY: (u32, u32) = (65534, GID);
 /// Another member by primary group.
 const OTHER: (u32, u32) = (60011, GID);
 
-fn spawn_helper(socket: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_banger-helper"))
-        .args(["serve", "--socket"])
-        .arg(socket)
-        .args(["--group", GROUP])
-        .env("BANGER_HELPER_LOG", "debug")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn banger-helper")
+/// A spawned helper, killed when dropped so a failing test leaks no process.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn_helper(socket: &Path) -> Spawned {
+    Spawned(
+        Command::new(env!("CARGO_BIN_EXE_banger-helper"))
+            .args(["serve", "--socket"])
+            .arg(socket)
+            .args(["--group", GROUP])
+            .env("BANGER_HELPER_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn banger-helper"),
+    )
 }
 
 /// Waits until a helper answers on `socket`.
@@ -112,6 +139,22 @@ fn after_kill_9_a_new_helper_recognises_and_removes_what_the_old_one_made() {
         first.wait().unwrap();
         assert!(socket.exists(), "kill -9 leaves the socket file behind");
 
+        // A TAP caught between creation and its alias (the helper killed in
+        // the middle of making it) is still known by its TUN owner.
+        let half_made = tap_name();
+        let nobody_uid = NOBODY.0.to_string();
+        sh(&[
+            "ip",
+            "tuntap",
+            "add",
+            "dev",
+            &half_made,
+            "mode",
+            "tap",
+            "user",
+            &nobody_uid,
+        ]);
+
         let mut second = spawn_helper(&socket);
         wait_ready(&socket, &mut second).await;
 
@@ -129,7 +172,23 @@ fn after_kill_9_a_new_helper_recognises_and_removes_what_the_old_one_made() {
             })
             .await
             .unwrap();
-        assert_eq!(listed.names, vec![tap.clone()], "recognised after restart");
+        let mut expected = vec![tap.clone(), half_made.clone()];
+        expected.sort();
+        assert_eq!(listed.names, expected, "recognised after restart");
+        let deleted = other
+            .call::<method::DeleteTap>(TapParams {
+                name: half_made.clone(),
+            })
+            .await;
+        assert_eq!(code(deleted), ErrorCode::PermissionDenied);
+        let deleted = nobody
+            .call::<method::DeleteTap>(TapParams {
+                name: half_made.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(deleted.existed);
+        assert_eq!(link_line(&half_made), None);
         let deleted = nobody
             .call::<method::DeleteTap>(TapParams { name: tap.clone() })
             .await
