@@ -29,6 +29,9 @@ pub struct NetworkInfo {
     pub bridge: String,
     /// Host address and prefix, e.g. `172.30.1.1/24`.
     pub address: Ipv4Net,
+    /// The naming space for the caller's warm-pool TAPs
+    /// ([`banger_net::TapPool::start_in`]): the subnet's index, 0 for root.
+    pub pool_space: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

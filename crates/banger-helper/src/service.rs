@@ -338,6 +338,7 @@ impl Helper {
             uid: caller.uid,
             bridge: net.bridge,
             address: net.address,
+            pool_space: UserNetwork::index(caller.uid),
         }
     }
 

@@ -39,8 +39,9 @@ fn net_ops_over_the_helper_drive_bridge_taps_and_the_pool() {
         let chain = format!("{:?}", anyhow_chain(&err));
         assert!(chain.contains("docker0"), "{chain}");
 
-        // banger-net's warm pool works unchanged on top.
-        let pool = TapPool::start(Arc::new(ops.clone()), net.bridge.clone(), 2);
+        // banger-net's warm pool works unchanged on top, in the caller's
+        // naming space.
+        let pool = TapPool::start_in(Arc::new(ops.clone()), net.bridge.clone(), 2, net.pool_space);
         let vm_tap = banger_net::vm_tap_name(&Id::generate());
         let acquired = pool.acquire(&vm_tap).await.unwrap();
         assert_eq!(acquired.name, vm_tap);

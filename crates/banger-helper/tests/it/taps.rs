@@ -20,6 +20,10 @@ fn a_user_gets_a_tap_it_owns_on_its_own_bridge_and_can_remove_it() {
         let net = alice.network().await.unwrap();
         assert_eq!(net.uid, ALICE.0);
         assert_eq!(net.bridge, format!("bbr-{}", ALICE.0));
+        assert_ne!(
+            net.pool_space, 0,
+            "a user's pool TAPs are named apart from root's"
+        );
         let ensured = alice
             .call::<method::EnsureBridge>(EnsureBridgeParams {
                 name: net.bridge.clone(),
