@@ -61,6 +61,8 @@ pub enum HelperError {
         ip: Ipv4Addr,
         subnet: ipnet::Ipv4Net,
     },
+    #[error("TAP name {0:?} has characters other than letters, digits and '-'")]
+    TapNameCharacters(String),
     #[error("vm id {0:?} is not a hex id")]
     InvalidVmId(String),
     #[error("DNS server {0} is not on loopback")]
@@ -164,6 +166,7 @@ impl HelperError {
             | Self::WrongBridge { .. }
             | Self::WrongBridgeAddress { .. }
             | Self::OutsideSubnet { .. }
+            | Self::TapNameCharacters(_)
             | Self::InvalidVmId(_)
             | Self::DnsNotLoopback(_) => ErrorCode::InvalidArgument,
             Self::NotYourTap { .. } | Self::ForeignLink { .. } | Self::NotYourRules { .. } => {
@@ -230,6 +233,17 @@ pub struct Helper {
 fn made_for(link: &LinkStatus) -> Option<u32> {
     link.tun_owner
         .or_else(|| link.alias.as_deref().and_then(alias_uid))
+}
+
+/// Checks a TAP name a caller sent: banger's prefix, and nothing but
+/// letters, digits and `-` (the kernel would expand a `%d` in a new
+/// device's name, making a TAP under a name nobody asked for).
+fn tap_name(name: &str) -> Result<(), HelperError> {
+    validate_tap_name(name).map_err(HelperError::InvalidName)?;
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(HelperError::TapNameCharacters(name.to_owned()));
+    }
+    Ok(())
 }
 
 fn reply<M: Method>(result: M::Result) -> Value {
@@ -459,7 +473,7 @@ impl Helper {
         caller: &Caller,
         params: CreateTapParams,
     ) -> Result<TapCreated, HelperError> {
-        validate_tap_name(&params.name).map_err(HelperError::InvalidName)?;
+        tap_name(&params.name)?;
         let net = Self::own_bridge(caller, &params.bridge)?;
         let mut taps = self.taps.lock().await;
         let state = self.tap_state(&mut taps, &params.name).await?;
@@ -491,8 +505,8 @@ impl Helper {
         caller: &Caller,
         params: RenameTapParams,
     ) -> Result<Done, HelperError> {
-        validate_tap_name(&params.from).map_err(HelperError::InvalidName)?;
-        validate_tap_name(&params.to).map_err(HelperError::InvalidName)?;
+        tap_name(&params.from)?;
+        tap_name(&params.to)?;
         let mut taps = self.taps.lock().await;
         let state = self.tap_state(&mut taps, &params.from).await?;
         if state == TapState::Absent {
@@ -509,7 +523,7 @@ impl Helper {
     }
 
     async fn delete_tap(&self, caller: &Caller, params: TapParams) -> Result<Existed, HelperError> {
-        validate_tap_name(&params.name).map_err(HelperError::InvalidName)?;
+        tap_name(&params.name)?;
         let mut taps = self.taps.lock().await;
         let state = self.tap_state(&mut taps, &params.name).await?;
         Self::check_tap(caller, &params.name, state)?;
@@ -660,6 +674,15 @@ mod tests {
         );
         assert_eq!(rule_address(&rule(&["-j", "ACCEPT"])), None);
         assert_eq!(rule_address(&rule(&["-s"])), None);
+    }
+
+    #[test]
+    fn tap_names_are_plain() {
+        tap_name("btap-0123456789").unwrap();
+        tap_name("btap-pool97-3").unwrap();
+        for bad in ["btap-%d", "btap-a.b", "btap-é", "eth0", "btap-"] {
+            assert!(tap_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

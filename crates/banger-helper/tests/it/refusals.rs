@@ -47,6 +47,7 @@ fn tap_names_outside_bangers_prefix_are_refused() {
             "btap-",
             "tap-0123456789",
             "btap-x/y",
+            "btap-%d",
         ] {
             let created = alice
                 .call::<method::CreateTap>(CreateTapParams {
