@@ -3,9 +3,11 @@
 #   make install [PREFIX=/usr/local] [DESTDIR=] [PROFILE=release] [SKIP_BUILD=1]
 #   make uninstall
 #   make install-systemd-user     (optional user unit for bangerd)
+#   sudo make install-helper      (banger-helper, its system unit, group banger)
+#   sudo make uninstall-helper
 #
 # Layout under PREFIX: bin/{banger,bangerd}; lib/banger/{banger-vsock-agent,
-# banger-simvm} (bangerd looks for its companions next to itself, then in
+# banger-simvm,banger-helper} (bangerd looks for its companions next to itself, then in
 # ../lib/banger/, then in PATH); share/man/man1/banger*.1; shell completions
 # in share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}.
 PREFIX ?= /usr/local
@@ -17,6 +19,9 @@ BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 SYSTEMDUSERDIR ?= $(PREFIX)/lib/systemd/user
+SYSTEMDSYSTEMDIR ?= $(PREFIX)/lib/systemd/system
+# The group whose members may use banger-helper.
+HELPER_GROUP ?= banger
 CARGO ?= cargo
 # Cargo profile to build and install from (`debug` installs target/debug).
 PROFILE ?= release
@@ -30,9 +35,9 @@ endif
 OUT := $(TARGET_DIR)/$(PROFILE)
 
 BINARIES := banger bangerd
-COMPANIONS := banger-vsock-agent banger-simvm
+COMPANIONS := banger-vsock-agent banger-simvm banger-helper
 
-.PHONY: all build install uninstall install-systemd-user uninstall-systemd-user test lint bench clean
+.PHONY: all build install uninstall install-systemd-user uninstall-systemd-user install-helper uninstall-helper test lint bench clean
 
 all: build
 
@@ -52,7 +57,28 @@ install: $(if $(SKIP_BUILD),,build)
 	tmp=$$(mktemp -d) && $(OUT)/banger __generate-man "$$tmp" && \
 		install -m 0644 "$$tmp"/*.1 $(DESTDIR)$(MANDIR)/ && rm -rf "$$tmp"
 	@echo "installed banger into $(DESTDIR)$(PREFIX): $(BINARIES) in $(BINDIR), $(COMPANIONS) in $(LIBDIR), man pages, completions"
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory install-helper SKIP_BUILD=1; fi
 	@echo "next: banger doctor"
+
+# The privileged part: banger-helper, its system unit and the group whose
+# members may use it. Into a DESTDIR (packaging) only files are installed;
+# the package's scripts create the group and enable the unit. Otherwise
+# (run as root) the group is created and, where systemd runs, the unit is
+# enabled and (re)started; without systemd, run `banger-helper serve`.
+install-helper: $(if $(SKIP_BUILD),,build)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(SYSTEMDSYSTEMDIR)
+	install -m 0755 $(OUT)/banger-helper $(DESTDIR)$(LIBDIR)/banger-helper
+	sed -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@GROUP@|$(HELPER_GROUP)|g' contrib/systemd/banger-helper.service > $(DESTDIR)$(SYSTEMDSYSTEMDIR)/banger-helper.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDSYSTEMDIR)/banger-helper.service
+	@if [ -z "$(DESTDIR)" ]; then \
+		getent group $(HELPER_GROUP) >/dev/null || groupadd --system $(HELPER_GROUP); \
+		if [ -d /run/systemd/system ]; then \
+			systemctl daemon-reload && systemctl enable banger-helper.service && systemctl restart banger-helper.service; \
+		else \
+			echo "no systemd here: start the helper as root with $(LIBDIR)/banger-helper serve --group $(HELPER_GROUP)"; \
+		fi; \
+		echo "members of group $(HELPER_GROUP) may use banger-helper; add a user with: usermod -aG $(HELPER_GROUP) $${SUDO_USER:-USER} (then log in again)"; \
+	fi
 
 install-systemd-user:
 	install -d $(DESTDIR)$(SYSTEMDUSERDIR)
@@ -63,9 +89,19 @@ install-systemd-user:
 uninstall-systemd-user:
 	rm -f $(DESTDIR)$(SYSTEMDUSERDIR)/bangerd.service
 
+# Stops and removes banger-helper and its unit; outside a DESTDIR also the
+# group (its members lose nothing else).
+uninstall-helper:
+	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && [ -f $(SYSTEMDSYSTEMDIR)/banger-helper.service ]; then \
+		systemctl disable --now banger-helper.service; \
+	fi
+	rm -f $(DESTDIR)$(SYSTEMDSYSTEMDIR)/banger-helper.service $(DESTDIR)$(LIBDIR)/banger-helper
+	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	-@if [ -z "$(DESTDIR)" ] && getent group $(HELPER_GROUP) >/dev/null; then groupdel $(HELPER_GROUP); fi
+
 # Stops the daemon (running VMs keep running and are adopted by the next
 # one), removes what `install` put there and says where the data stays.
-uninstall: uninstall-systemd-user
+uninstall: uninstall-systemd-user $(if $(filter 0,$(shell id -u)),uninstall-helper,)
 	-@if [ -x $(DESTDIR)$(BINDIR)/banger ]; then $(DESTDIR)$(BINDIR)/banger daemon stop; fi
 	for bin in $(BINARIES); do rm -f $(DESTDIR)$(BINDIR)/$$bin; done
 	for bin in $(COMPANIONS); do rm -f $(DESTDIR)$(LIBDIR)/$$bin; done

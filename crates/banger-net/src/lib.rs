@@ -37,7 +37,7 @@ pub use dns::{DnsRecords, DnsServer, StartDnsError};
 pub use ipalloc::{AllocateIpError, next_free_ip};
 pub use link::{
     BridgeState, CreateTapError, DeleteTapError, EnsureBridgeError, ListLinksError, Netlink,
-    RenameTapError,
+    RenameTapError, TapOwner,
 };
 pub use names::{pool_tap_name, vm_tap_name};
 pub use nat::{AddNatError, IpForwardError, ListNatError, RemoveNatError};

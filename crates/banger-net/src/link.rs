@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
 use crate::names::{InvalidIfName, validate_ifname, validate_tap_name};
@@ -128,6 +130,42 @@ pub struct LinkStatus {
     pub controller: Option<u32>,
     /// `bridge`, `tun`, `veth`, … when the kernel reports a kind.
     pub kind: Option<String>,
+    /// The link's alias (`ip link set NAME alias …`), when it has one.
+    pub alias: Option<String>,
+    /// For a TUN/TAP device made with an owner (`TUNSETOWNER`), that uid.
+    pub tun_owner: Option<u32>,
+}
+
+/// `IFLA_TUN_OWNER` in a tun link's info data (linux/if_link.h).
+const IFLA_TUN_OWNER: u16 = 1;
+
+/// The owner uid in a tun link's info data; the kernel reports
+/// `(uid_t)-1` for a TAP without one.
+fn tun_owner(nlas: &[rtnetlink::packet_route::link::InfoTun]) -> Option<u32> {
+    use rtnetlink::packet_core::Nla;
+    use rtnetlink::packet_route::link::InfoTun;
+    nlas.iter().find_map(|nla| {
+        let InfoTun::Other(nla) = nla else {
+            return None;
+        };
+        if nla.kind() != IFLA_TUN_OWNER || nla.value_len() != 4 {
+            return None;
+        }
+        let mut value = [0u8; 4];
+        nla.emit_value(&mut value);
+        let uid = u32::from_ne_bytes(value);
+        (uid != u32::MAX).then_some(uid)
+    })
+}
+
+/// Who a TAP is made for, when it is not root's: the uid that may open it
+/// without `CAP_NET_ADMIN` (`TUNSETOWNER`) and an alias recording it, so
+/// whoever made the TAP can recognise it later (`banger-helper` does after a
+/// restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapOwner {
+    pub uid: u32,
+    pub alias: String,
 }
 
 fn to_io(error: rtnetlink::Error) -> io::Error {
@@ -149,15 +187,24 @@ impl LinkStatus {
             up: message.header.flags.contains(LinkFlags::Up),
             controller: None,
             kind: None,
+            alias: None,
+            tun_owner: None,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => status.name.clone_from(name),
                 LinkAttribute::Controller(index) if *index != 0 => status.controller = Some(*index),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => {
+                    status.alias = Some(alias.clone());
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            status.kind = Some(kind_name(kind));
+                        match info {
+                            LinkInfo::Kind(kind) => status.kind = Some(kind_name(kind)),
+                            LinkInfo::Data(InfoData::Tun(nlas)) => {
+                                status.tun_owner = tun_owner(nlas);
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -334,6 +381,17 @@ impl Netlink {
     /// nobody has it open), attaches it to `bridge` and sets it up.
     /// Returns whether the TAP was created by this call.
     pub async fn create_tap(&self, name: &str, bridge: &str) -> Result<bool, CreateTapError> {
+        self.create_tap_for(name, bridge, None).await
+    }
+
+    /// Like [`Netlink::create_tap`], and with `owner` the TAP is that uid's
+    /// (an adopted TAP too) and carries the owner's alias.
+    pub async fn create_tap_for(
+        &self,
+        name: &str,
+        bridge: &str,
+        owner: Option<&TapOwner>,
+    ) -> Result<bool, CreateTapError> {
         validate_tap_name(name).map_err(CreateTapError::InvalidName)?;
         validate_ifname(bridge).map_err(CreateTapError::InvalidName)?;
         let netlink_failed = |step: &'static str| {
@@ -353,25 +411,29 @@ impl Netlink {
                 bridge: bridge.to_owned(),
             })?;
 
-        let created = tun::create_persistent_tap(name).map_err(|error| CreateTapError::Tun {
-            name: name.to_owned(),
-            step: error.step,
-            source: error.source,
-        })?;
+        let created =
+            tun::create_persistent_tap(name, owner.map(|owner| owner.uid)).map_err(|error| {
+                CreateTapError::Tun {
+                    name: name.to_owned(),
+                    step: error.step,
+                    source: error.source,
+                }
+            })?;
 
         let attach = async {
             let tap = self
                 .link(name)
                 .await?
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+            let mut message = LinkUnspec::new_with_index(tap.index)
+                .controller(bridge_link.index)
+                .up();
+            if let Some(owner) = owner {
+                message = message.alias(owner.alias.clone());
+            }
             self.handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(tap.index)
-                        .controller(bridge_link.index)
-                        .up()
-                        .build(),
-                )
+                .set(message.build())
                 .execute()
                 .await
                 .map_err(to_io)
@@ -436,6 +498,23 @@ impl Netlink {
         }
         tracing::debug!(from, to, "TAP renamed");
         Ok(())
+    }
+
+    /// Sets the alias of link `name` (e.g. to mark a bridge as made for
+    /// someone).
+    pub async fn set_alias(&self, name: &str, alias: &str) -> io::Result<()> {
+        validate_ifname(name)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).alias(alias).build())
+            .execute()
+            .await
+            .map_err(to_io)
     }
 
     /// Deletes TAP `name`. Returns false when there was no such link.

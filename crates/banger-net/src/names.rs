@@ -5,6 +5,11 @@
 //! Linux interface name may have); an idle TAP of the warm pool is
 //! `btap-pool-<n>`, so nobody mistakes it for a leaked VM TAP. `pool` is not
 //! hex, so the two forms never collide.
+//!
+//! Interface names are shared by every user of the host, so a daemon that
+//! runs as its user (through `banger-helper`) names its pool TAPs in a
+//! naming space of its own, the index of its subnet: `btap-pool<space>-<n>`
+//! (space 1..=255). Space 0 is today's `btap-pool-<n>` (root).
 
 use banger_model::Id;
 pub use banger_model::contract::{MAX_IFNAME_LEN, SIM_VETH_PREFIX, sim_veth_name};
@@ -89,17 +94,52 @@ pub fn vm_tap_name(vm_id: &Id) -> String {
 ///
 /// Indices wrap below 100 000 so the name always fits in 15 bytes.
 pub fn pool_tap_name(index: u32) -> String {
-    format!("{POOL_TAP_PREFIX}{}", index % 100_000)
+    pool_tap_name_in(0, index)
 }
 
-/// Whether `name` is an idle warm-pool TAP.
+/// The prefix of the pool TAP names of naming space `space`:
+/// `btap-pool-` for 0, `btap-pool<space>-` otherwise.
+pub fn pool_tap_prefix(space: u8) -> String {
+    if space == 0 {
+        POOL_TAP_PREFIX.to_owned()
+    } else {
+        format!("btap-pool{space}-")
+    }
+}
+
+/// The name of pool TAP `index` in naming space `space`, e.g.
+/// `btap-pool-3` (space 0) or `btap-pool97-3` (space 97).
+///
+/// Indices wrap so the name always fits in 15 bytes: below 100 000 in
+/// space 0, below 100 in the others (a pool keeps a handful of TAPs).
+pub fn pool_tap_name_in(space: u8, index: u32) -> String {
+    let wrap = if space == 0 { 100_000 } else { 100 };
+    format!("{}{}", pool_tap_prefix(space), index % wrap)
+}
+
+/// Whether `name` is an idle warm-pool TAP (of any naming space).
 pub fn is_pool_tap(name: &str) -> bool {
     pool_tap_index(name).is_some()
 }
 
-/// The index of a pool TAP name, if `name` is one.
+/// The index of a pool TAP name of naming space 0, if `name` is one.
 pub fn pool_tap_index(name: &str) -> Option<u32> {
-    let digits = name.strip_prefix(POOL_TAP_PREFIX)?;
+    if let Some(index) = pool_tap_index_in(0, name) {
+        return Some(index);
+    }
+    // Another naming space: `btap-pool<1..=255>-<n>`.
+    let rest = name.strip_prefix("btap-pool")?;
+    let (space, _) = rest.split_once('-')?;
+    let space: u8 = space.parse().ok().filter(|space| *space != 0)?;
+    if space.to_string() != rest.split_once('-')?.0 {
+        return None;
+    }
+    pool_tap_index_in(space, name)
+}
+
+/// The index of a pool TAP name of naming space `space`, if `name` is one.
+pub fn pool_tap_index_in(space: u8, name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(&pool_tap_prefix(space))?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -160,6 +200,28 @@ mod tests {
         assert_eq!(pool_tap_index("btap-pool--1"), None);
         assert_eq!(pool_tap_index("xbtap-pool-1"), None);
         assert_eq!(pool_tap_index("btap-pool-00042"), Some(42));
+    }
+
+    #[test]
+    fn pool_names_of_other_spaces_fit_and_stay_apart() {
+        for space in 1..=255u8 {
+            let name = pool_tap_name_in(space, u32::MAX);
+            assert!(name.len() <= MAX_IFNAME_LEN, "{name}");
+            validate_tap_name(&name).unwrap();
+            assert!(is_pool_tap(&name), "{name}");
+            assert_eq!(vm_tap_id_prefix(&name), None);
+            assert_eq!(pool_tap_index_in(0, &name), None, "{name}");
+        }
+        let name = pool_tap_name_in(97, 3);
+        assert_eq!(name, "btap-pool97-3");
+        assert_eq!(pool_tap_index_in(97, &name), Some(3));
+        assert_eq!(pool_tap_index_in(9, &name), None);
+        assert_eq!(pool_tap_index(&name), Some(3));
+        assert_eq!(pool_tap_name_in(0, 3), pool_tap_name(3));
+        assert_eq!(pool_tap_index("btap-pool097-3"), None);
+        assert_eq!(pool_tap_index("btap-pool0-3"), None);
+        assert_eq!(pool_tap_index("btap-pool256-3"), None);
+        assert_eq!(pool_tap_index("btap-pool97-"), None);
     }
 
     #[test]

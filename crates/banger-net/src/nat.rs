@@ -242,6 +242,13 @@ pub enum AddNatError {
         #[source]
         source: RemoveNatError,
     },
+    /// Asked of `banger-helper`, which refused or failed.
+    #[error("banger-helper cannot add NAT rules for vm {vm_id}")]
+    Helper {
+        vm_id: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot add NAT rule for vm {vm_id} in {table}/{chain}")]
     Insert {
         vm_id: String,
@@ -257,6 +264,13 @@ pub enum AddNatError {
 pub enum RemoveNatError {
     #[error("cannot list iptables rules")]
     List(#[source] ListNatError),
+    /// Asked of `banger-helper`, which refused or failed.
+    #[error("banger-helper cannot remove NAT rules of vm {vm_id}")]
+    Helper {
+        vm_id: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot delete NAT rule of vm {vm_id} from {table}/{chain}")]
     Delete {
         vm_id: String,
@@ -270,6 +284,9 @@ pub enum RemoveNatError {
 /// Why the tagged rules could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListNatError {
+    /// Asked of `banger-helper`, which refused or failed.
+    #[error("banger-helper cannot list NAT rules")]
+    Helper(#[source] io::Error),
     #[error("cannot list iptables {table} rules")]
     Run {
         table: &'static str,

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::link::{CreateTapError, DeleteTapError};
 use crate::names::{
-    InvalidIfName, POOL_TAP_PREFIX, pool_tap_index, pool_tap_name, validate_tap_name,
+    InvalidIfName, pool_tap_index_in, pool_tap_name_in, pool_tap_prefix, validate_tap_name,
 };
 use crate::ops::NetOps;
 
@@ -69,6 +69,8 @@ struct Inner {
     target: usize,
     idle: Mutex<VecDeque<String>>,
     next_index: AtomicU32,
+    /// The naming space of the pool's TAP names (see [`crate::names`]).
+    space: u8,
     wake: Notify,
     closed: AtomicBool,
     status: watch::Sender<PoolStatus>,
@@ -101,7 +103,8 @@ impl Inner {
     /// A pool name not currently idle.
     fn next_name(&self) -> String {
         loop {
-            let name = pool_tap_name(self.next_index.fetch_add(1, Ordering::Relaxed));
+            let name =
+                pool_tap_name_in(self.space, self.next_index.fetch_add(1, Ordering::Relaxed));
             if !self.idle().contains(&name) {
                 return name;
             }
@@ -111,7 +114,7 @@ impl Inner {
     /// Adopts pool TAPs left by an earlier run: re-attaches up to `target` of
     /// them, deletes the rest.
     async fn adopt_leftovers(&self) {
-        let leftovers = match self.ops.list_links(POOL_TAP_PREFIX).await {
+        let leftovers = match self.ops.list_links(&pool_tap_prefix(self.space)).await {
             Ok(names) => names,
             Err(error) => {
                 tracing::warn!(error = %error, "cannot list leftover pool TAPs");
@@ -120,7 +123,7 @@ impl Inner {
         };
         let leftovers: BTreeSet<(u32, String)> = leftovers
             .into_iter()
-            .filter_map(|name| pool_tap_index(&name).map(|index| (index, name)))
+            .filter_map(|name| pool_tap_index_in(self.space, &name).map(|index| (index, name)))
             .collect();
         if let Some((highest, _)) = leftovers.last() {
             self.next_index
@@ -181,6 +184,18 @@ impl TapPool {
     /// must exist). Filling happens in a background task on the current
     /// tokio runtime; `target == 0` keeps no idle TAPs.
     pub fn start(ops: Arc<dyn NetOps>, bridge: impl Into<String>, target: usize) -> Self {
+        Self::start_in(ops, bridge, target, 0)
+    }
+
+    /// Like [`TapPool::start`], naming its TAPs in naming space `space`
+    /// (`btap-pool<space>-<n>`), as a daemon running as its user does so
+    /// that its pool never takes another user's names.
+    pub fn start_in(
+        ops: Arc<dyn NetOps>,
+        bridge: impl Into<String>,
+        target: usize,
+        space: u8,
+    ) -> Self {
         let (status, _) = watch::channel(PoolStatus {
             idle: 0,
             target,
@@ -192,6 +207,7 @@ impl TapPool {
             target,
             idle: Mutex::new(VecDeque::new()),
             next_index: AtomicU32::new(0),
+            space,
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             status,

@@ -33,6 +33,14 @@ pub fn systemd_resolved_active() -> bool {
 /// Why routing could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyDnsRoutingError {
+    /// Asked of `banger-helper`, which refused or failed.
+    #[error("banger-helper cannot route {ROUTING_DOMAIN} to {dns} on link {link}")]
+    Helper {
+        link: String,
+        dns: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid link name for DNS routing")]
     InvalidLink(#[source] InvalidIfName),
     #[error("cannot route {ROUTING_DOMAIN} to {dns} on link {link}")]
@@ -47,6 +55,13 @@ pub enum ApplyDnsRoutingError {
 /// Why routing could not be reverted.
 #[derive(Debug, thiserror::Error)]
 pub enum RevertDnsRoutingError {
+    /// Asked of `banger-helper`, which refused or failed.
+    #[error("banger-helper cannot revert DNS routing on link {link}")]
+    Helper {
+        link: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid link name for DNS routing")]
     InvalidLink(#[source] InvalidIfName),
     #[error("cannot revert DNS routing on link {link}")]

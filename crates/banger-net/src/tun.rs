@@ -7,8 +7,10 @@
 //! name with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`; the kernel lets a
 //! privileged opener attach to an existing persistent TAP and takes the
 //! opener's feature flags, so the flags used here only need the TAP type and
-//! no multi-queue. The TAP is owned by root (no `TUNSETOWNER`): the VMM must
-//! run with `CAP_NET_ADMIN`, as it does when the daemon runs as root.
+//! no multi-queue. Without an owner the TAP is root's: the VMM must run with
+//! `CAP_NET_ADMIN`, as it does when the daemon runs as root. With an owner
+//! (`TUNSETOWNER`, what `banger-helper` asks for on a user's behalf) that
+//! user may open it without any capability.
 
 use std::ffi::c_int;
 use std::io;
@@ -25,20 +27,21 @@ const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// Creates the persistent TAP `name`, or opens it when it already exists
 /// (a persistent TAP nobody has open). Returns whether it was created.
+/// With `owner`, the TAP is made that uid's (`TUNSETOWNER`), adopted or not.
 ///
 /// `name` must already be validated (at most 15 bytes, no NUL).
-pub(crate) fn create_persistent_tap(name: &str) -> Result<bool, TunError> {
-    match set_iff_persist(name, true) {
+pub(crate) fn create_persistent_tap(name: &str, owner: Option<u32>) -> Result<bool, TunError> {
+    match set_iff_persist(name, true, owner) {
         Ok(()) => Ok(true),
         // IFF_TUN_EXCL: EBUSY means the device exists. Adopt it.
         Err(error) if error.source.raw_os_error() == Some(libc::EBUSY) => {
-            set_iff_persist(name, false).map(|()| false)
+            set_iff_persist(name, false, owner).map(|()| false)
         }
         Err(error) => Err(error),
     }
 }
 
-fn set_iff_persist(name: &str, exclusive: bool) -> Result<(), TunError> {
+fn set_iff_persist(name: &str, exclusive: bool, owner: Option<u32>) -> Result<(), TunError> {
     let file = fs_err::OpenOptions::new()
         .read(true)
         .write(true)
@@ -77,6 +80,17 @@ fn set_iff_persist(name: &str, exclusive: bool) -> Result<(), TunError> {
             step: "create",
             source: io::Error::last_os_error(),
         });
+    }
+    if let Some(uid) = owner {
+        // SAFETY: `fd` is still open (owned by `file`); TUNSETOWNER takes the
+        // uid by value and touches no memory of ours.
+        let rc = unsafe { libc::ioctl(fd, libc::TUNSETOWNER, uid as libc::c_ulong) };
+        if rc < 0 {
+            return Err(TunError {
+                step: "set the owner of",
+                source: io::Error::last_os_error(),
+            });
+        }
     }
     // SAFETY: `fd` is still open (owned by `file`); TUNSETPERSIST takes its
     // argument by value and touches no memory of ours.

@@ -83,6 +83,7 @@ fn make_install_lays_out_the_tree_and_it_works() {
         "bin/bangerd",
         "lib/banger/banger-vsock-agent",
         "lib/banger/banger-simvm",
+        "lib/banger/banger-helper",
         "share/bash-completion/completions/banger",
         "share/zsh/site-functions/_banger",
         "share/fish/vendor_completions.d/banger.fish",

@@ -1,7 +1,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use banger_net::{CreateTapError, DeleteTapError, NetOps, RealNetOps, RenameTapError};
+use banger_net::{CreateTapError, DeleteTapError, NetOps, RealNetOps, RenameTapError, TapOwner};
 
 use crate::support::{in_netns, link_line, links_with_prefix, random_hex, root_or_skip};
 
@@ -107,6 +107,49 @@ fn the_vmm_can_open_the_tap_by_name() {
         // Closing the VMM's descriptor leaves the persistent TAP in place.
         assert!(link_line(&name).is_some());
         assert!(ops.delete_tap(&name).await.unwrap());
+    });
+}
+
+#[test]
+fn a_tap_made_for_a_user_carries_its_owner_and_alias() {
+    if !root_or_skip("a_tap_made_for_a_user_carries_its_owner_and_alias") {
+        return;
+    }
+    in_netns(|| async {
+        let ops = RealNetOps::connect().unwrap();
+        let br = bridge(&ops).await;
+        let owned = tap("");
+        let owner = TapOwner {
+            uid: 60001,
+            alias: "made for 60001".to_owned(),
+        };
+        assert!(
+            ops.netlink()
+                .create_tap_for(&owned, &br, Some(&owner))
+                .await
+                .unwrap()
+        );
+        let line = link_line(&owned).unwrap();
+        assert!(line.contains(" user 60001 "), "{line}");
+        assert!(line.contains(&format!("master {br}")), "{line}");
+        let status = ops.netlink().link(&owned).await.unwrap().unwrap();
+        assert_eq!(status.tun_owner, Some(60001));
+        assert_eq!(status.alias.as_deref(), Some("made for 60001"));
+
+        // Without an owner: root's, as before, and no alias.
+        let plain = tap("");
+        ops.create_tap(&plain, &br).await.unwrap();
+        let status = ops.netlink().link(&plain).await.unwrap().unwrap();
+        assert_eq!(status.tun_owner, None);
+        assert_eq!(status.alias, None);
+
+        ops.netlink().set_alias(&br, "a bridge").await.unwrap();
+        let status = ops.netlink().link(&br).await.unwrap().unwrap();
+        assert_eq!(status.alias.as_deref(), Some("a bridge"));
+        assert_eq!(status.tun_owner, None);
+
+        assert!(ops.delete_tap(&owned).await.unwrap());
+        assert!(ops.delete_tap(&plain).await.unwrap());
     });
 }
 

@@ -1,0 +1,272 @@
+//! The helper's methods: each a type pairing its wire name, params and
+//! result ([`banger_rpc::Method`]), and the [`HelperRequest`] enum the server
+//! decodes, generated from one list.
+//!
+//! The frames are banger-rpc's (newline-delimited JSON with a protocol
+//! version, [`banger_rpc::RpcError`] answers) with a much smaller size
+//! limit, [`MAX_FRAME_BYTES`]: no helper request needs more than a few
+//! hundred bytes. Every method acts for the connecting uid only, so no
+//! params name a user.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use banger_rpc::{ErrorCode, Method, NoParams, RpcError};
+use ipnet::Ipv4Net;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest request frame the helper reads, in bytes.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+
+/// The caller's network: its bridge and the bridge's address with the
+/// subnet's prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInfo {
+    /// The uid the helper saw on the connection.
+    pub uid: u32,
+    pub bridge: String,
+    /// Host address and prefix, e.g. `172.30.1.1/24`.
+    pub address: Ipv4Net,
+    /// The naming space for the caller's warm-pool TAPs
+    /// ([`banger_net::TapPool::start_in`]): the subnet's index, 0 for root.
+    pub pool_space: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsureBridgeParams {
+    pub name: String,
+    pub address: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeEnsured {
+    pub index: u32,
+    pub created: bool,
+    pub address_added: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTapParams {
+    pub name: String,
+    pub bridge: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapCreated {
+    /// False when an idle TAP of the caller's with that name was adopted.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameTapParams {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapParams {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Existed {
+    /// Whether there was something to remove.
+    pub existed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListTapsParams {
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Names {
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNatParams {
+    pub vm_id: String,
+    pub guest_ip: Ipv4Addr,
+    pub bridge: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmIdParams {
+    pub vm_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removed {
+    pub removed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmIds {
+    pub vm_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpForward {
+    /// Whether forwarding was off before this call.
+    pub was_off: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyDnsParams {
+    pub link: String,
+    pub dns: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkParams {
+    pub link: String,
+}
+
+/// Nothing to report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Done {}
+
+macro_rules! helper_protocol {
+    ($( $(#[$meta:meta])* $variant:ident = $name:literal, $params:ty => $result:ty; )*) => {
+        /// One type per method, for [`crate::HelperClient`] and dispatch.
+        pub mod method {
+            use super::*;
+            $(
+                $(#[$meta])*
+                #[derive(Debug, Clone, Copy)]
+                pub struct $variant;
+
+                impl Method for $variant {
+                    const NAME: &'static str = $name;
+                    type Params = $params;
+                    type Result = $result;
+                }
+            )*
+        }
+
+        /// A decoded helper request.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum HelperRequest {
+            $( $(#[$meta])* $variant($params), )*
+        }
+
+        impl HelperRequest {
+            /// Decodes a method and its params.
+            pub fn decode(method: &str, params: Value) -> Result<Self, RpcError> {
+                match method {
+                    $( $name => decode_params::<$params>(method, params).map(Self::$variant), )*
+                    _ => Err(RpcError::new(
+                        ErrorCode::UnknownMethod,
+                        format!("banger-helper has no method {method:?}"),
+                    )),
+                }
+            }
+
+            /// The wire name.
+            pub fn method(&self) -> &'static str {
+                match self {
+                    $( Self::$variant(_) => $name, )*
+                }
+            }
+
+            /// Every wire name.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
+        }
+    };
+}
+
+fn decode_params<P: DeserializeOwned>(method: &str, params: Value) -> Result<P, RpcError> {
+    let params = if params.is_null() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        params
+    };
+    serde_json::from_value(params).map_err(|err| {
+        RpcError::new(
+            ErrorCode::InvalidParams,
+            format!("bad params for {method}: {err}"),
+        )
+    })
+}
+
+helper_protocol! {
+    /// The caller's bridge and subnet (no side effect).
+    Network = "helper.network", NoParams => NetworkInfo;
+    /// Creates (or completes) the caller's bridge.
+    EnsureBridge = "helper.bridge.ensure", EnsureBridgeParams => BridgeEnsured;
+    /// Creates a TAP owned by the caller on the caller's bridge.
+    CreateTap = "helper.tap.create", CreateTapParams => TapCreated;
+    /// Renames one of the caller's TAPs (warm pool → VM).
+    RenameTap = "helper.tap.rename", RenameTapParams => Done;
+    /// Deletes one of the caller's TAPs.
+    DeleteTap = "helper.tap.delete", TapParams => Existed;
+    /// The caller's TAPs whose names start with a prefix.
+    ListTaps = "helper.tap.list", ListTapsParams => Names;
+    /// Adds NAT for a guest address in the caller's subnet.
+    AddNat = "helper.nat.add", AddNatParams => Done;
+    /// Removes a VM's NAT rules, when they are the caller's.
+    RemoveNat = "helper.nat.remove", VmIdParams => Removed;
+    /// VM ids with NAT rules in the caller's subnet.
+    ListNat = "helper.nat.list", NoParams => VmIds;
+    /// Turns on IPv4 forwarding.
+    EnableIpForward = "helper.ip_forward.enable", NoParams => IpForward;
+    /// Routes `.vm` on the caller's bridge to a loopback DNS server.
+    ApplyDns = "helper.dns.apply", ApplyDnsParams => Done;
+    /// Reverts the DNS routing of the caller's bridge.
+    RevertDns = "helper.dns.revert", LinkParams => Done;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_known_methods_and_tells_failures_apart() {
+        let request = HelperRequest::decode(
+            "helper.tap.create",
+            serde_json::json!({"name": "btap-1", "bridge": "bbr-1000"}),
+        )
+        .unwrap();
+        assert_eq!(
+            request,
+            HelperRequest::CreateTap(CreateTapParams {
+                name: "btap-1".into(),
+                bridge: "bbr-1000".into()
+            })
+        );
+        assert_eq!(request.method(), "helper.tap.create");
+        assert_eq!(
+            HelperRequest::decode("helper.network", Value::Null).unwrap(),
+            HelperRequest::Network(NoParams {})
+        );
+        let err = HelperRequest::decode("helper.rm_rf", Value::Null).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownMethod);
+        let err = HelperRequest::decode(
+            "helper.tap.delete",
+            serde_json::json!({"name": "btap-1", "uid": 0}),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidParams, "unknown fields refused");
+        assert!(HelperRequest::NAMES.contains(&"helper.nat.add"));
+    }
+}
