@@ -81,7 +81,8 @@ impl Drop for LoopMount {
         // `mount -o loop` set autoclear: the loop device goes with the
         // last mount of it — a deleted sim guest's mount namespace, which
         // held a copy of this mount, is freed by the kernel a little later
-        // (seconds, after a guest wrote a lot). Detach it if it lingers.
+        // (seconds after a guest wrote a lot; up to a minute while the
+        // rest of the suite loads the disks). Detach it if it lingers.
         let attached = || {
             Command::new("losetup")
                 .arg("-j")
@@ -90,7 +91,7 @@ impl Drop for LoopMount {
                 .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
                 .unwrap_or_default()
         };
-        for _ in 0..300 {
+        for _ in 0..1200 {
             if attached().trim().is_empty() {
                 break;
             }
@@ -278,6 +279,9 @@ fn a_guest_filling_the_host_is_warned_about_before_it_is_full() {
                 .contains("state filesystem low on space")
         },
     );
+    // Written back before the delete, so the guest's teardown has little
+    // left to flush into the loop-mounted state filesystem.
+    sim.ok(["vm", "ssh", "filler", "--", "sync"]);
     sim.ok(["vm", "delete", "filler"]);
     sim.env.stop_daemon();
     drop(mount);
