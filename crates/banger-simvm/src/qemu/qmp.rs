@@ -38,12 +38,38 @@ pub enum QmpError {
     },
 }
 
+/// How long a command waits for a QEMU that is still starting (a loaded
+/// host can take a while between spawning QEMU and its QMP listener).
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to the QMP socket, waiting up to [`CONNECT_WAIT`] while it is
+/// not there yet or not yet listening.
+fn connect(path: &Path) -> Result<UnixStream, QmpError> {
+    let deadline = std::time::Instant::now() + CONNECT_WAIT;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(source)
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(QmpError::Connect {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Runs one QMP command on the socket at `path` and returns its `return`.
 pub fn execute(path: &Path, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-    let stream = UnixStream::connect(path).map_err(|source| QmpError::Connect {
-        path: path.to_owned(),
-        source,
-    })?;
+    let stream = connect(path)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut session = Session {
