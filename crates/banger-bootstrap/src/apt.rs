@@ -146,7 +146,7 @@ impl AptEnv {
         if exec::locate("apt-get").is_none() || exec::locate("apt-cache").is_none() {
             return Err(AptError::NoApt);
         }
-        if !self.distro.keyring_present() {
+        if !crate::keyring_present(&self.distro) {
             return Err(AptError::NoKeyring {
                 distro: self.distro.to_string(),
                 keyring: self.distro.keyring.to_owned(),

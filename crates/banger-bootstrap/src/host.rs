@@ -82,7 +82,7 @@ impl BootstrapHost for HostBootstrap {
         if !uid.is_root() {
             return Err(DebootstrapError::NotRoot { uid: uid.as_raw() });
         }
-        if !plan.distro.keyring_present() {
+        if !crate::keyring_present(&plan.distro) {
             return Err(DebootstrapError::NoKeyring {
                 distro: plan.distro.to_string(),
                 keyring: plan.distro.keyring.to_owned(),

@@ -14,7 +14,8 @@
 //! [`host::BootstrapHost`].
 //!
 //! Layout:
-//! - [`distro`]: known distributions (mirror, keyring, kernel package), parsing `debian:bookworm`.
+//! - [`distro`]: known distributions (mirror, keyring, kernel package), parsing
+//!   `debian:bookworm`; defined in banger-model so the CLI needs no build code.
 //! - [`rootfs`]: the debootstrap plan, its progress phases, cleaning the built tree, releasing mounts.
 //! - [`host`]: [`host::BootstrapHost`] (running debootstrap, releasing mounts), real and fake.
 //! - [`apt`]: a private apt configuration under banger's cache; update, show, download.
@@ -33,7 +34,7 @@ pub mod cpio;
 pub mod deb;
 pub mod decompress;
 pub mod default_image;
-pub mod distro;
+pub use banger_model::distro;
 pub mod exec;
 pub mod host;
 pub mod initrd;
@@ -45,3 +46,8 @@ pub mod vmlinux;
 pub use default_image::{DefaultImageSource, default_image_source};
 pub use distro::Distro;
 pub use host::{BootstrapHost, FakeBootstrap, HostBootstrap};
+
+/// Whether `distro`'s archive keyring is installed on this host.
+pub fn keyring_present(distro: &distro::Distro) -> bool {
+    std::path::Path::new(distro.keyring).is_file()
+}

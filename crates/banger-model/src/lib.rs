@@ -13,6 +13,7 @@
 //!   paths, banger-simvm's host links).
 //! - [`file_sync`]: `[[file_sync]]` entries.
 //! - [`defaults`]: the three-layer VM defaults resolver with provenance.
+//! - [`distro`]: the distributions images and kernels are built from.
 //! - [`layout`]: where banger keeps config, state, sockets and logs.
 //! - [`vm`], [`image`], [`kernel`]: the records the store keeps.
 //! - [`resolve`]: a user's reference (name, id, id prefix) to a record.
@@ -22,6 +23,7 @@ pub mod check;
 pub mod config;
 pub mod contract;
 pub mod defaults;
+pub mod distro;
 pub mod file_sync;
 pub mod id;
 pub mod image;

@@ -10,8 +10,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 use anyhow::Context;
-use banger_bootstrap::distro::{DEBIAN_MIRROR, DEFAULT, ImageProfile, profile_packages};
 use banger_model::config::Config;
+use banger_model::distro::{DEBIAN_MIRROR, DEFAULT, ImageProfile, profile_packages};
 use banger_model::layout::Layout;
 use banger_model::vm::VmmKind;
 use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};

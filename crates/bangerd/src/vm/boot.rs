@@ -105,7 +105,8 @@ pub async fn boot(
     }
     save(daemon, vm).map_err(Failure::after_launch)?;
     daemon.checkpoint("record the VMM");
-    let config = vm_config(vm, &input, &launched.kernel, &root_device);
+    let config =
+        vm_config(vm, &input, &launched.kernel, &root_device).map_err(Failure::after_launch)?;
     let paths = vm.paths();
     daemon
         .vmm
@@ -295,8 +296,15 @@ fn program_missing(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Everything sent to the VMM before `InstanceStart`.
-fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) -> VmConfig {
+/// Everything sent to the VMM before `InstanceStart`. A stored value the
+/// VMM cannot take (a vcpu count past `u8`, a malformed MAC) is an error
+/// naming it, never silently truncated or dropped.
+fn vm_config(
+    vm: &Vm,
+    input: &BootInput<'_>,
+    kernel: &Path,
+    root_device: &Path,
+) -> Result<VmConfig, RpcError> {
     let network = vm.network.as_ref().expect("booting VMs have an address");
     let paths = vm.paths();
     let mut ip = IpConfig::new(
@@ -312,7 +320,24 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
     if initrd.is_none() {
         args.init = Some(banger_guest::files::FIRST_BOOT_PATH.to_owned());
     }
-    VmConfig {
+    let vcpus = u8::try_from(vm.spec.vcpu).map_err(|_| {
+        RpcError::invalid(format!(
+            "VM {} has {} vcpus; the VMM takes at most {}",
+            vm.name,
+            vm.spec.vcpu,
+            u8::MAX
+        ))
+    })?;
+    let memory_mib = usize::try_from(vm.spec.memory_mib).map_err(|_| {
+        RpcError::invalid(format!(
+            "VM {} has {} MiB of memory, more than this host can address",
+            vm.name, vm.spec.memory_mib
+        ))
+    })?;
+    let mac = network.mac.parse::<MacAddr>().map_err(|err| {
+        RpcError::invalid(format!("VM {} has a malformed MAC address: {err}", vm.name))
+    })?;
+    Ok(VmConfig {
         logger: Some(Logger {
             log_path: Some(paths.vmm_log()),
             level: Some(LogLevel::Info),
@@ -321,7 +346,7 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
             module: None,
         }),
         metrics: None,
-        machine: MachineConfiguration::new(vm.spec.vcpu as u8, vm.spec.memory_mib as usize),
+        machine: MachineConfiguration::new(vcpus, memory_mib),
         boot_source: BootSource {
             kernel_image_path: kernel.to_string_lossy().into_owned(),
             initrd_path: initrd.map(|path| path.to_string_lossy().into_owned()),
@@ -345,14 +370,14 @@ fn vm_config(vm: &Vm, input: &BootInput<'_>, kernel: &Path, root_device: &Path) 
             vm.tap
                 .clone()
                 .expect("the TAP is acquired before configuring"),
-            network.mac.parse::<MacAddr>().ok(),
+            Some(mac),
         )],
         vsock: vm.vsock_cid.map(|cid| Vsock {
             vsock_id: None,
             guest_cid: cid,
             uds_path: paths.vsock_socket().to_string_lossy().into_owned(),
         }),
-    }
+    })
 }
 
 /// The kernel's modules image (`modules.ext4` next to its `vmlinux`, made

@@ -1,11 +1,11 @@
 //! The distributions banger can build images and kernels from, with
 //! everything that differs between them: mirror, archive keyring, suite,
-//! the kernel and busybox packages.
+//! the kernel and busybox packages. Names and values only: banger-bootstrap
+//! does the building.
 
 use std::fmt;
-use std::path::Path;
 
-pub use banger_model::image::ImageProfile;
+pub use crate::image::ImageProfile;
 
 /// Debian's archive keyring (package `debian-archive-keyring`): apt and
 /// debootstrap verify the mirror's signed `InRelease` against it.
@@ -196,11 +196,6 @@ impl Distro {
     /// The default name of a kernel bootstrapped from this release.
     pub fn kernel_name(&self) -> String {
         format!("{}-cloud", self.slug())
-    }
-
-    /// Whether the archive keyring is installed on this host.
-    pub fn keyring_present(&self) -> bool {
-        Path::new(self.keyring).is_file()
     }
 }
 
