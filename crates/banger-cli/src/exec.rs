@@ -50,6 +50,46 @@ pub fn git(dir: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
         .output()
 }
 
+/// `git ARGS` in `dir` for a repository banger made itself (the staged
+/// workspace): the user's global and system git config are left out, so
+/// no hook, filter or setting of theirs runs, exactly as in a guest, and
+/// `env` is added (an index of banger's own, the copied-in commit's
+/// author).
+pub fn git_isolated(
+    dir: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &std::ffi::OsStr)],
+    stdin: Option<&[u8]>,
+) -> std::io::Result<std::process::Output> {
+    let mut command = Command::new("git");
+    command
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let Some(input) = stdin else {
+        return command.stdin(Stdio::null()).output();
+    };
+    let mut child = command.stdin(Stdio::piped()).spawn()?;
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &input));
+    let output = child.wait_with_output()?;
+    let written = writer
+        .join()
+        .map_err(|_| std::io::Error::other("writing to git panicked"))?;
+    // A git that failed early closed its stdin; its stderr says why.
+    if output.status.success() {
+        written?;
+    }
+    Ok(output)
+}
+
 /// `git bundle create FILE REFS...` in `dir`.
 pub fn git_bundle(dir: &Path, file: &Path, refs: &[&str]) -> std::io::Result<std::process::Output> {
     Command::new("git")

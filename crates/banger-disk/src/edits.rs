@@ -282,7 +282,7 @@ impl Ext4Edits {
 }
 
 /// Quotes one word for debugfs.
-fn quote(word: &str) -> String {
+pub(crate) fn quote(word: &str) -> String {
     format!("\"{}\"", word.replace('"', "\"\""))
 }
 

@@ -323,9 +323,10 @@ impl DiskOps for FakeDiskOps {
         Ok(WorkDisk {
             path: request.dest.clone(),
             size: request.size,
-            method: match request.strategy {
-                StorageStrategy::Reflink => CloneMethod::Reflink,
-                _ => CloneMethod::SparseCopy,
+            method: match (&request.content, request.strategy) {
+                (Some(_), _) => None,
+                (None, StorageStrategy::Reflink) => Some(CloneMethod::Reflink),
+                (None, _) => Some(CloneMethod::SparseCopy),
             },
             from_cache: false,
         })
@@ -439,6 +440,7 @@ mod tests {
             size: ByteSize::gib(8),
             strategy: StorageStrategy::Reflink,
             grown_seed_cache: None,
+            content: None,
         }
     }
 

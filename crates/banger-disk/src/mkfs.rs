@@ -362,12 +362,15 @@ fn mkfs_once(
     Ok(())
 }
 
+/// The label of work seeds and work disks (the guest mounts `/root` by it).
+pub const WORK_LABEL: &str = "banger-work";
+
 /// Builds an image's `work-seed.ext4` from the rootfs's `/root` (an empty
 /// filesystem when the rootfs has no `/root` directory). The seed is
 /// growable, so any `--disk-size` can be reached with `resize2fs`.
 pub fn make_work_seed(rootfs_dir: &Path, out: &Path) -> Result<Ext4Image, BuildExt4Error> {
     let options = Ext4BuildOptions {
-        label: Some("banger-work".to_owned()),
+        label: Some(WORK_LABEL.to_owned()),
         growable: true,
         min_size: None,
         free_space: banger_model::ByteSize(0),

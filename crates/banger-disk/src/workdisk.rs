@@ -7,6 +7,11 @@
 //! a given size stores the grown seed there as
 //! `<seed stem>.grown-<bytes>.ext4` and later VMs of that size only clone it,
 //! which with reflinks is a sub-millisecond, size-independent operation.
+//!
+//! A disk that starts with content of its own (`vm run PATH` writes the
+//! workspace before boot) is built instead with `mkfs.ext4 -d` from that
+//! content plus the seed's files, dumped with `debugfs rdump`: one pass at
+//! disk speed, no mount, no loop device.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,10 @@ pub struct WorkDiskRequest {
     /// Where grown seeds are kept for reuse (the image's directory), or
     /// `None` to always clone and grow.
     pub grown_seed_cache: Option<PathBuf>,
+    /// A directory whose entries the new disk starts with, beside the
+    /// seed's (an entry in both is taken from here). The seed's files are
+    /// dumped into it first, so it must be a scratch directory.
+    pub content: Option<PathBuf>,
 }
 
 /// What was made.
@@ -40,7 +49,9 @@ pub struct WorkDisk {
     pub path: PathBuf,
     /// Size of the filesystem inside.
     pub size: ByteSize,
-    pub method: CloneMethod,
+    /// How the seed was cloned; `None` when the disk was built from
+    /// [`WorkDiskRequest::content`].
+    pub method: Option<CloneMethod>,
     /// Cloned from a cached grown seed (no resize needed).
     pub from_cache: bool,
 }
@@ -58,6 +69,25 @@ pub enum MakeWorkDiskError {
     },
     #[error("cannot make the work disk")]
     Clone(#[source] CloneFileError),
+    #[error("cannot copy the work seed's files into {dir}")]
+    DumpSeed {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot build the work disk from {dir}")]
+    Build {
+        dir: PathBuf,
+        #[source]
+        source: Box<crate::mkfs::BuildExt4Error>,
+    },
+    #[error(
+        "the content needs a {needed} disk, more than the requested {requested}; pass a larger --disk-size"
+    )]
+    ContentTooLarge {
+        needed: ByteSize,
+        requested: ByteSize,
+    },
     #[error("cannot grow the work disk {path}")]
     Grow {
         path: PathBuf,
@@ -113,6 +143,9 @@ pub fn make_work_disk(request: &WorkDiskRequest) -> Result<WorkDisk, MakeWorkDis
             seed_size: ByteSize(seed.size_bytes()),
         });
     }
+    if let Some(content) = &request.content {
+        return make_with_content(request, content);
+    }
     if let Some(cache_dir) = &request.grown_seed_cache {
         match grown_seed(&request.seed, cache_dir, request.size, request.strategy) {
             Ok(grown) => {
@@ -131,7 +164,7 @@ pub fn make_work_disk(request: &WorkDiskRequest) -> Result<WorkDisk, MakeWorkDis
                 return Ok(WorkDisk {
                     path: request.dest.clone(),
                     size,
-                    method,
+                    method: Some(method),
                     from_cache: true,
                 });
             }
@@ -146,7 +179,7 @@ pub fn make_work_disk(request: &WorkDiskRequest) -> Result<WorkDisk, MakeWorkDis
         Ok(outcome) => Ok(WorkDisk {
             path: request.dest.clone(),
             size: outcome.after,
-            method,
+            method: Some(method),
             from_cache: false,
         }),
         Err(source) => {
@@ -157,6 +190,95 @@ pub fn make_work_disk(request: &WorkDiskRequest) -> Result<WorkDisk, MakeWorkDis
             })
         }
     }
+}
+
+/// Builds the disk from `content` and the seed's files (see the module
+/// docs), at exactly the requested size.
+fn make_with_content(
+    request: &WorkDiskRequest,
+    content: &Path,
+) -> Result<WorkDisk, MakeWorkDiskError> {
+    dump_seed_into(&request.seed, content).map_err(|source| MakeWorkDiskError::DumpSeed {
+        dir: content.to_owned(),
+        source,
+    })?;
+    let options = crate::mkfs::Ext4BuildOptions {
+        label: Some(crate::mkfs::WORK_LABEL.to_owned()),
+        growable: true,
+        min_size: Some(request.size),
+        free_space: ByteSize(0),
+        skip_special: true,
+    };
+    let image =
+        crate::mkfs::build_ext4_from_dir(content, &request.dest, &options).map_err(|source| {
+            MakeWorkDiskError::Build {
+                dir: content.to_owned(),
+                source: Box::new(source),
+            }
+        })?;
+    if image.size > request.size {
+        remove_quietly(&request.dest);
+        return Err(MakeWorkDiskError::ContentTooLarge {
+            needed: image.size,
+            requested: request.size,
+        });
+    }
+    Ok(WorkDisk {
+        path: request.dest.clone(),
+        size: image.size,
+        method: None,
+        from_cache: false,
+    })
+}
+
+/// Dumps the seed's root into `dir` (entries `dir` already has win; the
+/// seed's `lost+found` is left out, mke2fs makes its own).
+fn dump_seed_into(seed: &Path, dir: &Path) -> io::Result<()> {
+    let dump = tempfile::Builder::new()
+        .prefix(".banger-seed-")
+        .tempdir_in(dir)?;
+    let target = dump
+        .path()
+        .to_str()
+        .filter(|path| !path.contains('\n'))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "scratch path is not UTF-8 or holds a newline",
+            )
+        })?;
+    let request = format!("rdump / {}", crate::edits::quote(target));
+    let output = exec::run(
+        Tool::Debugfs,
+        &exec::args([
+            std::ffi::OsStr::new("-R"),
+            request.as_ref(),
+            seed.as_os_str(),
+        ]),
+    )
+    .map_err(io::Error::other)?;
+    // debugfs reports failures on stderr and still exits 0; its banner is
+    // the only line a clean run prints.
+    let complaints: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with("debugfs "))
+        .collect();
+    if !complaints.is_empty() {
+        return Err(io::Error::other(format!(
+            "debugfs rdump: {}",
+            complaints.join("; ")
+        )));
+    }
+    for entry in fs::read_dir(dump.path())? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "lost+found" || fs::symlink_metadata(dir.join(&name)).is_ok() {
+            continue;
+        }
+        fs::rename(entry.path(), dir.join(&name))?;
+    }
+    Ok(())
 }
 
 /// The cached grown copy of `seed` for `size`, made if missing.

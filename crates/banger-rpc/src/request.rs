@@ -203,6 +203,12 @@ pub struct VmCreateParams {
     /// Host ports to forward into the guest while it runs.
     #[serde(default)]
     pub ports: Vec<PortForward>,
+    /// A directory laid out by the client (the workspace, written before
+    /// boot): its entries join the image's `/root` on the new work disk.
+    /// It must be the caller's own, is consumed (the daemon adds the seed's
+    /// files to it) and can be removed once the create answers.
+    #[serde(default)]
+    pub work_content: Option<PathBuf>,
 }
 
 /// `vm.port_forward`: publish or unpublish host ports of a VM.

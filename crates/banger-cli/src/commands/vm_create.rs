@@ -1,6 +1,7 @@
 //! `banger vm create`, and the create step shared with `vm run`.
 
 use banger_rpc::method;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
     let resolved = resolve(flags)?;
-    create_resolved(layout, flags, &resolved).await
+    create_resolved(layout, flags, &resolved, None).await
 }
 
 /// A VM's name, size and network, settled before the daemon is asked.
@@ -67,12 +68,13 @@ pub(super) async fn create_resolved(
     layout: &Layout,
     flags: &CreateFlags,
     resolved: &Resolved,
+    work_content: Option<&Path>,
 ) -> anyhow::Result<Vm> {
     eprintln!("spec: {resolved}");
-    let vm = match create_once(layout, flags, resolved).await {
+    let vm = match create_once(layout, flags, resolved, work_content).await {
         Err(err) if flags.image.is_none() && default_image::is_no_default_image(&err) => {
             default_image::bootstrap_default_image(layout, flags).await?;
-            create_once(layout, flags, resolved).await
+            create_once(layout, flags, resolved, work_content).await
         }
         outcome => outcome,
     }?;
@@ -89,6 +91,7 @@ async fn create_once(
     layout: &Layout,
     flags: &CreateFlags,
     resolved: &Resolved,
+    work_content: Option<&Path>,
 ) -> anyhow::Result<Vm> {
     let Resolved { name, spec, nat } = resolved;
     let params = VmCreateParams {
@@ -101,6 +104,7 @@ async fn create_once(
         vmm: flags.vmm,
         allow_overcommit: flags.allow_overcommit,
         ports: flags.publish.clone(),
+        work_content: work_content.map(Path::to_owned),
     };
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();

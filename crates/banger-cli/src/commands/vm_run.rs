@@ -41,12 +41,20 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         .map(|path| open_repo(path, &plan))
         .transpose()?;
     let resolved = vm_create::resolve(&args.create)?;
-    let mut payload = match &repo {
-        Some(repo) => Some(vm_workspace::build(repo, &plan).await?),
+    // The workspace is laid out now and written into the work disk at
+    // create: the guest boots with it in place.
+    let mut staged = match &repo {
+        Some(repo) => Some(vm_workspace::stage(repo, &plan).await?),
         None => None,
     };
 
-    let created = vm_create::create_resolved(layout, &args.create, &resolved).await;
+    let created = vm_create::create_resolved(
+        layout,
+        &args.create,
+        &resolved,
+        staged.as_ref().map(|staged| staged.content()),
+    )
+    .await;
     let vm = match created {
         Ok(vm) => vm,
         Err(err) => {
@@ -62,9 +70,11 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
     let mut workspace = None;
     let outcome = async {
         let prepare = async {
-            if let (Some(repo), Some(built)) = (&repo, payload.take()) {
-                workspace =
-                    Some(vm_workspace::send(layout, vm.name.as_str(), repo, &plan, built).await?);
+            if let (Some(repo), Some(staged)) = (&repo, staged.take()) {
+                workspace = Some(
+                    vm_workspace::record_staged(layout, vm.name.as_str(), repo, &plan, staged)
+                        .await?,
+                );
                 if args.command.is_empty() {
                     vm_workspace::bootstrap_tools(layout, vm.name.as_str()).await;
                 }

@@ -16,7 +16,10 @@ use crate::args::{WorkspaceExportArgs, WorkspacePrepareArgs};
 use crate::daemon_client;
 use crate::output::ExitError;
 use crate::workspace::payload::{self, Plan, Summary};
+use crate::workspace::stage;
 use crate::workspace::{GUEST_REPO, Repo, export};
+use std::io::IsTerminal;
+use std::time::Duration;
 
 /// git's empty tree: the base of a repository that had no commits.
 const EMPTY_TREE: &str = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
@@ -57,7 +60,7 @@ fn user_error(err: impl std::fmt::Display) -> anyhow::Error {
 
 /// A workspace payload read from the host checkout, ready to send.
 #[derive(Debug)]
-pub(super) struct Built {
+struct Built {
     /// Holds the payload; removed when dropped.
     _scratch: tempfile::TempDir,
     payload: PathBuf,
@@ -68,7 +71,7 @@ pub(super) struct Built {
 /// Reads the checkout into a payload. Runs before the VM exists: a file
 /// that cannot be read is an error here, not after a boot. What is left
 /// out (nested repositories, FIFOs, sockets, devices) is said on stderr.
-pub(super) async fn build(repo: &Repo, plan: &Plan) -> anyhow::Result<Built> {
+async fn build(repo: &Repo, plan: &Plan) -> anyhow::Result<Built> {
     let scratch = tempfile::Builder::new()
         .prefix("banger-workspace")
         .tempdir()
@@ -101,6 +104,149 @@ pub(super) async fn build(repo: &Repo, plan: &Plan) -> anyhow::Result<Built> {
     })
 }
 
+/// A workspace laid out on the host for a VM about to be created (see
+/// [`crate::workspace::stage`]).
+#[derive(Debug)]
+pub(super) struct StagedWorkspace {
+    /// The new work disk's extra content; removed when dropped.
+    scratch: tempfile::TempDir,
+    staged: stage::Staged,
+    size: u64,
+}
+
+impl StagedWorkspace {
+    /// The directory the daemon builds the work disk from.
+    pub(super) fn content(&self) -> &Path {
+        self.scratch.path()
+    }
+}
+
+/// Lays the checkout out as the guest's `/root/repo`, before the VM
+/// exists: a file that cannot be read is an error here. A workspace that
+/// takes more than a second says how far it got, every second on a
+/// terminal (every five otherwise).
+pub(super) async fn stage(repo: &Repo, plan: &Plan) -> anyhow::Result<StagedWorkspace> {
+    let scratch = tempfile::Builder::new()
+        .prefix("banger-workspace")
+        .tempdir()
+        .context("creating a scratch dir")?;
+    let root = scratch.path().to_owned();
+    let build = {
+        let (repo, plan, root) = (repo.clone(), plan.clone(), root.clone());
+        tokio::task::spawn_blocking(move || stage::build(&repo, &plan, &root))
+    };
+    tokio::pin!(build);
+    let started = std::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let every = Duration::from_secs(if terminal { 1 } else { 5 });
+    let mut shown = false;
+    let staged = loop {
+        tokio::select! {
+            staged = &mut build => break staged?.map_err(user_error)?,
+            _ = tokio::time::sleep(every) => {
+                let (files, bytes) = {
+                    let root = root.clone();
+                    tokio::task::spawn_blocking(move || tree_size(&root)).await?
+                };
+                let line = format!(
+                    "workspace: {} staged, {} ({:.0?})",
+                    plural(files as usize, "file"),
+                    banger_model::ByteSize(bytes).human(),
+                    started.elapsed()
+                );
+                if terminal {
+                    eprint!("\r\x1b[2K{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+                shown = true;
+            }
+        }
+    };
+    if shown && terminal {
+        eprintln!();
+    }
+    for skipped in &staged.summary.skipped {
+        eprintln!(
+            "workspace: not copied: {}: {}",
+            skipped.path.display(),
+            skipped.reason
+        );
+    }
+    let size = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || tree_size(&root).1).await?
+    };
+    Ok(StagedWorkspace {
+        scratch,
+        staged,
+        size,
+    })
+}
+
+/// Regular files and their bytes under `dir` (not following symlinks).
+fn tree_size(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => stack.push(entry.path()),
+                Ok(kind) if kind.is_file() => {
+                    files += 1;
+                    bytes += entry.metadata().map(|meta| meta.len()).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// Records the workspace written into a new VM's work disk, and says so.
+pub(super) async fn record_staged(
+    layout: &Layout,
+    reference: &str,
+    repo: &Repo,
+    plan: &Plan,
+    staged: StagedWorkspace,
+) -> anyhow::Result<WorkspaceInfo> {
+    let summary = &staged.staged.summary;
+    eprintln!(
+        "workspace: {} → {reference}:{GUEST_REPO} (history, {}, {} deleted; {}) written before boot",
+        repo.top.display(),
+        plural(summary.files, "changed file"),
+        summary.deleted,
+        banger_model::ByteSize(staged.size).human()
+    );
+    let workspace = WorkspaceInfo {
+        host_path: repo.top.clone(),
+        guest_path: PathBuf::from(GUEST_REPO),
+        base_commit: staged.staged.copied_in.clone(),
+        branch: plan.branch.clone(),
+        head_commit: summary.base.clone(),
+    };
+    record(layout, reference, &workspace).await?;
+    Ok(workspace)
+}
+
+async fn record(layout: &Layout, reference: &str, workspace: &WorkspaceInfo) -> anyhow::Result<()> {
+    let mut client = daemon_client::connect(layout).await?;
+    let _: Vm = client
+        .call::<method::WorkspaceRecord>(
+            WorkspaceRecordParams {
+                reference: reference.to_owned(),
+                workspace: workspace.clone(),
+            },
+            |_| {},
+        )
+        .await?;
+    Ok(())
+}
+
 /// Reads the checkout, sends it to the VM and records its base commit.
 pub(super) async fn prepare(
     layout: &Layout,
@@ -113,7 +259,7 @@ pub(super) async fn prepare(
 }
 
 /// Sends a built payload to the VM and records its base commit.
-pub(super) async fn send(
+async fn send(
     layout: &Layout,
     reference: &str,
     repo: &Repo,
@@ -157,16 +303,7 @@ pub(super) async fn send(
         branch: plan.branch.clone(),
         head_commit: summary.base.clone(),
     };
-    let mut client = daemon_client::connect(layout).await?;
-    let _: Vm = client
-        .call::<method::WorkspaceRecord>(
-            WorkspaceRecordParams {
-                reference: reference.to_owned(),
-                workspace: workspace.clone(),
-            },
-            |_| {},
-        )
-        .await?;
+    record(layout, reference, &workspace).await?;
     Ok(workspace)
 }
 

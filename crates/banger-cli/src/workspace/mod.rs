@@ -15,6 +15,7 @@
 pub mod export;
 pub mod payload;
 pub mod repo;
+pub mod stage;
 pub mod tree;
 
 pub use repo::{PrepareError, Repo};

@@ -51,7 +51,7 @@ pub struct Skipped {
 }
 
 /// How many unreadable paths an error names before "and N more".
-const UNREADABLE_SHOWN: usize = 10;
+pub(super) const UNREADABLE_SHOWN: usize = 10;
 
 /// Writes the payload tar to `out`. Every file of the working tree is read
 /// beneath the repository's top directory without following symlinks
@@ -202,12 +202,12 @@ pub fn build(
     Ok(summary)
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + use<> {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + use<> {
     let path = path.to_owned();
     move |source| PrepareError::Io { path, source }
 }
 
-fn read_error(err: ReadError) -> PrepareError {
+pub(super) fn read_error(err: ReadError) -> PrepareError {
     match err {
         ReadError::Unreadable(path) => PrepareError::Unreadable {
             shown: vec![path],

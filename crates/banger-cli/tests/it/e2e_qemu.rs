@@ -226,6 +226,18 @@ fn qemu_guest_end_to_end() {
     for stage in ["start_vmm", "wait_vsock_agent", "wait_ssh", "ready"] {
         assert!(out.stderr.contains(stage), "stage {stage} missing:\n{out}");
     }
+    // The boot's figures, for the record (scripts/bench.sh has the same).
+    for line in out.stderr.lines().filter(|line| line.contains(" done ")) {
+        eprintln!("qemu e2e: vm create stage: {}", line.trim());
+    }
+    let analyze = sim.banger([
+        "vm",
+        "ssh",
+        "q",
+        "--",
+        "systemd-analyze; systemd-analyze blame --no-pager | head -8",
+    ]);
+    eprintln!("qemu e2e: guest systemd-analyze:\n{}", analyze.stdout);
     let vm = vm_json(&sim, "q");
     assert_eq!(vm["vmm"], "qemu");
     let accel = vm["accel"]

@@ -114,6 +114,8 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     assert!(history.contains(" D deleted.txt"), "{history}");
     assert_eq!(identity, "Repo Person\nGlobal Me\nran\n");
     assert!(out.stderr.contains("deleted (--rm)"), "{out}");
+    // Written into the work disk before boot, not streamed over SSH.
+    assert!(out.stderr.contains("written before boot"), "{out}");
 
     let code = sim.banger([
         "vm",
@@ -138,6 +140,64 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     ]);
     assert_eq!(bare.stdout, "bare\n");
     assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
+/// 10k files, some changed, some new, some deleted: the guest's tree is
+/// the host's, file for file, and git sees the same changes.
+#[test]
+fn a_ten_thousand_file_workspace_arrives_whole() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = sim.env.root().join("big");
+    for dir in 0..100 {
+        let dir_path = repo.join(format!("d{dir}"));
+        std::fs::create_dir_all(&dir_path).unwrap();
+        for file in 0..100 {
+            std::fs::write(
+                dir_path.join(format!("f{file}")),
+                format!("{dir}/{file}\n").repeat(64),
+            )
+            .unwrap();
+        }
+    }
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "10k",
+        ],
+    );
+    std::fs::write(repo.join("d1/f1"), "changed\n").unwrap();
+    std::fs::remove_file(repo.join("d2/f2")).unwrap();
+    std::fs::remove_dir_all(repo.join("d3")).unwrap();
+    std::fs::write(repo.join("d4/new"), "new\n").unwrap();
+    let expected = host_manifest(&repo);
+    let host_status = git(&repo, &["status", "--short"]);
+    assert_eq!(expected.lines().count(), 2 * (10_000 - 1 - 100 + 1));
+
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        &format!("{MANIFEST}; echo ---; git status --short"),
+    ]);
+    let (tree, status) = out.stdout.split_once("---\n").expect("two sections");
+    assert!(tree == expected, "guest tree differs from the host's");
+    assert_eq!(status, host_status);
+    assert!(out.stderr.contains("written before boot"), "{out}");
     sim.assert_clean();
 }
 

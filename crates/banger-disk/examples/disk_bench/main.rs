@@ -202,6 +202,7 @@ fn prepare_vm(
             size: work_size,
             strategy,
             grown_seed_cache: cache.then(|| image_dir.to_owned()),
+            content: None,
         })
         .map_err(|e| format!("make_work_disk: {e}"))?;
     let total = started.elapsed();

@@ -69,9 +69,10 @@ fn reflink_root_and_work_disk(fstype: FsType) {
                 size: ByteSize::gib(4),
                 strategy: StorageStrategy::Reflink,
                 grown_seed_cache: Some(image_dir.clone()),
+                content: None,
             })
             .unwrap();
-        assert_eq!(work.method, CloneMethod::Reflink);
+        assert_eq!(work.method, Some(CloneMethod::Reflink));
         assert_eq!(work.size, ByteSize::gib(4));
         assert!(work.from_cache, "vm {vm}");
         assert!(

@@ -28,9 +28,10 @@ fn copy_clone_grows_and_stays_clean() {
         size: ByteSize::gib(3),
         strategy: StorageStrategy::Copy,
         grown_seed_cache: None,
+        content: None,
     })
     .unwrap();
-    assert_eq!(work.method, CloneMethod::SparseCopy);
+    assert_eq!(work.method, Some(CloneMethod::SparseCopy));
     assert!(!work.from_cache);
     assert_eq!(work.size, ByteSize::gib(3));
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 3 << 30);
@@ -76,6 +77,7 @@ fn smaller_than_the_seed_is_refused_and_leaves_nothing() {
         size: ByteSize::mib(8),
         strategy: StorageStrategy::Copy,
         grown_seed_cache: None,
+        content: None,
     })
     .unwrap_err();
     assert!(
@@ -98,6 +100,7 @@ fn growth_far_beyond_the_seed_works() {
         size: ByteSize::gib(200),
         strategy: StorageStrategy::Copy,
         grown_seed_cache: None,
+        content: None,
     })
     .unwrap();
     util::assert_fsck_clean(&dest);
@@ -119,6 +122,7 @@ fn a_used_disk_is_checked_before_resizing() {
         size: ByteSize::gib(1),
         strategy: StorageStrategy::Copy,
         grown_seed_cache: None,
+        content: None,
     })
     .unwrap();
     // A mount after the last check makes resize2fs ask for e2fsck -f.
@@ -135,4 +139,106 @@ fn a_used_disk_is_checked_before_resizing() {
         b"written while mounted\n"
     );
     assert!(util::loops_under(dir.path()).is_empty());
+}
+
+#[test]
+fn a_disk_with_content_holds_it_beside_the_seeds_files_at_the_requested_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed_in(dir.path());
+    // What `vm run PATH` stages: the repository, and a file the seed has too.
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(content.join("repo/.git")).unwrap();
+    std::fs::create_dir_all(content.join(".config")).unwrap();
+    std::fs::write(content.join("repo/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        content.join("repo/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("run.sh", content.join("repo/link")).unwrap();
+    std::fs::write(content.join(".config/app"), b"setting=from content\n").unwrap();
+    let dest = dir.path().join("work.ext4");
+    let work = make_work_disk(&WorkDiskRequest {
+        seed,
+        dest: dest.clone(),
+        size: ByteSize::gib(2),
+        strategy: StorageStrategy::Copy,
+        grown_seed_cache: None,
+        content: Some(content.clone()),
+    })
+    .unwrap();
+    assert_eq!(work.method, None);
+    assert_eq!(work.size, ByteSize::gib(2));
+    util::assert_fsck_clean(&dest);
+    assert_eq!(
+        util::dumpe2fs_field(&dest, "Filesystem volume name"),
+        "banger-work"
+    );
+    assert_eq!(
+        banger_disk::read_file(&dest, "/repo/run.sh").unwrap(),
+        b"#!/bin/sh\necho ran\n"
+    );
+    let run = banger_disk::stat(&dest, "/repo/run.sh").unwrap().unwrap();
+    assert_eq!(run.mode & 0o7777, 0o755);
+    let link = banger_disk::stat(&dest, "/repo/link").unwrap().unwrap();
+    assert_eq!(link.kind, banger_disk::edits::FileKind::Symlink);
+    // The content wins over the seed's file of the same name.
+    assert_eq!(
+        banger_disk::read_file(&dest, "/.config/app").unwrap(),
+        b"setting=from content\n"
+    );
+    // It grows like any work disk.
+    let grown = grow_work_disk(&dest, ByteSize::gib(3)).unwrap();
+    assert_eq!(grown.after, ByteSize::gib(3));
+    util::assert_fsck_clean(&dest);
+}
+
+#[test]
+fn a_disk_with_content_carries_the_seeds_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed_in(dir.path());
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(content.join("repo")).unwrap();
+    let dest = dir.path().join("work.ext4");
+    make_work_disk(&WorkDiskRequest {
+        seed,
+        dest: dest.clone(),
+        size: ByteSize::gib(1),
+        strategy: StorageStrategy::Copy,
+        grown_seed_cache: None,
+        content: Some(content),
+    })
+    .unwrap();
+    assert_eq!(
+        banger_disk::read_file(&dest, "/.config/app").unwrap(),
+        b"setting=1\n"
+    );
+}
+
+#[test]
+fn content_larger_than_the_disk_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed_in(dir.path());
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    // 100 MiB of data cannot go into a 128 MiB disk with ext4's overhead
+    // and the headroom left for the guest.
+    let file = std::fs::File::create(content.join("big")).unwrap();
+    std::io::Write::write_all(&mut &file, &vec![7u8; 100 << 20]).unwrap();
+    let dest = dir.path().join("work.ext4");
+    let error = make_work_disk(&WorkDiskRequest {
+        seed,
+        dest: dest.clone(),
+        size: ByteSize::mib(128),
+        strategy: StorageStrategy::Copy,
+        grown_seed_cache: None,
+        content: Some(content),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(error, MakeWorkDiskError::ContentTooLarge { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--disk-size"), "{error}");
+    assert!(!dest.exists());
 }

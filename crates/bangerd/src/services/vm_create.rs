@@ -37,6 +37,8 @@ struct Plan {
     image: Image,
     kernel: Option<Kernel>,
     ports: Vec<banger_model::publish::PortForward>,
+    /// What the work disk starts with beside the image's `/root`.
+    work_content: Option<std::path::PathBuf>,
 }
 
 pub async fn create(
@@ -67,7 +69,14 @@ pub async fn create(
     let outcome = async {
         disks::create_dir(&vm, &mut undo)?;
         let snapshot = vm.clone();
-        let prepare = disks::prepare_new(daemon, &snapshot, &plan.image, &key, events);
+        let prepare = disks::prepare_new(
+            daemon,
+            &snapshot,
+            &plan.image,
+            plan.work_content.as_deref(),
+            &key,
+            events,
+        );
         let input = BootInput {
             image: &plan.image,
             kernel: plan.kernel.as_ref(),
@@ -109,6 +118,10 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
             .map_err(spec_error)?,
     };
     let vmm = params.vmm.unwrap_or(daemon.config.vmm);
+    let work_content = params
+        .work_content
+        .map(|dir| check_work_content(&dir).map(|()| dir))
+        .transpose()?;
     let image = resolve_image(daemon, params.image.as_deref())?;
     let kernel = match &image.kernel_id {
         Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
@@ -143,7 +156,27 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, RpcError> {
         image,
         kernel,
         ports: params.ports,
+        work_content,
     })
+}
+
+/// The client's work content must be a real directory of its own (the
+/// daemon's user: peers of another uid are refused at connect), given by
+/// an absolute path.
+fn check_work_content(dir: &std::path::Path) -> Result<(), RpcError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: &str| RpcError::invalid(format!("work content {}: {why}", dir.display()));
+    if !dir.is_absolute() {
+        return Err(refuse("not an absolute path"));
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|err| refuse(&err.to_string()))?;
+    if !meta.is_dir() {
+        return Err(refuse("not a directory"));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(refuse("not owned by the daemon's user"));
+    }
+    Ok(())
 }
 
 fn spec_error(err: SpecError) -> RpcError {

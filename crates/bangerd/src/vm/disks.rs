@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use banger_disk::edits::Meta;
-use banger_disk::{DiskOps, Ext4Edits, RootOverlay, RootRequest, WorkDiskRequest};
+use banger_disk::{
+    DiskOps, Ext4Edits, MakeWorkDiskError, RootOverlay, RootRequest, WorkDiskRequest,
+};
 use banger_model::image::Image;
 use banger_model::vm::{StorageStrategy, Vm};
 use banger_rpc::RpcError;
@@ -77,13 +79,14 @@ pub async fn prepare_new(
     daemon: &Daemon,
     vm: &Vm,
     image: &Image,
+    work_content: Option<&Path>,
     key: &SshKey,
     events: &EventSink,
 ) -> Prepared {
     let mut undo = Undo::default();
     let result = async {
         let root = create_root(daemon, vm, image, &mut undo).await?;
-        create_work_disk(daemon, vm, image, &mut undo).await?;
+        create_work_disk(daemon, vm, image, work_content, &mut undo).await?;
         let host_key = host_key(daemon, vm, &mut undo).await?;
         let (root_files, work_files) = tokio::join!(
             write_root_files(daemon, vm, &root, &host_key),
@@ -194,6 +197,7 @@ async fn create_work_disk(
     daemon: &Daemon,
     vm: &Vm,
     image: &Image,
+    content: Option<&Path>,
     undo: &mut Undo,
 ) -> Result<(), RpcError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
@@ -208,13 +212,17 @@ async fn create_work_disk(
         size: vm.spec.disk_size,
         strategy: daemon.storage.strategy,
         grown_seed_cache: image.rootfs_path.parent().map(Path::to_owned),
+        content: content.map(Path::to_owned),
     };
     blocking({
         let disk = Arc::clone(&disk);
         move || disk.make_work_disk(&request)
     })
     .await?
-    .map_err(|err| internal("creating the work disk", &err))?;
+    .map_err(|err| match err {
+        MakeWorkDiskError::ContentTooLarge { .. } => RpcError::invalid(err.to_string()),
+        err => internal("creating the work disk", &err),
+    })?;
     undo.push("remove the work disk", Class::Data, async move {
         blocking(move || disk.remove_work_disk(&work).map_err(|err| err.to_string()))
             .await

@@ -1,0 +1,420 @@
+//! The workspace laid out on the host before the VM boots (`vm run PATH`).
+//!
+//! The guest's `/root/repo` is built in a scratch directory: a clone of the
+//! repository checked out at HEAD, the working tree's changes over it (the
+//! same paths, read the same way, as [`super::payload`] sends), and the
+//! copied-in commit recorded. The daemon then builds the VM's work disk from
+//! that directory and the image's `/root` in one `mkfs.ext4 -d` pass, so the
+//! guest boots with its workspace in place and nothing is streamed over SSH.
+//! `vm workspace prepare` on a running VM keeps the SSH path; both give the
+//! guest the same repository.
+//!
+//! git runs here as the user, on the repository as it is on disk, but
+//! without the user's global and system config (see
+//! [`crate::exec::git_isolated`]): no hook, filter or setting of theirs
+//! runs, as in a guest that has none.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path};
+
+use super::payload::{Plan, Skipped, Summary, UNREADABLE_SHOWN, io, read_error};
+use super::repo::{PrepareError, Repo, bytes_path};
+use super::tree::{Entry, ReadError, Tree};
+use crate::exec;
+
+/// The repository's directory in the staged `/root`.
+pub const REPO_DIR: &str = "repo";
+
+/// What was staged.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub summary: Summary,
+    /// The commit of the workspace as copied in (export's default base).
+    pub copied_in: String,
+}
+
+/// Lays out `root/repo` from `repo` as [`Plan`] says. `root` must be an
+/// empty directory of the caller's.
+pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareError> {
+    let dest = root.join(REPO_DIR);
+    let base = match (&plan.from, &repo.head) {
+        (Some(from), _) => Some(repo.resolve_from(from)?),
+        (None, head) => head.clone(),
+    };
+    let mut summary = Summary {
+        base: base.clone(),
+        ..Summary::default()
+    };
+    let tree = Tree::open(&repo.top).map_err(read_error)?;
+    let mut unreadable = Vec::new();
+    // Paths of the working tree written over the checkout, and paths gone
+    // from it, NUL-separated for the copied-in commit's index.
+    let mut written: Vec<u8> = Vec::new();
+    let mut removed: Vec<u8> = Vec::new();
+
+    if plan.full_copy {
+        // Everything, .git and submodules included.
+        fs::create_dir(&dest).map_err(io(&dest))?;
+        let mut dirs = Vec::new();
+        tree.walk(&mut |path, entry| {
+            if let Entry::Dir { stat } = &entry {
+                dirs.push((path.to_owned(), stat.st_mode & 0o7777));
+            }
+            match write_entry(&dest, path, entry, &mut summary) {
+                Err(ReadError::Unreadable(path)) => unreadable.push(path),
+                other => other?,
+            }
+            Ok(())
+        })
+        .map_err(read_error)?;
+        // Directory modes last: a read-only directory is filled first.
+        for (path, mode) in dirs.iter().rev() {
+            let dir = dest.join(path);
+            fs::set_permissions(&dir, fs::Permissions::from_mode(*mode)).map_err(io(&dir))?;
+        }
+    } else {
+        match &repo.head {
+            Some(head) => {
+                // Repo::open read the repository with the user's own git
+                // config, which trusts it (safe.directory) or it would have
+                // failed there; this clone runs without that config.
+                let mut trusted = std::ffi::OsString::from("safe.directory=");
+                trusted.push(&repo.top);
+                git(
+                    root,
+                    &[
+                        OsStr::new("-c"),
+                        &trusted,
+                        OsStr::new("clone"),
+                        OsStr::new("--quiet"),
+                        OsStr::new("--no-checkout"),
+                        OsStr::new("--"),
+                        repo.top.as_os_str(),
+                        dest.as_os_str(),
+                    ],
+                )?;
+                git_str(&dest, &["remote", "remove", "origin"])?;
+                match &repo.head_branch {
+                    Some(branch) => git_str(&dest, &["checkout", "--quiet", "-B", branch, head])?,
+                    None => git_str(&dest, &["checkout", "--quiet", "--detach", head])?,
+                };
+            }
+            None => {
+                git(
+                    root,
+                    &[OsStr::new("init"), OsStr::new("--quiet"), dest.as_os_str()],
+                )?;
+                if let Some(branch) = &repo.head_branch {
+                    git_str(
+                        &dest,
+                        &["symbolic-ref", "HEAD", &format!("refs/heads/{branch}")],
+                    )?;
+                }
+            }
+        }
+        if let Some(branch) = &plan.branch {
+            match &plan.from {
+                Some(_) => git_str(
+                    &dest,
+                    &[
+                        "checkout",
+                        "--quiet",
+                        "-b",
+                        branch,
+                        base.as_deref().unwrap_or("HEAD"),
+                    ],
+                )?,
+                None => git_str(&dest, &["checkout", "--quiet", "-b", branch])?,
+            };
+        }
+        if plan.from.is_none() {
+            // The working tree's files go over the checkout of HEAD; a
+            // branch started elsewhere (--from) gets no local changes.
+            let changes = repo.changes()?;
+            for candidate in &changes.candidates {
+                let path = bytes_path(candidate);
+                let entry = match tree.entry(path) {
+                    Ok(entry) => entry,
+                    Err(ReadError::Unreadable(path)) => {
+                        unreadable.push(path);
+                        continue;
+                    }
+                    Err(err) => return Err(read_error(err)),
+                };
+                match entry {
+                    Entry::Gone => {
+                        remove(&dest, path).map_err(io(&dest.join(path)))?;
+                        summary.deleted += 1;
+                        removed.extend_from_slice(candidate);
+                        removed.push(0);
+                        continue;
+                    }
+                    Entry::Dir { .. } => {
+                        summary.skipped.push(Skipped {
+                            path: path.to_owned(),
+                            reason: if changes.nested.contains(candidate) {
+                                "a git repository of its own (git does not track its files); pass --full-copy to copy everything".into()
+                            } else {
+                                "a submodule; pass --full-copy to copy everything".into()
+                            },
+                        });
+                        continue;
+                    }
+                    entry => write_entry(&dest, path, entry, &mut summary).map_err(read_error)?,
+                }
+                written.extend_from_slice(candidate);
+                written.push(0);
+            }
+        }
+    }
+    if !unreadable.is_empty() {
+        return Err(PrepareError::Unreadable {
+            shown: unreadable.iter().take(UNREADABLE_SHOWN).cloned().collect(),
+            more: unreadable.len().saturating_sub(UNREADABLE_SHOWN),
+        });
+    }
+
+    let (name, email) = repo.identity();
+    if let Some(name) = name {
+        git_str(&dest, &["config", "user.name", &name])?;
+    }
+    if let Some(email) = email {
+        git_str(&dest, &["config", "user.email", &email])?;
+    }
+    let copied_in = copied_in_commit(&dest, plan.full_copy, &written, &removed)?;
+    Ok(Staged { summary, copied_in })
+}
+
+/// Records the workspace as copied in as a commit (`refs/banger/copied-in`;
+/// HEAD, branch and index stay as they are): `vm workspace export` diffs
+/// against it by default, so its patch applies to the host checkout the
+/// workspace came from. Only the paths written over the checkout are hashed
+/// (all of them for a full copy).
+fn copied_in_commit(
+    dest: &Path,
+    full_copy: bool,
+    written: &[u8],
+    removed: &[u8],
+) -> Result<String, PrepareError> {
+    let git_dir = dest.join(".git");
+    let index = git_dir.join("banger-copied-in.index");
+    let env = [("GIT_INDEX_FILE", index.as_os_str())];
+    let has_head = git_str(dest, &["rev-parse", "-q", "--verify", "HEAD^{commit}"]).ok();
+    let result = (|| {
+        if full_copy {
+            if git_dir.join("index").exists() {
+                fs::copy(git_dir.join("index"), &index).map_err(io(&index))?;
+            }
+            run(dest, &[OsStr::new("add"), OsStr::new("-A")], &env, None)?;
+        } else {
+            if has_head.is_some() {
+                run(
+                    dest,
+                    &[OsStr::new("read-tree"), OsStr::new("HEAD")],
+                    &env,
+                    None,
+                )?;
+            }
+            if !removed.is_empty() {
+                run(
+                    dest,
+                    &[
+                        OsStr::new("update-index"),
+                        OsStr::new("-z"),
+                        OsStr::new("--force-remove"),
+                        OsStr::new("--stdin"),
+                    ],
+                    &env,
+                    Some(removed),
+                )?;
+            }
+            if !written.is_empty() {
+                run(
+                    dest,
+                    &[
+                        OsStr::new("update-index"),
+                        OsStr::new("-z"),
+                        OsStr::new("--add"),
+                        // A path that changed kind (a directory now a
+                        // symlink) replaces the entries beneath it.
+                        OsStr::new("--replace"),
+                        OsStr::new("--stdin"),
+                    ],
+                    &env,
+                    Some(written),
+                )?;
+            }
+        }
+        let tree = run(dest, &[OsStr::new("write-tree")], &env, None)?;
+        let mut args = vec!["commit-tree", tree.trim()];
+        if let Some(parent) = has_head.as_deref().map(str::trim) {
+            args.extend(["-p", parent]);
+        }
+        args.extend(["-m", "banger: the workspace as copied in"]);
+        let author = [
+            ("GIT_AUTHOR_NAME", OsStr::new("banger")),
+            ("GIT_AUTHOR_EMAIL", OsStr::new("banger@localhost")),
+            ("GIT_COMMITTER_NAME", OsStr::new("banger")),
+            ("GIT_COMMITTER_EMAIL", OsStr::new("banger@localhost")),
+        ];
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let commit = run(dest, &args, &author, None)?;
+        let commit = commit.trim().to_owned();
+        git_str(dest, &["update-ref", "refs/banger/copied-in", &commit])?;
+        Ok(commit)
+    })();
+    let _ = fs::remove_file(&index);
+    result
+}
+
+/// Removes a path the working tree no longer has, and the directories it
+/// leaves empty, as `git checkout` would.
+fn remove(dest: &Path, path: &Path) -> io::Result<()> {
+    let target = dest.join(path);
+    match fs::symlink_metadata(&target) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => fs::remove_file(&target)?,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    }
+    let mut parent = path.parent();
+    while let Some(dir) = parent.filter(|dir| !dir.as_os_str().is_empty()) {
+        if fs::remove_dir(dest.join(dir)).is_err() {
+            break;
+        }
+        parent = dir.parent();
+    }
+    Ok(())
+}
+
+/// Writes one entry of the working tree at `dest/path`, replacing whatever
+/// the checkout put there. Every directory on the way is made a real
+/// directory first, so nothing is written through a symlink the checkout
+/// made.
+fn write_entry(
+    dest: &Path,
+    path: &Path,
+    entry: Entry,
+    summary: &mut Summary,
+) -> Result<(), ReadError> {
+    let target = dest.join(path);
+    let failed = |source| ReadError::Io {
+        path: target.clone(),
+        source,
+    };
+    if !matches!(entry, Entry::Gone | Entry::Special { .. }) {
+        real_parents(dest, path).map_err(failed)?;
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() && !matches!(entry, Entry::Dir { .. }) => {
+                fs::remove_dir_all(&target).map_err(failed)?
+            }
+            Ok(meta) if !meta.is_dir() => fs::remove_file(&target).map_err(failed)?,
+            _ => {}
+        }
+    }
+    match entry {
+        Entry::File { mut file, stat } => {
+            let mode = stat.st_mode & 0o7777;
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&target)
+                .map_err(failed)?;
+            let size = io::copy(&mut file, &mut out).map_err(failed)?;
+            // The mode exactly, whatever the umask; the time as on the host.
+            out.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(failed)?;
+            let mtime = std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    u64::try_from(stat.st_mtime).unwrap_or(0),
+                    u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+                );
+            out.set_modified(mtime).map_err(failed)?;
+            summary.files += 1;
+            summary.bytes += size;
+        }
+        Entry::Symlink { target: link, .. } => {
+            std::os::unix::fs::symlink(&link, &target).map_err(failed)?;
+            summary.files += 1;
+        }
+        Entry::Dir { .. } => match fs::create_dir(&target) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(failed(err)),
+        },
+        Entry::Special { kind } => summary.skipped.push(Skipped {
+            path: path.to_owned(),
+            reason: format!("{kind}; only files, directories and symlinks are copied"),
+        }),
+        Entry::Gone => {}
+    }
+    Ok(())
+}
+
+/// Makes every parent of `path` under `dest` a real directory: missing
+/// ones are created, a file or symlink in the way is replaced.
+fn real_parents(dest: &Path, path: &Path) -> io::Result<()> {
+    let mut dir = dest.to_owned();
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    for component in parent.components() {
+        let Component::Normal(name) = component else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a plain relative path", path.display()),
+            ));
+        };
+        dir.push(name);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => fs::remove_file(&dir)?,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        fs::create_dir(&dir)?;
+    }
+    Ok(())
+}
+
+fn git_str(dir: &Path, args: &[&str]) -> Result<String, PrepareError> {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    run(dir, &args, &[], None)
+}
+
+fn git(dir: &Path, args: &[&OsStr]) -> Result<String, PrepareError> {
+    run(dir, args, &[], None)
+}
+
+/// Runs git on the staged repository; its stdout, or an error with its
+/// stderr.
+fn run(
+    dir: &Path,
+    args: &[&OsStr],
+    env: &[(&str, &OsStr)],
+    stdin: Option<&[u8]>,
+) -> Result<String, PrepareError> {
+    let output = exec::git_isolated(dir, args, env, stdin).map_err(|source| PrepareError::Git {
+        dir: dir.to_owned(),
+        message: format!("cannot run git ({source}); install git"),
+    })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(PrepareError::Git {
+            dir: dir.to_owned(),
+            message: format!(
+                "git {}: {}",
+                args.iter()
+                    .map(|arg| arg.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
+}
