@@ -13,6 +13,11 @@ pub enum PrepareError {
         "{0} is not inside a git repository; `banger vm run` without a path gives a bare sandbox"
     )]
     NotARepo(PathBuf),
+    #[error(
+        "git refuses {}: it belongs to another user; if you trust it, `git config --global --add safe.directory {}`",
+        .0.display(), .0.display()
+    )]
+    NotTrusted(PathBuf),
     #[error("{0} is a bare repository; clone it and run banger in the checkout")]
     Bare(PathBuf),
     #[error("{0} has submodules; pass --full-copy to copy the whole directory instead")]
@@ -78,6 +83,11 @@ impl Repo {
         match bare {
             Ok(text) if text.trim() == "true" => return Err(PrepareError::Bare(dir)),
             Ok(_) => {}
+            // git's own guard: a repository another user owns runs none of
+            // its config or hooks until the user says they trust it.
+            Err(PrepareError::Git { message, .. }) if message.contains("dubious ownership") => {
+                return Err(PrepareError::NotTrusted(dir));
+            }
             Err(_) => return Err(PrepareError::NotARepo(path.to_owned())),
         }
         let top = PathBuf::from(git(&dir, &["rev-parse", "--show-toplevel"])?.trim());

@@ -80,21 +80,24 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
             Some(head) => {
                 // Repo::open read the repository with the user's own git
                 // config, which trusts it (safe.directory) or it would have
-                // failed there; this clone runs without that config.
-                let mut trusted = std::ffi::OsString::from("safe.directory=");
-                trusted.push(&repo.top);
-                git(
+                // failed there. This clone runs without that config, so it
+                // gets a global config of one setting: that trust, for the
+                // work tree and for the .git upload-pack reads (a `-c`
+                // would not reach upload-pack).
+                let trust = trust_config(&repo.top)?;
+                run(
                     root,
                     &[
-                        OsStr::new("-c"),
-                        &trusted,
                         OsStr::new("clone"),
                         OsStr::new("--quiet"),
                         OsStr::new("--no-checkout"),
+                        OsStr::new("--template="),
                         OsStr::new("--"),
                         repo.top.as_os_str(),
                         dest.as_os_str(),
                     ],
+                    &[("GIT_CONFIG_GLOBAL", trust.path().as_os_str())],
+                    None,
                 )?;
                 git_str(&dest, &["remote", "remove", "origin"])?;
                 match &repo.head_branch {
@@ -379,6 +382,32 @@ fn real_parents(dest: &Path, path: &Path) -> io::Result<()> {
         fs::create_dir(&dir)?;
     }
     Ok(())
+}
+
+/// A git config file that trusts the repository at `top` and its `.git`.
+fn trust_config(top: &Path) -> Result<tempfile::NamedTempFile, PrepareError> {
+    let mut file = tempfile::Builder::new()
+        .prefix("banger-git-trust")
+        .tempfile()
+        .map_err(|source| PrepareError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let quoted = |path: &Path| {
+        format!(
+            "\"{}\"",
+            path.to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        )
+    };
+    let text = format!(
+        "[safe]\n\tdirectory = {}\n\tdirectory = {}\n",
+        quoted(top),
+        quoted(&top.join(".git"))
+    );
+    io::Write::write_all(&mut file, text.as_bytes()).map_err(io(file.path()))?;
+    Ok(file)
 }
 
 fn git_str(dir: &Path, args: &[&str]) -> Result<String, PrepareError> {

@@ -235,9 +235,13 @@ fn qemu_guest_end_to_end() {
         "ssh",
         "q",
         "--",
-        "systemd-analyze; systemd-analyze blame --no-pager | head -8",
+        "timeout 60 systemctl is-system-running --wait; systemd-analyze; \
+         systemd-analyze blame --no-pager | head -8",
     ]);
-    eprintln!("qemu e2e: guest systemd-analyze:\n{}", analyze.stdout);
+    eprintln!(
+        "qemu e2e: guest systemd-analyze:\n{}{}",
+        analyze.stdout, analyze.stderr
+    );
     let vm = vm_json(&sim, "q");
     assert_eq!(vm["vmm"], "qemu");
     let accel = vm["accel"]

@@ -143,6 +143,41 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     sim.assert_clean();
 }
 
+/// A checkout another user owns, which the user trusts (git's
+/// safe.directory): copied like their own.
+#[test]
+fn a_trusted_repository_of_another_user_is_copied() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    let status = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(
+        sim.env.layout.home.join(".gitconfig"),
+        format!("[safe]\n\tdirectory = {}\n", repo.display()),
+    )
+    .unwrap();
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        "cat modified.txt; git status --short",
+    ]);
+    assert!(out.stdout.starts_with("new\n"), "{out}");
+    assert!(out.stdout.contains(" M modified.txt"), "{out}");
+    assert!(out.stdout.contains(" D deleted.txt"), "{out}");
+    sim.assert_clean();
+}
+
 /// 10k files, some changed, some new, some deleted: the guest's tree is
 /// the host's, file for file, and git sees the same changes.
 #[test]

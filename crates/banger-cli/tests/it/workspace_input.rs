@@ -72,3 +72,39 @@ fn an_unreadable_file_is_refused_before_any_vm_exists() {
     assert_eq!(env.daemon_pid(), None, "a daemon was started:\n{out}");
     assert!(!env.layout.state_dir.join("vms").exists());
 }
+
+/// A checkout another user owns: git's own guard refuses it, and banger
+/// says so with git's fix instead of calling it "not a repository" (once
+/// trusted it is copied: e2e_workspace).
+#[test]
+fn a_repository_of_another_user_is_named_with_gits_fix() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give the checkout to another user");
+        return;
+    }
+    let env = TestEnv::new();
+    let repo = env.root().join("theirs");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("main.c"), "int main;\n").unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "init"]);
+    chown_tree(&repo, 65534);
+
+    let mut command = env.command("banger");
+    command
+        .args(["vm", "run", "--rm"])
+        .arg(&repo)
+        .args(["--", "true"]);
+    let out = run(command);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "git refuses {}: it belongs to another user; if you trust it, `git config --global --add safe.directory {}`",
+            repo.display(),
+            repo.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(env.daemon_pid(), None, "a daemon was started:\n{out}");
+}

@@ -86,7 +86,13 @@ pub async fn prepare_new(
     let mut undo = Undo::default();
     let result = async {
         let root = create_root(daemon, vm, image, &mut undo).await?;
+        // The workspace, when the client laid one out, goes in here: its
+        // own stage, as it is the part that grows with the user's data.
+        let writing = work_content.map(|_| events.stage("write_workspace"));
         create_work_disk(daemon, vm, image, work_content, &mut undo).await?;
+        if let Some(stage) = writing {
+            stage.done();
+        }
         let host_key = host_key(daemon, vm, &mut undo).await?;
         let (root_files, work_files) = tokio::join!(
             write_root_files(daemon, vm, &root, &host_key),
