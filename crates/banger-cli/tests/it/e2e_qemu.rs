@@ -230,18 +230,7 @@ fn qemu_guest_end_to_end() {
     for line in out.stderr.lines().filter(|line| line.contains(" done ")) {
         eprintln!("qemu e2e: vm create stage: {}", line.trim());
     }
-    let analyze = sim.banger([
-        "vm",
-        "ssh",
-        "q",
-        "--",
-        "timeout 60 systemctl is-system-running --wait; systemd-analyze; \
-         systemd-analyze blame --no-pager | head -8",
-    ]);
-    eprintln!(
-        "qemu e2e: guest systemd-analyze:\n{}{}",
-        analyze.stdout, analyze.stderr
-    );
+
     let vm = vm_json(&sim, "q");
     assert_eq!(vm["vmm"], "qemu");
     let accel = vm["accel"]
