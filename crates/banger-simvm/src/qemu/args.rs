@@ -17,6 +17,10 @@ pub const MACHINE: &str = "microvm,acpi=on,rtc=on,pit=on,pic=on";
 /// reasonable time; this tells it the rate instead.
 pub const EMULATED_TSC_ARG: &str = "tsc_early_khz=2000000";
 
+/// Under emulation the kernel's crypto self-tests take half a second of
+/// boot (measured: "Run /init" at 1.71 s instead of 2.19 s without them).
+pub const SKIP_CRYPTO_TESTS_ARG: &str = "cryptomgr.notests";
+
 /// The vsock device's id; QMP finds it at `/machine/peripheral/<id>`.
 pub const VSOCK_DEVICE_ID: &str = "vsock0";
 
@@ -42,6 +46,10 @@ pub fn cmdline(plan: &BootPlan, accel: Accel) -> String {
             line.push(' ');
         }
         line.push_str(EMULATED_TSC_ARG);
+    }
+    if accel == Accel::Tcg && !line.split_whitespace().any(|w| w == SKIP_CRYPTO_TESTS_ARG) {
+        line.push(' ');
+        line.push_str(SKIP_CRYPTO_TESTS_ARG);
     }
     line
 }
@@ -227,7 +235,7 @@ mod tests {
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(
             args[append + 1],
-            "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000"
+            "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000 cryptomgr.notests"
         );
     }
 
@@ -256,7 +264,7 @@ mod tests {
         plan.cmdline = "console=ttyS0 tsc_early_khz=1000".into();
         assert_eq!(
             cmdline(&plan, Accel::Tcg),
-            "console=ttyS0 tsc_early_khz=1000"
+            "console=ttyS0 tsc_early_khz=1000 cryptomgr.notests"
         );
     }
 }
