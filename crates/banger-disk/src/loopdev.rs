@@ -170,6 +170,12 @@ pub enum ListLoopsError {
     },
 }
 
+/// Whether loop device `path` (e.g. `/dev/loop3`) is bound to a file now.
+pub fn is_attached(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| Path::new(SYS_BLOCK).join(name).join("loop").exists())
+}
+
 /// Attaches `backing` to a free loop device.
 #[tracing::instrument(level = "debug", skip_all, fields(backing = %backing.display(), read_only = options.read_only, autoclear = options.autoclear))]
 pub fn attach(backing: &Path, options: LoopOptions) -> Result<AttachedLoop, AttachLoopError> {

@@ -33,7 +33,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod digest;
-pub mod http;
+pub use banger_http as http;
 pub mod manifest;
 pub mod progress;
 pub mod pull;

@@ -22,7 +22,6 @@
 //!   re-executed helper).
 //! - [`qemu`]: the `qemu` engine (command line, QMP, accelerator probe).
 //! - [`net`]: the guest's veth and addresses, over netlink.
-//! - [`loopdev`]: autoclear loop devices.
 //! - [`log`]: simvm's own log (`--log-path`, `PUT /logger`).
 //! - `exec`: the only module that spawns processes.
 
@@ -31,7 +30,6 @@ pub mod controller;
 mod exec;
 pub mod guest;
 pub mod log;
-pub mod loopdev;
 pub mod net;
 pub mod qemu;
 pub mod server;

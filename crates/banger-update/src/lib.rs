@@ -20,18 +20,18 @@
 //! - [`key`]: the compiled-in release key (and the debug-build test override).
 //! - [`manifest`]: the signed manifest and its verification.
 //! - [`version`]: release versions and their order.
-//! - [`http`]: a small HTTPS client (rustls; plain http only to loopback).
+//! - [`download`]: release downloads over banger-http (plain http only to loopback).
 //! - [`install`]: staging next to the targets and the all-or-nothing swap.
 //! - [`release`]: the steps composed: fetch and verify, download and stage.
 
-pub mod http;
+pub mod download;
 pub mod install;
 pub mod key;
 pub mod manifest;
 pub mod release;
 pub mod version;
 
-pub use http::{DownloadError, Downloader};
+pub use download::{DownloadError, Downloader};
 pub use install::{RealSwapFs, StageError, Staged, SwapError, SwapFs, swap_all};
 pub use key::release_key;
 pub use manifest::{Artifact, Manifest, VerifyManifestError};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use crate::http::{DownloadError, Downloader};
+use crate::download::{DownloadError, Downloader};
 use crate::install::{StageError, Staged};
 use crate::manifest::{Artifact, Manifest, VerifyManifestError, resolve_url};
 use crate::version::Version;

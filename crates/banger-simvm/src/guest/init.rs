@@ -25,7 +25,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
 use super::proto::{CTL_FD, Event, GO, HelperConfig, HelperDrive};
-use crate::loopdev;
+use banger_disk::loopdev::{self, AttachedLoop, LoopOptions};
 
 /// Where the root drive is mounted before the pivot. Any existing directory
 /// works: the mount is only visible in the guest's private mount namespace.
@@ -172,7 +172,7 @@ struct PreparedDrive {
     drive: HelperDrive,
     source: PathBuf,
     _file: File,
-    _loop: Option<loopdev::LoopDevice>,
+    _loop: Option<AttachedLoop>,
 }
 
 fn prepare_drive(ctl: &UnixStream, drive: &HelperDrive) -> Result<PreparedDrive, SetupError> {
@@ -193,11 +193,18 @@ fn prepare_drive(ctl: &UnixStream, drive: &HelperDrive) -> Result<PreparedDrive,
             _loop: None,
         });
     }
-    let device = loopdev::attach(&drive.path, &file, drive.read_only)?;
-    send(ctl, &Event::Loop(device.path.clone()));
+    let device = loopdev::attach(
+        &drive.path,
+        LoopOptions {
+            read_only: drive.read_only,
+            autoclear: true,
+        },
+    )?;
+    let source = device.device().path();
+    send(ctl, &Event::Loop(source.clone()));
     Ok(PreparedDrive {
         drive: drive.clone(),
-        source: device.path.clone(),
+        source,
         _file: file,
         _loop: Some(device),
     })

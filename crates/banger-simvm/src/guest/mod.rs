@@ -38,8 +38,8 @@ pub use init::helper_main;
 use proto::{Event, GO, HelperConfig, HelperDrive};
 
 use crate::controller::{BootPlan, Guest, GuestLauncher, VsockUpstream};
+use crate::net;
 use crate::vsock::GUEST_VSOCK_DIR;
-use crate::{loopdev, net};
 
 /// How long a boot may take to reach the point where the first-boot script
 /// starts.
@@ -508,7 +508,7 @@ impl Guest for NsGuest {
         let mut left: Vec<String> = self
             .loops
             .iter()
-            .filter(|l| loopdev::is_attached(l))
+            .filter(|l| banger_disk::loopdev::is_attached(l))
             .map(|l| l.display().to_string())
             .collect();
         if let Some(veth) = &self.veth

@@ -1,5 +1,5 @@
-//! The HTTP(S) transport shared by the registry client and catalog
-//! downloads: hyper's pooled client with rustls (ring) and the system's
+//! banger's one HTTP(S) transport, shared by the registry client, catalog
+//! downloads and `banger update`: hyper's pooled client with rustls (ring) and the system's
 //! trusted roots, redirects followed by hand so every hop is checked
 //! against the [`TransportPolicy`], and timeouts on headers and on stalls.
 //!
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue, LOCATION, USER_AGENT};
+pub use hyper::header::HeaderMap;
+use hyper::header::{AUTHORIZATION, HeaderValue, LOCATION, USER_AGENT};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -87,6 +88,8 @@ impl Default for Timeouts {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    #[error("invalid User-Agent {value:?}")]
+    UserAgent { value: String },
     #[error("invalid URL {url:?}")]
     Url {
         url: String,
@@ -209,6 +212,14 @@ impl HttpClient {
             timeouts,
             user_agent: HeaderValue::from_static(concat!("banger/", env!("CARGO_PKG_VERSION"))),
         })
+    }
+
+    /// The same client sending `user_agent` instead of `banger/VERSION`.
+    pub fn with_user_agent(mut self, user_agent: &str) -> Result<Self, HttpError> {
+        self.user_agent = HeaderValue::from_str(user_agent).map_err(|_| HttpError::UserAgent {
+            value: user_agent.to_owned(),
+        })?;
+        Ok(self)
     }
 
     pub fn policy(&self) -> &TransportPolicy {
@@ -425,7 +436,7 @@ fn resolve_location(base: &Uri, location: &str) -> String {
 }
 
 /// Percent-encodes a query parameter value.
-pub(crate) fn encode_query_value(value: &str) -> String {
+pub fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
