@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::repo::{PrepareError, Repo, bytes_path};
+use super::repo::{Changes, PrepareError, Repo, bytes_path};
 use super::tree::{Entry, ReadError, Tree};
 use crate::exec;
 
@@ -142,34 +142,27 @@ pub fn build(
         // started elsewhere (--from) gets no local changes.
         let changes = repo.changes()?;
         let mut deleted = Vec::new();
-        for candidate in &changes.candidates {
-            let path = bytes_path(candidate);
-            let entry = match tree.entry(path) {
-                Ok(entry) => entry,
-                Err(ReadError::Unreadable(path)) => {
-                    unreadable.push(path);
-                    continue;
+        read_changes(
+            &tree,
+            &changes,
+            &mut unreadable,
+            |candidate: &[u8], change: Change| {
+                match change {
+                    Change::Gone => {
+                        deleted.extend_from_slice(candidate);
+                        deleted.push(0);
+                        summary.deleted += 1;
+                    }
+                    Change::Skipped(skipped) => summary.skipped.push(skipped),
+                    Change::Present(entry) => {
+                        let name = Path::new("tree").join(bytes_path(candidate));
+                        append_entry(&mut tar, out, &name, entry, &mut summary)
+                            .map_err(read_error)?
+                    }
                 }
-                Err(err) => return Err(read_error(err)),
-            };
-            match entry {
-                Entry::Gone => {
-                    deleted.extend_from_slice(candidate);
-                    deleted.push(0);
-                    summary.deleted += 1;
-                }
-                Entry::Dir { .. } => summary.skipped.push(Skipped {
-                    path: path.to_owned(),
-                    reason: if changes.nested.contains(candidate) {
-                        "a git repository of its own (git does not track its files); pass --full-copy to copy everything".into()
-                    } else {
-                        "a submodule; pass --full-copy to copy everything".into()
-                    },
-                }),
-                entry => append_entry(&mut tar, out, &Path::new("tree").join(path), entry, &mut summary)
-                    .map_err(read_error)?,
-            }
-        }
+                Ok(())
+            },
+        )?;
         let mut header = tar::Header::new_gnu();
         header.set_size(deleted.len() as u64);
         header.set_mode(0o644);
@@ -200,6 +193,53 @@ pub fn build(
         .and_then(|file| file.sync_all())
         .map_err(io(out))?;
     Ok(summary)
+}
+
+/// One path where the working tree may differ from HEAD, as read beneath
+/// its top directory.
+pub(super) enum Change {
+    /// Not in the working tree any more.
+    Gone,
+    /// A directory git lists whole (a repository of its own, a submodule):
+    /// left out, with the reason.
+    Skipped(Skipped),
+    /// A file or symlink to carry (or a special file, reported when carried).
+    Present(Entry),
+}
+
+/// Reads each of `changes`' paths in `tree` and hands it to `visit`; paths
+/// that cannot be read are collected in `unreadable` for one error.
+pub(super) fn read_changes(
+    tree: &Tree,
+    changes: &Changes,
+    unreadable: &mut Vec<PathBuf>,
+    mut visit: impl FnMut(&[u8], Change) -> Result<(), PrepareError>,
+) -> Result<(), PrepareError> {
+    for candidate in &changes.candidates {
+        let path = bytes_path(candidate);
+        let entry = match tree.entry(path) {
+            Ok(entry) => entry,
+            Err(ReadError::Unreadable(path)) => {
+                unreadable.push(path);
+                continue;
+            }
+            Err(err) => return Err(read_error(err)),
+        };
+        let change = match entry {
+            Entry::Gone => Change::Gone,
+            Entry::Dir { .. } => Change::Skipped(Skipped {
+                path: path.to_owned(),
+                reason: if changes.nested.contains(candidate) {
+                    "a git repository of its own (git does not track its files); pass --full-copy to copy everything".into()
+                } else {
+                    "a submodule; pass --full-copy to copy everything".into()
+                },
+            }),
+            entry => Change::Present(entry),
+        };
+        visit(candidate, change)?;
+    }
+    Ok(())
 }
 
 pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + use<> {

@@ -20,7 +20,9 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path};
 
-use super::payload::{Plan, Skipped, Summary, UNREADABLE_SHOWN, io, read_error};
+use super::payload::{
+    Change, Plan, Skipped, Summary, UNREADABLE_SHOWN, io, read_changes, read_error,
+};
 use super::repo::{PrepareError, Repo, bytes_path};
 use super::tree::{Entry, ReadError, Tree};
 use crate::exec;
@@ -137,40 +139,32 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
             // The working tree's files go over the checkout of HEAD; a
             // branch started elsewhere (--from) gets no local changes.
             let changes = repo.changes()?;
-            for candidate in &changes.candidates {
-                let path = bytes_path(candidate);
-                let entry = match tree.entry(path) {
-                    Ok(entry) => entry,
-                    Err(ReadError::Unreadable(path)) => {
-                        unreadable.push(path);
-                        continue;
-                    }
-                    Err(err) => return Err(read_error(err)),
-                };
-                match entry {
-                    Entry::Gone => {
-                        remove(&dest, path).map_err(io(&dest.join(path)))?;
-                        summary.deleted += 1;
-                        removed.extend_from_slice(candidate);
-                        removed.push(0);
-                        continue;
-                    }
-                    Entry::Dir { .. } => {
-                        summary.skipped.push(Skipped {
-                            path: path.to_owned(),
-                            reason: if changes.nested.contains(candidate) {
-                                "a git repository of its own (git does not track its files); pass --full-copy to copy everything".into()
-                            } else {
-                                "a submodule; pass --full-copy to copy everything".into()
-                            },
-                        });
-                        continue;
-                    }
-                    entry => write_entry(&dest, path, entry, &mut summary).map_err(read_error)?,
-                }
-                written.extend_from_slice(candidate);
-                written.push(0);
-            }
+            read_changes(
+                &tree,
+                &changes,
+                &mut unreadable,
+                |candidate: &[u8], change: Change| {
+                    let path = bytes_path(candidate);
+                    let list = match change {
+                        Change::Gone => {
+                            remove(&dest, path).map_err(io(&dest.join(path)))?;
+                            summary.deleted += 1;
+                            &mut removed
+                        }
+                        Change::Skipped(skipped) => {
+                            summary.skipped.push(skipped);
+                            return Ok(());
+                        }
+                        Change::Present(entry) => {
+                            write_entry(&dest, path, entry, &mut summary).map_err(read_error)?;
+                            &mut written
+                        }
+                    };
+                    list.extend_from_slice(candidate);
+                    list.push(0);
+                    Ok(())
+                },
+            )?;
         }
     }
     if !unreadable.is_empty() {
