@@ -255,14 +255,17 @@ pub struct Vm {
     /// qemu VMs: the accelerator of the current (or last) boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<Accel>,
-    pub network: Option<NetworkAllocation>,
+    /// Address, gateway and MAC, allocated at create.
+    pub network: NetworkAllocation,
     /// The TAP device while running.
     pub tap: Option<String>,
-    pub storage: Option<StorageStrategy>,
+    /// How the root disk was made, decided at create.
+    pub storage: StorageStrategy,
     pub dir: PathBuf,
     /// The VMM's pid while running.
     pub pid: Option<u32>,
-    pub vsock_cid: Option<u32>,
+    /// The guest's vsock context id, allocated at create.
+    pub vsock_cid: u32,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub started_at: Option<Timestamp>,

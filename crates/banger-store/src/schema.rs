@@ -162,9 +162,11 @@ mod tests {
             "INSERT INTO images (id, name, rootfs_path, rootfs_size, source, created_at)
                  VALUES ('i1', 'debian', '/r', 1, 'register', 0);
              INSERT INTO vms (id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm,
-                              guest_ip, dir, vsock_cid, created_at, updated_at)
+                              guest_ip, prefix_len, gateway, mac, storage, dir, vsock_cid,
+                              created_at, updated_at)
                  VALUES ('v1', 'web', 'i1', 'stopped', 2, 512, 1024, 0, 'sim',
-                         '172.30.0.2', '/d', 3, 0, 0);",
+                         '172.30.0.2', 24, '172.30.0.1', '06:00:ac:1e:00:02', 'copy', '/d', 3,
+                         0, 0);",
         )
         .unwrap();
         drop(conn);
@@ -181,5 +183,25 @@ mod tests {
         );
         let conn = crate::open_connection(&path).unwrap();
         conn.execute("UPDATE vms SET vmm = 'qemu'", []).unwrap();
+    }
+    #[test]
+    fn a_vm_row_without_its_address_is_corrupt_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("banger.db");
+        drop(crate::Store::open(&path).unwrap());
+        let conn = crate::open_connection(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO images (id, name, rootfs_path, rootfs_size, source, created_at)
+                 VALUES ('i1', 'debian', '/r', 1, 'register', 0);
+             INSERT INTO vms (id, name, image_id, state, vcpu, memory_mib, disk_size, nat, vmm,
+                              guest_ip, storage, dir, vsock_cid, created_at, updated_at)
+                 VALUES ('v1', 'web', 'i1', 'stopped', 2, 512, 1024, 0, 'sim',
+                         '172.30.0.2', 'copy', '/d', 3, 0, 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = crate::Store::open(&path).unwrap();
+        let err = store.list_vms().unwrap_err();
+        assert!(err.to_string().contains("network"), "{err}");
     }
 }

@@ -36,12 +36,12 @@ impl Store {
                 vm.spec.disk_size.bytes() as i64,
                 vm.nat,
                 vm.vmm.as_str(),
-                vm.network.as_ref().map(|n| n.ip.to_string()),
-                vm.network.as_ref().map(|n| n.prefix_len),
-                vm.network.as_ref().map(|n| n.gateway.to_string()),
-                vm.network.as_ref().map(|n| n.mac.clone()),
+                vm.network.ip.to_string(),
+                vm.network.prefix_len,
+                vm.network.gateway.to_string(),
+                vm.network.mac.clone(),
                 vm.tap,
-                vm.storage.map(StorageStrategy::as_str),
+                vm.storage.as_str(),
                 vm.dir.to_string_lossy(),
                 vm.pid,
                 vm.vsock_cid,
@@ -78,12 +78,12 @@ impl Store {
                 vm.spec.memory_mib,
                 vm.spec.disk_size.bytes() as i64,
                 vm.nat,
-                vm.network.as_ref().map(|n| n.ip.to_string()),
-                vm.network.as_ref().map(|n| n.prefix_len),
-                vm.network.as_ref().map(|n| n.gateway.to_string()),
-                vm.network.as_ref().map(|n| n.mac.clone()),
+                vm.network.ip.to_string(),
+                vm.network.prefix_len,
+                vm.network.gateway.to_string(),
+                vm.network.mac.clone(),
                 vm.tap,
-                vm.storage.map(StorageStrategy::as_str),
+                vm.storage.as_str(),
                 vm.pid,
                 vm.vsock_cid,
                 to_millis(vm.updated_at),
@@ -208,13 +208,18 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<Vm, StoreError>> {
     let ports: String = row.get(25)?;
     Ok((|| {
         let network = match (guest_ip, prefix_len, gateway, mac) {
-            (Some(ip), Some(prefix_len), Some(gateway), Some(mac)) => Some(NetworkAllocation {
+            (Some(ip), Some(prefix_len), Some(gateway), Some(mac)) => NetworkAllocation {
                 ip: ip.parse().map_err(|_| corrupt("guest_ip", &ip))?,
                 prefix_len,
                 gateway: gateway.parse().map_err(|_| corrupt("gateway", &gateway))?,
                 mac,
-            }),
-            _ => None,
+            },
+            _ => {
+                return Err(corrupt(
+                    "network",
+                    "an address, prefix, gateway or MAC is missing",
+                ));
+            }
         };
         Ok(Vm {
             id: Id::from_stored(id),
@@ -236,10 +241,11 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<Vm, StoreError>> {
             tap,
             storage: storage
                 .map(|raw| StorageStrategy::parse(&raw).ok_or_else(|| corrupt("storage", &raw)))
-                .transpose()?,
+                .transpose()?
+                .ok_or_else(|| corrupt("storage", "missing"))?,
             dir: PathBuf::from(dir),
             pid,
-            vsock_cid,
+            vsock_cid: vsock_cid.ok_or_else(|| corrupt("vsock_cid", "missing"))?,
             created_at: from_millis("VM created_at", created_at)?,
             updated_at: from_millis("VM updated_at", updated_at)?,
             started_at: started_at

@@ -42,7 +42,7 @@ fn image(name: &str, kernel: Option<&Kernel>) -> Image {
     }
 }
 
-fn vm(name: &str, image: &Image, ip: Option<Ipv4Addr>) -> Vm {
+fn vm(name: &str, image: &Image, ip: Ipv4Addr) -> Vm {
     let now = jiff::Timestamp::now();
     Vm {
         id: Id::generate(),
@@ -58,17 +58,17 @@ fn vm(name: &str, image: &Image, ip: Option<Ipv4Addr>) -> Vm {
         nat: true,
         vmm: VmmKind::Sim,
         accel: None,
-        network: ip.map(|ip| NetworkAllocation {
+        network: NetworkAllocation {
             ip,
             prefix_len: 24,
             gateway: Ipv4Addr::new(172, 30, 0, 1),
             mac: NetworkAllocation::mac_for(ip),
-        }),
+        },
         tap: None,
-        storage: Some(StorageStrategy::Reflink),
+        storage: StorageStrategy::Reflink,
         dir: PathBuf::from(format!("/state/vms/{name}")),
         pid: None,
-        vsock_cid: Some(3),
+        vsock_cid: 3,
         created_at: now,
         updated_at: now,
         started_at: None,
@@ -91,7 +91,7 @@ fn records_round_trip_with_timestamps_at_millisecond_precision() {
     store.insert_kernel(&k).unwrap();
     let mut i = image("debian", Some(&k));
     store.insert_image(&i).unwrap();
-    let mut v = vm("web", &i, Some(Ipv4Addr::new(172, 30, 0, 2)));
+    let mut v = vm("web", &i, Ipv4Addr::new(172, 30, 0, 2));
     store.insert_vm(&v).unwrap();
 
     let got = store.get_kernel(&k.id).unwrap().unwrap();
@@ -164,9 +164,9 @@ fn qemu_vms_keep_their_accelerator_and_v1_rows_survive_the_rebuild() {
     store.insert_kernel(&k).unwrap();
     let i = image("bookworm", Some(&k));
     store.insert_image(&i).unwrap();
-    let mut q = vm("q", &i, Some(Ipv4Addr::new(172, 30, 0, 3)));
+    let mut q = vm("q", &i, Ipv4Addr::new(172, 30, 0, 3));
     q.vmm = VmmKind::Qemu;
-    q.vsock_cid = Some(4);
+    q.vsock_cid = 4;
     store.insert_vm(&q).unwrap();
     q.accel = Some(Accel::Tcg);
     store.update_vm(&mut q).unwrap();
@@ -185,9 +185,11 @@ fn names_are_unique_per_table() {
         matches!(err, StoreError::NameTaken { kind: "image", .. }),
         "{err:?}"
     );
-    store.insert_vm(&vm("web", &i, None)).unwrap();
-    let mut duplicate = vm("web", &i, None);
-    duplicate.vsock_cid = Some(4);
+    store
+        .insert_vm(&vm("web", &i, Ipv4Addr::new(172, 30, 0, 10)))
+        .unwrap();
+    let mut duplicate = vm("web", &i, Ipv4Addr::new(172, 30, 0, 11));
+    duplicate.vsock_cid = 4;
     let err = store.insert_vm(&duplicate).unwrap_err();
     assert!(
         matches!(err, StoreError::NameTaken { kind: "VM", .. }),
@@ -201,10 +203,10 @@ fn guest_ips_cannot_be_double_allocated() {
     let (_dir, store) = open();
     let i = image("debian", None);
     store.insert_image(&i).unwrap();
-    let ip = Some(Ipv4Addr::new(172, 30, 0, 9));
+    let ip = Ipv4Addr::new(172, 30, 0, 9);
     store.insert_vm(&vm("a", &i, ip)).unwrap();
     let mut second = vm("b", &i, ip);
-    second.vsock_cid = Some(4);
+    second.vsock_cid = 4;
     assert!(store.insert_vm(&second).is_err());
 }
 
@@ -215,7 +217,7 @@ fn images_in_use_and_kernels_in_use_cannot_be_deleted() {
     store.insert_kernel(&k).unwrap();
     let i = image("debian", Some(&k));
     store.insert_image(&i).unwrap();
-    let v = vm("web", &i, None);
+    let v = vm("web", &i, Ipv4Addr::new(172, 30, 0, 12));
     store.insert_vm(&v).unwrap();
 
     assert!(matches!(
@@ -239,7 +241,9 @@ fn images_in_use_and_kernels_in_use_cannot_be_deleted() {
 fn a_vm_needs_an_existing_image() {
     let (_dir, store) = open();
     let ghost = image("ghost", None);
-    let err = store.insert_vm(&vm("web", &ghost, None)).unwrap_err();
+    let err = store
+        .insert_vm(&vm("web", &ghost, Ipv4Addr::new(172, 30, 0, 13)))
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
 }
 

@@ -99,15 +99,13 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                 if let Err(err) = save(daemon, &mut vm) {
                     report.problems.push(err.message);
                 }
-                if let Some(net) = &vm.network {
-                    daemon.network.publish(&vm.name, net.ip);
-                    match crate::forward::bind(&vm.ports) {
-                        Ok(ports) => daemon.forwards.start(&vm.id, net.ip, ports),
-                        Err(err) => report.problems.push(format!(
-                            "publishing the ports of {}: {}",
-                            vm.name, err.message
-                        )),
-                    }
+                daemon.network.publish(&vm.name, vm.network.ip);
+                match crate::forward::bind(&vm.ports) {
+                    Ok(ports) => daemon.forwards.start(&vm.id, vm.network.ip, ports),
+                    Err(err) => report.problems.push(format!(
+                        "publishing the ports of {}: {}",
+                        vm.name, err.message
+                    )),
                 }
                 daemon.put_process(&vm.id, process.clone());
                 watch::spawn(daemon, vm.id.clone(), process);

@@ -36,10 +36,7 @@ pub(super) async fn list(layout: &Layout, args: &JsonFlag) -> anyhow::Result<Exi
             vm.state.to_string(),
             vm.image_name.clone(),
             vmm_label(vm),
-            vm.network
-                .as_ref()
-                .map(|net| net.ip.to_string())
-                .unwrap_or_else(|| "-".into()),
+            vm.network.ip.to_string(),
             vm.spec.vcpu.to_string(),
             format!("{} MiB", vm.spec.memory_mib),
             vm.spec.disk_size.to_string(),
@@ -112,13 +109,12 @@ fn print_vm(vm: &Vm) {
         (VmmKind::Qemu, None) => "qemu (a real guest kernel in QEMU microvm)".to_owned(),
     };
     println!("vmm         {isolation}");
-    if let Some(net) = &vm.network {
-        println!(
-            "address     {}/{} via {} ({})",
-            net.ip, net.prefix_len, net.gateway, net.mac
-        );
-        println!("dns         {}", vm.dns_name());
-    }
+    let net = &vm.network;
+    println!(
+        "address     {}/{} via {} ({})",
+        net.ip, net.prefix_len, net.gateway, net.mac
+    );
+    println!("dns         {}", vm.dns_name());
     println!("nat         {}", if vm.nat { "on" } else { "off" });
     for forward in &vm.ports {
         println!(
@@ -129,9 +125,7 @@ fn print_vm(vm: &Vm) {
     if let Some(tap) = &vm.tap {
         println!("tap         {tap}");
     }
-    if let Some(storage) = vm.storage {
-        println!("storage     {storage}");
-    }
+    println!("storage     {}", vm.storage);
     if let Some(pid) = vm.pid {
         println!("vmm pid     {pid}");
     }

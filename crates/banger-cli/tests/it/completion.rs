@@ -7,7 +7,7 @@ use std::process::Command;
 
 use banger_model::image::{Image, ImageSource};
 use banger_model::kernel::{Kernel, KernelSource};
-use banger_model::vm::{Vm, VmState, VmmKind};
+use banger_model::vm::{NetworkAllocation, StorageStrategy, Vm, VmState, VmmKind};
 use banger_model::{ByteSize, Id, Name, VmSpec};
 use banger_testkit::TestEnv;
 use banger_testkit::env::run;
@@ -82,7 +82,8 @@ fn image(name: &str, default: bool) -> Image {
     }
 }
 
-fn stopped_vm(name: &str, image: &Image, dir: PathBuf) -> Vm {
+fn stopped_vm(name: &str, image: &Image, dir: PathBuf, host: u8) -> Vm {
+    let ip = std::net::Ipv4Addr::new(172, 30, 0, host);
     let now = jiff::Timestamp::now();
     Vm {
         id: Id::generate(),
@@ -98,12 +99,17 @@ fn stopped_vm(name: &str, image: &Image, dir: PathBuf) -> Vm {
         nat: false,
         vmm: VmmKind::Sim,
         accel: None,
-        network: None,
+        network: NetworkAllocation {
+            ip,
+            prefix_len: 24,
+            gateway: std::net::Ipv4Addr::new(172, 30, 0, 1),
+            mac: NetworkAllocation::mac_for(ip),
+        },
         tap: None,
-        storage: None,
+        storage: StorageStrategy::Copy,
         dir,
         pid: None,
-        vsock_cid: None,
+        vsock_cid: u32::from(host),
         created_at: now,
         updated_at: now,
         started_at: None,
@@ -124,8 +130,8 @@ fn populated() -> TestEnv {
     let debian = image("debian", true);
     store.insert_image(&debian).unwrap();
     store.insert_image(&image("alpine", false)).unwrap();
-    for name in ["web", "db"] {
-        let vm = stopped_vm(name, &debian, env.layout.vms_dir().join(name));
+    for (name, host) in [("web", 2), ("db", 3)] {
+        let vm = stopped_vm(name, &debian, env.layout.vms_dir().join(name), host);
         std::fs::create_dir_all(&vm.dir).unwrap();
         store.insert_vm(&vm).unwrap();
     }

@@ -12,12 +12,7 @@ use crate::vm::resolve;
 
 pub async fn ssh_info(daemon: &Daemon, reference: &str) -> Result<SshInfo, RpcError> {
     let vm = resolve(daemon, reference)?;
-    let ip = vm.network.as_ref().map(|net| net.ip).ok_or_else(|| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("VM {} has no address yet", vm.name),
-        )
-    })?;
+    let ip = vm.network.ip;
     let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
     Ok(SshInfo {
         name: vm.name.to_string(),

@@ -66,8 +66,8 @@ pub async fn port_forward(daemon: &Arc<Daemon>, params: PortForwardParams) -> Re
     }
     if running {
         daemon.forwards.stop_some(&vm.id, &params.remove);
-        if let (Some(bound), Some(net)) = (bound, &vm.network) {
-            daemon.forwards.start(&vm.id, net.ip, bound);
+        if let Some(bound) = bound {
+            daemon.forwards.start(&vm.id, vm.network.ip, bound);
         }
     }
     tracing::info!(vm = %vm.name, ports = ?vm.ports, "published ports changed");

@@ -29,11 +29,7 @@ pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, RpcE
         )
         .with_hint(format!("start it with `banger vm start {}`", vm.name)));
     }
-    let ip = vm
-        .network
-        .as_ref()
-        .map(|net| net.ip)
-        .expect("running VMs have an address");
+    let ip = vm.network.ip;
     let listeners = AgentClient::hybrid_vsock(vm.paths().vsock_socket(), AGENT_VSOCK_PORT)
         .with_step_timeout(Duration::from_secs(3))
         .ports()

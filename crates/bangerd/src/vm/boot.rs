@@ -140,11 +140,7 @@ pub async fn boot(
     stage.done();
 
     let stage = events.stage("wait_ssh");
-    let ip = vm
-        .network
-        .as_ref()
-        .map(|net| net.ip)
-        .expect("booting VMs have an address");
+    let ip = vm.network.ip;
     wait_for(vm, "wait_ssh", "sshd", &process, deadline, cancel, || {
         daemon.readiness.ssh(ip)
     })
@@ -172,7 +168,7 @@ async fn launch_steps(
     cancel: &CancellationToken,
     undo: &mut Undo,
 ) -> Result<Launched, Failure> {
-    let network = vm.network.clone().expect("VMs get an address when created");
+    let network = vm.network.clone();
     let pool = daemon.network.pool().await.map_err(|err| {
         Failure::before_launch(
             internal("preparing the bridge", &err)
@@ -305,7 +301,7 @@ fn vm_config(
     kernel: &Path,
     root_device: &Path,
 ) -> Result<VmConfig, RpcError> {
-    let network = vm.network.as_ref().expect("booting VMs have an address");
+    let network = &vm.network;
     let paths = vm.paths();
     let mut ip = IpConfig::new(
         network.ip,
@@ -372,9 +368,9 @@ fn vm_config(
                 .expect("the TAP is acquired before configuring"),
             Some(mac),
         )],
-        vsock: vm.vsock_cid.map(|cid| Vsock {
+        vsock: Some(Vsock {
             vsock_id: None,
-            guest_cid: cid,
+            guest_cid: vm.vsock_cid,
             uds_path: paths.vsock_socket().to_string_lossy().into_owned(),
         }),
     })

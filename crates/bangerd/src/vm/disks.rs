@@ -31,7 +31,7 @@ pub fn dm_base(vm: &Vm) -> PathBuf {
 /// Makes [`dm_base`] for a dm-snapshot VM that has none yet (VMs made
 /// before the link existed), pointing at `rootfs`; other VMs need nothing.
 pub fn keep_dm_base(vm: &Vm, rootfs: &Path) -> std::io::Result<()> {
-    if vm.storage != Some(StorageStrategy::DmSnapshot) {
+    if vm.storage != StorageStrategy::DmSnapshot {
         return Ok(());
     }
     let base = dm_base(vm);
@@ -46,7 +46,7 @@ pub fn keep_dm_base(vm: &Vm, rootfs: &Path) -> std::io::Result<()> {
 /// on [`dm_base`], or on the image's rootfs for VMs older than that link).
 pub fn overlay_for(vm: &Vm, image: &Image) -> RootOverlay {
     let paths = vm.paths();
-    match vm.storage.unwrap_or(StorageStrategy::Copy) {
+    match vm.storage {
         StorageStrategy::DmSnapshot => RootOverlay::DmSnapshot {
             name: banger_disk::dm::root_dm_name(&vm.id)
                 .expect("VM ids are hex, which always makes a valid dm name"),
@@ -121,7 +121,7 @@ pub async fn prepare_existing(
     let mut undo = Undo::default();
     let result = async {
         let overlay = overlay_for(vm, image);
-        let root = if vm.storage == Some(StorageStrategy::DmSnapshot) {
+        let root = if vm.storage == StorageStrategy::DmSnapshot {
             let disk = Arc::clone(&daemon.disk);
             let active = blocking(move || disk.activate_root(&overlay))
                 .await?
@@ -164,7 +164,7 @@ async fn create_root(
     undo: &mut Undo,
 ) -> Result<PathBuf, RpcError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
-    let strategy = vm.storage.unwrap_or(daemon.storage.strategy);
+    let strategy = vm.storage;
     // A snapshot sits on the image's rootfs for the VM's whole life: keep
     // that file in the VM's directory (removed with it).
     let base = if strategy == StorageStrategy::DmSnapshot {
@@ -504,12 +504,17 @@ mod tests {
             nat: false,
             vmm: VmmKind::Sim,
             accel: None,
-            network: None,
+            network: banger_model::vm::NetworkAllocation {
+                ip: std::net::Ipv4Addr::new(172, 30, 0, 2),
+                prefix_len: 24,
+                gateway: std::net::Ipv4Addr::new(172, 30, 0, 1),
+                mac: "06:00:ac:1e:00:02".into(),
+            },
             tap: None,
-            storage: Some(storage),
+            storage,
             dir: dir.to_owned(),
             pid: None,
-            vsock_cid: None,
+            vsock_cid: 3,
             created_at: now,
             updated_at: now,
             started_at: None,

@@ -146,7 +146,7 @@ pub async fn release_host(daemon: &Arc<Daemon>, vm: &Vm) -> Vec<String> {
             problems.push(format!("deleting veth {veth}: {err}"));
         }
     }
-    if vm.storage == Some(StorageStrategy::DmSnapshot)
+    if vm.storage == StorageStrategy::DmSnapshot
         && let Ok(Some(image)) = daemon.store.get_image(&vm.image_id)
     {
         problems.extend(deactivate_root(daemon, vm, &image).await);

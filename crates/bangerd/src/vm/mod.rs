@@ -154,10 +154,8 @@ pub async fn finish(
                 .await;
             }
             undo.disarm();
-            if let Some(net) = &vm.network {
-                daemon.network.publish(&vm.name, net.ip);
-                daemon.forwards.start(&vm.id, net.ip, ports);
-            }
+            daemon.network.publish(&vm.name, vm.network.ip);
+            daemon.forwards.start(&vm.id, vm.network.ip, ports);
             daemon.put_process(&vm.id, process.clone());
             watch::spawn(daemon, vm.id.clone(), process);
             tracing::warn!(vm = %vm.name, error = %error.message, "VM kept running although its guest did not answer in time");
@@ -188,10 +186,8 @@ pub async fn finish(
             }
             undo.disarm();
             daemon.checkpoint("record the VM as running");
-            if let Some(net) = &vm.network {
-                daemon.network.publish(&vm.name, net.ip);
-                daemon.forwards.start(&vm.id, net.ip, ports);
-            }
+            daemon.network.publish(&vm.name, vm.network.ip);
+            daemon.forwards.start(&vm.id, vm.network.ip, ports);
             daemon.put_process(&vm.id, process.clone());
             watch::spawn(daemon, vm.id.clone(), process);
             stage.done();

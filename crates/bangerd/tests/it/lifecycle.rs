@@ -26,10 +26,7 @@ async fn create_then_delete_holds_then_releases_everything() {
     assert!(h.net.ip_forward());
     assert_eq!(h.disk.live_roots().len(), 1);
     assert_eq!(h.disk.live_work_disks().len(), 1);
-    assert_eq!(
-        h.daemon.network.records.get("web"),
-        vm.network.as_ref().map(|n| n.ip)
-    );
+    assert_eq!(h.daemon.network.records.get("web"), Some(vm.network.ip));
 
     // What the VMM was told.
     let config = h.vmm.calls().into_iter().find_map(|call| match call {
@@ -37,7 +34,7 @@ async fn create_then_delete_holds_then_releases_everything() {
         _ => None,
     });
     let config = config.expect("the VMM was configured");
-    let ip = vm.network.as_ref().unwrap().ip;
+    let ip = vm.network.ip;
     let boot_args = config.boot_source.boot_args.clone().unwrap();
     assert!(
         boot_args.contains(&format!("ip={ip}::172.30.0.1:255.255.255.0:web:eth0:off")),
