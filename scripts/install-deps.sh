@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages banger and its test suite use, and
-# vhost-device-vsock (the qemu engine's vsock device) from the crate
-# registry, pinned, into the repository's ignored .cache/tools/bin.
+# vhost-device-vsock (the qemu engine's vsock device) and cargo-deny from the
+# crate registry, pinned, into the repository's ignored .cache/tools/bin.
 # Idempotent: only missing pieces are installed. Needs root (or sudo) for
 # the packages.
 set -euo pipefail
@@ -18,6 +18,18 @@ install_vhost_device_vsock() {
     fi
     echo "installing vhost-device-vsock $VHOST_VSOCK_VERSION into $TOOLS_ROOT/bin" >&2
     cargo install --locked --quiet vhost-device-vsock --version "$VHOST_VSOCK_VERSION" --root "$TOOLS_ROOT"
+}
+
+# cargo-deny, which the test script runs over the dependency graph (bans,
+# licences, sources; offline). Built once per machine (~7 min on 2 cores).
+CARGO_DENY_VERSION=0.20.2
+install_cargo_deny() {
+    local bin="$TOOLS_ROOT/bin/cargo-deny"
+    if [ -x "$bin" ] && grep -q "cargo-deny $CARGO_DENY_VERSION" "$TOOLS_ROOT/.crates.toml" 2>/dev/null; then
+        return 0
+    fi
+    echo "installing cargo-deny $CARGO_DENY_VERSION into $TOOLS_ROOT/bin" >&2
+    cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION" --root "$TOOLS_ROOT"
 }
 
 packages=(
@@ -42,6 +54,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     install_vhost_device_vsock
+    install_cargo_deny
     exit 0
 fi
 
@@ -54,3 +67,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 install_vhost_device_vsock
+install_cargo_deny

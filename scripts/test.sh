@@ -10,6 +10,8 @@ echo "== format and lints" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run
+echo "== dependencies (cargo deny: bans, licences, sources; see deny.toml)" >&2
+.cache/tools/bin/cargo-deny --offline --log-level error check bans licenses sources
 
 echo "== build" >&2
 cargo build --workspace --locked
