@@ -10,11 +10,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use banger_rpc::{ErrorCode, Method, NoParams, RpcError};
+use banger_rpc::NoParams;
 use ipnet::Ipv4Net;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Largest request frame the helper reads, in bytes.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
@@ -146,70 +144,8 @@ pub struct LinkParams {
 #[serde(deny_unknown_fields)]
 pub struct Done {}
 
-macro_rules! helper_protocol {
-    ($( $(#[$meta:meta])* $variant:ident = $name:literal, $params:ty => $result:ty; )*) => {
-        /// One type per method, for [`crate::HelperClient`] and dispatch.
-        pub mod method {
-            use super::*;
-            $(
-                $(#[$meta])*
-                #[derive(Debug, Clone, Copy)]
-                pub struct $variant;
-
-                impl Method for $variant {
-                    const NAME: &'static str = $name;
-                    type Params = $params;
-                    type Result = $result;
-                }
-            )*
-        }
-
-        /// A decoded helper request.
-        #[derive(Debug, Clone, PartialEq)]
-        pub enum HelperRequest {
-            $( $(#[$meta])* $variant($params), )*
-        }
-
-        impl HelperRequest {
-            /// Decodes a method and its params.
-            pub fn decode(method: &str, params: Value) -> Result<Self, RpcError> {
-                match method {
-                    $( $name => decode_params::<$params>(method, params).map(Self::$variant), )*
-                    _ => Err(RpcError::new(
-                        ErrorCode::UnknownMethod,
-                        format!("banger-helper has no method {method:?}"),
-                    )),
-                }
-            }
-
-            /// The wire name.
-            pub fn method(&self) -> &'static str {
-                match self {
-                    $( Self::$variant(_) => $name, )*
-                }
-            }
-
-            /// Every wire name.
-            pub const NAMES: &'static [&'static str] = &[$($name),*];
-        }
-    };
-}
-
-fn decode_params<P: DeserializeOwned>(method: &str, params: Value) -> Result<P, RpcError> {
-    let params = if params.is_null() {
-        Value::Object(serde_json::Map::new())
-    } else {
-        params
-    };
-    serde_json::from_value(params).map_err(|err| {
-        RpcError::new(
-            ErrorCode::InvalidParams,
-            format!("bad params for {method}: {err}"),
-        )
-    })
-}
-
-helper_protocol! {
+banger_rpc::protocol! {
+    enum HelperRequest, unknown = "banger-helper has no method";
     /// The caller's bridge and subnet (no side effect).
     Network = "helper.network", NoParams => NetworkInfo;
     /// Creates (or completes) the caller's bridge.
@@ -239,6 +175,8 @@ helper_protocol! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banger_rpc::ErrorCode;
+    use serde_json::Value;
 
     #[test]
     fn decodes_known_methods_and_tells_failures_apart() {

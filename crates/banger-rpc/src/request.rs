@@ -13,7 +13,8 @@ use banger_model::publish::PortForward;
 use banger_model::vm::{Vm, VmmKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+#[doc(hidden)]
+pub use serde_json::Value;
 
 use crate::error::{ErrorCode, RpcError};
 use crate::response::*;
@@ -30,9 +31,24 @@ pub trait Method {
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
+/// Declares a protocol from one list of methods: a `method` module with one
+/// [`Method`] type per method (wire name, params, result), and a request
+/// enum with `decode`, `method`, `params` and `NAMES`. banger's daemon
+/// protocol ([`Request`]) and banger-helper's are both declared with it.
+///
+/// ```ignore
+/// banger_rpc::protocol! {
+///     enum Request, unknown = "unknown method";
+///     Ping = "daemon.ping", NoParams => PingResult;
+/// }
+/// ```
+#[macro_export]
 macro_rules! protocol {
-    ($( $(#[$meta:meta])* $variant:ident = $name:literal, $params:ty => $result:ty; )*) => {
-        /// One type per method, for [`crate::Client::call`] and dispatch.
+    (
+        enum $request:ident, unknown = $unknown:literal;
+        $( $(#[$meta:meta])* $variant:ident = $name:literal, $params:ty => $result:ty; )*
+    ) => {
+        /// One type per method, for the client's `call` and the dispatch.
         pub mod method {
             use super::*;
             $(
@@ -40,7 +56,7 @@ macro_rules! protocol {
                 #[derive(Debug, Clone, Copy)]
                 pub struct $variant;
 
-                impl Method for $variant {
+                impl $crate::Method for $variant {
                     const NAME: &'static str = $name;
                     type Params = $params;
                     type Result = $result;
@@ -50,19 +66,23 @@ macro_rules! protocol {
 
         /// A decoded request: the method and its params.
         #[derive(Debug, Clone, PartialEq)]
-        pub enum Request {
+        pub enum $request {
             $( $(#[$meta])* $variant($params), )*
         }
 
-        impl Request {
+        impl $request {
             /// Decodes a method and its params, telling an unknown method
             /// apart from params of the wrong shape.
-            pub fn decode(method: &str, params: Value) -> Result<Self, RpcError> {
+            pub fn decode(
+                method: &str,
+                params: $crate::request::Value,
+            ) -> Result<Self, $crate::RpcError> {
                 match method {
-                    $( $name => decode_params::<$params>(method, params).map(Self::$variant), )*
-                    _ => Err(RpcError::new(
-                        ErrorCode::UnknownMethod,
-                        format!("unknown method {method:?}"),
+                    $( $name => $crate::request::decode_params::<$params>(method, params)
+                        .map(Self::$variant), )*
+                    _ => Err($crate::RpcError::new(
+                        $crate::ErrorCode::UnknownMethod,
+                        format!(concat!($unknown, " {:?}"), method),
                     )),
                 }
             }
@@ -75,20 +95,20 @@ macro_rules! protocol {
             }
 
             /// The params as they travel.
-            pub fn params(&self) -> Value {
+            pub fn params(&self) -> $crate::request::Value {
                 match self {
-                    $( Self::$variant(params) => encode_params(params), )*
+                    $( Self::$variant(params) => $crate::request::encode_params(params), )*
                 }
             }
 
             /// Every wire name.
             pub const NAMES: &'static [&'static str] = &[$($name),*];
         }
-
     };
 }
 
-fn decode_params<P: DeserializeOwned>(method: &str, params: Value) -> Result<P, RpcError> {
+#[doc(hidden)]
+pub fn decode_params<P: DeserializeOwned>(method: &str, params: Value) -> Result<P, RpcError> {
     // No params and `{}` are the same for methods that take none.
     let params = if params.is_null() {
         Value::Object(serde_json::Map::new())
@@ -112,6 +132,7 @@ pub fn encode_params<P: Serialize>(params: &P) -> Value {
 }
 
 protocol! {
+    enum Request, unknown = "unknown method";
     Ping = "daemon.ping", NoParams => PingResult;
     Status = "daemon.status", NoParams => StatusResult;
     Shutdown = "daemon.shutdown", NoParams => Empty;
