@@ -230,9 +230,9 @@ async fn connection<H: Handler>(
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<ResponseFrame>(OUTBOX);
 
-    if let Err(problem) = check_peer(&read) {
-        warn!(%problem, "refused connection");
-        let frame = ResponseFrame::error(None, RpcError::new(ErrorCode::PermissionDenied, problem));
+    if let Err(refusal) = check_peer(&read) {
+        warn!(problem = %refusal.message, "refused connection");
+        let frame = ResponseFrame::error(None, refusal);
         let _ = write_frame(&mut write, &frame).await;
         return;
     }
@@ -421,20 +421,48 @@ fn parse_request(line: &str) -> Result<(u64, Request), (Option<u64>, RpcError)> 
     Ok((frame.id, request))
 }
 
-/// Only the daemon's own user may talk to it.
-fn check_peer(stream: &tokio::net::unix::OwnedReadHalf) -> Result<(), String> {
-    let cred = stream
-        .as_ref()
-        .peer_cred()
-        .map_err(|err| format!("cannot read peer credentials: {err}"))?;
+/// Only the daemon's own user may talk to it. Another user (root after a
+/// `sudo`, most often) is told whose daemon this is and how to get one of
+/// their own or reach this one.
+fn check_peer(stream: &tokio::net::unix::OwnedReadHalf) -> Result<(), RpcError> {
+    let cred = stream.as_ref().peer_cred().map_err(|err| {
+        RpcError::new(
+            ErrorCode::PermissionDenied,
+            format!("cannot read peer credentials: {err}"),
+        )
+    })?;
     let own = nix::unistd::geteuid().as_raw();
-    if cred.uid() != own {
-        return Err(format!(
-            "peer uid {} is not the daemon's uid {own}",
-            cred.uid()
-        ));
+    if cred.uid() == own {
+        return Ok(());
     }
-    Ok(())
+    let name = |uid: u32| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or_else(
+                || format!("uid {uid}"),
+                |user| format!("{} (uid {uid})", user.name),
+            )
+    };
+    let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(own))
+        .ok()
+        .flatten()
+        .map(|user| user.name);
+    let hint = match &owner {
+        Some(owner) => format!(
+            "run banger as {owner} (without sudo if you are {owner}: sudo -E makes you root), or stop that daemon first with `sudo -u {owner} banger daemon stop`"
+        ),
+        None => format!("run banger as uid {own}, or stop that daemon first"),
+    };
+    Err(RpcError::new(
+        ErrorCode::PermissionDenied,
+        format!(
+            "this banger daemon belongs to {}; you are {}",
+            name(own),
+            name(cred.uid())
+        ),
+    )
+    .with_hint(hint))
 }
 
 #[cfg(test)]

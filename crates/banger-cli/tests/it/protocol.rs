@@ -179,9 +179,14 @@ fn other_users_are_refused_by_peer_credentials() {
     command.args(["daemon", "status"]).uid(65534).gid(65534);
     let out = banger_testkit::env::run(command);
     assert_eq!(out.code, Some(1), "{out}");
+    // Whose daemon this is, who asked, and what to do.
     assert!(
         out.stderr
-            .contains("peer uid 65534 is not the daemon's uid"),
+            .contains("this banger daemon belongs to root (uid 0); you are nobody (uid 65534)"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("`sudo -u root banger daemon stop`"),
         "{out}"
     );
     // The daemon's own user is still served.
