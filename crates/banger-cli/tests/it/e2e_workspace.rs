@@ -143,6 +143,71 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     sim.assert_clean();
 }
 
+/// `vm run` with a guest-only branch from another commit (no local
+/// changes), and with --full-copy (the directory as it is, .git included):
+/// both written before boot.
+#[test]
+fn vm_run_branches_and_full_copies_before_boot() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = messy_repo(sim.env.root());
+    std::fs::write(repo.join("committed.txt"), "second\n").unwrap();
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "second",
+            "--",
+            "committed.txt",
+        ],
+    );
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        "--branch",
+        "try",
+        "--from",
+        "HEAD~1",
+        &repo.to_string_lossy(),
+        "--",
+        "git log -1 --format='%D %s'; cat committed.txt; \
+         if test -e 'untracked dir ünï.txt'; then echo local changes came; fi",
+    ]);
+    assert!(out.stderr.contains("written before boot"), "{out}");
+    assert!(
+        out.stdout.starts_with("HEAD -> try init\ncommitted\n"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("local changes came"), "{out}");
+
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        "--full-copy",
+        &repo.to_string_lossy(),
+        "--",
+        "cat modified.txt ignored.log; git log --format=%s; git status --short",
+    ]);
+    assert!(out.stderr.contains("written before boot"), "{out}");
+    // The directory as it is: ignored files too, the host's .git and index.
+    assert!(
+        out.stdout.starts_with("new\nignored\nsecond\ninit\n"),
+        "{out}"
+    );
+    assert!(out.stdout.contains(" M modified.txt"), "{out}");
+    sim.assert_clean();
+}
+
 /// A checkout another user owns, which the user trusts (git's
 /// safe.directory): copied like their own.
 #[test]
