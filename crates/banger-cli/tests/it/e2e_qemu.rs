@@ -226,6 +226,23 @@ fn qemu_guest_end_to_end() {
     for stage in ["start_vmm", "wait_vsock_agent", "wait_ssh", "ready"] {
         assert!(out.stderr.contains(stage), "stage {stage} missing:\n{out}");
     }
+    // The guest's clock keeps the host's pace (under emulation the kernel
+    // is told the host's TSC rate; a guessed one ran it 1.28x fast).
+    let uptime = || -> f64 {
+        let out = ok(&sim, &["vm", "ssh", "q", "--", "cat", "/proc/uptime"]);
+        out.stdout
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (guest_before, host_before) = (uptime(), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let (guest_after, host_after) = (uptime(), Instant::now());
+    let pace = (guest_after - guest_before) / (host_after - host_before).as_secs_f64();
+    eprintln!("qemu e2e: guest clock pace {pace:.3} of the host's");
+    assert!((0.9..1.1).contains(&pace), "guest clock pace {pace:.3}");
     // The boot's figures, for the record (scripts/bench.sh has the same).
     for line in out.stderr.lines().filter(|line| line.contains(" done ")) {
         eprintln!("qemu e2e: vm create stage: {}", line.trim());

@@ -14,8 +14,36 @@ use crate::controller::BootPlan;
 pub const MACHINE: &str = "microvm,acpi=on,rtc=on,pit=on,pic=on";
 
 /// Under emulation the kernel cannot calibrate the TSC against a timer in
-/// reasonable time; this tells it the rate instead.
-pub const EMULATED_TSC_ARG: &str = "tsc_early_khz=2000000";
+/// reasonable time; `tsc_early_khz=` tells it the rate instead. An emulated
+/// CPU's TSC is the host's (QEMU's TCG reads the host counter), so the rate
+/// is the host's: a fixed guess made the guest's clock run 1.28× fast on a
+/// 2.6 GHz host.
+pub fn emulated_tsc_arg() -> String {
+    format!("tsc_early_khz={}", host_tsc_khz())
+}
+
+/// The host's TSC rate in kHz, measured once against the monotonic clock
+/// over 20 ms (to within a few hundred kHz).
+fn host_tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let ticks = || {
+            // SAFETY: rdtsc reads a counter; it has no preconditions on
+            // x86_64, where this engine runs.
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_rdtsc()
+            }
+        };
+        let started = std::time::Instant::now();
+        let first = ticks();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let last = ticks();
+        let nanos = started.elapsed().as_nanos().max(1);
+        let khz = u128::from(last.wrapping_sub(first)) * 1_000_000 / nanos;
+        u64::try_from(khz).unwrap_or(u64::MAX).max(1)
+    })
+}
 
 /// Under emulation the kernel's crypto self-tests take half a second of
 /// boot (measured: "Run /init" at 1.71 s instead of 2.19 s without them).
@@ -45,7 +73,7 @@ pub fn cmdline(plan: &BootPlan, accel: Accel) -> String {
         if !line.is_empty() {
             line.push(' ');
         }
-        line.push_str(EMULATED_TSC_ARG);
+        line.push_str(&emulated_tsc_arg());
     }
     if accel == Accel::Tcg && !line.split_whitespace().any(|w| w == SKIP_CRYPTO_TESTS_ARG) {
         line.push(' ');
@@ -234,8 +262,11 @@ mod tests {
         // The command line is one argument, with the emulation hint.
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(
-            args[append + 1],
-            "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000 cryptomgr.notests"
+            args[append + 1].to_string_lossy(),
+            format!(
+                "console=ttyS0 root=/dev/vda rw {} cryptomgr.notests",
+                emulated_tsc_arg()
+            )
         );
     }
 
@@ -266,5 +297,36 @@ mod tests {
             cmdline(&plan, Accel::Tcg),
             "console=ttyS0 tsc_early_khz=1000 cryptomgr.notests"
         );
+    }
+
+    #[test]
+    fn the_emulated_tsc_rate_is_the_hosts() {
+        let khz: u64 = emulated_tsc_arg()
+            .strip_prefix("tsc_early_khz=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Any x86_64 host of the last twenty years: 0.5 to 6 GHz.
+        assert!((500_000..6_000_000).contains(&khz), "{khz} kHz");
+        // Where the kernel knows the TSC's rate (a VM's "cpu MHz" is it),
+        // the measurement agrees to within 2 %.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let known = cpuinfo.contains(" tsc_known_freq") && cpuinfo.contains(" constant_tsc");
+        let mhz = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("cpu MHz"))
+            .and_then(|rest| {
+                rest.trim_start_matches([' ', '\t', ':'])
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            });
+        if let (true, Some(mhz)) = (known, mhz) {
+            let ratio = khz as f64 / (mhz * 1000.0);
+            assert!(
+                (0.98..1.02).contains(&ratio),
+                "{khz} kHz measured, cpuinfo says {mhz} MHz"
+            );
+        }
     }
 }
