@@ -18,6 +18,7 @@
 pub mod env;
 pub mod fixtures;
 pub mod http;
+pub mod netns;
 pub mod release;
 pub mod sim;
 pub mod skip;

@@ -8,18 +8,15 @@
 //! connection reports the chosen uid, while the rest of the test stays
 //! root. The thread ends right after.
 
-use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use banger_helper::{Access, Helper, HelperClient};
 use banger_net::RealNetOps;
 use banger_net::routing::FakeDnsRouting;
-use nix::sched::{CloneFlags, unshare};
-use rand::Rng;
+pub(crate) use banger_testkit::netns::{in_netns, link_line, random_hex, sh};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
@@ -35,73 +32,9 @@ pub(crate) fn root_or_skip(test: &str) -> bool {
     banger_testkit::root_or_skip(test, "network namespaces, netlink, TUN, setresuid")
 }
 
-pub(crate) fn random_hex(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
-        .collect()
-}
-
 /// A VM-like TAP name: `btap-` and 10 random hex characters.
 pub(crate) fn tap_name() -> String {
     format!("btap-{}", random_hex(10))
-}
-
-/// Runs the async test body in a fresh network namespace on a runtime
-/// created inside it.
-pub(crate) fn in_netns<F, Fut>(body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let thread = std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        assert_ne!(
-            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
-            std::fs::read_link("/proc/self/ns/net").unwrap(),
-            "the test thread must not be in the host's network namespace"
-        );
-        sh(&["ip", "link", "set", "lo", "up"]);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(body());
-        runtime.shutdown_background();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs a command in the calling thread's namespace; panics with its
-/// output when it fails. Returns stdout.
-pub(crate) fn sh(argv: &[&str]) -> String {
-    let output = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{argv:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// `ip -d -o link show dev NAME`, or `None` when there is no such link.
-pub(crate) fn link_line(name: &str) -> Option<String> {
-    let output = Command::new("ip")
-        .args(["-d", "-o", "link", "show", "dev", name])
-        .output()
-        .expect("run ip");
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// A helper served in-process on a temp socket that anyone may open (so
