@@ -22,6 +22,7 @@ pub mod netns;
 pub mod release;
 pub mod sim;
 pub mod skip;
+pub mod units;
 
 pub use env::{Output, TestEnv, binary};
 pub use sim::{SimEnv, e2e_ready};

@@ -84,28 +84,14 @@ fn make_install_helper_installs_the_binary_and_a_valid_system_unit() {
         "systemd-analyze",
         "systemd",
     ) {
-        // ExecStart must exist for verify: point the unit at a real binary.
-        let checked = dest.path().join("banger-helper.service");
-        std::fs::write(
-            &checked,
-            unit.replace("/usr/lib/banger/banger-helper", "/bin/true"),
+        banger_testkit::units::verify_unit(
+            dest.path(),
+            "banger-helper.service",
+            &unit,
+            "/usr/lib/banger/banger-helper",
+            false,
         )
-        .unwrap();
-        let out = Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&checked)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let about_unit: Vec<&str> = stderr
-            .lines()
-            .filter(|line| line.contains("banger-helper.service"))
-            .collect();
-        assert!(
-            out.status.success() && about_unit.is_empty(),
-            "systemd-analyze verify:\n{stderr}"
-        );
-        std::fs::remove_file(&checked).unwrap();
+        .unwrap_or_else(|problem| panic!("{problem}"));
     }
 
     make(dest.path(), "uninstall-helper");
