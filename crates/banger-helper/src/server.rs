@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use banger_rpc::codec::{FrameReadError, FrameReader, write_frame};
 use banger_rpc::frame::{RequestFrame, ResponseFrame};
-use banger_rpc::{ErrorCode, PROTOCOL_VERSION, RpcError};
+use banger_rpc::{ErrorCode, RpcError};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
@@ -152,28 +152,11 @@ async fn serve_connection(stream: UnixStream, helper: &Helper, access: &Arc<Acce
 
 /// Reads a request frame; the error carries the request id when known.
 fn parse(line: &str) -> Result<(u64, HelperRequest), (Option<u64>, RpcError)> {
-    let frame: RequestFrame = serde_json::from_str(line).map_err(|error| {
-        (
-            None,
-            RpcError::new(
-                ErrorCode::MalformedFrame,
-                format!("frame is not a request: {error}"),
-            ),
-        )
-    })?;
-    if frame.v != PROTOCOL_VERSION {
-        return Err((
-            Some(frame.id),
-            RpcError::new(
-                ErrorCode::ProtocolMismatch,
-                format!(
-                    "client speaks protocol {}, banger-helper speaks {PROTOCOL_VERSION}",
-                    frame.v
-                ),
-            )
-            .with_hint("install banger and banger-helper from the same release"),
-        ));
-    }
+    let frame = RequestFrame::parse(
+        line,
+        "banger-helper",
+        "install banger and banger-helper from the same release",
+    )?;
     let request = HelperRequest::decode(&frame.method, frame.params)
         .map_err(|error| (Some(frame.id), error))?;
     Ok((frame.id, request))

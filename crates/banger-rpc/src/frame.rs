@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::RpcError;
+use crate::error::{ErrorCode, RpcError};
 use crate::event::Event;
 
 /// Bumped when a change would make an old peer misread frames.
@@ -20,6 +20,48 @@ pub struct RequestFrame {
     pub method: String,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub params: Value,
+}
+
+impl RequestFrame {
+    /// Reads one request line as a server does: malformed JSON, a frame
+    /// that is not a request (the error keeps its `id` when it has one) and
+    /// another protocol version are errors to answer with. `server` names
+    /// the answering side and `hint` says how to get matching versions.
+    pub fn parse(line: &str, server: &str, hint: &str) -> Result<Self, (Option<u64>, RpcError)> {
+        let value: Value = serde_json::from_str(line).map_err(|err| {
+            (
+                None,
+                RpcError::new(
+                    ErrorCode::MalformedFrame,
+                    format!("frame is not valid JSON: {err}"),
+                ),
+            )
+        })?;
+        let id = value.get("id").and_then(Value::as_u64);
+        let frame: Self = serde_json::from_value(value).map_err(|err| {
+            (
+                id,
+                RpcError::new(
+                    ErrorCode::MalformedFrame,
+                    format!("frame is not a request: {err}"),
+                ),
+            )
+        })?;
+        if frame.v != PROTOCOL_VERSION {
+            return Err((
+                Some(frame.id),
+                RpcError::new(
+                    ErrorCode::ProtocolMismatch,
+                    format!(
+                        "client speaks protocol {}, {server} speaks {PROTOCOL_VERSION}",
+                        frame.v
+                    ),
+                )
+                .with_hint(hint),
+            ));
+        }
+        Ok(frame)
+    }
 }
 
 /// Daemon → client.

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use banger_rpc::codec::{FrameReadError, FrameReader, write_frame};
 use banger_rpc::frame::{RequestFrame, ResponseFrame};
-use banger_rpc::{ErrorCode, Event, PROTOCOL_VERSION, Request, RpcError, StageStatus};
+use banger_rpc::{ErrorCode, Event, Request, RpcError, StageStatus};
 use serde_json::Value;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -384,38 +384,11 @@ fn release_memory() {
 /// Decodes a request line; on failure returns the request id when it could
 /// be read, so the client can match the error.
 fn parse_request(line: &str) -> Result<(u64, Request), (Option<u64>, RpcError)> {
-    let value: Value = serde_json::from_str(line).map_err(|err| {
-        (
-            None,
-            RpcError::new(
-                ErrorCode::MalformedFrame,
-                format!("frame is not valid JSON: {err}"),
-            ),
-        )
-    })?;
-    let id = value.get("id").and_then(Value::as_u64);
-    let frame: RequestFrame = serde_json::from_value(value).map_err(|err| {
-        (
-            id,
-            RpcError::new(
-                ErrorCode::MalformedFrame,
-                format!("frame is not a request: {err}"),
-            ),
-        )
-    })?;
-    if frame.v != PROTOCOL_VERSION {
-        return Err((
-            Some(frame.id),
-            RpcError::new(
-                ErrorCode::ProtocolMismatch,
-                format!(
-                    "client speaks protocol {}, this daemon speaks {PROTOCOL_VERSION}",
-                    frame.v
-                ),
-            )
-            .with_hint("run `banger daemon stop` and retry so the CLI starts a matching daemon"),
-        ));
-    }
+    let frame = RequestFrame::parse(
+        line,
+        "this daemon",
+        "run `banger daemon stop` and retry so the CLI starts a matching daemon",
+    )?;
     let request =
         Request::decode(&frame.method, frame.params).map_err(|err| (Some(frame.id), err))?;
     Ok((frame.id, request))
