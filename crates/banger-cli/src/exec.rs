@@ -55,9 +55,9 @@ pub fn git(dir: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
 /// no hook, filter or setting of theirs runs, exactly as in a guest, and
 /// `env` is added (an index of banger's own, the copied-in commit's
 /// author).
-pub fn git_isolated(
+pub fn git_isolated<A: AsRef<std::ffi::OsStr>>(
     dir: &Path,
-    args: &[&std::ffi::OsStr],
+    args: &[A],
     env: &[(&str, &std::ffi::OsStr)],
     stdin: Option<&[u8]>,
 ) -> std::io::Result<std::process::Output> {

@@ -88,13 +88,7 @@ async fn build(repo: &Repo, plan: &Plan) -> anyhow::Result<Built> {
             .await?
             .map_err(user_error)?
     };
-    for skipped in &summary.skipped {
-        eprintln!(
-            "workspace: not copied: {}: {}",
-            skipped.path.display(),
-            skipped.reason
-        );
-    }
+    report_skipped(&summary);
     let size = fs_err::metadata(&payload)?.len();
     Ok(Built {
         _scratch: scratch,
@@ -148,6 +142,18 @@ pub(super) async fn stage(repo: &Repo, plan: &Plan) -> anyhow::Result<StagedWork
     let staged = loop {
         tokio::select! {
             staged = &mut build => break staged?.map_err(user_error)?,
+            _ = tokio::signal::ctrl_c() => {
+                // git got the same Ctrl-C (one process group); once the
+                // layout stops, its scratch dir (maybe hundreds of MB of
+                // memory on a tmpfs) goes with `scratch`.
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut build).await;
+                drop(scratch);
+                return Err(ExitError {
+                    message: "interrupted while laying out the workspace; nothing was created".into(),
+                    code: 130,
+                }
+                .into());
+            }
             _ = tokio::time::sleep(every) => {
                 let (files, bytes) = {
                     let root = root.clone();
@@ -171,13 +177,7 @@ pub(super) async fn stage(repo: &Repo, plan: &Plan) -> anyhow::Result<StagedWork
     if shown && terminal {
         eprintln!();
     }
-    for skipped in &staged.summary.skipped {
-        eprintln!(
-            "workspace: not copied: {}: {}",
-            skipped.path.display(),
-            skipped.reason
-        );
-    }
+    report_skipped(&staged.summary);
     let size = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || tree_size(&root).1).await?
@@ -208,6 +208,17 @@ fn memory_scratch_dir() -> Option<PathBuf> {
             .is_ok_and(|fs| fs.blocks_available().saturating_mul(fs.fragment_size()) >= ROOM);
         tmpfs && room
     })
+}
+
+/// Says on stderr what of the working tree is left out, and why.
+fn report_skipped(summary: &Summary) {
+    for skipped in &summary.skipped {
+        eprintln!(
+            "workspace: not copied: {}: {}",
+            skipped.path.display(),
+            skipped.reason
+        );
+    }
 }
 
 /// Regular files and their bytes under `dir` (not following symlinks).

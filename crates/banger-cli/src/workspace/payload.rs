@@ -70,10 +70,7 @@ pub fn build(
 
     add_text(&mut tar, out, "apply.sh", APPLY_SCRIPT, 0o755)?;
 
-    let base = match (&plan.from, &repo.head) {
-        (Some(from), _) => Some(repo.resolve_from(from)?),
-        (None, head) => head.clone(),
-    };
+    let base = repo.base(plan.from.as_deref())?;
     let mut summary = Summary {
         base: base.clone(),
         ..Summary::default()

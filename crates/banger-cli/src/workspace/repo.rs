@@ -122,6 +122,15 @@ impl Repo {
         Ok(sha.trim().to_owned())
     }
 
+    /// The commit the guest's checkout starts from: `from` when given
+    /// (checked), else HEAD (`None` in a repository without commits).
+    pub fn base(&self, from: Option<&str>) -> Result<Option<String>, PrepareError> {
+        match from {
+            Some(from) => self.resolve_from(from).map(Some),
+            None => Ok(self.head.clone()),
+        }
+    }
+
     pub fn check_branch_name(&self, branch: &str) -> Result<(), PrepareError> {
         git(&self.top, &["check-ref-format", "--branch", branch])
             .map(drop)

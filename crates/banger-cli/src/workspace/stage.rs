@@ -42,10 +42,7 @@ pub struct Staged {
 /// empty directory of the caller's.
 pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareError> {
     let dest = root.join(REPO_DIR);
-    let base = match (&plan.from, &repo.head) {
-        (Some(from), _) => Some(repo.resolve_from(from)?),
-        (None, head) => head.clone(),
-    };
+    let base = repo.base(plan.from.as_deref())?;
     let mut summary = Summary {
         base: base.clone(),
         ..Summary::default()
@@ -108,9 +105,11 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
                 };
             }
             None => {
-                git(
+                run(
                     root,
                     &[OsStr::new("init"), OsStr::new("--quiet"), dest.as_os_str()],
+                    &[],
+                    None,
                 )?;
                 if let Some(branch) = &repo.head_branch {
                     git_str(
@@ -205,47 +204,26 @@ fn copied_in_commit(
             if git_dir.join("index").exists() {
                 fs::copy(git_dir.join("index"), &index).map_err(io(&index))?;
             }
-            run(dest, &[OsStr::new("add"), OsStr::new("-A")], &env, None)?;
+            run(dest, &["add", "-A"], &env, None)?;
         } else {
             if has_head.is_some() {
-                run(
-                    dest,
-                    &[OsStr::new("read-tree"), OsStr::new("HEAD")],
-                    &env,
-                    None,
-                )?;
+                run(dest, &["read-tree", "HEAD"], &env, None)?;
             }
-            if !removed.is_empty() {
-                run(
-                    dest,
-                    &[
-                        OsStr::new("update-index"),
-                        OsStr::new("-z"),
-                        OsStr::new("--force-remove"),
-                        OsStr::new("--stdin"),
-                    ],
-                    &env,
-                    Some(removed),
-                )?;
-            }
-            if !written.is_empty() {
-                run(
-                    dest,
-                    &[
-                        OsStr::new("update-index"),
-                        OsStr::new("-z"),
-                        OsStr::new("--add"),
-                        // A path that changed kind (a directory now a
-                        // symlink) replaces the entries beneath it.
-                        OsStr::new("--replace"),
-                        OsStr::new("--stdin"),
-                    ],
-                    &env,
-                    Some(written),
-                )?;
+            // Removals first; then a path that changed kind (a directory
+            // now a symlink) replaces the entries beneath it.
+            for (flags, paths) in [
+                (&["--force-remove"][..], removed),
+                (&["--add", "--replace"][..], written),
+            ] {
+                if !paths.is_empty() {
+                    let mut args = vec!["update-index", "-z"];
+                    args.extend(flags);
+                    args.push("--stdin");
+                    run(dest, &args, &env, Some(paths))?;
+                }
             }
         }
-        let tree = run(dest, &[OsStr::new("write-tree")], &env, None)?;
+        let tree = run(dest, &["write-tree"], &env, None)?;
         let mut args = vec!["commit-tree", tree.trim()];
         if let Some(parent) = has_head.as_deref().map(str::trim) {
             args.extend(["-p", parent]);
@@ -257,7 +235,6 @@ fn copied_in_commit(
             ("GIT_COMMITTER_NAME", OsStr::new("banger")),
             ("GIT_COMMITTER_EMAIL", OsStr::new("banger@localhost")),
         ];
-        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         let commit = run(dest, &args, &author, None)?;
         let commit = commit.trim().to_owned();
         git_str(dest, &["update-ref", "refs/banger/copied-in", &commit])?;
@@ -405,19 +382,14 @@ fn trust_config(top: &Path) -> Result<tempfile::NamedTempFile, PrepareError> {
 }
 
 fn git_str(dir: &Path, args: &[&str]) -> Result<String, PrepareError> {
-    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    run(dir, &args, &[], None)
-}
-
-fn git(dir: &Path, args: &[&OsStr]) -> Result<String, PrepareError> {
     run(dir, args, &[], None)
 }
 
 /// Runs git on the staged repository; its stdout, or an error with its
 /// stderr.
-fn run(
+fn run<A: AsRef<OsStr>>(
     dir: &Path,
-    args: &[&OsStr],
+    args: &[A],
     env: &[(&str, &OsStr)],
     stdin: Option<&[u8]>,
 ) -> Result<String, PrepareError> {
@@ -433,7 +405,7 @@ fn run(
             message: format!(
                 "git {}: {}",
                 args.iter()
-                    .map(|arg| arg.to_string_lossy())
+                    .map(|arg| arg.as_ref().to_string_lossy())
                     .collect::<Vec<_>>()
                     .join(" "),
                 String::from_utf8_lossy(&output.stderr).trim()
