@@ -32,6 +32,8 @@ export BANGER_SKIP_LOG="$PWD/target/skipped-tests.log"
 rm -f "$BANGER_SKIP_LOG"
 status=0
 cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
+# nextest does not run documentation examples; cargo test does.
+cargo test --doc --workspace --locked -q || status=$?
 
 if [ -s "$BANGER_SKIP_LOG" ]; then
     echo "== skipped: $(wc -l < "$BANGER_SKIP_LOG") tests did not run here" >&2

@@ -36,10 +36,19 @@ pub struct NoParams {}
 /// enum with `decode`, `method`, `params` and `NAMES`. banger's daemon
 /// protocol ([`Request`]) and banger-helper's are both declared with it.
 ///
-/// ```ignore
+/// ```
+/// use banger_rpc::NoParams;
+///
 /// banger_rpc::protocol! {
 ///     enum Request, unknown = "unknown method";
-///     Ping = "daemon.ping", NoParams => PingResult;
+///     Ping = "demo.ping", NoParams => NoParams;
+/// }
+///
+/// fn main() {
+///     let request = Request::decode("demo.ping", banger_rpc::request::Value::Null).unwrap();
+///     assert_eq!(request.method(), "demo.ping");
+///     assert_eq!(Request::NAMES, &["demo.ping"]);
+///     assert!(Request::decode("demo.fly", banger_rpc::request::Value::Null).is_err());
 /// }
 /// ```
 #[macro_export]
