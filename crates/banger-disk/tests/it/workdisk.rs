@@ -17,19 +17,34 @@ fn seed_in(dir: &std::path::Path) -> std::path::PathBuf {
     seed
 }
 
+/// A request for a copied (not reflinked) disk without a grown-seed cache.
+fn copy_request(
+    seed: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    size: ByteSize,
+    content: Option<std::path::PathBuf>,
+) -> WorkDiskRequest {
+    WorkDiskRequest {
+        seed,
+        dest,
+        size,
+        strategy: StorageStrategy::Copy,
+        grown_seed_cache: None,
+        content,
+    }
+}
+
 #[test]
 fn copy_clone_grows_and_stays_clean() {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed_in(dir.path());
     let dest = dir.path().join("work.ext4");
-    let work = make_work_disk(&WorkDiskRequest {
-        seed: seed.clone(),
-        dest: dest.clone(),
-        size: ByteSize::gib(3),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: None,
-    })
+    let work = make_work_disk(&copy_request(
+        seed.clone(),
+        dest.clone(),
+        ByteSize::gib(3),
+        None,
+    ))
     .unwrap();
     assert_eq!(work.method, Some(CloneMethod::SparseCopy));
     assert!(!work.from_cache);
@@ -71,15 +86,8 @@ fn smaller_than_the_seed_is_refused_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed_in(dir.path());
     let dest = dir.path().join("work.ext4");
-    let error = make_work_disk(&WorkDiskRequest {
-        seed,
-        dest: dest.clone(),
-        size: ByteSize::mib(8),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: None,
-    })
-    .unwrap_err();
+    let error =
+        make_work_disk(&copy_request(seed, dest.clone(), ByteSize::mib(8), None)).unwrap_err();
     assert!(
         matches!(error, MakeWorkDiskError::SmallerThanSeed { .. }),
         "{error}"
@@ -94,15 +102,7 @@ fn growth_far_beyond_the_seed_works() {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed_in(dir.path());
     let dest = dir.path().join("work.ext4");
-    make_work_disk(&WorkDiskRequest {
-        seed,
-        dest: dest.clone(),
-        size: ByteSize::gib(200),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: None,
-    })
-    .unwrap();
+    make_work_disk(&copy_request(seed, dest.clone(), ByteSize::gib(200), None)).unwrap();
     util::assert_fsck_clean(&dest);
     assert_eq!(
         util::dumpe2fs_field(&dest, "Block count"),
@@ -116,15 +116,7 @@ fn a_used_disk_is_checked_before_resizing() {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed_in(dir.path());
     let dest = dir.path().join("work.ext4");
-    make_work_disk(&WorkDiskRequest {
-        seed,
-        dest: dest.clone(),
-        size: ByteSize::gib(1),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: None,
-    })
-    .unwrap();
+    make_work_disk(&copy_request(seed, dest.clone(), ByteSize::gib(1), None)).unwrap();
     // A mount after the last check makes resize2fs ask for e2fsck -f.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     {
@@ -158,14 +150,12 @@ fn a_disk_with_content_holds_it_beside_the_seeds_files_at_the_requested_size() {
     std::os::unix::fs::symlink("run.sh", content.join("repo/link")).unwrap();
     std::fs::write(content.join(".config/app"), b"setting=from content\n").unwrap();
     let dest = dir.path().join("work.ext4");
-    let work = make_work_disk(&WorkDiskRequest {
+    let work = make_work_disk(&copy_request(
         seed,
-        dest: dest.clone(),
-        size: ByteSize::gib(2),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: Some(content.clone()),
-    })
+        dest.clone(),
+        ByteSize::gib(2),
+        Some(content.clone()),
+    ))
     .unwrap();
     assert_eq!(work.method, None);
     assert_eq!(work.size, ByteSize::gib(2));
@@ -200,14 +190,12 @@ fn a_disk_with_content_carries_the_seeds_files() {
     let content = dir.path().join("content");
     std::fs::create_dir_all(content.join("repo")).unwrap();
     let dest = dir.path().join("work.ext4");
-    make_work_disk(&WorkDiskRequest {
+    make_work_disk(&copy_request(
         seed,
-        dest: dest.clone(),
-        size: ByteSize::gib(1),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: Some(content),
-    })
+        dest.clone(),
+        ByteSize::gib(1),
+        Some(content),
+    ))
     .unwrap();
     assert_eq!(
         banger_disk::read_file(&dest, "/.config/app").unwrap(),
@@ -226,14 +214,12 @@ fn content_larger_than_the_disk_is_refused_and_leaves_nothing() {
     let file = std::fs::File::create(content.join("big")).unwrap();
     std::io::Write::write_all(&mut &file, &vec![7u8; 100 << 20]).unwrap();
     let dest = dir.path().join("work.ext4");
-    let error = make_work_disk(&WorkDiskRequest {
+    let error = make_work_disk(&copy_request(
         seed,
-        dest: dest.clone(),
-        size: ByteSize::mib(128),
-        strategy: StorageStrategy::Copy,
-        grown_seed_cache: None,
-        content: Some(content),
-    })
+        dest.clone(),
+        ByteSize::mib(128),
+        Some(content),
+    ))
     .unwrap_err();
     assert!(
         matches!(error, MakeWorkDiskError::ContentTooLarge { .. }),
