@@ -29,6 +29,9 @@ pub struct HostInputs<'a> {
     pub config: &'a Config,
     pub config_path: &'a Path,
     pub state_dir: &'a Path,
+    /// banger's own directories (state, config, cache, runtime): the
+    /// ownership check walks them.
+    pub own_dirs: &'a [PathBuf],
     pub defaults: &'a VmDefaults,
 }
 
@@ -44,6 +47,7 @@ pub fn host_checks(host: &dyn Host, inputs: &HostInputs<'_>) -> Vec<DoctorCheck>
         vhost_device_vsock(host, inputs.config),
         tools(host),
         privileges(host),
+        ownership(host, inputs.own_dirs),
         disk_space(host, inputs.state_dir),
         vm_defaults(inputs.defaults, inputs.config_path),
     ]
@@ -369,6 +373,40 @@ pub fn privileges(host: &dyn Host) -> DoctorCheck {
             lacking.join(" and ")
         ),
         fix,
+    )
+}
+
+/// Whether the process owns everything in banger's directories: a root
+/// daemon started for the user's dirs (`sudo -E banger …`) leaves files a
+/// daemon running as the user can neither read nor replace.
+pub fn ownership(host: &dyn Host, dirs: &[PathBuf]) -> DoctorCheck {
+    let privileges = host.privileges();
+    if privileges.is_root() {
+        return DoctorCheck::pass(
+            "ownership",
+            "root may use every file in banger's directories",
+        );
+    }
+    let found = host.foreign_owned(dirs, privileges.euid);
+    if found.is_empty() {
+        return DoctorCheck::pass(
+            "ownership",
+            format!(
+                "uid {} owns every file in banger's directories",
+                privileges.euid
+            ),
+        );
+    }
+    DoctorCheck::fail(
+        "ownership",
+        format!(
+            "{} in banger's directories (left by running banger as root?)",
+            found.summary()
+        ),
+        format!(
+            "give them back to yourself: {}",
+            crate::ownership::fix_command(dirs, privileges.euid)
+        ),
     )
 }
 

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let layout = Layout::from_env()?;
+    instance::refuse_foreign_files(&layout.own_dirs())?;
     let config = Config::load(&layout.config_file())?;
     instance::private_dir(&layout.state_dir)?;
     let mut lock = instance::acquire(&layout.daemon_lock())?;

@@ -513,6 +513,56 @@ fn daemon_reachable_or_not() {
 }
 
 #[test]
+fn ownership_names_a_foreign_file_and_the_chown_that_fixes_it() {
+    let user = Privileges {
+        euid: 1000,
+        cap_net_admin: false,
+        cap_sys_admin: false,
+    };
+    let dirs = [PathBuf::from("/")];
+    let clean = FakeHost {
+        privileges: user,
+        ..FakeHost::default()
+    };
+    let check = checks::ownership(&clean, &dirs);
+    assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
+    assert_eq!(
+        check.detail,
+        "uid 1000 owns every file in banger's directories"
+    );
+
+    let left_by_root = FakeHost {
+        privileges: user,
+        foreign: banger_doctor::ForeignFiles {
+            count: 3,
+            first: vec![(PathBuf::from("/s/banger/ssh/id_ed25519"), 0)],
+            unreadable: Vec::new(),
+        },
+        ..FakeHost::default()
+    };
+    let check = checks::ownership(&left_by_root, &dirs);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert_eq!(
+        check.detail,
+        "3 files belong to another user, e.g. /s/banger/ssh/id_ed25519 (uid 0) in banger's \
+         directories (left by running banger as root?)"
+    );
+    let fix = check.fix.as_deref().unwrap();
+    assert!(
+        fix.starts_with("give them back to yourself: sudo chown -R "),
+        "{fix}"
+    );
+    assert!(fix.ends_with(" /"), "{fix}");
+
+    // Root can use anything: nothing is walked.
+    let root = FakeHost {
+        foreign: left_by_root.foreign.clone(),
+        ..FakeHost::default()
+    };
+    assert_eq!(checks::ownership(&root, &dirs).status, CheckStatus::Pass);
+}
+
+#[test]
 fn host_checks_on_a_healthy_and_a_hostile_host() {
     let config = Config::default();
     let defaults = VmDefaults::resolve(&config.vm_defaults, None);
@@ -520,6 +570,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
         config: &config,
         config_path: Path::new("/c/config.toml"),
         state_dir: Path::new("/s"),
+        own_dirs: &[PathBuf::from("/s")],
         defaults: &defaults,
     };
     let healthy = host_checks(&FakeHost::default(), &inputs);
@@ -536,6 +587,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
             "vhost-device-vsock",
             "tools",
             "privileges",
+            "ownership",
             "disk-space",
             "vm-defaults"
         ]
@@ -552,7 +604,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
         ..FakeHost::default().without_program("firecracker")
     };
     let (pass, warn, fail) = banger_doctor::tally(&host_checks(&hostile, &inputs));
-    assert_eq!((pass, warn, fail), (8, 0, 3));
+    assert_eq!((pass, warn, fail), (9, 0, 3));
 }
 
 #[test]

@@ -40,6 +40,7 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "vhost-device-vsock",
             "tools",
             "privileges",
+            "ownership",
             "disk-space",
             "vm-defaults",
             "companions",
@@ -108,6 +109,9 @@ impl Host for RoutedHost {
     }
     fn file_exists(&self, path: &std::path::Path) -> bool {
         self.inner.file_exists(path)
+    }
+    fn foreign_owned(&self, dirs: &[std::path::PathBuf], uid: u32) -> banger_doctor::ForeignFiles {
+        self.inner.foreign_owned(dirs, uid)
     }
 }
 
