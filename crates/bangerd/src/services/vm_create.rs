@@ -1,8 +1,8 @@
 //! `vm.create`: validate, allocate an address, make the disks, boot.
 //!
 //! The first event is the resolved spec (`vm::spec`, with where each setting
-//! came from). Stages streamed to the client after it: `prepare_disks`, `start_vmm`,
-//! `wait_vsock_agent`, `wait_ssh`, `ready`. A failure before the VMM runs,
+//! came from). Stages streamed to the client after it: `prepare_disks`,
+//! `start_vmm`, `wait_vsock_agent`, `wait_ssh`, `ready`. A failure before the VMM runs,
 //! or a cancellation, rolls everything back (no VM is left). A failure after
 //! the VMM started keeps the VM in `error` with its logs, releasing every
 //! host resource.
