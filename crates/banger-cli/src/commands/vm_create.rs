@@ -33,7 +33,7 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
     let params = request(flags)?;
-    create_requested(layout, flags, params).await.outcome
+    create_requested(layout, params).await.outcome
 }
 
 /// What a create came to, and the spec the daemon announced for it (the
@@ -99,19 +99,18 @@ fn typed_nat(flags: &CreateFlags) -> Option<bool> {
 /// the catalog, or the catalog unreachable), the default image is
 /// bootstrapped from Debian's packages (asking first on a terminal) and the
 /// create is tried once more.
-pub(super) async fn create_requested(
-    layout: &Layout,
-    flags: &CreateFlags,
-    params: VmCreateParams,
-) -> Attempt {
+pub(super) async fn create_requested(layout: &Layout, params: VmCreateParams) -> Attempt {
     // The retry announces its spec again: the line is printed once.
     let mut printed = None;
     let mut attempt = create_once(layout, &params, &mut printed).await;
+    // The daemon announces the spec before it looks for the image, so the
+    // bootstrap knows which VMM the image is for.
     if let Err(err) = &attempt.outcome
         && params.image.is_none()
         && default_image::is_no_default_image(err)
+        && let Some(spec) = &attempt.spec
     {
-        attempt = match default_image::bootstrap_default_image(layout, flags).await {
+        attempt = match default_image::bootstrap_default_image(layout, spec.vmm.value).await {
             Ok(()) => create_once(layout, &params, &mut printed).await,
             Err(err) => Attempt {
                 spec: None,

@@ -50,7 +50,7 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
 
     params.work_content = staged.as_ref().map(|staged| staged.content().to_owned());
 
-    let attempt = vm_create::create_requested(layout, &args.create, params).await;
+    let attempt = vm_create::create_requested(layout, params).await;
     let vm = match attempt.outcome {
         Ok(vm) => vm,
         Err(err) => {
