@@ -138,6 +138,8 @@ async fn create_once(
     Attempt { spec, outcome }
 }
 
+/// The call itself, filling in `spec` when it is announced: on Ctrl-C, the
+/// VM it names is waited for until the daemon has rolled it back.
 async fn call(
     layout: &Layout,
     params: &VmCreateParams,
@@ -170,10 +172,12 @@ async fn call(
         None => {
             drop(client);
             let Some(spec) = spec else {
+                // Cancelled before the daemon named the VM: there is
+                // nothing to wait for by name.
+                let message =
+                    "creating the VM was cancelled; the daemon rolls back what it started";
                 return Err(ExitError {
-                    message:
-                        "creating the VM was cancelled; the daemon rolls back anything it started"
-                            .into(),
+                    message: message.into(),
                     code: 130,
                 }
                 .into());
