@@ -41,6 +41,7 @@ pub fn host_checks(host: &dyn Host, inputs: &HostInputs<'_>) -> Vec<DoctorCheck>
         arch(host),
         vmm(inputs.config),
         kvm(host, inputs.config.vmm),
+        tun(host),
         vhost_vsock(host),
         firecracker(host, inputs.config),
         qemu(host, inputs.config),
@@ -141,6 +142,32 @@ pub fn kvm(host: &dyn Host, vmm: VmmKind) -> DoctorCheck {
             format!("/dev/kvm cannot create a VM: {err}"),
             "enable virtualisation in firmware, and stop other hypervisors that hold VT-x \
              (VirtualBox, VMware)",
+        ),
+    }
+}
+
+/// `/dev/net/tun`: every VM's network is a TAP, which the VMM attaches to
+/// through it, with the daemon's credentials (a daemon that is not root
+/// needs the device world-usable, as Debian ships it).
+pub fn tun(host: &dyn Host) -> DoctorCheck {
+    let path = Path::new("/dev/net/tun");
+    let uid = host.privileges().euid;
+    match host.device(path) {
+        DeviceProbe::Usable => {
+            DoctorCheck::pass("tun", format!("/dev/net/tun usable by uid {uid}"))
+        }
+        DeviceProbe::Missing => DoctorCheck::fail(
+            "tun",
+            "/dev/net/tun does not exist: VMs cannot have a network",
+            "sudo modprobe tun",
+        ),
+        DeviceProbe::Unusable(err) => DoctorCheck::fail(
+            "tun",
+            format!(
+                "uid {uid} cannot open /dev/net/tun ({err}): its VMs' VMMs cannot attach to their TAPs"
+            ),
+            "sudo chmod 0666 /dev/net/tun (the mode Debian ships; a udev rule `KERNEL==\"tun\", \
+             MODE=\"0666\"` keeps it), or run banger as root",
         ),
     }
 }

@@ -46,6 +46,7 @@ impl Default for FakeHost {
         versions.insert(firecracker, Ok("Firecracker v1.16.0".to_owned()));
         let mut devices = BTreeMap::new();
         devices.insert(PathBuf::from("/dev/vhost-vsock"), DeviceProbe::Usable);
+        devices.insert(PathBuf::from("/dev/net/tun"), DeviceProbe::Usable);
         Self {
             arch: "x86_64".into(),
             kvm: KvmProbe::Usable { api_version: 12 },

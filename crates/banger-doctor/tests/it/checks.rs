@@ -513,6 +513,48 @@ fn daemon_reachable_or_not() {
 }
 
 #[test]
+fn tun_says_how_a_user_gets_it() {
+    let user = Privileges {
+        euid: 1000,
+        cap_net_admin: false,
+        cap_sys_admin: false,
+    };
+    let check = checks::tun(&FakeHost {
+        privileges: user,
+        ..FakeHost::default()
+    });
+    assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
+    assert_eq!(check.detail, "/dev/net/tun usable by uid 1000");
+
+    let mut closed = FakeHost {
+        privileges: user,
+        ..FakeHost::default()
+    };
+    closed.devices.insert(
+        PathBuf::from("/dev/net/tun"),
+        DeviceProbe::Unusable("Permission denied (os error 13)".into()),
+    );
+    let check = checks::tun(&closed);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert!(
+        check.detail.contains("uid 1000 cannot open /dev/net/tun"),
+        "{check:?}"
+    );
+    assert!(
+        check
+            .fix
+            .unwrap()
+            .starts_with("sudo chmod 0666 /dev/net/tun")
+    );
+
+    let mut gone = FakeHost::default();
+    gone.devices.remove(Path::new("/dev/net/tun"));
+    let check = checks::tun(&gone);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert_eq!(check.fix.as_deref(), Some("sudo modprobe tun"));
+}
+
+#[test]
 fn ownership_names_a_foreign_file_and_the_chown_that_fixes_it() {
     let user = Privileges {
         euid: 1000,
@@ -581,6 +623,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
             "arch",
             "vmm",
             "kvm",
+            "tun",
             "vhost-vsock",
             "firecracker",
             "qemu",
@@ -604,7 +647,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
         ..FakeHost::default().without_program("firecracker")
     };
     let (pass, warn, fail) = banger_doctor::tally(&host_checks(&hostile, &inputs));
-    assert_eq!((pass, warn, fail), (9, 0, 3));
+    assert_eq!((pass, warn, fail), (10, 0, 3));
 }
 
 #[test]

@@ -34,6 +34,7 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "arch",
             "vmm",
             "kvm",
+            "tun",
             "vhost-vsock",
             "firecracker",
             "qemu",
