@@ -1,25 +1,37 @@
 //! Writing [`GuestFiles`] into a root filesystem directory.
 //!
-//! A rootfs comes from an image and is not trusted: its symlinks are resolved
-//! as the guest would resolve them, inside the rootfs (an absolute link
-//! target starts again at the rootfs, `..` stops at it), so nothing is ever
-//! written outside the rootfs. Entries at the final path are replaced, never
-//! written through.
+//! A rootfs comes from an image and is not trusted. Every path is resolved
+//! by the kernel through `banger-rootfs` with `RESOLVE_IN_ROOT`, as the
+//! guest would resolve it: an absolute link target starts again at the
+//! rootfs and `..` stops at it, so nothing is ever written outside the
+//! rootfs. Missing directories are made (owned by root, with the entry's
+//! mode), through a dangling symlink too: its target is made, inside the
+//! rootfs. Entries at the final path are replaced, never written through.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::io;
+use std::ffi::OsStr;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use banger_rootfs::{Dangling, Dir, MakeRoomError, Resolve, ResolveDirError, Root};
+use nix::sys::stat::{Mode, fchmod};
+use nix::unistd::{Gid, Uid, fchown};
 
 use crate::files::{EntryKind, GuestEntry, GuestFiles, OWNER_GID, OWNER_UID};
-
-/// How many symlinks one path may traverse (Linux's own limit).
-const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Installing the guest files into a rootfs directory failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallGuestFilesError {
+    /// The rootfs directory cannot be opened.
+    #[error("cannot open rootfs {rootfs}")]
+    OpenRootfs {
+        /// The rootfs directory.
+        rootfs: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Reading, creating or replacing a file failed.
     #[error("cannot install {guest_path} into rootfs {rootfs}")]
     Io {
@@ -27,7 +39,8 @@ pub enum InstallGuestFilesError {
         rootfs: PathBuf,
         /// The guest path being installed.
         guest_path: PathBuf,
-        /// The cause (names the host path).
+        /// The cause (names the host path of a file read from the host, the
+        /// guest directory that could not be made).
         #[source]
         source: io::Error,
     },
@@ -77,9 +90,16 @@ pub(crate) fn install_entries<'a>(
     rootfs: &Path,
     entries: impl IntoIterator<Item = &'a GuestEntry>,
 ) -> Result<(), InstallGuestFilesError> {
+    let root = Root::open(rootfs, Resolve::in_root()).map_err(|source| {
+        InstallGuestFilesError::OpenRootfs {
+            rootfs: rootfs.to_owned(),
+            source,
+        }
+    })?;
     let chown = nix::unistd::geteuid().is_root();
     for entry in entries {
         Installer {
+            root: &root,
             rootfs,
             guest_path: entry.guest_path(),
             chown,
@@ -91,6 +111,7 @@ pub(crate) fn install_entries<'a>(
 }
 
 struct Installer<'a> {
+    root: &'a Root,
     rootfs: &'a Path,
     guest_path: &'a Path,
     chown: bool,
@@ -103,109 +124,96 @@ impl Installer<'_> {
         }
         match kind {
             // Existing directories keep their mode; created ones get `mode`.
-            EntryKind::Dir { mode } => self.resolve_dir(self.guest_path, *mode).map(|_| ()),
+            EntryKind::Dir { mode } => self.make_dirs(self.guest_path, *mode).map(drop),
             EntryKind::File { source, mode } => {
                 let contents = source.read().map_err(|e| self.io(e))?;
-                let host = self.replaceable_target()?;
-                fs_err::write(&host, &contents).map_err(|e| self.io(e))?;
-                fs_err::set_permissions(&host, std::fs::Permissions::from_mode(*mode))
+                let (dir, name) = self.replaceable()?;
+                let mut file = dir
+                    .create_file(name, Mode::from_bits_truncate(0o600))
                     .map_err(|e| self.io(e))?;
-                self.own(&host)
+                file.write_all(&contents).map_err(|e| self.io(e))?;
+                // Owner first: a chown clears set-id bits.
+                self.own(file.as_fd()).map_err(|e| self.io(e))?;
+                file.set_permissions(std::fs::Permissions::from_mode(*mode))
+                    .map_err(|e| self.io(e))
             }
             EntryKind::Symlink { target } => {
-                let host = self.replaceable_target()?;
-                fs_err::os::unix::fs::symlink(target.as_ref(), &host).map_err(|e| self.io(e))?;
-                self.own(&host)
+                let (dir, name) = self.replaceable()?;
+                dir.symlink(OsStr::new(target.as_ref()), name)
+                    .map_err(|e| self.io(e))?;
+                if self.chown {
+                    dir.chown(name, Uid::from_raw(OWNER_UID), Gid::from_raw(OWNER_GID))
+                        .map_err(|e| self.io(e))?;
+                }
+                Ok(())
             }
         }
     }
 
-    /// The host path for the entry's final component, with its parent resolved
-    /// inside the rootfs and anything but a directory at the path removed.
-    fn replaceable_target(&self) -> Result<PathBuf, InstallGuestFilesError> {
+    /// The directory the entry's final component goes in, made when
+    /// missing, with anything but a directory at that name removed.
+    fn replaceable(&self) -> Result<(Dir, &OsStr), InstallGuestFilesError> {
         let (Some(parent), Some(name)) = (self.guest_path.parent(), self.guest_path.file_name())
         else {
             return Err(self.bad_path());
         };
-        let host = self.resolve_dir(parent, 0o755)?.join(name);
-        match std::fs::symlink_metadata(&host) {
-            Ok(meta) if meta.is_dir() => Err(InstallGuestFilesError::DirectoryInTheWay {
+        let dir = self.make_dirs(parent, 0o755)?;
+        dir.make_room(name).map_err(|error| match error {
+            MakeRoomError::DirectoryInTheWay => InstallGuestFilesError::DirectoryInTheWay {
                 rootfs: self.rootfs.to_owned(),
                 guest_path: self.guest_path.to_owned(),
-            }),
-            Ok(_) => {
-                fs_err::remove_file(&host).map_err(|e| self.io(e))?;
-                Ok(host)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(host),
-            Err(e) => Err(self.io(fs_err_io(e, &host))),
-        }
+            },
+            MakeRoomError::Io(source) => self.io(source),
+        })?;
+        Ok((dir, name))
     }
 
-    /// Resolves the guest directory `dir` to a host path inside the rootfs,
-    /// following symlinks as the guest would and creating missing components
-    /// as directories with `mode`.
-    fn resolve_dir(&self, dir: &Path, mode: u32) -> Result<PathBuf, InstallGuestFilesError> {
-        let mut resolved: Vec<OsString> = Vec::new();
-        let mut pending: VecDeque<OsString> = guest_components(dir);
-        let mut hops = 0;
-        while let Some(component) = pending.pop_front() {
-            if component == ".." {
-                resolved.pop();
-                continue;
-            }
-            let mut host = self.rootfs.to_path_buf();
-            host.extend(&resolved);
-            host.push(&component);
-            match std::fs::symlink_metadata(&host) {
-                Ok(meta) if meta.is_dir() => resolved.push(component),
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    hops += 1;
-                    if hops > MAX_SYMLINK_HOPS {
-                        return Err(InstallGuestFilesError::SymlinkLoop {
-                            rootfs: self.rootfs.to_owned(),
-                            guest_path: self.guest_path.to_owned(),
-                        });
-                    }
-                    let target = fs_err::read_link(&host).map_err(|e| self.io(e))?;
-                    if target.is_absolute() {
-                        resolved.clear();
-                    }
-                    let mut next = guest_components(&target);
-                    next.extend(pending.drain(..));
-                    pending = next;
-                }
-                Ok(_) => {
-                    let mut component_path = PathBuf::from("/");
-                    component_path.extend(&resolved);
-                    component_path.push(&component);
-                    return Err(InstallGuestFilesError::NotADirectory {
-                        rootfs: self.rootfs.to_owned(),
-                        guest_path: self.guest_path.to_owned(),
-                        component: component_path,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs_err::create_dir(&host).map_err(|e| self.io(e))?;
-                    fs_err::set_permissions(&host, std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| self.io(e))?;
-                    self.own(&host)?;
-                    resolved.push(component);
-                }
-                Err(e) => return Err(self.io(fs_err_io(e, &host))),
-            }
-        }
-        let mut host = self.rootfs.to_path_buf();
-        host.extend(&resolved);
-        Ok(host)
+    /// The guest directory `dir`, its missing components made with `mode`.
+    fn make_dirs(&self, dir: &Path, mode: u32) -> Result<Dir, InstallGuestFilesError> {
+        self.root
+            .make_dirs(
+                dir,
+                Mode::from_bits_truncate(mode),
+                Dangling::MakeTarget,
+                |_, made| {
+                    self.own(made)?;
+                    fchmod(made, Mode::from_bits_truncate(mode))?;
+                    Ok(())
+                },
+            )
+            .map_err(|error| self.resolve_error(error))
     }
 
-    fn own(&self, host: &Path) -> Result<(), InstallGuestFilesError> {
+    fn own(&self, fd: BorrowedFd<'_>) -> Result<(), io::Error> {
         if self.chown {
-            std::os::unix::fs::lchown(host, Some(OWNER_UID), Some(OWNER_GID))
-                .map_err(|e| self.io(fs_err_io(e, host)))?;
+            fchown(
+                fd,
+                Some(Uid::from_raw(OWNER_UID)),
+                Some(Gid::from_raw(OWNER_GID)),
+            )?;
         }
         Ok(())
+    }
+
+    fn resolve_error(&self, error: ResolveDirError) -> InstallGuestFilesError {
+        match error {
+            ResolveDirError::NotADirectory { component } => InstallGuestFilesError::NotADirectory {
+                rootfs: self.rootfs.to_owned(),
+                guest_path: self.guest_path.to_owned(),
+                component,
+            },
+            ResolveDirError::Loop { .. } => InstallGuestFilesError::SymlinkLoop {
+                rootfs: self.rootfs.to_owned(),
+                guest_path: self.guest_path.to_owned(),
+            },
+            other => {
+                let kind = match &other {
+                    ResolveDirError::Io { source, .. } => source.kind(),
+                    _ => io::ErrorKind::Other,
+                };
+                self.io(io::Error::new(kind, other))
+            }
+        }
     }
 
     fn io(&self, source: io::Error) -> InstallGuestFilesError {
@@ -221,20 +229,4 @@ impl Installer<'_> {
             guest_path: self.guest_path.to_owned(),
         }
     }
-}
-
-/// The components of a guest path that matter for resolution: names and `..`.
-fn guest_components(path: &Path) -> VecDeque<OsString> {
-    path.components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name.to_owned()),
-            Component::ParentDir => Some(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect()
-}
-
-/// Adds the host path to an error from `std` the way `fs-err` would.
-fn fs_err_io(error: io::Error, path: &Path) -> io::Error {
-    io::Error::new(error.kind(), format!("{error} (path: {})", path.display()))
 }

@@ -11,8 +11,8 @@
 //!
 //! Layout:
 //! - [`files`]: the embedded files, their guest paths and modes, [`GuestFiles`].
-//! - [`install`]: writing [`GuestFiles`] into a rootfs directory without
-//!   following the rootfs's symlinks out of it.
+//! - [`install`]: writing [`GuestFiles`] into a rootfs directory through
+//!   `banger-rootfs`, resolving the rootfs's symlinks inside it.
 //! - [`agent`]: `/healthz` and `/ports` response types and [`agent::AgentClient`].
 
 pub mod agent;

@@ -1,8 +1,9 @@
 //! Reading the working tree without ever leaving it.
 //!
 //! Every path is opened relative to a descriptor of the repository's top
-//! directory: parent directories through `openat2` with `RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS`, the last component without following it. A
+//! directory: parent directories through `banger-rootfs`'s `openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, the last component without
+//! following it. A
 //! directory replaced by a symlink (to `/etc`, to `../..`) is therefore
 //! never read through: a tracked path beneath it is, as git sees it too,
 //! gone from the working tree, and the symlink itself travels as a symlink.
@@ -11,12 +12,11 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use banger_rootfs::{Dir, Resolve, ResolveDirError, Root};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, readlinkat};
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 
 /// Deepest directory tree [`Tree::walk`] descends.
@@ -65,17 +65,18 @@ pub enum ReadError {
 #[derive(Debug)]
 pub struct Tree {
     top: PathBuf,
-    root: OwnedFd,
+    root: Root,
 }
 
 impl Tree {
     pub fn open(top: &Path) -> Result<Self, ReadError> {
-        let root = nix::fcntl::open(
-            top,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|errno| io_error(top, errno))?;
+        // Beneath the top, and no symlinks at all: git does not follow a
+        // symlink to a directory either.
+        let resolve = Resolve::beneath().no_symlinks();
+        let root = Root::open(top, resolve).map_err(|source| ReadError::Io {
+            path: top.to_owned(),
+            source,
+        })?;
         Ok(Self {
             top: top.to_owned(),
             root,
@@ -99,19 +100,18 @@ impl Tree {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
         };
-        let dir = match open_dir(&self.root, parent) {
+        let dir = match self.root.dir(parent) {
             Ok(dir) => dir,
-            // Missing, beneath a symlink, or beneath a file: not in the tree.
-            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {
-                return Ok(Entry::Gone);
+            Err(ResolveDirError::Io { source, .. }) => {
+                return Err(read_error(&self.top.join(parent), source));
             }
-            Err(Errno::EACCES) => return Err(ReadError::Unreadable(self.top.join(parent))),
-            Err(errno) => return Err(io_error(&self.top.join(parent), errno)),
+            // Missing, beneath a symlink, or beneath a file: not in the tree.
+            Err(_) => return Ok(Entry::Gone),
         };
         self.entry_in(&dir, name, relative)
     }
 
-    fn entry_in(&self, dir: &OwnedFd, name: &OsStr, relative: &Path) -> Result<Entry, ReadError> {
+    fn entry_in(&self, dir: &Dir, name: &OsStr, relative: &Path) -> Result<Entry, ReadError> {
         let full = || self.top.join(relative);
         let stat = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
@@ -172,13 +172,19 @@ impl Tree {
         &self,
         visit: &mut dyn FnMut(&Path, Entry) -> Result<(), ReadError>,
     ) -> Result<(), ReadError> {
-        let root = open_dir(&self.root, Path::new(".")).map_err(|e| io_error(&self.top, e))?;
+        let root = self.root.dir(Path::new(".")).map_err(|error| match error {
+            ResolveDirError::Io { source, .. } => read_error(&self.top, source),
+            other => ReadError::Io {
+                path: self.top.clone(),
+                source: io::Error::other(other),
+            },
+        })?;
         self.walk_dir(&root, Path::new(""), 0, visit)
     }
 
     fn walk_dir(
         &self,
-        dir: &OwnedFd,
+        dir: &Dir,
         relative: &Path,
         depth: usize,
         visit: &mut dyn FnMut(&Path, Entry) -> Result<(), ReadError>,
@@ -190,10 +196,7 @@ impl Tree {
                 source: io::Error::other("directory tree too deep"),
             });
         }
-        let mut names = list_dir(dir).map_err(|errno| match errno {
-            Errno::EACCES => ReadError::Unreadable(here.clone()),
-            errno => io_error(&here, errno),
-        })?;
+        let mut names = dir.list().map_err(|source| read_error(&here, source))?;
         names.sort();
         for name in names {
             let path = relative.join(&name);
@@ -201,11 +204,9 @@ impl Tree {
             let is_dir = matches!(entry, Entry::Dir { .. });
             visit(&path, entry)?;
             if is_dir {
-                let child = match open_dir(dir, Path::new(&name)) {
-                    Ok(child) => child,
-                    Err(Errno::EACCES) => return Err(ReadError::Unreadable(self.top.join(&path))),
-                    Err(errno) => return Err(io_error(&self.top.join(&path), errno)),
-                };
+                let child = dir
+                    .open_dir(&name)
+                    .map_err(|source| read_error(&self.top.join(&path), source))?;
                 self.walk_dir(&child, &path, depth + 1, visit)?;
             }
         }
@@ -213,45 +214,19 @@ impl Tree {
     }
 }
 
-/// An `O_PATH` descriptor for directory `path` beneath `root`, refusing
-/// every symlink on the way and any resolution that would leave `root`.
-fn open_dir(root: impl AsFd, path: &Path) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    let mut tries = 0;
-    loop {
-        match openat2(root.as_fd(), path, how) {
-            // A concurrent rename somewhere on the system: try again.
-            Err(Errno::EAGAIN) if tries < 16 => tries += 1,
-            other => return other,
-        }
-    }
-}
-
-fn list_dir(dir: &OwnedFd) -> nix::Result<Vec<OsString>> {
-    let listing = nix::dir::Dir::openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut names = Vec::new();
-    for entry in listing {
-        let name = entry?.file_name().to_bytes().to_vec();
-        if name != b"." && name != b".." {
-            names.push(OsStr::from_bytes(&name).to_owned());
-        }
-    }
-    Ok(names)
-}
-
 fn kind(stat: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT
+}
+
+/// `EACCES` as [`ReadError::Unreadable`], the rest as [`ReadError::Io`].
+fn read_error(path: &Path, source: io::Error) -> ReadError {
+    if source.raw_os_error() == Some(Errno::EACCES as i32) {
+        return ReadError::Unreadable(path.to_owned());
+    }
+    ReadError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn io_error(path: &Path, errno: Errno) -> ReadError {

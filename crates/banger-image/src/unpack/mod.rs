@@ -2,13 +2,13 @@
 //!
 //! The staging directory is the only place anything is written. Entry
 //! names are normalised first (absolute names and `..` refused), parent
-//! directories are opened with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` so a symlink planted by an
+//! directories are resolved by `banger-rootfs` with `openat2(RESOLVE_BENEATH
+//! | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` so a symlink planted by an
 //! earlier entry can never redirect a write outside the root, and the last
-//! component is always created with `*at` calls that do not follow symlinks
-//! (`O_CREAT|O_EXCL|O_NOFOLLOW`, `symlinkat`, `linkat` without
-//! `AT_SYMLINK_FOLLOW`, `mknodat`). Existing entries are unlinked, never
-//! written through, so a hard link from an earlier layer is never modified.
+//! component is always created with its `*at` calls that do not follow
+//! symlinks (`O_CREAT|O_EXCL|O_NOFOLLOW`, `symlinkat`, `linkat` without
+//! `AT_SYMLINK_FOLLOW`). Existing entries are unlinked, never written
+//! through, so a hard link from an earlier layer is never modified.
 //!
 //! Layer semantics follow the OCI image spec: `.wh.NAME` removes NAME from
 //! lower layers, `.wh..wh..opq` hides everything lower layers put in its
@@ -43,24 +43,24 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use banger_rootfs::{Dangling, Dir, ResolveDirError, Root, is_dir};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, utimensat};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, fchmod, futimens};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
+use nix::unistd::{Gid, Uid, fchown};
 
 use crate::digest::{Digest, HashingReader};
 use crate::manifest::Compression;
 
 pub use size::ContentSize;
 
-use fs::ResolveFailure;
 use path::{RelPath, Whiteout};
 
 const KIB: u64 = 1024;
@@ -296,7 +296,7 @@ impl LayerState {
 #[derive(Debug)]
 pub struct Unpacker {
     path: PathBuf,
-    root: OwnedFd,
+    root: Root,
     options: UnpackOptions,
     /// Deferred directory metadata.
     dirs: BTreeMap<RelPath, Meta>,
@@ -359,16 +359,16 @@ impl At<'_> {
         }
     }
 
-    fn resolve(&self, failure: ResolveFailure) -> UnpackError {
+    fn resolve(&self, failure: ResolveDirError) -> UnpackError {
         match failure {
-            ResolveFailure::Escapes => self.refused(Refusal::ResolvesOutside),
-            ResolveFailure::Loop => self.refused(Refusal::SymlinkLoop),
-            ResolveFailure::NotADirectory => self.refused(Refusal::ParentNotDirectory),
-            ResolveFailure::Dangling => self.refused(Refusal::DanglingParent),
-            ResolveFailure::Missing => {
+            ResolveDirError::Escapes { .. } => self.refused(Refusal::ResolvesOutside),
+            ResolveDirError::Loop { .. } => self.refused(Refusal::SymlinkLoop),
+            ResolveDirError::NotADirectory { .. } => self.refused(Refusal::ParentNotDirectory),
+            ResolveDirError::Dangling { .. } => self.refused(Refusal::DanglingParent),
+            ResolveDirError::Missing { .. } => {
                 self.io("find the parent directory")(io::ErrorKind::NotFound.into())
             }
-            ResolveFailure::Io(source) => self.io("open the parent directory")(source),
+            ResolveDirError::Io { source, .. } => self.io("open the parent directory")(source),
         }
     }
 }
@@ -423,7 +423,7 @@ impl Unpacker {
             Mode::empty(),
         );
         let root = match root {
-            Ok(root) => root,
+            Ok(root) => Root::from_fd(root, fs::staging_resolve()),
             Err(errno) => {
                 let _ = fs_err::remove_dir(path);
                 return Err(staging_error(errno.into()));
@@ -778,15 +778,32 @@ impl Unpacker {
         })
     }
 
-    /// The parent directory of an entry, made when missing.
-    fn parent_dir(&mut self, at: &At<'_>, parent: &RelPath) -> Result<OwnedFd, UnpackError> {
+    /// The parent directory of an entry. Missing directories are made
+    /// (0755, their metadata deferred as [`Meta::implicit_dir`]); nothing is
+    /// made through a dangling symlink.
+    fn parent_dir(&mut self, at: &At<'_>, parent: &RelPath) -> Result<Dir, UnpackError> {
         let mut created = Vec::new();
-        let fd = fs::resolve_dir(&self.root, parent, true, &mut created)
+        let dir = self
+            .root
+            .make_dirs(
+                &parent.to_path(),
+                Mode::from_bits_truncate(0o755),
+                Dangling::Refuse,
+                |path, _| {
+                    created.push(RelPath::from_plain(path));
+                    Ok(())
+                },
+            )
             .map_err(|failure| at.resolve(failure))?;
         for dir in created {
             self.dirs.entry(dir).or_insert_with(Meta::implicit_dir);
         }
-        Ok(fd)
+        Ok(dir)
+    }
+
+    /// The existing directory `rel`.
+    fn existing_dir(&self, rel: &RelPath) -> Result<Dir, ResolveDirError> {
+        self.root.dir(&rel.to_path())
     }
 
     /// Removes whatever is at `name` (recursively), forgetting deferred
@@ -794,11 +811,14 @@ impl Unpacker {
     fn clear(
         &mut self,
         at: &At<'_>,
-        dir: &OwnedFd,
+        dir: &Dir,
         rel: &RelPath,
         name: &OsStr,
     ) -> Result<(), UnpackError> {
-        if fs::remove_at(dir, name).map_err(at.io("remove the existing entry"))? {
+        if dir
+            .remove(name)
+            .map_err(at.io("remove the existing entry"))?
+        {
             self.forget_dirs(rel);
         }
         Ok(())
@@ -825,8 +845,11 @@ impl Unpacker {
         meta: Meta,
     ) -> Result<(), UnpackError> {
         let dir = self.parent_dir(at, parent)?;
-        match fs::lstat_at(&dir, name).map_err(at.io("inspect the existing entry"))? {
-            Some(stat) if fs::is_dir(&stat) => {}
+        match dir
+            .lstat(name)
+            .map_err(at.io("inspect the existing entry"))?
+        {
+            Some(stat) if is_dir(&stat) => {}
             Some(_) => {
                 self.clear(at, &dir, rel, name)?;
                 mkdir(at, &dir, name)?;
@@ -850,14 +873,9 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let dir = self.parent_dir(at, parent)?;
         self.clear(at, &dir, rel, name)?;
-        let fd = openat(
-            &dir,
-            name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(at.errno("create the file"))?;
-        let mut file = std::fs::File::from(fd);
+        let mut file = dir
+            .create_file(name, Mode::from_bits_truncate(0o600))
+            .map_err(at.io("create the file"))?;
         let mut written: u64 = 0;
         loop {
             let read = match entry.read(&mut self.buffer) {
@@ -947,21 +965,16 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let dir = self.parent_dir(at, parent)?;
         self.clear(at, &dir, rel, name)?;
-        symlinkat(OsStr::from_bytes(target), &dir, name).map_err(at.errno("create the symlink"))?;
+        dir.symlink(OsStr::from_bytes(target), name)
+            .map_err(at.io("create the symlink"))?;
         if self.options.preserve_ownership {
-            fchownat(
-                &dir,
-                name,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(at.errno("set the symlink's owner"))?;
+            dir.chown(name, Uid::from_raw(meta.uid), Gid::from_raw(meta.gid))
+                .map_err(at.io("set the symlink's owner"))?;
         }
         if let Some(mtime) = meta.mtime {
             let time = TimeSpec::new(mtime, 0);
-            utimensat(&dir, name, &time, &time, UtimensatFlags::NoFollowSymlink)
-                .map_err(at.errno("set the symlink's mtime"))?;
+            dir.set_times(name, &time, &time)
+                .map_err(at.io("set the symlink's mtime"))?;
         }
         if !meta.xattrs.is_empty() {
             tracing::debug!(
@@ -991,23 +1004,27 @@ impl Unpacker {
             })
         };
         let (target_parent, target_name) = target.split_last().ok_or_else(missing)?;
-        let mut unused = Vec::new();
-        let target_dir = match fs::resolve_dir(&self.root, &target_parent, false, &mut unused) {
-            Ok(fd) => fd,
-            Err(ResolveFailure::Missing | ResolveFailure::NotADirectory) => return Err(missing()),
+        let target_dir = match self.existing_dir(&target_parent) {
+            Ok(dir) => dir,
+            Err(ResolveDirError::Missing { .. } | ResolveDirError::NotADirectory { .. }) => {
+                return Err(missing());
+            }
             Err(failure) => return Err(at.resolve(failure)),
         };
-        match fs::lstat_at(&target_dir, target_name).map_err(at.io("inspect the link target"))? {
+        match target_dir
+            .lstat(target_name)
+            .map_err(at.io("inspect the link target"))?
+        {
             None => return Err(missing()),
-            Some(stat) if fs::is_dir(&stat) => {
+            Some(stat) if is_dir(&stat) => {
                 return Err(at.refused(Refusal::HardLinkToDirectory { target: shown }));
             }
             Some(_) => {}
         }
         let dir = self.parent_dir(at, parent)?;
         self.clear(at, &dir, rel, name)?;
-        linkat(&target_dir, target_name, &dir, name, AtFlags::empty())
-            .map_err(at.errno("create the hard link"))?;
+        dir.hard_link(name, &target_dir, target_name)
+            .map_err(at.io("create the hard link"))?;
         Ok(())
     }
 
@@ -1029,10 +1046,9 @@ impl Unpacker {
             entry = at.entry,
             "skipped a device node or FIFO"
         );
-        let mut unused = Vec::new();
-        match fs::resolve_dir(&self.root, parent, false, &mut unused) {
+        match self.existing_dir(parent) {
             Ok(dir) => self.clear(at, &dir, rel, name),
-            Err(ResolveFailure::Missing | ResolveFailure::NotADirectory) => Ok(()),
+            Err(ResolveDirError::Missing { .. } | ResolveDirError::NotADirectory { .. }) => Ok(()),
             Err(failure) => Err(at.resolve(failure)),
         }
     }
@@ -1055,11 +1071,12 @@ impl Unpacker {
                     // Whiteouts hide lower layers only.
                     return Ok(());
                 }
-                let mut unused = Vec::new();
-                let dir = match fs::resolve_dir(&self.root, parent, false, &mut unused) {
+                let dir = match self.existing_dir(parent) {
                     Ok(dir) => dir,
                     // Nothing there to hide.
-                    Err(ResolveFailure::Missing | ResolveFailure::NotADirectory) => return Ok(()),
+                    Err(
+                        ResolveDirError::Missing { .. } | ResolveDirError::NotADirectory { .. },
+                    ) => return Ok(()),
                     Err(failure) => return Err(at.resolve(failure)),
                 };
                 self.clear(at, &dir, &target, name)
@@ -1075,7 +1092,7 @@ impl Unpacker {
     fn clear_opaque(
         &mut self,
         at: &At<'_>,
-        dir: &OwnedFd,
+        dir: &Dir,
         rel: &RelPath,
         state: &LayerState,
         depth: usize,
@@ -1083,23 +1100,17 @@ impl Unpacker {
         if depth > path::MAX_DEPTH {
             return Err(at.refused(Refusal::PathTooLong));
         }
-        for name in fs::list_dir(dir).map_err(at.io("list the opaque directory"))? {
+        for name in dir.list().map_err(at.io("list the opaque directory"))? {
             let child = rel.join(&name);
             if !state.touched.contains(&child) {
                 self.clear(at, dir, &child, &name)?;
                 continue;
             }
-            let Some(stat) = fs::lstat_at(dir, &name).map_err(at.io("inspect an entry"))? else {
+            let Some(stat) = dir.lstat(&name).map_err(at.io("inspect an entry"))? else {
                 continue;
             };
-            if fs::is_dir(&stat) {
-                let sub = openat(
-                    dir,
-                    name.as_os_str(),
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(at.errno("open a directory"))?;
+            if is_dir(&stat) {
+                let sub = dir.open_dir(&name).map_err(at.io("open a directory"))?;
                 self.clear_opaque(at, &sub, &child, state, depth + 1)?;
             }
         }
@@ -1122,7 +1133,13 @@ impl Unpacker {
                 layer: "(directory metadata)",
                 entry: &shown,
             };
-            let fd = match fs::open_dir_for_metadata(&self.root, &rel) {
+            // Only directories are opened this way (opening a device node
+            // could have side effects), and a symlink in the last component
+            // is refused.
+            let fd = match self.root.open_at(
+                &rel.to_path(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            ) {
                 Ok(fd) => fd,
                 // Replaced by something else after all.
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
@@ -1139,9 +1156,9 @@ impl Unpacker {
     }
 }
 
-fn mkdir(at: &At<'_>, dir: &OwnedFd, name: &OsStr) -> Result<(), UnpackError> {
-    nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755))
-        .map_err(at.errno("create the directory"))
+fn mkdir(at: &At<'_>, dir: &Dir, name: &OsStr) -> Result<(), UnpackError> {
+    dir.mkdir(name, Mode::from_bits_truncate(0o755))
+        .map_err(at.io("create the directory"))
 }
 
 fn hash_file(path: &Path) -> io::Result<Digest> {

@@ -4,7 +4,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use super::Refusal;
 
@@ -50,6 +50,18 @@ impl RelPath {
             return Err(Refusal::PathTooLong);
         }
         Ok(Self { components })
+    }
+
+    /// A path made of plain components (from [`RelPath::to_path`]) back.
+    pub(crate) fn from_plain(path: &Path) -> Self {
+        let components = path
+            .components()
+            .filter_map(|component| match component {
+                Component::Normal(name) => Some(name.to_owned()),
+                _ => None,
+            })
+            .collect();
+        Self { components }
     }
 
     pub(crate) fn is_root(&self) -> bool {
