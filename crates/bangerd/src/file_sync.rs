@@ -10,7 +10,8 @@ use std::path::Path;
 use banger_disk::Ext4Edits;
 use banger_disk::edits::Meta;
 use banger_model::file_sync::FileSync;
-use banger_rpc::RpcError;
+
+use crate::errors::ServiceError;
 
 /// Mode of directories created to hold a synced path.
 const PARENT_MODE: u32 = 0o700;
@@ -20,12 +21,12 @@ pub fn add_edits(
     entries: &[FileSync],
     home: &Path,
     edits: &mut Ext4Edits,
-) -> Result<Vec<String>, RpcError> {
+) -> Result<Vec<String>, ServiceError> {
     let mut warnings = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let host = entry.host.resolve(home);
         let fail = |problem: String| {
-            RpcError::invalid(format!(
+            ServiceError::invalid(format!(
                 "file_sync[{index}] ({}): {problem}",
                 host.display()
             ))
