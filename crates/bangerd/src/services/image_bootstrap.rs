@@ -89,10 +89,7 @@ pub async fn bootstrap_with_agent(
         &log,
     )
     .invalid()?;
-    daemon
-        .bootstrap
-        .preflight(&plan)
-        .map_err(debootstrap_error)?;
+    daemon.bootstrap.preflight(&plan)?;
 
     let _one_at_a_time = match BOOTSTRAP_LOCK.try_lock() {
         Ok(guard) => guard,
@@ -191,7 +188,7 @@ async fn build(
             }
         }
         // The open stage reports failure when dropped.
-        Err(err) => return Err(debootstrap_error(err)),
+        Err(err) => return Err(err.into()),
     }
     if cancel.is_cancelled() {
         return Err(ServiceError::Cancelled);
@@ -258,10 +255,11 @@ fn sweep_stale_trees(daemon: &Daemon) {
     }
 }
 
-/// The error for a debootstrap failure, with what to do about it.
-fn debootstrap_error(err: DebootstrapError) -> ServiceError {
-    let message = err.to_string();
-    match err {
+/// A debootstrap failure, with what to do about it.
+impl From<DebootstrapError> for ServiceError {
+    fn from(err: DebootstrapError) -> Self {
+        let message = err.to_string();
+        match err {
         DebootstrapError::NotInstalled => ServiceError::precondition(message)
             .with_hint("install it: `sudo apt-get install debootstrap` (Debian/Ubuntu)"),
         DebootstrapError::NotRoot { .. } => ServiceError::precondition(message)
@@ -282,6 +280,7 @@ fn debootstrap_error(err: DebootstrapError) -> ServiceError {
         DebootstrapError::Prepare { .. } | DebootstrapError::Exec(_) => {
             ServiceError::failed("running debootstrap", err)
         }
+    }
     }
 }
 

@@ -47,19 +47,13 @@ pub async fn bootstrap(
     let apt = AptEnv::new(&daemon.layout.cache_dir, &distro, distro.default_mirror);
 
     let stage = events.stage("apt_update");
-    apt.prepare().map_err(apt_error)?;
-    apt.update(cancel).await.map_err(apt_error)?;
+    apt.prepare()?;
+    apt.update(cancel).await?;
     stage.done();
 
     let stage = events.stage("resolve_packages");
-    let kernel_package = apt
-        .kernel_package(distro.kernel_package, cancel)
-        .await
-        .map_err(apt_error)?;
-    let busybox = apt
-        .show(distro.busybox_package, cancel)
-        .await
-        .map_err(apt_error)?;
+    let kernel_package = apt.kernel_package(distro.kernel_package, cancel).await?;
+    let busybox = apt.show(distro.busybox_package, cancel).await?;
     stage.done();
     events.log(
         "info",
@@ -77,8 +71,7 @@ pub async fn bootstrap(
     let stage = events.stage("download_packages");
     let debs = apt
         .download(&[kernel_package.clone(), busybox], cancel)
-        .await
-        .map_err(apt_error)?;
+        .await?;
     stage.done();
     if cancel.is_cancelled() {
         return Err(ServiceError::Cancelled);
@@ -187,26 +180,13 @@ async fn build_modules(
     let tree_root = staging.join("modules-tree");
     let result = async {
         let tree = {
-            let (deb, release, root) = (
-                kernel_deb.to_owned(),
-                release.to_owned(),
-                tree_root.clone(),
-            );
+            let (deb, release, root) =
+                (kernel_deb.to_owned(), release.to_owned(), tree_root.clone());
             blocking(move || kernel::extract_modules(&deb, &release, &root))
                 .await?
                 .doing("building the kernel")?
         };
-        banger_bootstrap::exec::depmod(&tree_root, release, cancel)
-            .await
-            .map_err(|err| match err {
-                DepmodError::NotInstalled => ServiceError::precondition(err.to_string(),
-                )
-                .with_hint("install it: `sudo apt-get install kmod` (depmod indexes the kernel's modules for the guests' modprobe)"),
-                DepmodError::Exec(banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
-                    ServiceError::Cancelled
-                }
-                other => ServiceError::failed("running depmod", other),
-            })?;
+        banger_bootstrap::exec::depmod(&tree_root, release, cancel).await?;
         let (dir, out) = (tree.dir.clone(), staging.join(kernel::MODULES_IMAGE));
         let image = blocking(move || {
             banger_disk::build_ext4_from_dir(
@@ -238,9 +218,25 @@ fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), ServiceError> {
     Ok(())
 }
 
-fn apt_error(err: AptError) -> ServiceError {
-    let message = err.to_string();
-    match err {
+/// A depmod failure, with what to do about it.
+impl From<DepmodError> for ServiceError {
+    fn from(err: DepmodError) -> Self {
+        match err {
+            DepmodError::NotInstalled => ServiceError::precondition(err.to_string())
+                .with_hint("install it: `sudo apt-get install kmod` (depmod indexes the kernel's modules for the guests' modprobe)"),
+            DepmodError::Exec(banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
+                ServiceError::Cancelled
+            }
+            other => ServiceError::failed("running depmod", other),
+        }
+    }
+}
+
+/// An apt failure, with what to do about it.
+impl From<AptError> for ServiceError {
+    fn from(err: AptError) -> Self {
+        let message = err.to_string();
+        match err {
         AptError::NoApt => ServiceError::precondition(message)
             .with_hint("kernel bootstrap needs a Debian-family host with apt; or import a kernel with `banger kernel import DIR`"),
         AptError::NoKeyring { package, .. } => ServiceError::precondition(message)
@@ -253,6 +249,7 @@ fn apt_error(err: AptError) -> ServiceError {
             ServiceError::Cancelled
         }
         _ => ServiceError::failed("running apt", err),
+    }
     }
 }
 

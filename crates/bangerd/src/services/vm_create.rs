@@ -18,7 +18,7 @@ use banger_rpc::request::VmCreateParams;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Daemon;
-use crate::errors::{Cause, Hint, ServiceError};
+use crate::errors::{Cause, Doing, Hint, ServiceError};
 use crate::server::EventSink;
 use crate::undo::{Class, Undo};
 use crate::vm::boot::{self, BootInput};
@@ -274,12 +274,9 @@ async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, ServiceError> {
     let _alloc = daemon.alloc_lock.lock().await;
     let net = &daemon.network.config;
     let used = daemon.store.used_ips()?;
-    let ip = banger_net::next_free_ip(net.subnet, net.gateway(), used.iter().copied()).map_err(
-        |err| {
-            ServiceError::precondition(err.to_string())
-                .with_hint("delete VMs you no longer need, or widen [network] subnet")
-        },
-    )?;
+    let ip = banger_net::next_free_ip(net.subnet, net.gateway(), used.iter().copied())
+        .unmet()
+        .hint("delete VMs you no longer need, or widen [network] subnet")?;
     let cids = daemon.store.used_cids()?;
     let cid = (FIRST_CID..)
         .find(|cid| !cids.contains(cid))

@@ -14,7 +14,7 @@ use banger_rpc::response::{PortRow, PortsResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::daemon::Daemon;
-use crate::errors::ServiceError;
+use crate::errors::{Doing, Hint, ServiceError};
 use crate::vm::resolve;
 
 /// Bound on each probe.
@@ -33,10 +33,8 @@ pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, Serv
         .with_step_timeout(Duration::from_secs(3))
         .ports()
         .await
-        .map_err(|err| {
-            ServiceError::precondition(format!("the guest agent did not answer: {err}"))
-                .with_hint(format!("`banger vm health {}` checks the agent", vm.name))
-        })?;
+        .unavailable("the guest agent did not answer")
+        .hint(format!("`banger vm health {}` checks the agent", vm.name))?;
     let host = vm.dns_name();
     let rows =
         futures::future::join_all(listeners.iter().map(|listener| row(listener, ip, &host))).await;

@@ -4,32 +4,21 @@
 
 use std::sync::Arc;
 
-use crate::errors::{Doing, ServiceError};
 use banger_model::spec;
 use banger_model::vm::{Vm, VmState};
 use banger_rpc::request::VmSetParams;
 
 use crate::daemon::Daemon;
-use crate::errors::blocking;
+use crate::errors::{Doing, ServiceError, blocking};
 use crate::vm::{load, resolve, save};
 
 pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, ServiceError> {
-    let invalid = |err: spec::SpecError| ServiceError::invalid(err.to_string());
-    let vcpu = params
-        .vcpu
-        .map(spec::validate_vcpu)
-        .transpose()
-        .map_err(invalid)?;
+    let vcpu = params.vcpu.map(spec::validate_vcpu).transpose()?;
     let memory = params
         .memory_mib
         .map(spec::validate_memory_mib)
-        .transpose()
-        .map_err(invalid)?;
-    let disk = params
-        .disk_size
-        .map(spec::validate_disk)
-        .transpose()
-        .map_err(invalid)?;
+        .transpose()?;
+    let disk = params.disk_size.map(spec::validate_disk).transpose()?;
 
     let found = resolve(daemon, &params.reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;

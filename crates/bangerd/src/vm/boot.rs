@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, save};
 use crate::daemon::Daemon;
-use crate::errors::{Cause, Doing, ServiceError};
+use crate::errors::{Cause, Doing, Hint, ServiceError};
 use crate::server::EventSink;
 use crate::undo::{Class, Undo};
 
@@ -112,12 +112,9 @@ pub async fn boot(
         .vmm
         .configure(&launched.process, &config)
         .await
-        .map_err(|err| {
-            Failure::after_launch(
-                ServiceError::failed("configuring the VMM", err)
-                    .with_hint(format!("see {}", paths.vmm_log().display())),
-            )
-        })?;
+        .doing("configuring the VMM")
+        .hint(format!("see {}", paths.vmm_log().display()))
+        .map_err(Failure::after_launch)?;
     daemon.checkpoint("configure the VMM and start the guest");
     let control_plane_ms = input.requested_at.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(vm = %vm.name, control_plane_ms, "InstanceStart sent");
@@ -169,12 +166,12 @@ async fn launch_steps(
     undo: &mut Undo,
 ) -> Result<Launched, Failure> {
     let network = vm.network.clone();
-    let pool = daemon.network.pool().await.map_err(|err| {
-        Failure::before_launch(
-            ServiceError::failed("preparing the bridge", err)
-                .with_hint("bangerd needs root (CAP_NET_ADMIN) to manage networking"),
-        )
-    })?;
+    let pool = daemon
+        .network
+        .pool()
+        .await
+        .doing("preparing the bridge")
+        .hint("bangerd needs root (CAP_NET_ADMIN) to manage networking")?;
     let tap = banger_net::vm_tap_name(&vm.id);
     pool.acquire(&tap).await.doing("creating the VM's TAP")?;
     undo.push(format!("release TAP {tap}"), Class::Host, {
@@ -242,17 +239,16 @@ async fn launch_steps(
             paths.console_log(),
         )
     };
-    let process = daemon.vmm.start(&spec, cancel).await.map_err(|err| {
-        let failure = ServiceError::failed("starting the VMM", err);
-        Failure::before_launch(match vm.vmm {
-            VmmKind::Firecracker => failure.with_hint(
-                "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm qemu or --vmm sim",
-            ),
-            VmmKind::Sim | VmmKind::Qemu => {
-                failure.with_hint(format!("see {}", paths.console_log().display()))
-            }
-        })
-    })?;
+    let hint = match vm.vmm {
+        VmmKind::Firecracker => "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm qemu or --vmm sim".to_owned(),
+        VmmKind::Sim | VmmKind::Qemu => format!("see {}", paths.console_log().display()),
+    };
+    let process = daemon
+        .vmm
+        .start(&spec, cancel)
+        .await
+        .doing("starting the VMM")
+        .hint(hint)?;
     undo.push("stop the VMM", Class::Host, {
         let (vmm, process) = (Arc::clone(&daemon.vmm), process.clone());
         async move { vmm.kill(&process).await.map_err(Cause::from) }
@@ -320,9 +316,10 @@ fn vm_config(
             vm.name, vm.spec.memory_mib
         ))
     })?;
-    let mac = network.mac.parse::<MacAddr>().map_err(|err| {
-        ServiceError::invalid(format!("VM {} has a malformed MAC address: {err}", vm.name))
-    })?;
+    let mac = network
+        .mac
+        .parse::<MacAddr>()
+        .rejected(format!("VM {} has a malformed MAC address", vm.name))?;
     Ok(VmConfig {
         logger: Some(Logger {
             log_path: Some(paths.vmm_log()),
@@ -402,8 +399,7 @@ fn vmm_binary(daemon: &Daemon, kind: VmmKind) -> Result<PathBuf, Failure> {
             .unwrap_or_else(|| PathBuf::from("firecracker"))),
         VmmKind::Sim | VmmKind::Qemu => match &daemon.config.simvm_bin {
             Some(path) => Ok(path.clone()),
-            None => crate::binaries::find(crate::binaries::SIMVM)
-                .map_err(|err| Failure::before_launch(ServiceError::precondition(err.to_string()))),
+            None => Ok(crate::binaries::find(crate::binaries::SIMVM).unmet()?),
         },
     }
 }
