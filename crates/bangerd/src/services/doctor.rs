@@ -249,16 +249,14 @@ async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, ServiceError> {
 /// Whether the catalog (built in, or `catalog_url`) lists image `name`.
 async fn catalog_lookup(daemon: &Daemon, name: &str) -> CatalogLookup {
     let lookup = async {
-        let http = crate::images::http().map_err(|err| err.message())?;
-        let catalog = crate::images::catalog(daemon, &http)
-            .await
-            .map_err(|err| err.message())?;
-        Ok::<_, String>(catalog.image(name).is_some())
+        let http = crate::images::http()?;
+        let catalog = crate::images::catalog(daemon, &http).await?;
+        Ok::<_, ServiceError>(catalog.image(name).is_some())
     };
     match tokio::time::timeout(CATALOG_TIMEOUT, lookup).await {
         Ok(Ok(true)) => CatalogLookup::Found,
         Ok(Ok(false)) => CatalogLookup::NotFound,
-        Ok(Err(err)) => CatalogLookup::Unavailable(err),
+        Ok(Err(err)) => CatalogLookup::Unavailable(err.message()),
         Err(_) => {
             CatalogLookup::Unavailable(format!("no answer within {}s", CATALOG_TIMEOUT.as_secs()))
         }
