@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use crate::errors::{Doing, Hint, ServiceError};
 use banger_disk::{Ext4BuildOptions, build_ext4_from_dir, clone_file};
 use banger_model::image::{Image, ImageSource};
 use banger_model::{ByteSize, Id, Name};
@@ -15,7 +14,7 @@ use banger_rpc::request::ImageRegisterParams;
 use super::image_import::{ROOTFS, WORK_SEED, check_name_free, publish, resolve_kernel};
 use super::image_pull::find_agent;
 use crate::daemon::Daemon;
-use crate::errors::blocking;
+use crate::errors::{Doing, Hint, ServiceError, blocking};
 use crate::images::Staging;
 use crate::server::EventSink;
 

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::errors::{Cause, Doing, ServiceError};
 use banger_disk::edits::Meta;
 use banger_disk::{
     DiskOps, Ext4Edits, MakeWorkDiskError, RootOverlay, RootRequest, WorkDiskRequest,
@@ -14,7 +13,7 @@ use banger_model::image::Image;
 use banger_model::vm::{StorageStrategy, Vm};
 
 use crate::daemon::Daemon;
-use crate::errors::blocking;
+use crate::errors::{Cause, Doing, ServiceError, blocking};
 use crate::server::EventSink;
 use crate::ssh::SshKey;
 use crate::undo::{Class, Undo};

@@ -13,8 +13,7 @@ use tracing::{info, warn};
 
 use super::{disks, save};
 use crate::daemon::Daemon;
-use crate::errors::ServiceError;
-use crate::errors::blocking;
+use crate::errors::{ServiceError, blocking};
 
 /// How long a SIGKILLed VMM may take to disappear before we give up waiting.
 const KILL_GRACE: Duration = Duration::from_secs(10);

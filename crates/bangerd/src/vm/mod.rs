@@ -14,10 +14,11 @@ pub mod halt;
 pub mod qemu;
 pub mod watch;
 
-use crate::daemon::Daemon;
-use crate::errors::ServiceError;
 use banger_model::Id;
 use banger_model::vm::Vm;
+
+use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 
 /// A failed lifecycle step: the error for the client, and whether the VMM
 /// had been launched (then the VM is kept, in `error`, for `vm logs`), or
