@@ -5,6 +5,7 @@
 #   make install-systemd-user     (optional user unit for bangerd)
 #   sudo make install-helper      (banger-helper, its system unit, group banger)
 #   sudo make uninstall-helper
+#   make deb [DEB_OUT=path.deb] [DEB_COMPRESS=xz|gzip|none]   (a Debian package of it all)
 #
 # Layout under PREFIX: bin/{banger,bangerd}; lib/banger/{banger-vsock-agent,
 # banger-simvm,banger-helper} (bangerd looks for its companions next to itself, then in
@@ -37,7 +38,7 @@ OUT := $(TARGET_DIR)/$(PROFILE)
 BINARIES := banger bangerd
 COMPANIONS := banger-vsock-agent banger-simvm banger-helper
 
-.PHONY: all build install uninstall install-systemd-user uninstall-systemd-user install-helper uninstall-helper test lint bench clean
+.PHONY: all build install uninstall install-systemd-user uninstall-systemd-user install-helper uninstall-helper deb test lint bench clean
 
 all: build
 
@@ -115,13 +116,34 @@ uninstall: uninstall-systemd-user $(if $(filter 0,$(shell id -u)),uninstall-help
 	@echo "  ~/.ssh/config keeps banger's Include block if you added it; delete the lines between"
 	@echo "  '# >>> banger ssh-config >>>' and '# <<< banger ssh-config <<<' (ssh ignores a missing include)"
 
+# A Debian package of everything `sudo make install` installs, under /usr:
+# its postinst creates the group and enables the helper where systemd runs;
+# purging removes the group. Built with dpkg-deb only (no debhelper).
+DEB_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+DEB_ARCH ?= $(shell dpkg --print-architecture)
+DEB_OUT ?= $(TARGET_DIR)/banger_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_COMPRESS ?= xz
+DEB_ROOT ?= $(abspath $(TARGET_DIR))/deb-root
+
+deb: $(if $(SKIP_BUILD),,build)
+	rm -rf $(DEB_ROOT)
+	$(MAKE) --no-print-directory install install-helper SKIP_BUILD=1 PREFIX=/usr DESTDIR=$(DEB_ROOT) >/dev/null
+	install -d $(DEB_ROOT)/DEBIAN
+	sed -e 's|@VERSION@|$(DEB_VERSION)|' -e 's|@ARCH@|$(DEB_ARCH)|' \
+		-e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEB_ROOT) | cut -f1)|" \
+		contrib/debian/control > $(DEB_ROOT)/DEBIAN/control
+	install -m 0755 contrib/debian/postinst contrib/debian/prerm contrib/debian/postrm $(DEB_ROOT)/DEBIAN/
+	dpkg-deb --root-owner-group -Z$(DEB_COMPRESS) --build $(DEB_ROOT) $(DEB_OUT) >/dev/null
+	rm -rf $(DEB_ROOT)
+	@echo "built $(DEB_OUT); install with: sudo apt install ./$(notdir $(DEB_OUT)) (from its directory)"
+
 test:
 	scripts/test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run
+	shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run contrib/debian/postinst contrib/debian/prerm contrib/debian/postrm
 
 clean:
 	$(CARGO) clean

@@ -9,7 +9,7 @@ scripts/install-deps.sh
 echo "== format and lints" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run
+shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run contrib/debian/postinst contrib/debian/prerm contrib/debian/postrm
 echo "== dependencies (cargo deny: bans, licences, sources; see deny.toml)" >&2
 .cache/tools/bin/cargo-deny --offline --log-level error check bans licenses sources
 

@@ -54,8 +54,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The VM defaults as this host and config resolve them. A broken config
-/// falls back to host heuristics here; the command itself reports the error.
+/// The VM defaults as this host and config resolve them, for `--help` and
+/// nothing else: a VM's spec is resolved by the daemon, which announces it
+/// (see `commands::vm_create`). A broken config falls back to host
+/// heuristics here; the command itself reports the error.
 pub fn vm_defaults() -> VmDefaults {
     VmDefaults::resolve(&config().vm_defaults, HostFacts::detect())
 }

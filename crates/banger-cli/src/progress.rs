@@ -68,6 +68,8 @@ impl Progress {
                 unit,
             } => self.on_progress(task, current, total, &unit),
             Event::Log { level, message } => self.println(&format!("{level}: {message}")),
+            // The command that asked for a VM prints its spec its own way.
+            Event::Spec { .. } => {}
         }
     }
 

@@ -29,6 +29,9 @@ pub struct HostInputs<'a> {
     pub config: &'a Config,
     pub config_path: &'a Path,
     pub state_dir: &'a Path,
+    /// banger's own directories (state, config, cache, runtime): the
+    /// ownership check walks them.
+    pub own_dirs: &'a [PathBuf],
     pub defaults: &'a VmDefaults,
 }
 
@@ -38,12 +41,14 @@ pub fn host_checks(host: &dyn Host, inputs: &HostInputs<'_>) -> Vec<DoctorCheck>
         arch(host),
         vmm(inputs.config),
         kvm(host, inputs.config.vmm),
+        tun(host),
         vhost_vsock(host),
         firecracker(host, inputs.config),
         qemu(host, inputs.config),
         vhost_device_vsock(host, inputs.config),
         tools(host),
         privileges(host),
+        ownership(host, inputs.own_dirs),
         disk_space(host, inputs.state_dir),
         vm_defaults(inputs.defaults, inputs.config_path),
     ]
@@ -137,6 +142,32 @@ pub fn kvm(host: &dyn Host, vmm: VmmKind) -> DoctorCheck {
             format!("/dev/kvm cannot create a VM: {err}"),
             "enable virtualisation in firmware, and stop other hypervisors that hold VT-x \
              (VirtualBox, VMware)",
+        ),
+    }
+}
+
+/// `/dev/net/tun`: every VM's network is a TAP, which the VMM attaches to
+/// through it, with the daemon's credentials (a daemon that is not root
+/// needs the device world-usable, as Debian ships it).
+pub fn tun(host: &dyn Host) -> DoctorCheck {
+    let path = Path::new("/dev/net/tun");
+    let uid = host.privileges().euid;
+    match host.device(path) {
+        DeviceProbe::Usable => {
+            DoctorCheck::pass("tun", format!("/dev/net/tun usable by uid {uid}"))
+        }
+        DeviceProbe::Missing => DoctorCheck::fail(
+            "tun",
+            "/dev/net/tun does not exist: VMs cannot have a network",
+            "sudo modprobe tun",
+        ),
+        DeviceProbe::Unusable(err) => DoctorCheck::fail(
+            "tun",
+            format!(
+                "uid {uid} cannot open /dev/net/tun ({err}): its VMs' VMMs cannot attach to their TAPs"
+            ),
+            "sudo chmod 0666 /dev/net/tun (the mode Debian ships; a udev rule `KERNEL==\"tun\", \
+             MODE=\"0666\"` keeps it), or run banger as root",
         ),
     }
 }
@@ -369,6 +400,40 @@ pub fn privileges(host: &dyn Host) -> DoctorCheck {
             lacking.join(" and ")
         ),
         fix,
+    )
+}
+
+/// Whether the process owns everything in banger's directories: a root
+/// daemon started for the user's dirs (`sudo -E banger …`) leaves files a
+/// daemon running as the user can neither read nor replace.
+pub fn ownership(host: &dyn Host, dirs: &[PathBuf]) -> DoctorCheck {
+    let privileges = host.privileges();
+    if privileges.is_root() {
+        return DoctorCheck::pass(
+            "ownership",
+            "root may use every file in banger's directories",
+        );
+    }
+    let found = host.foreign_owned(dirs, privileges.euid);
+    if found.is_empty() {
+        return DoctorCheck::pass(
+            "ownership",
+            format!(
+                "uid {} owns every file in banger's directories",
+                privileges.euid
+            ),
+        );
+    }
+    DoctorCheck::fail(
+        "ownership",
+        format!(
+            "{} in banger's directories (left by running banger as root?)",
+            found.summary()
+        ),
+        format!(
+            "give them back to yourself: {}",
+            crate::ownership::fix_command(dirs, privileges.euid)
+        ),
     )
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::checks::TOOLS;
-use crate::host::{DeviceProbe, Host, KvmProbe, Privileges, Space};
+use crate::host::{DeviceProbe, ForeignFiles, Host, KvmProbe, Privileges, Space};
 
 #[derive(Debug, Clone)]
 pub struct FakeHost {
@@ -27,6 +27,8 @@ pub struct FakeHost {
     /// Resolver answers by name; absent names are NXDOMAIN.
     pub names: BTreeMap<String, Result<Vec<IpAddr>, String>>,
     pub files: BTreeSet<PathBuf>,
+    /// What the ownership walk finds.
+    pub foreign: ForeignFiles,
 }
 
 impl Default for FakeHost {
@@ -44,6 +46,7 @@ impl Default for FakeHost {
         versions.insert(firecracker, Ok("Firecracker v1.16.0".to_owned()));
         let mut devices = BTreeMap::new();
         devices.insert(PathBuf::from("/dev/vhost-vsock"), DeviceProbe::Usable);
+        devices.insert(PathBuf::from("/dev/net/tun"), DeviceProbe::Usable);
         Self {
             arch: "x86_64".into(),
             kvm: KvmProbe::Usable { api_version: 12 },
@@ -62,6 +65,7 @@ impl Default for FakeHost {
             }),
             names: BTreeMap::new(),
             files: BTreeSet::new(),
+            foreign: ForeignFiles::default(),
         }
     }
 }
@@ -122,5 +126,9 @@ impl Host for FakeHost {
 
     fn file_exists(&self, path: &Path) -> bool {
         self.files.contains(path)
+    }
+
+    fn foreign_owned(&self, _dirs: &[PathBuf], _uid: u32) -> ForeignFiles {
+        self.foreign.clone()
     }
 }

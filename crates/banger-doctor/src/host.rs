@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::ownership::ForeignFiles;
+
 /// What opening and exercising `/dev/kvm` showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvmProbe {
@@ -78,4 +80,6 @@ pub trait Host: Send + Sync + fmt::Debug {
     fn resolve(&self, name: &str, timeout: Duration) -> Result<Vec<IpAddr>, String>;
     /// Whether a regular file exists.
     fn file_exists(&self, path: &Path) -> bool;
+    /// What in `dirs` belongs to another uid than `uid`.
+    fn foreign_owned(&self, dirs: &[PathBuf], uid: u32) -> ForeignFiles;
 }

@@ -18,6 +18,7 @@
 //! - [`real`]: [`RealHost`], the machine itself.
 //! - `kvm`: the `/dev/kvm` ioctls.
 //! - [`exec`]: the only module that starts processes (`firecracker --version`).
+//! - [`ownership`]: files in banger's directories that another user owns.
 //! - [`checks`]: one function per check, and [`host_checks`].
 //! - [`fake`]: [`FakeHost`], a scriptable host for tests.
 
@@ -26,6 +27,7 @@ pub mod exec;
 pub mod fake;
 pub mod host;
 mod kvm;
+pub mod ownership;
 pub mod real;
 
 pub use banger_model::check::{CheckStatus, DoctorCheck};
@@ -34,7 +36,7 @@ pub use checks::{
     RoutingFacts, StorageFacts, host_checks,
 };
 pub use fake::FakeHost;
-pub use host::{DeviceProbe, Host, KvmProbe, Privileges, Space};
+pub use host::{DeviceProbe, ForeignFiles, Host, KvmProbe, Privileges, Space};
 pub use real::RealHost;
 
 /// How many checks passed, warned and failed.

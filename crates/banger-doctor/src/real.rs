@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::host::{DeviceProbe, Host, KvmProbe, Privileges, Space};
+use crate::host::{DeviceProbe, ForeignFiles, Host, KvmProbe, Privileges, Space};
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -110,6 +110,10 @@ impl Host for RealHost {
 
     fn file_exists(&self, path: &Path) -> bool {
         path.is_file()
+    }
+
+    fn foreign_owned(&self, dirs: &[PathBuf], uid: u32) -> ForeignFiles {
+        crate::ownership::foreign_owned(dirs, uid)
     }
 }
 

@@ -31,7 +31,7 @@ use crate::protocol::{
 };
 
 /// Where `banger-helper serve` listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/banger/helper.sock";
+pub const DEFAULT_SOCKET: &str = banger_model::config::DEFAULT_HELPER_SOCKET;
 
 /// Why a call to the helper failed.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,9 @@ use crate::vm::VmmKind;
 pub const DEFAULT_BRIDGE: &str = "br-banger";
 pub const DEFAULT_SUBNET: &str = "172.30.0.1/24";
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:42069";
+/// Where banger-helper listens; a daemon that is not root does its
+/// network through it.
+pub const DEFAULT_HELPER_SOCKET: &str = "/run/banger/helper.sock";
 pub const DEFAULT_TAP_POOL: u32 = 2;
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -79,6 +82,7 @@ struct RawConfig {
     simvm_bin: Option<PathBuf>,
     qemu_bin: Option<PathBuf>,
     vhost_vsock_bin: Option<PathBuf>,
+    helper_socket: Option<PathBuf>,
     qemu_accel: Option<QemuAccel>,
     ssh_key_path: Option<String>,
     default_image: Option<String>,
@@ -122,6 +126,9 @@ pub struct Config {
     pub qemu_bin: Option<PathBuf>,
     /// `vhost-device-vsock` for `vmm = "qemu"` (else found in `PATH`).
     pub vhost_vsock_bin: Option<PathBuf>,
+    /// banger-helper's socket, for a daemon that is not root (default
+    /// [`DEFAULT_HELPER_SOCKET`]).
+    pub helper_socket: PathBuf,
     /// What runs qemu guests' vCPUs.
     pub qemu_accel: QemuAccel,
     /// As written; `~/` is expanded by [`Config::ssh_key_path`].
@@ -205,6 +212,7 @@ impl Default for Config {
             simvm_bin: None,
             qemu_bin: None,
             vhost_vsock_bin: None,
+            helper_socket: PathBuf::from(DEFAULT_HELPER_SOCKET),
             qemu_accel: QemuAccel::Auto,
             ssh_key_path: None,
             default_image: None,
@@ -274,6 +282,9 @@ impl Config {
             simvm_bin: raw.simvm_bin,
             qemu_bin: raw.qemu_bin,
             vhost_vsock_bin: raw.vhost_vsock_bin,
+            helper_socket: raw
+                .helper_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HELPER_SOCKET)),
             qemu_accel: raw.qemu_accel.unwrap_or_default(),
             ssh_key_path: raw.ssh_key_path,
             default_image: raw.default_image,
@@ -294,6 +305,7 @@ impl Config {
             ("simvm_bin", &config.simvm_bin),
             ("qemu_bin", &config.qemu_bin),
             ("vhost_vsock_bin", &config.vhost_vsock_bin),
+            ("helper_socket", &Some(config.helper_socket.clone())),
         ] {
             if let Some(path) = value
                 && !path.is_absolute()
@@ -542,6 +554,7 @@ mod tests {
             ("vmm = \"bochs\"", "vmm"),
             ("qemu_accel = \"hvf\"", "qemu_accel"),
             ("vhost_vsock_bin = \"relative\"", "vhost_vsock_bin"),
+            ("helper_socket = \"helper.sock\"", "helper_socket"),
             ("firecracker_bin = \"firecracker\"", "firecracker_bin"),
             ("ssh_key_path = \"id_ed25519\"", "ssh_key_path"),
             ("default_image = \"Debian\"", "default_image"),

@@ -1,15 +1,18 @@
 //! VM size defaults in three layers: `[vm_defaults]` in config, then host
 //! heuristics (vcpu = cpus/4 capped at 4, memory = ram/8 capped at 8 GiB),
 //! then built-in floors. Each resolved value remembers where it came from so
-//! `banger doctor` can show it.
+//! `banger doctor` can show it, and [`ResolvedSpec`] is what a new VM gets
+//! once the daemon has laid what the user typed over these defaults.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmDefaultsConfig;
+use crate::name::Name;
 use crate::size::{ByteSize, MIB};
 use crate::spec::VmSpec;
+use crate::vm::VmmKind;
 
 pub const FLOOR_VCPU: u32 = 1;
 pub const FLOOR_MEMORY_MIB: u32 = 1024;
@@ -17,18 +20,24 @@ pub const FLOOR_DISK: ByteSize = ByteSize::gib(8);
 pub const CAP_VCPU: u32 = 4;
 pub const CAP_MEMORY_MIB: u32 = 8192;
 
-/// Where a default came from.
+/// Where a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provenance {
+    /// Given in the request: a flag the user typed.
+    Flag,
+    /// `config.toml`.
     Config,
+    /// Derived from the host's size.
     Host,
+    /// banger's own value.
     Builtin,
 }
 
 impl fmt::Display for Provenance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Flag => "flag",
             Self::Config => "config",
             Self::Host => "host",
             Self::Builtin => "builtin",
@@ -40,6 +49,42 @@ impl fmt::Display for Provenance {
 pub struct Resolved<T> {
     pub value: T,
     pub provenance: Provenance,
+}
+
+impl<T> Resolved<T> {
+    /// A value given in the request.
+    pub fn flag(value: T) -> Self {
+        Self {
+            value,
+            provenance: Provenance::Flag,
+        }
+    }
+}
+
+/// What a new VM gets, each setting with where it came from: the daemon
+/// resolves it once from the request, `config.toml` and the host, and sends
+/// it as the first event of `vm.create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedSpec {
+    /// `builtin` when the daemon picked a random one.
+    pub name: Resolved<Name>,
+    pub vcpu: Resolved<u32>,
+    pub memory_mib: Resolved<u32>,
+    pub disk_size: Resolved<ByteSize>,
+    /// Outbound network through NAT.
+    pub nat: Resolved<bool>,
+    pub vmm: Resolved<VmmKind>,
+}
+
+impl ResolvedSpec {
+    /// The size alone.
+    pub fn spec(&self) -> VmSpec {
+        VmSpec {
+            vcpu: self.vcpu.value,
+            memory_mib: self.memory_mib.value,
+            disk_size: self.disk_size.value,
+        }
+    }
 }
 
 /// What the heuristics need to know about the host.

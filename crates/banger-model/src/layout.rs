@@ -71,6 +71,24 @@ impl Layout {
         })
     }
 
+    /// banger's own directories (state, config, cache, runtime), none
+    /// inside another: everything banger writes for this user is under them.
+    pub fn own_dirs(&self) -> Vec<PathBuf> {
+        let all = [
+            &self.state_dir,
+            &self.config_dir,
+            &self.cache_dir,
+            &self.runtime_dir,
+        ];
+        all.iter()
+            .filter(|dir| {
+                !all.iter()
+                    .any(|other| other != *dir && dir.starts_with(other))
+            })
+            .map(|dir| (*dir).clone())
+            .collect()
+    }
+
     pub fn config_file(&self) -> PathBuf {
         self.config_dir.join("config.toml")
     }
@@ -192,6 +210,15 @@ mod tests {
         assert_eq!(
             layout.default_ssh_key(),
             Path::new("/home/me/.local/state/banger/ssh/id_ed25519")
+        );
+        // The runtime dir is inside the state dir here: listed once.
+        assert_eq!(
+            layout.own_dirs(),
+            [
+                Path::new("/home/me/.local/state/banger"),
+                Path::new("/home/me/.config/banger"),
+                Path::new("/home/me/.cache/banger"),
+            ]
         );
     }
 

@@ -1,5 +1,7 @@
-//! Progress events streamed while a long request runs.
+//! Events streamed while a long request runs: what it settled, and its
+//! progress.
 
+use banger_model::defaults::ResolvedSpec;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +16,9 @@ pub enum StageStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// What the new VM gets and where each setting came from: the first
+    /// event of `vm.create`, before any stage.
+    Spec { spec: ResolvedSpec },
     /// A named step of an operation (`prepare_disks`, `start_vmm`, …).
     Stage {
         stage: String,

@@ -151,6 +151,47 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_event_carries_each_setting_with_its_provenance() {
+        use banger_model::defaults::{Provenance, Resolved, ResolvedSpec};
+        let config = |value| Resolved {
+            value,
+            provenance: Provenance::Config,
+        };
+        let spec = ResolvedSpec {
+            name: Resolved::flag("web".parse().unwrap()),
+            vcpu: config(3),
+            memory_mib: Resolved {
+                value: 2048,
+                provenance: Provenance::Host,
+            },
+            disk_size: Resolved {
+                value: banger_model::ByteSize::gib(8),
+                provenance: Provenance::Builtin,
+            },
+            nat: Resolved::flag(false),
+            vmm: Resolved {
+                value: banger_model::vm::VmmKind::Sim,
+                provenance: Provenance::Config,
+            },
+        };
+        let frame = ResponseFrame::event(4, Event::Spec { spec });
+        let text = serde_json::to_string(&frame).unwrap();
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"v":1,"id":4,"event":{"type":"spec","spec":{"#,
+                r#""name":{"value":"web","provenance":"flag"},"#,
+                r#""vcpu":{"value":3,"provenance":"config"},"#,
+                r#""memory_mib":{"value":2048,"provenance":"host"},"#,
+                r#""disk_size":{"value":8589934592,"provenance":"builtin"},"#,
+                r#""nat":{"value":false,"provenance":"flag"},"#,
+                r#""vmm":{"value":"sim","provenance":"config"}}}}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<ResponseFrame>(&text).unwrap(), frame);
+    }
+
+    #[test]
     fn request_params_default_to_null() {
         let frame: RequestFrame =
             serde_json::from_str(r#"{"v":1,"id":1,"method":"daemon.ping"}"#).unwrap();

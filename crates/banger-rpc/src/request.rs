@@ -208,8 +208,10 @@ pub struct SleepParams {
     pub tick_millis: Option<u64>,
 }
 
-/// `vm.create`. Sizes are signed so that non-positive values typed by a user
-/// reach the daemon's validation instead of failing to decode.
+/// `vm.create`: what the user typed, `None` where they typed nothing (the
+/// daemon resolves the rest, see [`crate::Event::Spec`]). Sizes are signed
+/// so that non-positive values typed by a user reach the daemon's
+/// validation instead of failing to decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct VmCreateParams {
@@ -223,8 +225,9 @@ pub struct VmCreateParams {
     pub memory_mib: Option<i64>,
     #[serde(default)]
     pub disk_size: Option<ByteSize>,
+    /// `--nat`/`--no-nat`; `None` leaves it to `[network] nat`.
     #[serde(default)]
-    pub nat: bool,
+    pub nat: Option<bool>,
     #[serde(default)]
     pub vmm: Option<VmmKind>,
     /// Create even when the free space cannot hold the VM's disks.

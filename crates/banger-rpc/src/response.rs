@@ -35,10 +35,22 @@ pub struct StatusResult {
     pub log_level: String,
     /// Addresses the `.vm` DNS server listens on (`udp://…`, `tcp://…`).
     pub dns_listeners: Vec<String>,
+    /// The bridge and subnet this daemon's VMs use, and how it reaches them.
+    pub network: NetworkStatus,
     pub vms_total: usize,
     pub vms_running: usize,
     /// Requests in flight, including the status request itself.
     pub active_requests: usize,
+}
+
+/// Where a daemon's VMs live on the host network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub bridge: String,
+    /// The bridge's address and prefix, e.g. `172.30.0.1/24`.
+    pub subnet: String,
+    /// `netlink` (a root daemon) or `banger-helper at PATH`.
+    pub via: String,
 }
 
 /// `daemon.shutdown`, and methods with nothing to say.

@@ -31,6 +31,35 @@ pub enum AcquireInstanceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{summary} in banger's directories, and this daemon runs as uid {uid} (left by running \
+         banger as root?)\nhint: give them back to yourself: {fix}"
+    )]
+    ForeignFiles {
+        summary: String,
+        uid: u32,
+        fix: String,
+    },
+}
+
+/// A daemon that is not root cannot use what a root daemon left in its
+/// directories (`sudo -E banger …` writes root's files into the user's XDG
+/// dirs): it refuses to start, naming the one command that fixes it,
+/// instead of failing later on whichever file it meets first.
+pub fn refuse_foreign_files(dirs: &[PathBuf]) -> Result<(), AcquireInstanceError> {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return Ok(());
+    }
+    let found = banger_doctor::ownership::foreign_owned(dirs, uid.as_raw());
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(AcquireInstanceError::ForeignFiles {
+        summary: found.summary(),
+        uid: uid.as_raw(),
+        fix: banger_doctor::ownership::fix_command(dirs, uid.as_raw()),
+    })
 }
 
 /// Held for the daemon's life; dropping it releases the lock. The file holds

@@ -9,7 +9,7 @@ use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_store::Store;
 use bangerd::daemon::Subsystems;
-use bangerd::network::Network;
+use bangerd::network::{Access, Network};
 use bangerd::{Daemon, instance, logging};
 use clap::Parser;
 use tracing::info;
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let layout = Layout::from_env()?;
+    instance::refuse_foreign_files(&layout.own_dirs())?;
     let config = Config::load(&layout.config_file())?;
     instance::private_dir(&layout.state_dir)?;
     let mut lock = instance::acquire(&layout.daemon_lock())?;
@@ -53,20 +54,19 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = instance::bind(&layout.socket())?;
         let socket = layout.socket();
-        let net_ops = banger_net::RealNetOps::connect().context("opening netlink")?;
+        let access = network_access(&config).await?;
+        info!(via = %access.via, bridge = %access.config.bridge, subnet = %access.config.subnet, "host network");
+        let routing = Arc::clone(&access.routing);
         let resolved = banger_net::routing::systemd_resolved_active();
         let host_netns = bangerd::network::shares_resolved_network_namespace();
-        let network = Network::start(Arc::new(net_ops), config.network.clone()).await;
+        let network = Network::start_with(access).await;
         let network = if resolved && !host_netns {
             info!("systemd-resolved runs, but bangerd is in a private network namespace: .vm is not routed");
             network.with_routing_skipped(
                 "bangerd runs in another network namespace than systemd-resolved",
             )
         } else {
-            network.with_routing(resolved.then(|| {
-                Arc::new(banger_net::routing::Resolvectl::default())
-                    as Arc<dyn banger_net::routing::DnsRouting>
-            }))
+            network.with_routing(resolved.then_some(routing))
         };
         let storage = banger_disk::detect_strategy(&layout.state_dir)
             .context("probing storage in the state dir")?;
@@ -97,6 +97,42 @@ fn run() -> anyhow::Result<()> {
         info!("bangerd stopped");
         anyhow::Ok(())
     })
+}
+
+/// Root reaches the host network itself; any other uid through
+/// banger-helper. A helper that cannot be reached is not fatal (the daemon
+/// still lists, imports and explains), but every VM would fail on its
+/// network, so it is said in the log and by `daemon status`.
+async fn network_access(config: &Config) -> anyhow::Result<Access> {
+    let direct = || -> anyhow::Result<Access> {
+        Ok(Access {
+            ops: Arc::new(banger_net::RealNetOps::connect().context("opening netlink")?),
+            config: config.network.clone(),
+            routing: Arc::new(banger_net::routing::Resolvectl::default()),
+            pool_space: 0,
+            via: "netlink".to_owned(),
+        })
+    };
+    if nix::unistd::geteuid().is_root() {
+        return direct();
+    }
+    match Access::through_helper(&config.helper_socket, config.network.clone()).await {
+        Ok(access) => Ok(access),
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "bangerd is not root and banger-helper cannot be reached: VMs cannot get a network \
+                 (install the helper with `sudo make install-helper`, or run banger as root)"
+            );
+            let mut access = direct()?;
+            access.via = format!(
+                "netlink as uid {}, which lacks the privileges: banger-helper is not reachable at {} ({err})",
+                nix::unistd::geteuid(),
+                config.helper_socket.display()
+            );
+            Ok(access)
+        }
+    }
 }
 
 fn spawn_signal_handler(shutdown: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {

@@ -32,7 +32,55 @@ pub struct Network {
     dns: Mutex<Option<DnsServer>>,
     dns_status: DnsStatus,
     pool: OnceCell<TapPool>,
+    /// The warm pool's TAP naming space (0 for root, the user's otherwise).
+    pool_space: u8,
+    /// How host networking is reached, for `daemon status`.
+    via: String,
     routing: Routing,
+}
+
+/// How a daemon reaches the host's network: as root, itself (netlink,
+/// iptables); as any other uid, through banger-helper, whose answer names
+/// the bridge, subnet and TAP naming space that are this user's.
+#[derive(Debug)]
+pub struct Access {
+    pub ops: Arc<dyn NetOps>,
+    /// `[network]` with the bridge, subnet and DNS port made this user's.
+    pub config: NetworkConfig,
+    /// The DNS routing seam when systemd-resolved is to be used.
+    pub routing: Arc<dyn DnsRouting>,
+    pub pool_space: u8,
+    /// `netlink` or `banger-helper at PATH`.
+    pub via: String,
+}
+
+impl Access {
+    /// Asks the helper at `socket` which network is this user's. A DNS
+    /// listener left at its default moves to a port of the user's own
+    /// (the default plus the naming space), so that two users' daemons
+    /// never fight over it.
+    pub async fn through_helper(
+        socket: &std::path::Path,
+        mut config: NetworkConfig,
+    ) -> Result<Self, banger_helper::HelperCallError> {
+        let info = banger_helper::HelperClient::connect(socket)
+            .await?
+            .network()
+            .await?;
+        config.bridge = info.bridge;
+        config.subnet = info.address;
+        if config.dns_listen.to_string() == banger_model::config::DEFAULT_DNS_LISTEN {
+            let port = config.dns_listen.port() + u16::from(info.pool_space);
+            config.dns_listen.set_port(port);
+        }
+        Ok(Self {
+            ops: Arc::new(banger_helper::HelperNetOps::new(socket)),
+            config,
+            routing: Arc::new(banger_helper::HelperDnsRouting::new(socket)),
+            pool_space: info.pool_space,
+            via: format!("banger-helper at {}", socket.display()),
+        })
+    }
 }
 
 /// Whether the calling thread shares systemd-resolved's network namespace.
@@ -159,8 +207,23 @@ impl Network {
             dns: Mutex::new(dns),
             dns_status,
             pool: OnceCell::new(),
+            pool_space: 0,
+            via: "netlink".to_owned(),
             routing: Routing::new(None),
         }
+    }
+
+    /// Starts the network a daemon reaches through `access`.
+    pub async fn start_with(access: Access) -> Self {
+        let mut network = Self::start(access.ops, access.config).await;
+        network.pool_space = access.pool_space;
+        network.via = access.via;
+        network
+    }
+
+    /// `netlink` or `banger-helper at PATH`.
+    pub fn via(&self) -> &str {
+        &self.via
     }
 
     /// Routes `~vm` through `routing` (the daemon passes `resolvectl` when
@@ -278,10 +341,11 @@ impl Network {
                 info!(%bridge, created = state.created, "bridge ready");
                 self.routing.bridge_up.store(true, Ordering::SeqCst);
                 self.refresh_routing();
-                Ok(TapPool::start(
+                Ok(TapPool::start_in(
                     Arc::clone(&self.ops),
                     bridge.clone(),
                     self.config.tap_pool_size as usize,
+                    self.pool_space,
                 ))
             })
             .await

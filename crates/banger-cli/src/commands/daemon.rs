@@ -77,6 +77,10 @@ pub(super) async fn status(layout: &Layout, args: &JsonFlag) -> anyhow::Result<E
     };
     println!("dns         {dns}");
     println!(
+        "network     {} {} ({})",
+        status.network.bridge, status.network.subnet, status.network.via
+    );
+    println!(
         "vms         {} running, {} total",
         status.vms_running, status.vms_total
     );

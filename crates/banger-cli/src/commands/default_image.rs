@@ -18,7 +18,6 @@ use banger_rpc::request::{ImageBootstrapParams, KernelBootstrapParams};
 use banger_rpc::response::KernelListResult;
 use banger_rpc::{CallError, ErrorCode, RpcError};
 
-use crate::args::CreateFlags;
 use crate::commands::bootstrap::{bootstrap_image, bootstrap_kernel, bootstrapped_line};
 use crate::daemon_client;
 use crate::output::{EXIT_USAGE, ExitError};
@@ -42,24 +41,17 @@ pub(crate) fn is_no_default_image(err: &anyhow::Error) -> bool {
     rpc.is_some_and(|rpc| rpc.code == ErrorCode::NoDefaultImage)
 }
 
-/// Bootstraps the default image for `vm create`/`vm run` with `flags` (and,
-/// for Firecracker on a host with no kernel at all, Debian's kernel first):
+/// Bootstraps the default image for a `vm create`/`vm run` whose VM the
+/// daemon resolved to run on `vmm` (and, for Firecracker on a host with no
+/// kernel at all, Debian's kernel first):
 /// asks on a terminal, goes ahead otherwise, and says what it did and how
 /// long it took.
-pub(crate) async fn bootstrap_default_image(
-    layout: &Layout,
-    flags: &CreateFlags,
-) -> anyhow::Result<()> {
+pub(crate) async fn bootstrap_default_image(layout: &Layout, vmm: VmmKind) -> anyhow::Result<()> {
     let mut client = daemon_client::connect(layout).await?;
     let kernels: KernelListResult = client
         .call::<method::KernelList>(NoParams {}, |_| {})
         .await?;
     drop(client);
-    let vmm = flags.vmm.unwrap_or_else(|| {
-        Config::load(&layout.config_file())
-            .map(|config| config.vmm)
-            .unwrap_or(VmmKind::Firecracker)
-    });
     let simvm = match Config::load(&layout.config_file())
         .ok()
         .and_then(|config| config.simvm_bin)

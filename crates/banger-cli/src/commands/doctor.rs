@@ -94,6 +94,7 @@ fn local_checks(layout: &Layout) -> Vec<DoctorCheck> {
             config: &config,
             config_path: &config_path,
             state_dir: &layout.state_dir,
+            own_dirs: &layout.own_dirs(),
             defaults: &defaults,
         },
     ));

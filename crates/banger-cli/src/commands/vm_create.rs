@@ -1,16 +1,16 @@
 //! `banger vm create`, and the create step shared with `vm run`.
 
 use banger_rpc::method;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use banger_model::Name;
+use banger_model::defaults::{Provenance, Resolved, ResolvedSpec};
 use banger_model::layout::Layout;
 use banger_model::spec;
 use banger_model::vm::Vm;
-use banger_model::{Name, VmSpec};
 use banger_rpc::request::{RefParams, VmCreateParams};
-use banger_rpc::{CallError, ErrorCode};
+use banger_rpc::{CallError, ErrorCode, Event};
 
 use crate::args::{CreateFlags, VmCreateArgs};
 use crate::daemon_client;
@@ -29,87 +29,137 @@ pub(super) async fn run(layout: &Layout, args: &VmCreateArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Validates the flags, prints the `spec:` line, creates the VM with live
+/// Checks the flags, creates the VM with the daemon's `spec:` line and live
 /// stages, and on Ctrl-C waits for the daemon's rollback.
 pub(super) async fn create(layout: &Layout, flags: &CreateFlags) -> anyhow::Result<Vm> {
-    let resolved = resolve(flags)?;
-    create_resolved(layout, flags, &resolved, None).await
+    let params = request(flags)?;
+    create_requested(layout, params).await.outcome
 }
 
-/// A VM's name, size and network, settled before the daemon is asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Resolved {
-    pub name: Name,
-    pub spec: VmSpec,
-    /// Outbound network through NAT.
-    pub nat: bool,
+/// What a create came to, and the spec the daemon announced for it (the
+/// VM's name among it: `vm run` cleans up by it). No spec: the daemon
+/// refused the request before settling one, so no VM exists.
+#[derive(Debug)]
+pub(super) struct Attempt {
+    pub spec: Option<ResolvedSpec>,
+    pub outcome: anyhow::Result<Vm>,
 }
 
-impl std::fmt::Display for Resolved {
-    /// `4 vcpu · 8192 MiB · 8G disk · NAT` (or `· no NAT`)
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} · {}",
-            self.spec,
-            if self.nat { "NAT" } else { "no NAT" }
-        )
+/// The flags as `vm.create` params: what was typed and nothing else (the
+/// daemon fills in the rest, once). Typed values are checked here too, so
+/// that a bad one is a usage error before the daemon is asked.
+pub(super) fn request(flags: &CreateFlags) -> anyhow::Result<VmCreateParams> {
+    fn usage(err: impl ToString) -> anyhow::Error {
+        ExitError {
+            message: err.to_string(),
+            code: EXIT_USAGE,
+        }
+        .into()
+    }
+    if let Some(raw) = &flags.name {
+        Name::parse(raw).map_err(usage)?;
+    }
+    if let Some(vcpu) = flags.vcpu {
+        spec::validate_vcpu(vcpu).map_err(usage)?;
+    }
+    if let Some(memory) = flags.memory {
+        spec::validate_memory_mib(memory).map_err(usage)?;
+    }
+    if let Some(disk) = flags.disk_size {
+        spec::validate_disk(disk).map_err(usage)?;
+    }
+    Ok(VmCreateParams {
+        name: flags.name.clone(),
+        image: flags.image.clone(),
+        vcpu: flags.vcpu,
+        memory_mib: flags.memory,
+        disk_size: flags.disk_size,
+        nat: typed_nat(flags),
+        vmm: flags.vmm,
+        allow_overcommit: flags.allow_overcommit,
+        ports: flags.publish.clone(),
+        work_content: None,
+    })
+}
+
+/// `--nat` or `--no-nat`; neither leaves it to the daemon's config.
+fn typed_nat(flags: &CreateFlags) -> Option<bool> {
+    if flags.no_nat {
+        Some(false)
+    } else if flags.nat {
+        Some(true)
+    } else {
+        None
     }
 }
 
-/// [`create`] once the name and size are settled (`vm run` settles them
-/// first so that it can clean up by name).
+/// [`create`] with `params` already made (`vm run` adds its workspace).
 ///
 /// Without `--image` and without a default image (none configured, none in
 /// the catalog, or the catalog unreachable), the default image is
 /// bootstrapped from Debian's packages (asking first on a terminal) and the
 /// create is tried once more.
-pub(super) async fn create_resolved(
-    layout: &Layout,
-    flags: &CreateFlags,
-    resolved: &Resolved,
-    work_content: Option<&Path>,
-) -> anyhow::Result<Vm> {
-    eprintln!("spec: {resolved}");
-    let vm = match create_once(layout, flags, resolved, work_content).await {
-        Err(err) if flags.image.is_none() && default_image::is_no_default_image(&err) => {
-            default_image::bootstrap_default_image(layout, flags).await?;
-            create_once(layout, flags, resolved, work_content).await
-        }
-        outcome => outcome,
-    }?;
-    for forward in &vm.ports {
-        eprintln!(
-            "published {}",
-            super::vm_ports::published_line(&vm, forward)
-        );
+pub(super) async fn create_requested(layout: &Layout, params: VmCreateParams) -> Attempt {
+    // The retry announces its spec again: the line is printed once.
+    let mut printed = None;
+    let mut attempt = create_once(layout, &params, &mut printed).await;
+    // The daemon announces the spec before it looks for the image, so the
+    // bootstrap knows which VMM the image is for.
+    if let Err(err) = &attempt.outcome
+        && params.image.is_none()
+        && default_image::is_no_default_image(err)
+        && let Some(spec) = &attempt.spec
+    {
+        attempt = match default_image::bootstrap_default_image(layout, spec.vmm.value).await {
+            Ok(()) => create_once(layout, &params, &mut printed).await,
+            Err(err) => Attempt {
+                spec: None,
+                outcome: Err(err),
+            },
+        };
     }
-    Ok(vm)
+    if let Ok(vm) = &attempt.outcome {
+        for forward in &vm.ports {
+            eprintln!("published {}", super::vm_ports::published_line(vm, forward));
+        }
+    }
+    attempt
 }
 
+/// One `vm.create` call: prints the `spec:` line when the daemon announces
+/// it (unless it is `printed` already), then the stages.
 async fn create_once(
     layout: &Layout,
-    flags: &CreateFlags,
-    resolved: &Resolved,
-    work_content: Option<&Path>,
+    params: &VmCreateParams,
+    printed: &mut Option<String>,
+) -> Attempt {
+    let mut spec = None;
+    let outcome = call(layout, params, printed, &mut spec).await;
+    Attempt { spec, outcome }
+}
+
+/// The call itself, filling in `spec` when it is announced: on Ctrl-C, the
+/// VM it names is waited for until the daemon has rolled it back.
+async fn call(
+    layout: &Layout,
+    params: &VmCreateParams,
+    printed: &mut Option<String>,
+    spec: &mut Option<ResolvedSpec>,
 ) -> anyhow::Result<Vm> {
-    let Resolved { name, spec, nat } = resolved;
-    let params = VmCreateParams {
-        name: Some(name.to_string()),
-        image: flags.image.clone(),
-        vcpu: Some(i64::from(spec.vcpu)),
-        memory_mib: Some(i64::from(spec.memory_mib)),
-        disk_size: Some(spec.disk_size),
-        nat: *nat,
-        vmm: flags.vmm,
-        allow_overcommit: flags.allow_overcommit,
-        ports: flags.publish.clone(),
-        work_content: work_content.map(Path::to_owned),
-    };
     let mut client = daemon_client::connect(layout).await?;
     let mut progress = Progress::new();
     let outcome = {
-        let call = client.call::<method::VmCreate>(params, |event| progress.on_event(event));
+        let call = client.call::<method::VmCreate>(params.clone(), |event| match event {
+            Event::Spec { spec: announced } => {
+                let line = format!("spec: {}", spec_line(&announced));
+                if printed.as_ref() != Some(&line) {
+                    progress.println(&line);
+                    *printed = Some(line);
+                }
+                *spec = Some(announced);
+            }
+            event => progress.on_event(event),
+        });
         tokio::select! {
             outcome = call => Some(outcome),
             _ = tokio::signal::ctrl_c() => None,
@@ -121,6 +171,18 @@ async fn create_once(
         Some(Err(err)) => Err(err.into()),
         None => {
             drop(client);
+            let Some(spec) = spec else {
+                // Cancelled before the daemon named the VM: there is
+                // nothing to wait for by name.
+                let message =
+                    "creating the VM was cancelled; the daemon rolls back what it started";
+                return Err(ExitError {
+                    message: message.into(),
+                    code: 130,
+                }
+                .into());
+            };
+            let name = &spec.name.value;
             eprintln!("cancelled; rolling back VM {name}…");
             wait_until_gone(layout, name).await;
             Err(ExitError {
@@ -132,42 +194,25 @@ async fn create_once(
     }
 }
 
-/// Client-side checks (the daemon checks again) and defaults: size from
-/// `[vm_defaults]` and the host, NAT from `--nat`/`--no-nat`, else
-/// `[network] nat` (on unless set to false).
-pub(super) fn resolve(flags: &CreateFlags) -> anyhow::Result<Resolved> {
-    let usage = |message: String| {
-        anyhow::Error::from(ExitError {
-            message,
-            code: EXIT_USAGE,
-        })
-    };
-    let name = match &flags.name {
-        Some(raw) => Name::parse(raw).map_err(|err| usage(err.to_string()))?,
-        None => Name::random(),
-    };
-    let defaults = crate::vm_defaults();
-    let spec = VmSpec {
-        vcpu: spec::validate_vcpu(flags.vcpu.unwrap_or(i64::from(defaults.vcpu.value)))
-            .map_err(|err| usage(err.to_string()))?,
-        memory_mib: spec::validate_memory_mib(
-            flags.memory.unwrap_or(i64::from(defaults.memory_mib.value)),
-        )
-        .map_err(|err| usage(err.to_string()))?,
-        disk_size: spec::validate_disk(flags.disk_size.unwrap_or(defaults.disk_size.value))
-            .map_err(|err| usage(err.to_string()))?,
-    };
-    let nat = nat_for(flags, crate::config().network.nat);
-    Ok(Resolved { name, spec, nat })
-}
-
-/// `--nat`, `--no-nat`, else the configured default.
-fn nat_for(flags: &CreateFlags, configured: bool) -> bool {
-    if flags.no_nat {
-        false
-    } else {
-        flags.nat || configured
+/// `4 vcpu · 8192 MiB · 8G disk · NAT` (or `· no NAT`). A setting taken from
+/// `config.toml` says so, e.g. `3 vcpu (config)`: nothing typed asked for
+/// it, and the file may be long forgotten. Flags, the host's sizes and
+/// banger's own values go unmarked.
+fn spec_line(spec: &ResolvedSpec) -> String {
+    fn marked<T>(text: String, setting: &Resolved<T>) -> String {
+        match setting.provenance {
+            Provenance::Config => format!("{text} ({})", Provenance::Config),
+            Provenance::Flag | Provenance::Host | Provenance::Builtin => text,
+        }
     }
+    let nat = if spec.nat.value { "NAT" } else { "no NAT" };
+    [
+        marked(format!("{} vcpu", spec.vcpu.value), &spec.vcpu),
+        marked(format!("{} MiB", spec.memory_mib.value), &spec.memory_mib),
+        marked(format!("{} disk", spec.disk_size.value), &spec.disk_size),
+        marked(nat.to_owned(), &spec.nat),
+    ]
+    .join(" · ")
 }
 
 /// Polls until the daemon has rolled the VM back (bounded).
@@ -195,46 +240,133 @@ async fn wait_until_gone(layout: &Layout, name: &Name) {
 mod tests {
     use super::*;
     use banger_model::ByteSize;
+    use banger_model::vm::VmmKind;
 
-    fn flags(nat: bool, no_nat: bool) -> CreateFlags {
+    fn flags() -> CreateFlags {
         CreateFlags {
             name: None,
             image: None,
             vcpu: None,
             memory: None,
             disk_size: None,
-            nat,
-            no_nat,
+            nat: false,
+            no_nat: false,
             allow_overcommit: false,
             publish: Vec::new(),
             vmm: None,
         }
     }
 
+    fn exit_code(err: &anyhow::Error) -> Option<u8> {
+        err.downcast_ref::<ExitError>().map(|err| err.code)
+    }
+
     #[test]
-    fn nat_is_on_unless_turned_off() {
-        assert!(nat_for(&flags(false, false), true));
-        assert!(!nat_for(&flags(false, false), false));
-        assert!(nat_for(&flags(true, false), false));
-        assert!(!nat_for(&flags(false, true), true));
+    fn only_typed_flags_are_sent() {
+        assert_eq!(request(&flags()).unwrap(), VmCreateParams::default());
+        let typed = CreateFlags {
+            name: Some("web".into()),
+            vcpu: Some(2),
+            memory: Some(512),
+            disk_size: Some(ByteSize::gib(16)),
+            ..flags()
+        };
+        let params = request(&typed).unwrap();
+        assert_eq!(params.name.as_deref(), Some("web"));
+        assert_eq!(
+            (params.vcpu, params.memory_mib, params.disk_size),
+            (Some(2), Some(512), Some(ByteSize::gib(16)))
+        );
+    }
+
+    #[test]
+    fn nat_is_sent_only_when_typed() {
+        assert_eq!(typed_nat(&flags()), None);
+        let nat = CreateFlags {
+            nat: true,
+            ..flags()
+        };
+        assert_eq!(typed_nat(&nat), Some(true));
+        let no_nat = CreateFlags {
+            no_nat: true,
+            ..flags()
+        };
+        assert_eq!(typed_nat(&no_nat), Some(false));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for bad in [
+            CreateFlags {
+                vcpu: Some(0),
+                ..flags()
+            },
+            CreateFlags {
+                memory: Some(-512),
+                ..flags()
+            },
+            CreateFlags {
+                disk_size: Some(ByteSize::mib(1)),
+                ..flags()
+            },
+            CreateFlags {
+                name: Some("Not A Label".into()),
+                ..flags()
+            },
+        ] {
+            let err = request(&bad).unwrap_err();
+            assert_eq!(exit_code(&err), Some(EXIT_USAGE), "{bad:?}: {err}");
+        }
+    }
+
+    fn resolved(nat: Resolved<bool>) -> ResolvedSpec {
+        let host = |value| Resolved {
+            value,
+            provenance: Provenance::Host,
+        };
+        ResolvedSpec {
+            name: Resolved::flag(Name::parse("box").unwrap()),
+            vcpu: host(2),
+            memory_mib: host(2048),
+            disk_size: Resolved {
+                value: ByteSize::gib(8),
+                provenance: Provenance::Builtin,
+            },
+            nat,
+            vmm: Resolved::flag(VmmKind::Sim),
+        }
     }
 
     #[test]
     fn the_spec_line_says_whether_the_vm_has_nat() {
-        let resolved = Resolved {
-            name: Name::parse("box").unwrap(),
-            spec: VmSpec {
-                vcpu: 2,
-                memory_mib: 2048,
-                disk_size: ByteSize::gib(8),
-            },
-            nat: true,
+        let builtin = Resolved {
+            value: true,
+            provenance: Provenance::Builtin,
         };
-        assert_eq!(resolved.to_string(), "2 vcpu · 2048 MiB · 8G disk · NAT");
-        let isolated = Resolved {
-            nat: false,
-            ..resolved
+        assert_eq!(
+            spec_line(&resolved(builtin)),
+            "2 vcpu · 2048 MiB · 8G disk · NAT"
+        );
+        assert_eq!(
+            spec_line(&resolved(Resolved::flag(false))),
+            "2 vcpu · 2048 MiB · 8G disk · no NAT"
+        );
+    }
+
+    #[test]
+    fn the_spec_line_marks_what_config_toml_chose() {
+        let mut spec = resolved(Resolved {
+            value: false,
+            provenance: Provenance::Config,
+        });
+        spec.vcpu = Resolved {
+            value: 3,
+            provenance: Provenance::Config,
         };
-        assert_eq!(isolated.to_string(), "2 vcpu · 2048 MiB · 8G disk · no NAT");
+        spec.memory_mib = Resolved::flag(512);
+        assert_eq!(
+            spec_line(&spec),
+            "3 vcpu (config) · 512 MiB · 8G disk · no NAT (config)"
+        );
     }
 }

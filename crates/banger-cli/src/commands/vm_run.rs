@@ -40,7 +40,7 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         .as_deref()
         .map(|path| open_repo(path, &plan))
         .transpose()?;
-    let resolved = vm_create::resolve(&args.create)?;
+    let mut params = vm_create::request(&args.create)?;
     // The workspace is laid out now and written into the work disk at
     // create: the guest boots with it in place.
     let mut staged = match &repo {
@@ -48,18 +48,18 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
         None => None,
     };
 
-    let created = vm_create::create_resolved(
-        layout,
-        &args.create,
-        &resolved,
-        staged.as_ref().map(|staged| staged.content()),
-    )
-    .await;
-    let vm = match created {
+    params.work_content = staged.as_ref().map(|staged| staged.content().to_owned());
+
+    let attempt = vm_create::create_requested(layout, params).await;
+    let vm = match attempt.outcome {
         Ok(vm) => vm,
         Err(err) => {
-            if args.rm {
-                cleanup_failed_create(layout, resolved.name.as_str(), &err).await;
+            // The daemon names the VM in its spec; without one, it refused
+            // the request before anything existed.
+            if args.rm
+                && let Some(spec) = &attempt.spec
+            {
+                cleanup_failed_create(layout, spec.name.value.as_str(), &err).await;
             }
             return Err(err);
         }

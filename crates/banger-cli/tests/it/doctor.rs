@@ -125,3 +125,83 @@ fn without_a_daemon_the_cli_runs_the_host_checks_itself() {
     assert_eq!(status(&report, "tools"), "pass");
     assert!(env.daemon_pid().is_none());
 }
+
+fn chown_tree(path: &std::path::Path, uid: u32) {
+    nix::unistd::chown(path, Some(uid.into()), Some(uid.into())).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {report:#}"))
+}
+
+/// A user who once ran `sudo -E banger …` has root's files in their own
+/// state dir. Their own daemon refuses to start, naming the files and the
+/// one command that gives them back; doctor says the same; after that
+/// command, both are content.
+#[test]
+fn files_root_left_in_a_users_dirs_are_named_with_the_chown_that_fixes_them() {
+    if !banger_testkit::root_or_skip(
+        "files_root_left_in_a_users_dirs_are_named_with_the_chown_that_fixes_them",
+        "acting as root, then as another uid",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let env = TestEnv::new();
+    // The root daemon's era: state, database and key made by root.
+    env.banger(["daemon", "start"]).assert_success();
+    env.banger(["daemon", "stop"]).assert_success();
+    let state = env.layout.state_dir.clone();
+    assert!(env.layout.database().exists());
+    // The user's own world, except what root left in the state dir.
+    std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(env.root(), NOBODY);
+    chown_tree(&state, 0);
+    let as_user = |args: &[&str]| {
+        let mut command = env.command("banger");
+        command.args(args).uid(NOBODY).gid(NOBODY);
+        banger_testkit::env::run(command)
+    };
+    let fix = format!("sudo chown -R nobody: {}", state.display());
+
+    let out = as_user(&["vm", "list"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "e.g. {} (uid 0); {} cannot be read in banger's directories, and this daemon \
+             runs as uid {NOBODY}",
+            state.display(),
+            state.display()
+        )),
+        "{out}"
+    );
+    assert!(out.stderr.contains(&fix), "{out}");
+    assert_eq!(env.daemon_pid(), None);
+
+    let out = as_user(&["doctor", "--json"]);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    let ownership = check(&report, "ownership");
+    assert_eq!(ownership["status"], "fail", "{report:#}");
+    assert!(
+        ownership["fix"].as_str().unwrap().contains(&fix),
+        "{ownership}"
+    );
+
+    // The fix, as the hint says (the test is root already).
+    chown_tree(&state, NOBODY);
+    let out = as_user(&["doctor", "--json"]);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(check(&report, "ownership")["status"], "pass", "{report:#}");
+}

@@ -346,6 +346,35 @@ fn host_keys_are_made_on_the_host_and_pinned() {
     sim.assert_clean();
 }
 
+/// The `spec:` line is the daemon's: with `[vm_defaults] vcpu = 3` in its
+/// config and no `--vcpu`, the VM gets 3 vcpu, marked as config's choice; a
+/// typed flag wins. `vm run --rm` deletes the VM the daemon named.
+#[test]
+fn the_spec_line_comes_from_the_daemon() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("[vm_defaults]\nvcpu = 3\n");
+    sim.import_fixture();
+    let out = sim.ok(["vm", "create", "--name", "three"]);
+    let spec = out.stderr.lines().next().unwrap();
+    assert!(spec.starts_with("spec: 3 vcpu (config) · "), "{out}");
+    assert!(spec.ends_with(" · NAT"), "{out}");
+    let shown = sim.ok(["vm", "show", "three", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["spec"]["vcpu"], 3, "{shown}");
+
+    let out = sim.ok(["vm", "create", "--name", "two", "--vcpu", "2"]);
+    assert!(out.stderr.starts_with("spec: 2 vcpu · "), "{out}");
+
+    let out = sim.ok(["vm", "run", "--rm", "--", "true"]);
+    assert!(out.stderr.starts_with("spec: 3 vcpu (config) · "), "{out}");
+    assert!(out.stderr.contains("deleted (--rm)"), "{out}");
+    sim.ok(["vm", "delete", "three", "two"]);
+    assert_eq!(sim.ok(["vm", "list", "--json"]).stdout.trim(), "[]");
+    sim.assert_clean();
+}
+
 /// `nat = false` under `[network]` makes isolation the default; `--nat`
 /// still asks for NAT; the `spec:` line says which each VM got.
 #[test]
@@ -360,7 +389,11 @@ fn nat_false_in_config_isolates_unless_asked() {
     sim.import_fixture();
     let out = sim.ok(["vm", "create", "--name", "quiet"]);
     assert!(
-        out.stderr.lines().next().unwrap().ends_with(" · no NAT"),
+        out.stderr
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(" · no NAT (config)"),
         "{out}"
     );
     let out = sim.ok(["vm", "create", "--name", "open", "--nat"]);

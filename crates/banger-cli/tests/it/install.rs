@@ -195,3 +195,118 @@ fn installed_daemon_finds_its_companions() {
     assert!(sim.exec(&banger, ["vm", "delete", "inst"]).success());
     sim.assert_clean();
 }
+
+/// `make deb`: one package with everything `sudo make install` installs,
+/// installed into a Debian root (the test fixture's) with dpkg, where its
+/// postinst creates the group, the installed banger runs, and purging takes
+/// files and group away again.
+#[test]
+fn make_deb_installs_and_purges_in_a_debian_root() {
+    let env = TestEnv::new();
+    let (target_dir, profile) = target_and_profile();
+    let deb = env.root().join("banger.deb");
+    let mut command = Command::new("make");
+    command
+        .arg("-C")
+        .arg(repo_root())
+        .arg("deb")
+        .arg(format!("PROFILE={profile}"))
+        .arg(format!("TARGET_DIR={}", target_dir.display()))
+        .arg(format!("DEB_OUT={}", deb.display()))
+        .arg(format!(
+            "DEB_ROOT={}",
+            env.root().join("deb-root").display()
+        ))
+        .arg("DEB_COMPRESS=none")
+        .arg("SKIP_BUILD=1")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap());
+    for (key, value) in env.vars() {
+        command.env(key, value);
+    }
+    run(command).assert_success();
+    let field = |name: &str| {
+        let out = run({
+            let mut command = Command::new("dpkg-deb");
+            command.arg("--field").arg(&deb).arg(name);
+            command
+        });
+        out.assert_success();
+        out.stdout.trim().to_owned()
+    };
+    assert_eq!(field("Package"), "banger");
+    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    assert!(field("Depends").contains("e2fsprogs"));
+
+    if !banger_testkit::root_or_skip(
+        "make_deb_installs_and_purges_in_a_debian_root",
+        "dpkg --root and chroot",
+    ) {
+        return;
+    }
+    let fixture = banger_testkit::sim::fixture_rootfs();
+    if !fixture.is_dir() {
+        banger_testkit::skip(
+            "make_deb_installs_and_purges_in_a_debian_root",
+            "the Debian fixture is not built (tests/fixtures/debian-rootfs.sh)",
+            banger_testkit::Prerequisite::ProvidedByCi,
+        );
+        return;
+    }
+    let root = env.root().join("debian");
+    let copy = run({
+        let mut command = Command::new("cp");
+        command.arg("-a").arg(&fixture).arg(&root);
+        command
+    });
+    copy.assert_success();
+    let dpkg = |args: &[&str]| {
+        let mut command = Command::new("dpkg");
+        command.arg(format!("--root={}", root.display())).args(args);
+        run(command)
+    };
+    // The fixture is minimal (no iptables): install the files regardless.
+    let out = dpkg(&["--force-depends", "-i", deb.to_str().unwrap()]);
+    out.assert_success();
+    assert!(out.stdout.contains("usermod -aG banger"), "{out}");
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    assert!(
+        group.lines().any(|line| line.starts_with("banger:")),
+        "{group}"
+    );
+    let unit =
+        std::fs::read_to_string(root.join("usr/lib/systemd/system/banger-helper.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/lib/banger/banger-helper serve"),
+        "{unit}"
+    );
+    for file in [
+        "usr/bin/banger",
+        "usr/bin/bangerd",
+        "usr/lib/banger/banger-vsock-agent",
+        "usr/lib/banger/banger-simvm",
+        "usr/share/man/man1/banger-vm-run.1",
+    ] {
+        assert!(root.join(file).is_file(), "{file} missing");
+    }
+    let version = run({
+        let mut command = Command::new("chroot");
+        command.arg(&root).args(["/usr/bin/banger", "version"]);
+        command
+    });
+    version.assert_success();
+    assert!(version.stdout.starts_with("banger "), "{version}");
+
+    dpkg(&["--purge", "banger"]).assert_success();
+    assert!(!root.join("usr/bin/banger").exists());
+    assert!(
+        !root
+            .join("usr/lib/systemd/system/banger-helper.service")
+            .exists()
+    );
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    assert!(
+        !group.lines().any(|line| line.starts_with("banger:")),
+        "{group}"
+    );
+}

@@ -513,6 +513,98 @@ fn daemon_reachable_or_not() {
 }
 
 #[test]
+fn tun_says_how_a_user_gets_it() {
+    let user = Privileges {
+        euid: 1000,
+        cap_net_admin: false,
+        cap_sys_admin: false,
+    };
+    let check = checks::tun(&FakeHost {
+        privileges: user,
+        ..FakeHost::default()
+    });
+    assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
+    assert_eq!(check.detail, "/dev/net/tun usable by uid 1000");
+
+    let mut closed = FakeHost {
+        privileges: user,
+        ..FakeHost::default()
+    };
+    closed.devices.insert(
+        PathBuf::from("/dev/net/tun"),
+        DeviceProbe::Unusable("Permission denied (os error 13)".into()),
+    );
+    let check = checks::tun(&closed);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert!(
+        check.detail.contains("uid 1000 cannot open /dev/net/tun"),
+        "{check:?}"
+    );
+    assert!(
+        check
+            .fix
+            .unwrap()
+            .starts_with("sudo chmod 0666 /dev/net/tun")
+    );
+
+    let mut gone = FakeHost::default();
+    gone.devices.remove(Path::new("/dev/net/tun"));
+    let check = checks::tun(&gone);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert_eq!(check.fix.as_deref(), Some("sudo modprobe tun"));
+}
+
+#[test]
+fn ownership_names_a_foreign_file_and_the_chown_that_fixes_it() {
+    let user = Privileges {
+        euid: 1000,
+        cap_net_admin: false,
+        cap_sys_admin: false,
+    };
+    let dirs = [PathBuf::from("/")];
+    let clean = FakeHost {
+        privileges: user,
+        ..FakeHost::default()
+    };
+    let check = checks::ownership(&clean, &dirs);
+    assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
+    assert_eq!(
+        check.detail,
+        "uid 1000 owns every file in banger's directories"
+    );
+
+    let left_by_root = FakeHost {
+        privileges: user,
+        foreign: banger_doctor::ForeignFiles {
+            count: 3,
+            first: vec![(PathBuf::from("/s/banger/ssh/id_ed25519"), 0)],
+            unreadable: Vec::new(),
+        },
+        ..FakeHost::default()
+    };
+    let check = checks::ownership(&left_by_root, &dirs);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert_eq!(
+        check.detail,
+        "3 files belong to another user, e.g. /s/banger/ssh/id_ed25519 (uid 0) in banger's \
+         directories (left by running banger as root?)"
+    );
+    let fix = check.fix.as_deref().unwrap();
+    assert!(
+        fix.starts_with("give them back to yourself: sudo chown -R "),
+        "{fix}"
+    );
+    assert!(fix.ends_with(" /"), "{fix}");
+
+    // Root can use anything: nothing is walked.
+    let root = FakeHost {
+        foreign: left_by_root.foreign.clone(),
+        ..FakeHost::default()
+    };
+    assert_eq!(checks::ownership(&root, &dirs).status, CheckStatus::Pass);
+}
+
+#[test]
 fn host_checks_on_a_healthy_and_a_hostile_host() {
     let config = Config::default();
     let defaults = VmDefaults::resolve(&config.vm_defaults, None);
@@ -520,6 +612,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
         config: &config,
         config_path: Path::new("/c/config.toml"),
         state_dir: Path::new("/s"),
+        own_dirs: &[PathBuf::from("/s")],
         defaults: &defaults,
     };
     let healthy = host_checks(&FakeHost::default(), &inputs);
@@ -530,12 +623,14 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
             "arch",
             "vmm",
             "kvm",
+            "tun",
             "vhost-vsock",
             "firecracker",
             "qemu",
             "vhost-device-vsock",
             "tools",
             "privileges",
+            "ownership",
             "disk-space",
             "vm-defaults"
         ]
@@ -552,7 +647,7 @@ fn host_checks_on_a_healthy_and_a_hostile_host() {
         ..FakeHost::default().without_program("firecracker")
     };
     let (pass, warn, fail) = banger_doctor::tally(&host_checks(&hostile, &inputs));
-    assert_eq!((pass, warn, fail), (8, 0, 3));
+    assert_eq!((pass, warn, fail), (10, 0, 3));
 }
 
 #[test]

@@ -16,6 +16,7 @@ fn host_checks_on_this_machine() {
         config: &config,
         config_path: &dir.path().join("config.toml"),
         state_dir: dir.path(),
+        own_dirs: &[dir.path().to_owned()],
         defaults: &defaults,
     };
     let checks = host_checks(&RealHost, &inputs);

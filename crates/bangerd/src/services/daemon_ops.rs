@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use banger_model::vm::VmState;
 use banger_rpc::request::SleepParams;
-use banger_rpc::response::{Empty, PingResult, SleepResult, StatusResult};
+use banger_rpc::response::{Empty, NetworkStatus, PingResult, SleepResult, StatusResult};
 use banger_rpc::{Event, PROTOCOL_VERSION};
-
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Daemon;
@@ -34,6 +33,11 @@ pub fn status(daemon: &Daemon) -> StatusResult {
         config_path: daemon.layout.config_file(),
         log_level: daemon.config.log_level.as_str().to_owned(),
         dns_listeners: daemon.network.dns_listeners(),
+        network: NetworkStatus {
+            bridge: daemon.network.config.bridge.clone(),
+            subnet: daemon.network.config.subnet.to_string(),
+            via: daemon.network.via().to_owned(),
+        },
         vms_total: vms.len(),
         vms_running: vms.iter().filter(|vm| vm.state == VmState::Running).count(),
         active_requests: daemon.active_requests(),

@@ -34,6 +34,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let config = daemon.config.clone();
     let config_path = daemon.layout.config_file();
     let state_dir = daemon.layout.state_dir.clone();
+    let own_dirs = daemon.layout.own_dirs();
     let listen = daemon.config.network.dns_listen.to_string();
     let probe_for_check = probe.clone().map(|(probe, _)| probe);
     // The checks block (ioctls, `firecracker --version`, getaddrinfo).
@@ -43,6 +44,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
             config: &config,
             config_path: &config_path,
             state_dir: &state_dir,
+            own_dirs: &own_dirs,
             defaults: &defaults,
         };
         let mut all = checks::host_checks(host.as_ref(), &inputs);

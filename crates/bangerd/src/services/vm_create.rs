@@ -1,19 +1,20 @@
 //! `vm.create`: validate, allocate an address, make the disks, boot.
 //!
-//! Stages streamed to the client: `prepare_disks`, `start_vmm`,
-//! `wait_vsock_agent`, `wait_ssh`, `ready`. A failure before the VMM runs,
+//! The first event is the resolved spec (`vm::spec`, with where each setting
+//! came from). Stages streamed to the client after it: `prepare_disks`,
+//! `start_vmm`, `wait_vsock_agent`, `wait_ssh`, `ready`. A failure before the VMM runs,
 //! or a cancellation, rolls everything back (no VM is left). A failure after
 //! the VMM started keeps the VM in `error` with its logs, releasing every
 //! host resource.
 
 use std::sync::Arc;
 
-use banger_model::defaults::{HostFacts, VmDefaults};
+use banger_model::defaults::{HostFacts, ResolvedSpec};
 use banger_model::image::Image;
 use banger_model::kernel::Kernel;
-use banger_model::spec::{self, SpecError};
 use banger_model::vm::{NetworkAllocation, Vm, VmState, VmmKind};
 use banger_model::{Id, Name, VmSpec};
+use banger_rpc::Event;
 use banger_rpc::request::VmCreateParams;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,7 @@ use crate::errors::{Cause, Doing, Hint, ServiceError};
 use crate::server::EventSink;
 use crate::undo::{Class, Undo};
 use crate::vm::boot::{self, BootInput};
-use crate::vm::{disks, finish};
+use crate::vm::{disks, finish, spec};
 
 /// Lowest guest context id (0–2 are reserved by vsock).
 const FIRST_CID: u32 = 3;
@@ -47,11 +48,16 @@ pub async fn create(
     events: &EventSink,
     cancel: &CancellationToken,
 ) -> Result<Vm, ServiceError> {
+    let existing = daemon.store.list_vms()?;
+    let resolved = spec::resolve(&params, &daemon.config, HostFacts::detect(), &existing)?;
+    events.emit(Event::Spec {
+        spec: resolved.clone(),
+    });
     if params.image.is_none() {
         ensure_default_image(daemon, events, cancel).await?;
     }
     let requested_at = std::time::Instant::now();
-    let plan = plan(daemon, params)?;
+    let plan = plan(daemon, params, resolved)?;
     // A key ssh would refuse, or a port in use, is refused before anything
     // exists.
     let key = daemon.keys.ensure().await?;
@@ -88,35 +94,15 @@ pub async fn create(
     finish(daemon, vm, outcome, undo, ports, events, true).await
 }
 
-fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, ServiceError> {
-    let existing = daemon.store.list_vms()?;
-    let name = match params.name {
-        Some(raw) => {
-            let name = Name::parse(&raw)?;
-            if existing.iter().any(|vm| vm.name == name) {
-                return Err(ServiceError::already_exists(format!(
-                    "a VM named {name} already exists"
-                ))
-                .with_hint("pick another --name, or delete it with `banger vm delete`"));
-            }
-            name
-        }
-        None => unused_random_name(&existing),
-    };
-    let defaults = VmDefaults::resolve(&daemon.config.vm_defaults, HostFacts::detect());
-    let spec = VmSpec {
-        vcpu: spec::validate_vcpu(params.vcpu.unwrap_or(i64::from(defaults.vcpu.value)))
-            .map_err(spec_error)?,
-        memory_mib: spec::validate_memory_mib(
-            params
-                .memory_mib
-                .unwrap_or(i64::from(defaults.memory_mib.value)),
-        )
-        .map_err(spec_error)?,
-        disk_size: spec::validate_disk(params.disk_size.unwrap_or(defaults.disk_size.value))
-            .map_err(spec_error)?,
-    };
-    let vmm = params.vmm.unwrap_or(daemon.config.vmm);
+/// The rest of the plan around the `resolved` spec: the image, its kernel,
+/// room on disk.
+fn plan(
+    daemon: &Daemon,
+    params: VmCreateParams,
+    resolved: ResolvedSpec,
+) -> Result<Plan, ServiceError> {
+    let spec = resolved.spec();
+    let (name, vmm) = (resolved.name.value, resolved.vmm.value);
     let work_content = params
         .work_content
         .map(|dir| check_work_content(&dir).map(|()| dir))
@@ -147,7 +133,7 @@ fn plan(daemon: &Daemon, params: VmCreateParams) -> Result<Plan, ServiceError> {
     Ok(Plan {
         name,
         spec,
-        nat: params.nat,
+        nat: resolved.nat.value,
         vmm,
         image,
         kernel,
@@ -174,10 +160,6 @@ fn check_work_content(dir: &std::path::Path) -> Result<(), ServiceError> {
         return Err(refuse("not owned by the daemon's user"));
     }
     Ok(())
-}
-
-fn spec_error(err: SpecError) -> ServiceError {
-    err.into()
 }
 
 fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, ServiceError> {
@@ -256,15 +238,6 @@ async fn ensure_default_image(
         .await?
         .image;
     Ok(daemon.store.set_default_image(&image.id)?)
-}
-
-fn unused_random_name(existing: &[Vm]) -> Name {
-    loop {
-        let name = Name::random();
-        if !existing.iter().any(|vm| vm.name == name) {
-            return name;
-        }
-    }
 }
 
 /// Picks an address and a vsock context id and records the VM as

@@ -6,12 +6,14 @@
 //! - [`boot`]: TAP, NAT, VMM launch and configuration, agent and SSH waits.
 //! - [`halt`]: stopping a VMM and releasing what a running VM holds.
 //! - [`qemu`]: the qemu engine's programs and accelerator, resolved once.
+//! - [`spec`]: a new VM's settings from the request, config and host.
 //! - [`watch`]: noticing a VMM that exits on its own.
 
 pub mod boot;
 pub mod disks;
 pub mod halt;
 pub mod qemu;
+pub mod spec;
 pub mod watch;
 
 use banger_model::Id;

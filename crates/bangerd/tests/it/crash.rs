@@ -137,7 +137,7 @@ async fn a_create_crashed_after_any_step_is_undone_or_kept_running() {
         let outcome = with_crash_at(&h, step, async move {
             let params = banger_rpc::request::VmCreateParams {
                 name: Some("web".into()),
-                nat: true,
+                nat: Some(true),
                 ..Default::default()
             };
             bangerd::services::vm_create::create(

@@ -34,12 +34,14 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "arch",
             "vmm",
             "kvm",
+            "tun",
             "vhost-vsock",
             "firecracker",
             "qemu",
             "vhost-device-vsock",
             "tools",
             "privileges",
+            "ownership",
             "disk-space",
             "vm-defaults",
             "companions",
@@ -108,6 +110,9 @@ impl Host for RoutedHost {
     }
     fn file_exists(&self, path: &std::path::Path) -> bool {
         self.inner.file_exists(path)
+    }
+    fn foreign_owned(&self, dirs: &[std::path::PathBuf], uid: u32) -> banger_doctor::ForeignFiles {
+        self.inner.foreign_owned(dirs, uid)
     }
 }
 

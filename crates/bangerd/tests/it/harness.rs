@@ -167,7 +167,7 @@ impl Harness {
     ) -> Result<banger_model::vm::Vm, RpcError> {
         let params = VmCreateParams {
             name: Some(name.into()),
-            nat,
+            nat: Some(nat),
             ..Default::default()
         };
         bangerd::services::vm_create::create(

@@ -214,7 +214,7 @@ async fn cancelling_a_create_removes_everything() {
     let cancel = CancellationToken::new();
     let params = banger_rpc::request::VmCreateParams {
         name: Some("web".into()),
-        nat: true,
+        nat: Some(true),
         ..Default::default()
     };
     let events = EventSink::discard();
@@ -415,4 +415,60 @@ async fn a_configured_default_image_that_names_nothing_is_an_error() {
     assert!(err.message.contains("default_image = \"nope\""), "{err:?}");
     assert!(err.hint.unwrap().contains("banger image list"));
     assert!(h.vm_names().is_empty());
+}
+
+/// The first event of a create is the spec the daemon resolved: sizes a
+/// request leaves out come from `[vm_defaults]`, and the VM gets exactly
+/// that spec.
+#[tokio::test]
+async fn a_create_announces_its_resolved_spec_first() {
+    use banger_model::defaults::Provenance;
+    use banger_rpc::Event;
+    use banger_rpc::frame::ResponseBody;
+
+    let mut config = banger_model::config::Config::default();
+    config.vm_defaults.vcpu = Some(3);
+    let h = Harness::with_config(config).await;
+    let (events, mut rx) = EventSink::recording();
+    let params = banger_rpc::request::VmCreateParams {
+        memory_mib: Some(512),
+        ..Default::default()
+    };
+    let vm =
+        bangerd::services::vm_create::create(&h.daemon, params, &events, &CancellationToken::new())
+            .await
+            .unwrap();
+    let mut seen = Vec::new();
+    while let Ok(frame) = rx.try_recv() {
+        if let ResponseBody::Event(event) = frame.body {
+            seen.push(event);
+        }
+    }
+    let Some(Event::Spec { spec }) = seen.first() else {
+        panic!("the first event is not the spec: {seen:?}");
+    };
+    assert_eq!(spec.name.value, vm.name);
+    assert_eq!(spec.name.provenance, Provenance::Builtin);
+    assert_eq!(
+        (spec.vcpu.value, spec.vcpu.provenance),
+        (3, Provenance::Config)
+    );
+    assert_eq!(
+        (spec.memory_mib.value, spec.memory_mib.provenance),
+        (512, Provenance::Flag)
+    );
+    assert_eq!(
+        (spec.nat.value, spec.nat.provenance),
+        (true, Provenance::Builtin)
+    );
+    // The harness's config runs `sim`.
+    assert_eq!(spec.vmm.provenance, Provenance::Config);
+    assert_eq!(vm.spec, spec.spec());
+    assert_eq!((vm.nat, vm.vmm), (spec.nat.value, spec.vmm.value));
+    assert_eq!(
+        seen.iter()
+            .filter(|event| matches!(event, Event::Spec { .. }))
+            .count(),
+        1
+    );
 }

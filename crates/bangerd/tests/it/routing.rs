@@ -150,3 +150,34 @@ async fn skipped_routing_is_reported_and_never_applied() {
     );
     network.shutdown().await;
 }
+
+/// A daemon that reaches the network through banger-helper keeps its warm
+/// TAPs in its user's naming space, so two users' pools never collide.
+#[tokio::test]
+async fn a_pool_reached_through_access_names_taps_in_its_space() {
+    let ops = Arc::new(FakeNetOps::new());
+    let network = Network::start_with(bangerd::network::Access {
+        ops: ops.clone(),
+        config: NetworkConfig {
+            tap_pool_size: 1,
+            ..config()
+        },
+        routing: Arc::new(FakeDnsRouting::new()),
+        pool_space: 7,
+        via: "banger-helper at /run/banger/helper.sock".into(),
+    })
+    .await;
+    assert_eq!(network.via(), "banger-helper at /run/banger/helper.sock");
+    network.pool().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ops.taps().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the pool made no TAP");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let taps: Vec<String> = ops.taps().into_keys().collect();
+    assert!(
+        taps.iter().all(|tap| tap.starts_with("btap-pool7-")),
+        "{taps:?}"
+    );
+    network.shutdown().await;
+}

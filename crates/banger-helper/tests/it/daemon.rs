@@ -1,0 +1,109 @@
+//! A daemon that is not root: the real `banger` and `bangerd`, run as a
+//! member of the helper's group, take their bridge, subnet and DNS port
+//! from the helper instead of `[network]`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use banger_testkit::env::{Output, run};
+use serde_json::Value;
+
+use crate::support::{ALICE, TestHelper, in_netns, root_or_skip};
+
+fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
+    nix::unistd::chown(path, Some(uid.into()), Some(gid.into())).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), (uid, gid));
+        }
+    }
+}
+
+/// `banger ARGS` as `ALICE` in a world under `root`.
+fn banger_as_alice(root: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(banger_testkit::binary("banger"));
+    command.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command
+        .env("NO_COLOR", "1")
+        .env("HOME", root.join("home"))
+        .env("XDG_CONFIG_HOME", root.join("config"))
+        .env("XDG_STATE_HOME", root.join("state"))
+        .env("XDG_CACHE_HOME", root.join("cache"))
+        .env("XDG_RUNTIME_DIR", root.join("run"))
+        .args(args)
+        .uid(ALICE.0)
+        .gid(ALICE.1);
+    run(command)
+}
+
+#[test]
+fn a_users_daemon_takes_its_network_from_the_helper() {
+    if !root_or_skip("a_users_daemon_takes_its_network_from_the_helper") {
+        return;
+    }
+    in_netns(|| async {
+        let helper = TestHelper::start().await;
+        let expected = helper.client(ALICE).await.network().await.unwrap();
+        let world = tempfile::Builder::new()
+            .prefix("bu")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = world.path().to_owned();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        std::fs::create_dir_all(root.join("config/banger")).unwrap();
+        std::fs::write(
+            root.join("config/banger/config.toml"),
+            format!("helper_socket = \"{}\"\n", helper.socket.display()),
+        )
+        .unwrap();
+        chown_tree(&root, ALICE);
+
+        let status = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || {
+                banger_as_alice(&root, &["daemon", "status", "--json"]);
+                let out = banger_as_alice(&root, &["daemon", "start"]);
+                assert_eq!(out.code, Some(0), "{out}");
+                banger_as_alice(&root, &["daemon", "status", "--json"])
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(status.code, Some(0), "{status}");
+        let status: Value = serde_json::from_str(&status.stdout).unwrap();
+        let network = &status["network"];
+        assert_eq!(network["bridge"], expected.bridge.as_str(), "{status:#}");
+        assert_eq!(
+            network["subnet"],
+            expected.address.to_string(),
+            "{status:#}"
+        );
+        assert_eq!(
+            network["via"],
+            format!("banger-helper at {}", helper.socket.display()),
+            "{status:#}"
+        );
+        // The DNS listener left at its default moved to the user's own port.
+        let port = 42069 + u16::from(expected.pool_space);
+        assert_eq!(
+            status["dns_listeners"][0],
+            format!("udp://127.0.0.1:{port}"),
+            "{status:#}"
+        );
+        // Everything it wrote is the user's.
+        let state = root.join("state/banger");
+        let found = banger_doctor::ownership::foreign_owned(&[state], ALICE.0);
+        assert!(found.is_empty(), "{found:?}");
+
+        let out = tokio::task::spawn_blocking(move || banger_as_alice(&root, &["daemon", "stop"]))
+            .await
+            .unwrap();
+        assert_eq!(out.code, Some(0), "{out}");
+    });
+}
