@@ -11,11 +11,12 @@ use banger_firecracker::{Vmm, VmmProcess};
 use banger_model::Id;
 use banger_model::config::Config;
 use banger_model::layout::Layout;
-use banger_rpc::{ErrorCode, Method, Request, RpcError};
-use banger_store::{ResolveError, Store, StoreError};
+use banger_rpc::{Method, Request, RpcError};
+use banger_store::Store;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::errors::{Doing, ServiceError};
 use crate::network::Network;
 use crate::server::{EventSink, Handler};
 use crate::ssh::KeyStore;
@@ -172,7 +173,7 @@ impl Daemon {
         request: Request,
         events: EventSink,
         cancel: CancellationToken,
-    ) -> Result<Value, RpcError> {
+    ) -> Result<Value, ServiceError> {
         use crate::services::*;
         use banger_rpc::method as m;
         let me = self.arc();
@@ -274,7 +275,10 @@ impl Handler for Daemon {
     ) -> Result<Value, RpcError> {
         self.active_requests.fetch_add(1, Ordering::SeqCst);
         let _active = ActiveGuard(&self.active_requests);
-        self.dispatch(request, events, cancel).await
+        // The one place service errors become wire errors.
+        self.dispatch(request, events, cancel)
+            .await
+            .map_err(RpcError::from)
     }
 }
 
@@ -288,37 +292,6 @@ impl Drop for ActiveGuard<'_> {
 
 /// Encodes method `M`'s result: a service answering with another type
 /// does not compile.
-fn reply<M: Method>(value: M::Result) -> Result<Value, RpcError> {
-    serde_json::to_value(value).map_err(|err| RpcError::internal(format!("encoding reply: {err}")))
-}
-
-/// Maps store errors onto wire errors.
-pub(crate) fn store_error(err: StoreError) -> RpcError {
-    match err {
-        StoreError::NameTaken { .. } => RpcError::new(ErrorCode::AlreadyExists, err.to_string()),
-        StoreError::Conflict { .. } => RpcError::new(ErrorCode::Conflict, err.to_string()),
-        StoreError::Missing { .. } => RpcError::not_found(err.to_string()),
-        StoreError::Corrupt { .. } | StoreError::Sql(_) => {
-            tracing::error!(error = ?err, "store failure");
-            crate::errors::failed(ErrorCode::Internal, "recording the change", &err)
-        }
-    }
-}
-
-pub(crate) fn resolve_error(err: ResolveError) -> RpcError {
-    match err {
-        ResolveError::NotFound { .. } => RpcError::not_found(err.to_string()),
-        ResolveError::Ambiguous { .. } => RpcError::new(ErrorCode::Ambiguous, err.to_string()),
-    }
-}
-
-/// `outer: inner: innermost` for an error's sources.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        parts.push(cause.to_string());
-        source = cause.source();
-    }
-    parts.join(": ")
+fn reply<M: Method>(value: M::Result) -> Result<Value, ServiceError> {
+    serde_json::to_value(value).doing("encoding reply")
 }

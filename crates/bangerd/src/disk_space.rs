@@ -14,9 +14,9 @@ use banger_model::ByteSize;
 use banger_model::VmSpec;
 use banger_model::image::Image;
 use banger_model::vm::{DiskUsage, Vm, VmDisks};
-use banger_rpc::{ErrorCode, RpcError};
 
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 
 /// How often the daemon looks at the free space.
 const MONITOR_EVERY: Duration = Duration::from_secs(20);
@@ -73,7 +73,7 @@ pub fn check_new_vm(
     spec: &VmSpec,
     image: &Image,
     allow_overcommit: bool,
-) -> Result<(), RpcError> {
+) -> Result<(), ServiceError> {
     if allow_overcommit {
         return Ok(());
     }
@@ -86,18 +86,15 @@ pub fn check_new_vm(
     if need <= fs.free {
         return Ok(());
     }
-    Err(RpcError::new(
-        ErrorCode::ResourceExhausted,
-        format!(
-            "VM {name} may grow to {} ({} disk + {} root from image {}), but {} has {} free",
-            need.human(),
-            spec.disk_size.human(),
-            image.rootfs_size.human(),
-            image.name,
-            daemon.layout.state_dir.display(),
-            fs.free.human(),
-        ),
-    )
+    Err(ServiceError::NoSpace(format!(
+        "VM {name} may grow to {} ({} disk + {} root from image {}), but {} has {} free",
+        need.human(),
+        spec.disk_size.human(),
+        image.rootfs_size.human(),
+        image.name,
+        daemon.layout.state_dir.display(),
+        fs.free.human(),
+    ))
     .with_hint(
         "pick a smaller --disk-size, free space there, or pass --allow-overcommit \
          (disks are sparse; a guest that fills them then fills the host's filesystem)",

@@ -10,7 +10,8 @@ use std::path::Path;
 use banger_disk::Ext4Edits;
 use banger_disk::edits::Meta;
 use banger_model::file_sync::FileSync;
-use banger_rpc::RpcError;
+
+use crate::errors::{Cause, Doing, ServiceError};
 
 /// Mode of directories created to hold a synced path.
 const PARENT_MODE: u32 = 0o700;
@@ -20,16 +21,11 @@ pub fn add_edits(
     entries: &[FileSync],
     home: &Path,
     edits: &mut Ext4Edits,
-) -> Result<Vec<String>, RpcError> {
+) -> Result<Vec<String>, ServiceError> {
     let mut warnings = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let host = entry.host.resolve(home);
-        let fail = |problem: String| {
-            RpcError::invalid(format!(
-                "file_sync[{index}] ({}): {problem}",
-                host.display()
-            ))
-        };
+        let what = || format!("file_sync[{index}] ({})", host.display());
         let meta = match fs_err::metadata(&host) {
             Ok(meta) => meta,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -39,17 +35,17 @@ pub fn add_edits(
                 ));
                 continue;
             }
-            Err(err) => return Err(fail(err.to_string())),
+            Err(err) => return Err(err).rejected(what()),
         };
         let guest = format!("/{}", entry.guest.display());
-        add_parents(&guest, edits).map_err(|err| fail(err.to_string()))?;
+        add_parents(&guest, edits).rejected(what())?;
         if meta.is_dir() {
-            add_dir(&host, &guest, edits).map_err(fail)?;
+            add_dir(&host, &guest, edits).rejected(what())?;
         } else {
-            let content = fs_err::read(&host).map_err(|err| fail(err.to_string()))?;
+            let content = fs_err::read(&host).rejected(what())?;
             edits
                 .write_file(&guest, content, root_owned(entry.file_mode()))
-                .map_err(|err| fail(err.to_string()))?;
+                .rejected(what())?;
         }
     }
     Ok(warnings)
@@ -75,21 +71,12 @@ fn add_parents(
     Ok(())
 }
 
-fn add_dir(host: &Path, guest: &str, edits: &mut Ext4Edits) -> Result<(), String> {
+fn add_dir(host: &Path, guest: &str, edits: &mut Ext4Edits) -> Result<(), Cause> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs_err::metadata(host)
-        .map_err(|err| err.to_string())?
-        .permissions()
-        .mode()
-        & 0o7777;
-    edits
-        .mkdir_p(guest, root_owned(mode))
-        .map_err(|err| err.to_string())?;
-    edits.chmod(guest, mode).map_err(|err| err.to_string())?;
-    let mut children: Vec<_> = fs_err::read_dir(host)
-        .map_err(|err| err.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|err| err.to_string())?;
+    let mode = fs_err::metadata(host)?.permissions().mode() & 0o7777;
+    edits.mkdir_p(guest, root_owned(mode))?;
+    edits.chmod(guest, mode)?;
+    let mut children: Vec<_> = fs_err::read_dir(host)?.collect::<Result<_, _>>()?;
     children.sort_by_key(|entry| entry.file_name());
     for child in children {
         let name = child.file_name();
@@ -98,24 +85,20 @@ fn add_dir(host: &Path, guest: &str, edits: &mut Ext4Edits) -> Result<(), String
             .ok_or_else(|| format!("{} is not UTF-8", child.path().display()))?;
         let host_child = child.path();
         let guest_child = format!("{guest}/{name}");
-        let kind = child.file_type().map_err(|err| err.to_string())?;
+        let kind = child.file_type()?;
         if kind.is_dir() {
             add_dir(&host_child, &guest_child, edits)?;
         } else if kind.is_symlink() {
-            let target = fs_err::read_link(&host_child).map_err(|err| err.to_string())?;
-            edits
-                .symlink(&guest_child, &target.to_string_lossy(), 0, 0)
-                .map_err(|err| err.to_string())?;
+            let target = fs_err::read_link(&host_child)?;
+            edits.symlink(&guest_child, &target.to_string_lossy(), 0, 0)?;
         } else if kind.is_file() {
-            let meta = fs_err::metadata(&host_child).map_err(|err| err.to_string())?;
-            let content = fs_err::read(&host_child).map_err(|err| err.to_string())?;
-            edits
-                .write_file(
-                    &guest_child,
-                    content,
-                    root_owned(meta.permissions().mode() & 0o7777),
-                )
-                .map_err(|err| err.to_string())?;
+            let meta = fs_err::metadata(&host_child)?;
+            let content = fs_err::read(&host_child)?;
+            edits.write_file(
+                &guest_child,
+                content,
+                root_owned(meta.permissions().mode() & 0o7777),
+            )?;
         } else {
             tracing::warn!(path = %host_child.display(), "file_sync skips special files");
         }

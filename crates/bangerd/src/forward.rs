@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use banger_model::Id;
 use banger_model::publish::PortForward;
-use banger_rpc::{ErrorCode, RpcError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::errors::{Doing, ServiceError};
 
 /// How long connecting to the guest may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,13 +39,13 @@ impl Bound {
 
 /// Binds every forward's host address and port, all or none. A port in
 /// use (by anything, another VM included) is an error naming it.
-pub fn bind(forwards: &[PortForward]) -> Result<Bound, RpcError> {
+pub fn bind(forwards: &[PortForward]) -> Result<Bound, ServiceError> {
     let mut listeners = Vec::with_capacity(forwards.len());
     for (index, forward) in forwards.iter().enumerate() {
         if forwards[..index].iter().any(|other| {
             other.host_addr == forward.host_addr && other.host_port == forward.host_port
         }) {
-            return Err(RpcError::invalid(format!(
+            return Err(ServiceError::invalid(format!(
                 "{}:{} is published twice",
                 forward.host_addr, forward.host_port
             )));
@@ -66,7 +67,7 @@ pub fn bind(forwards: &[PortForward]) -> Result<Bound, RpcError> {
                 ),
                 _ => (format!("cannot listen on {addr}: {err}"), ""),
             };
-            let error = RpcError::new(ErrorCode::FailedPrecondition, message);
+            let error = ServiceError::precondition(message);
             if hint.is_empty() {
                 error
             } else {
@@ -75,7 +76,7 @@ pub fn bind(forwards: &[PortForward]) -> Result<Bound, RpcError> {
         })?;
         listener
             .set_nonblocking(true)
-            .map_err(|err| crate::vm::internal("preparing a published port", &err))?;
+            .doing("preparing a published port")?;
         listeners.push((*forward, listener));
     }
     Ok(Bound { listeners })
@@ -270,12 +271,12 @@ mod tests {
         let taken_port = taken.local_addr().unwrap().port();
         let free = free_port();
         let err = bind(&[forward(free, 80), forward(taken_port, 81)]).unwrap_err();
-        assert!(err.message.contains("already in use"), "{err:?}");
-        assert!(err.hint.is_some());
+        assert!(err.message().contains("already in use"), "{err:?}");
+        assert!(err.to_wire().hint.is_some());
         // The first listener was released with the failed call.
         std::net::TcpListener::bind(("127.0.0.1", free)).expect("free port released");
 
         let err = bind(&[forward(free, 80), forward(free, 81)]).unwrap_err();
-        assert!(err.message.contains("published twice"), "{err:?}");
+        assert!(err.message().contains("published twice"), "{err:?}");
     }
 }

@@ -5,31 +5,26 @@ use std::path::{Path, PathBuf};
 
 use banger_image::{Catalog, HttpClient, ProgressEvent, Timeouts, TransportPolicy};
 use banger_model::Name;
-use banger_rpc::{ErrorCode, Event, RpcError};
+use banger_rpc::Event;
 
 use crate::daemon::Daemon;
+use crate::errors::{Doing, Hint, ServiceError};
 use crate::server::EventSink;
 
 /// The image `vm create` uses when there is no default image and the
 /// config names none: pulled from the catalog on first use when listed.
 pub const CATALOG_DEFAULT_IMAGE: &str = "debian-bookworm";
 
-pub fn http() -> Result<HttpClient, RpcError> {
-    HttpClient::new(TransportPolicy::default(), Timeouts::default())
-        .map_err(|err| RpcError::internal(format!("setting up HTTP: {err}")))
+pub fn http() -> Result<HttpClient, ServiceError> {
+    HttpClient::new(TransportPolicy::default(), Timeouts::default()).doing("setting up HTTP")
 }
 
 /// The catalog from `catalog_url`, or the one built into banger.
-pub async fn catalog(daemon: &Daemon, http: &HttpClient) -> Result<Catalog, RpcError> {
+pub async fn catalog(daemon: &Daemon, http: &HttpClient) -> Result<Catalog, ServiceError> {
     Catalog::load(daemon.config.catalog_url.as_deref(), http)
         .await
-        .map_err(|err| {
-            RpcError::new(
-                ErrorCode::FailedPrecondition,
-                format!("{err}: {}", crate::daemon::error_chain(&err)),
-            )
-            .with_hint("check catalog_url in config.toml")
-        })
+        .unavailable("reading the catalog")
+        .hint("check catalog_url in config.toml")
 }
 
 /// Forwards download/unpack progress to the client as events.
@@ -87,9 +82,9 @@ pub struct Staging {
 }
 
 impl Staging {
-    pub fn new(daemon: &Daemon, id: &banger_model::Id) -> Result<Self, RpcError> {
+    pub fn new(daemon: &Daemon, id: &banger_model::Id) -> Result<Self, ServiceError> {
         let dir = daemon.layout.staging_dir().join(id.as_str());
-        fs_err::create_dir_all(&dir).map_err(|err| crate::vm::internal("staging", &err))?;
+        fs_err::create_dir_all(&dir).doing("staging")?;
         Ok(Self { dir })
     }
 
@@ -116,7 +111,7 @@ impl Drop for Staging {
 
 /// A DNS-label image name from an OCI reference or catalog name:
 /// `docker.io/library/debian:bookworm` → `debian-bookworm`.
-pub fn derive_name(reference: &str) -> Result<Name, RpcError> {
+pub fn derive_name(reference: &str) -> Result<Name, ServiceError> {
     let last = reference.rsplit('/').next().unwrap_or(reference);
     let last = last.split('@').next().unwrap_or(last);
     let mut name: String = last
@@ -135,7 +130,7 @@ pub fn derive_name(reference: &str) -> Result<Name, RpcError> {
     let name = name.trim_matches('-');
     let name = &name[..name.len().min(banger_model::name::MAX_LEN)];
     Name::parse(name.trim_end_matches('-')).map_err(|err| {
-        RpcError::invalid(format!(
+        ServiceError::invalid(format!(
             "cannot derive an image name from {reference:?} ({err})"
         ))
         .with_hint("pass --name")

@@ -9,7 +9,8 @@
 //! - [`server`]: accept loop, peer credential check, framing, per-request
 //!   cancellation when the client disconnects.
 //! - [`daemon`]: the shared context and request dispatch.
-//! - [`errors`]: causes that decide a wire error's code (a full disk).
+//! - [`errors`]: `ServiceError`, what every service returns, and its one
+//!   mapping to wire errors (codes, messages, hints; a full disk).
 //! - [`disk_space`]: free space against what VM disks may grow to.
 //! - [`services`]: one module per operation (`vm_list`, `daemon_status`, …).
 //! - [`instance`]: the single-instance lock and socket binding.

@@ -294,13 +294,9 @@ impl Network {
             match seam.apply(&link, dns).await {
                 Ok(()) => routing.set(RoutingState::Applied { dns }),
                 Err(err) => {
-                    let detail = crate::daemon::error_chain(&err);
-                    warn!(error = %err, %detail, %link, "cannot route .vm through systemd-resolved");
-                    routing.set(RoutingState::Failed(if detail.is_empty() {
-                        err.to_string()
-                    } else {
-                        format!("{err}: {detail}")
-                    }));
+                    let detail = crate::errors::chain(&err);
+                    warn!(error = %detail, %link, "cannot route .vm through systemd-resolved");
+                    routing.set(RoutingState::Failed(detail));
                 }
             }
         });

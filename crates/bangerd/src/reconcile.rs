@@ -25,8 +25,9 @@ use banger_model::vm::{Vm, VmState};
 use tracing::{info, warn};
 
 use crate::daemon::Daemon;
+use crate::errors::blocking;
 use crate::vm::halt::{self, Mode};
-use crate::vm::{blocking, disks, save, watch};
+use crate::vm::{disks, save, watch};
 
 /// What reconcile did, for the log.
 #[derive(Debug, Default)]
@@ -88,7 +89,8 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
             }
             Err(err) => report.problems.push(format!(
                 "finishing the delete of {}: {}",
-                vm.name, err.message
+                vm.name,
+                err.message()
             )),
         },
         VmState::Running => match daemon.vmm.adopt(&vm.paths().api_socket()).await {
@@ -97,14 +99,15 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                 vm.pid = Some(process.pid());
                 vm.tap = Some(banger_net::vm_tap_name(&vm.id));
                 if let Err(err) = save(daemon, &mut vm) {
-                    report.problems.push(err.message);
+                    report.problems.push(err.message());
                 }
                 daemon.network.publish(&vm.name, vm.network.ip);
                 match crate::forward::bind(&vm.ports) {
                     Ok(ports) => daemon.forwards.start(&vm.id, vm.network.ip, ports),
                     Err(err) => report.problems.push(format!(
                         "publishing the ports of {}: {}",
-                        vm.name, err.message
+                        vm.name,
+                        err.message()
                     )),
                 }
                 daemon.put_process(&vm.id, process.clone());
@@ -119,7 +122,7 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
                 report.problems.extend(problems);
                 watch::record_unasked_exit(&mut vm, None);
                 if let Err(err) = save(daemon, &mut vm) {
-                    report.problems.push(err.message);
+                    report.problems.push(err.message());
                 }
                 report.gone.push(format!("{} ({})", vm.name, vm.state));
             }
@@ -153,9 +156,11 @@ async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
 async fn halt_into(daemon: &Arc<Daemon>, vm: &mut Vm, report: &mut Report) {
     match halt::halt(daemon, vm, Mode::Kill).await {
         Ok(problems) => report.problems.extend(problems),
-        Err(err) => report
-            .problems
-            .push(format!("recording {} as stopped: {}", vm.name, err.message)),
+        Err(err) => report.problems.push(format!(
+            "recording {} as stopped: {}",
+            vm.name,
+            err.message()
+        )),
     }
 }
 
@@ -272,7 +277,7 @@ async fn sweep(daemon: &Arc<Daemon>, report: &mut Report) {
             report.swept.extend(swept);
             report.problems.extend(problems);
         }
-        Err(err) => report.problems.push(err.message),
+        Err(err) => report.problems.push(err.message()),
     }
 
     // VM directories without a record (a create that died before recording).

@@ -84,21 +84,6 @@ impl EnsureKeyError {
             Self::Dir { .. } | Self::Generate { .. } | Self::Read { .. } => None,
         }
     }
-
-    /// The wire error: a key the user must fix is a failed precondition.
-    pub fn to_rpc(&self) -> banger_rpc::RpcError {
-        use banger_rpc::{ErrorCode, RpcError};
-        let error = match self {
-            Self::Dir { .. } | Self::Generate { .. } | Self::Read { .. } => {
-                return crate::errors::failed(ErrorCode::Internal, "preparing the SSH key", self);
-            }
-            _ => RpcError::new(ErrorCode::FailedPrecondition, crate::errors::chain(self)),
-        };
-        match self.hint() {
-            Some(hint) => error.with_hint(hint),
-            None => error,
-        }
-    }
 }
 
 /// Where the key is, and a lock so that only one request generates (or
@@ -453,7 +438,7 @@ mod tests {
                 matches!(err, EnsureKeyError::NotAKey { .. }),
                 "{what}: {err}"
             );
-            let rpc = err.to_rpc();
+            let rpc = crate::errors::ServiceError::from(err).to_wire();
             assert_eq!(rpc.code, banger_rpc::ErrorCode::FailedPrecondition);
             assert!(rpc.hint.is_some());
         }

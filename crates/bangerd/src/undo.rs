@@ -9,7 +9,17 @@
 use std::future::Future;
 use std::pin::Pin;
 
-type Step = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+use crate::errors::Cause;
+
+type Step = Pin<Box<dyn Future<Output = Result<(), Cause>> + Send>>;
+
+/// A rollback step that failed: what it was releasing, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {}", crate::errors::chain(.error.as_ref()))]
+pub struct RollbackFailure {
+    pub what: String,
+    pub error: Cause,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -40,7 +50,7 @@ impl Undo {
         &mut self,
         what: impl Into<String>,
         class: Class,
-        step: impl Future<Output = Result<(), String>> + Send + 'static,
+        step: impl Future<Output = Result<(), Cause>> + Send + 'static,
     ) {
         self.steps.push((what.into(), class, Box::pin(step)));
     }
@@ -57,7 +67,7 @@ impl Undo {
 
     /// Runs the steps in reverse (all of them, or only [`Class::Host`] ones
     /// when `keep_data`), continuing past failures; returns the failures.
-    pub async fn rollback(mut self, keep_data: bool) -> Vec<String> {
+    pub async fn rollback(mut self, keep_data: bool) -> Vec<RollbackFailure> {
         let mut failures = Vec::new();
         while let Some((what, class, step)) = self.steps.pop() {
             if keep_data && class == Class::Data {
@@ -65,9 +75,10 @@ impl Undo {
             }
             match step.await {
                 Ok(()) => tracing::debug!(step = %what, "rolled back"),
-                Err(err) => {
-                    tracing::warn!(step = %what, error = %err, "rollback step failed");
-                    failures.push(format!("{what}: {err}"));
+                Err(error) => {
+                    let failure = RollbackFailure { what, error };
+                    tracing::warn!(error = %failure, "rollback step failed");
+                    failures.push(failure);
                 }
             }
         }
@@ -104,7 +115,7 @@ mod tests {
             Box::pin(async move {
                 log.lock().unwrap().push(name.clone());
                 if fail {
-                    Err(format!("{name} broke"))
+                    Err(format!("{name} broke").into())
                 } else {
                     Ok(())
                 }
@@ -122,6 +133,7 @@ mod tests {
         undo.push("c", Class::Host, step("c", false));
         let failures = undo.rollback(false).await;
         assert_eq!(*log.lock().unwrap(), ["c", "b", "a"]);
+        let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
         assert_eq!(failures, ["b: b broke"]);
     }
 

@@ -5,10 +5,11 @@ use std::time::Duration;
 use banger_model::vm::VmState;
 use banger_rpc::request::SleepParams;
 use banger_rpc::response::{Empty, NetworkStatus, PingResult, SleepResult, StatusResult};
-use banger_rpc::{Event, PROTOCOL_VERSION, RpcError};
+use banger_rpc::{Event, PROTOCOL_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 use crate::server::EventSink;
 
 pub fn ping(daemon: &Daemon) -> PingResult {
@@ -61,7 +62,7 @@ pub async fn sleep(
     params: SleepParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<SleepResult, RpcError> {
+) -> Result<SleepResult, ServiceError> {
     let tick = Duration::from_millis(params.tick_millis.unwrap_or(100).max(1));
     let total = Duration::from_millis(params.millis);
     let started = tokio::time::Instant::now();
@@ -79,7 +80,7 @@ pub async fn sleep(
             });
         }
         tokio::select! {
-            () = cancel.cancelled() => return Err(RpcError::cancelled()),
+            () = cancel.cancelled() => return Err(ServiceError::Cancelled),
             () = tokio::time::sleep(tick.min(total - elapsed)) => {}
         }
     }

@@ -11,18 +11,18 @@ use banger_doctor::checks::{self, DnsFacts, ImageFacts, ResolveProbe, RoutingFac
 use banger_doctor::{CatalogLookup, Companion, Host, HostInputs, RealHost};
 use banger_model::Name;
 use banger_model::defaults::{HostFacts, VmDefaults};
-use banger_rpc::RpcError;
 use banger_rpc::response::{DoctorCheck, DoctorResult};
 
-use crate::daemon::{Daemon, store_error};
+use crate::daemon::Daemon;
+use crate::errors::{Doing, ServiceError};
 use crate::network::{DnsStatus, RoutingState};
 
-pub async fn run(daemon: &Daemon) -> Result<DoctorResult, RpcError> {
+pub async fn run(daemon: &Daemon) -> Result<DoctorResult, ServiceError> {
     run_with(daemon, Arc::new(RealHost)).await
 }
 
 /// [`run`] against any host (tests pass a `FakeHost`).
-pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, RpcError> {
+pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResult, ServiceError> {
     let images = image_facts(daemon).await?;
     let companions = companion_facts(daemon);
     let space = space_check(daemon)?;
@@ -67,8 +67,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     if let Some((_, name)) = &probe {
         daemon.network.unpublish(name);
     }
-    let checks: Vec<DoctorCheck> =
-        checks.map_err(|err| RpcError::internal(format!("running the checks: {err}")))?;
+    let checks: Vec<DoctorCheck> = checks.doing("running the checks")?;
     Ok(DoctorResult { checks })
 }
 
@@ -153,7 +152,7 @@ fn recorded_accel(daemon: &Daemon) -> Option<(banger_model::vm::Accel, String)> 
 
 /// What the VMs' sparse disks may still grow into against the free space
 /// (the host check `disk-space` judges the free space itself).
-fn space_check(daemon: &Daemon) -> Result<DoctorCheck, RpcError> {
+fn space_check(daemon: &Daemon) -> Result<DoctorCheck, ServiceError> {
     use banger_model::ByteSize;
     use banger_rpc::response::CheckStatus;
     let dir = &daemon.layout.state_dir;
@@ -165,10 +164,10 @@ fn space_check(daemon: &Daemon) -> Result<DoctorCheck, RpcError> {
             fix: None,
         });
     };
-    let vms = daemon.store.list_vms().map_err(store_error)?;
+    let vms = daemon.store.list_vms()?;
     let (mut provisioned, mut allocated) = (0, 0);
     for vm in &vms {
-        let image = daemon.store.get_image(&vm.image_id).map_err(store_error)?;
+        let image = daemon.store.get_image(&vm.image_id)?;
         let disks = crate::disk_space::vm_disks(vm, image.as_ref());
         provisioned += disks.provisioned().0;
         allocated += disks.allocated().0;
@@ -217,15 +216,14 @@ const CATALOG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The default image as `vm create` resolves it (see its
 /// `ensure_default_image`): the store's default, else the configured name
 /// (or the catalog default) locally, else in the catalog.
-async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
+async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, ServiceError> {
     let local: Vec<String> = daemon
         .store
-        .list_images()
-        .map_err(store_error)?
+        .list_images()?
         .iter()
         .map(|image| image.name.to_string())
         .collect();
-    let default = daemon.store.default_image().map_err(store_error)?;
+    let default = daemon.store.default_image()?;
     let store_default = default.as_ref().map(|image| image.name.to_string());
     let store_default_origin = default
         .as_ref()
@@ -253,16 +251,14 @@ async fn image_facts(daemon: &Daemon) -> Result<ImageFacts, RpcError> {
 /// Whether the catalog (built in, or `catalog_url`) lists image `name`.
 async fn catalog_lookup(daemon: &Daemon, name: &str) -> CatalogLookup {
     let lookup = async {
-        let http = crate::images::http().map_err(|err| err.message)?;
-        let catalog = crate::images::catalog(daemon, &http)
-            .await
-            .map_err(|err| err.message)?;
-        Ok::<_, String>(catalog.image(name).is_some())
+        let http = crate::images::http()?;
+        let catalog = crate::images::catalog(daemon, &http).await?;
+        Ok::<_, ServiceError>(catalog.image(name).is_some())
     };
     match tokio::time::timeout(CATALOG_TIMEOUT, lookup).await {
         Ok(Ok(true)) => CatalogLookup::Found,
         Ok(Ok(false)) => CatalogLookup::NotFound,
-        Ok(Err(err)) => CatalogLookup::Unavailable(err),
+        Ok(Err(err)) => CatalogLookup::Unavailable(err.message()),
         Err(_) => {
             CatalogLookup::Unavailable(format!("no answer within {}s", CATALOG_TIMEOUT.as_secs()))
         }
@@ -292,16 +288,15 @@ fn dns_facts(daemon: &Daemon) -> DnsFacts {
 /// Publishes a throwaway record (`doctor-<hex>.vm` → the bridge address) so
 /// the resolution check has a name whose answer only banger's DNS server
 /// knows. `None` when the server is not serving.
-fn publish_probe(daemon: &Daemon) -> Result<Option<(ResolveProbe, Name)>, RpcError> {
+fn publish_probe(daemon: &Daemon) -> Result<Option<(ResolveProbe, Name)>, ServiceError> {
     if daemon.network.dns_server_addr().is_none() {
         return Ok(None);
     }
-    let vms = daemon.store.list_vms().map_err(store_error)?;
+    let vms = daemon.store.list_vms()?;
     let name = loop {
         let candidate = format!("doctor-{}", &banger_model::Id::generate().as_str()[..8]);
         if !vms.iter().any(|vm| vm.name.as_str() == candidate) {
-            break Name::parse(&candidate)
-                .map_err(|err| RpcError::internal(format!("probe name: {err}")))?;
+            break Name::parse(&candidate).doing("probe name")?;
         }
     };
     let gateway = daemon.network.config.gateway();

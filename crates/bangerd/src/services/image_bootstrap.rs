@@ -18,11 +18,11 @@ use banger_bootstrap::rootfs::{self, Phase, RootfsPlan};
 use banger_model::image::{Image, ImageSource};
 use banger_model::{Id, Name};
 use banger_rpc::request::ImageBootstrapParams;
-use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries;
 use crate::daemon::Daemon;
+use crate::errors::{Doing, Hint, ServiceError, blocking};
 use crate::server::{EventSink, Stage};
 use crate::services::image_import::{
     BuiltImage, build_image_files, check_name_free, publish, resolve_kernel,
@@ -46,9 +46,8 @@ pub async fn bootstrap(
     params: ImageBootstrapParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
-    let agent = binaries::find(binaries::AGENT)
-        .map_err(|err| RpcError::new(ErrorCode::FailedPrecondition, err.to_string()))?;
+) -> Result<Image, ServiceError> {
+    let agent = binaries::find(binaries::AGENT).unmet()?;
     bootstrap_with_agent(daemon, params, &agent, events, cancel).await
 }
 
@@ -59,18 +58,16 @@ pub async fn bootstrap_with_agent(
     agent: &Path,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
-    let distro = Distro::parse(&params.distro).map_err(|err| {
-        RpcError::invalid(err.to_string())
-            .with_hint("e.g. `banger image bootstrap debian:bookworm`")
-    })?;
-    let mirror = check_mirror(params.mirror.as_deref().unwrap_or(distro.default_mirror))
-        .map_err(|err| RpcError::invalid(err.to_string()))?;
+) -> Result<Image, ServiceError> {
+    let distro = Distro::parse(&params.distro)
+        .invalid()
+        .hint("e.g. `banger image bootstrap debian:bookworm`")?;
+    let mirror =
+        check_mirror(params.mirror.as_deref().unwrap_or(distro.default_mirror)).invalid()?;
     let name = match &params.name {
         Some(name) => Name::parse(name),
         None => Name::parse(&distro.slug()),
-    }
-    .map_err(|err| RpcError::invalid(err.to_string()))?;
+    }?;
     check_name_free(daemon, &name)?;
     let kernel = resolve_kernel(daemon, params.kernel_ref.as_deref())?;
 
@@ -91,11 +88,8 @@ pub async fn bootstrap_with_agent(
         &daemon.layout.cache_dir,
         &log,
     )
-    .map_err(|err| RpcError::invalid(err.to_string()))?;
-    daemon
-        .bootstrap
-        .preflight(&plan)
-        .map_err(debootstrap_error)?;
+    .invalid()?;
+    daemon.bootstrap.preflight(&plan)?;
 
     let _one_at_a_time = match BOOTSTRAP_LOCK.try_lock() {
         Ok(guard) => guard,
@@ -103,7 +97,7 @@ pub async fn bootstrap_with_agent(
             events.log("info", "waiting for another image bootstrap to finish");
             tokio::select! {
                 guard = BOOTSTRAP_LOCK.lock() => guard,
-                () = cancel.cancelled() => return Err(RpcError::cancelled()),
+                () = cancel.cancelled() => return Err(ServiceError::Cancelled),
             }
         }
     };
@@ -126,7 +120,7 @@ pub async fn bootstrap_with_agent(
         (Ok(built), Ok(())) => built,
         (Err(err), _) | (Ok(_), Err(err)) => {
             remove_dir(&staging);
-            tracing::warn!(image = %name, error = %err.message, log = %log.display(), "image bootstrap failed");
+            tracing::warn!(image = %name, error = %err.message(), log = %log.display(), "image bootstrap failed");
             return Err(err);
         }
     };
@@ -168,7 +162,7 @@ async fn build(
     agent: &Path,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<BuiltImage, RpcError> {
+) -> Result<BuiltImage, ServiceError> {
     let mut current: Option<(Phase, Stage)> = None;
     let mut on_line = |line: &str| {
         if let Some(phase) = rootfs::phase_of(line) {
@@ -194,24 +188,18 @@ async fn build(
             }
         }
         // The open stage reports failure when dropped.
-        Err(err) => return Err(debootstrap_error(err)),
+        Err(err) => return Err(err.into()),
     }
     if cancel.is_cancelled() {
-        return Err(RpcError::cancelled());
+        return Err(ServiceError::Cancelled);
     }
 
     let stage = events.stage("clean_rootfs");
     let tree = plan.target.clone();
-    tokio::task::spawn_blocking(move || rootfs::finish(&tree))
-        .await
-        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
-        .map_err(|err| {
-            let failed = crate::vm::internal("cleaning the rootfs", &err);
-            match failed.hint {
-                Some(_) => failed,
-                None => failed.with_hint(format!("see {}", plan.log.display())),
-            }
-        })?;
+    blocking(move || rootfs::finish(&tree))
+        .await?
+        .doing("cleaning the rootfs")
+        .or_hint(format!("see {}", plan.log.display()))?;
     stage.done();
 
     build_image_files(daemon, &plan.target, staging, agent, events, cancel).await
@@ -219,14 +207,15 @@ async fn build(
 
 /// Unmounts what debootstrap left under the tree, then removes it. A tree
 /// that still has mounts is left alone (removing it would reach into them).
-async fn release_tree(daemon: &Daemon, tree: &Path) -> Result<(), RpcError> {
+async fn release_tree(daemon: &Daemon, tree: &Path) -> Result<(), ServiceError> {
     if !tree.exists() {
         return Ok(());
     }
-    daemon.bootstrap.release_mounts(tree).map_err(|err| {
-        RpcError::internal(err.to_string())
-            .with_hint("unmount them (`umount -R`), then delete the directory")
-    })?;
+    daemon
+        .bootstrap
+        .release_mounts(tree)
+        .doing("releasing the build tree's mounts")
+        .hint("unmount them (`umount -R`), then delete the directory")?;
     // Deleting a few hundred MB of small files can take half a minute on a
     // busy disk, and nothing waits for it.
     let tree = tree.to_owned();
@@ -266,30 +255,32 @@ fn sweep_stale_trees(daemon: &Daemon) {
     }
 }
 
-/// The wire error for a debootstrap failure, with what to do about it.
-fn debootstrap_error(err: DebootstrapError) -> RpcError {
-    let message = err.to_string();
-    match err {
-        DebootstrapError::NotInstalled => RpcError::new(ErrorCode::FailedPrecondition, message)
+/// A debootstrap failure, with what to do about it.
+impl From<DebootstrapError> for ServiceError {
+    fn from(err: DebootstrapError) -> Self {
+        let message = err.to_string();
+        match err {
+        DebootstrapError::NotInstalled => ServiceError::precondition(message)
             .with_hint("install it: `sudo apt-get install debootstrap` (Debian/Ubuntu)"),
-        DebootstrapError::NotRoot { .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
+        DebootstrapError::NotRoot { .. } => ServiceError::precondition(message)
             .with_hint("image bootstrap runs debootstrap, which needs bangerd to run as root"),
         DebootstrapError::NoKeyring { package, .. } => {
-            RpcError::new(ErrorCode::FailedPrecondition, message)
+            ServiceError::precondition(message)
                 .with_hint(format!("install it: `sudo apt-get install {package}`"))
         }
         DebootstrapError::Unreachable { log, .. } => {
-            RpcError::new(ErrorCode::FailedPrecondition, message).with_hint(format!(
+            ServiceError::precondition(message).with_hint(format!(
                 "check the network, or pass --mirror with a reachable Debian mirror; debootstrap's log: {}",
                 log.display()
             ))
         }
-        DebootstrapError::Failed { log, .. } => RpcError::internal(message)
+        DebootstrapError::Failed { log, .. } => ServiceError::internal(message)
             .with_hint(format!("debootstrap's log: {}", log.display())),
-        DebootstrapError::Cancelled => RpcError::cancelled(),
+        DebootstrapError::Cancelled => ServiceError::Cancelled,
         DebootstrapError::Prepare { .. } | DebootstrapError::Exec(_) => {
-            crate::errors::failed(ErrorCode::Internal, "running debootstrap", &err)
+            ServiceError::failed("running debootstrap", err)
         }
+    }
     }
 }
 

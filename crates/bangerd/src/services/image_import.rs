@@ -9,11 +9,11 @@ use banger_model::kernel::Kernel;
 use banger_model::{ByteSize, Id, Name};
 use banger_rpc::request::ImageImportParams;
 use banger_rpc::response::Empty;
-use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries;
-use crate::daemon::{Daemon, resolve_error, store_error};
+use crate::daemon::Daemon;
+use crate::errors::{Cause, Doing, ServiceError, blocking, check_cancel};
 use crate::guest_install;
 use crate::images::Staging;
 use crate::server::EventSink;
@@ -32,15 +32,13 @@ pub async fn import(
     params: ImageImportParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Image, RpcError> {
-    let name = Name::parse(&params.name).map_err(|err| RpcError::invalid(err.to_string()))?;
+) -> Result<Image, ServiceError> {
+    let name = Name::parse(&params.name)?;
     check_name_free(daemon, &name)?;
     let kernel = resolve_kernel(daemon, params.kernel_ref.as_deref())?;
     let source = params.path;
-    let meta = fs_err::metadata(&source)
-        .map_err(|err| RpcError::invalid(format!("cannot import {}: {err}", source.display())))?;
-    let agent = binaries::find(binaries::AGENT)
-        .map_err(|err| RpcError::new(ErrorCode::FailedPrecondition, err.to_string()))?;
+    let meta = fs_err::metadata(&source).rejected(format!("cannot import {}", source.display()))?;
+    let agent = binaries::find(binaries::AGENT).unmet()?;
 
     let id = Id::generate();
     let staging = Staging::new(daemon, &id)?;
@@ -75,7 +73,11 @@ pub async fn import(
 
 /// Unpacks a rootfs tarball (plain, gzip or zstd) with the same hardening
 /// as OCI layers: nothing may land outside `rootfs`.
-async fn unpack_tarball(tarball: &Path, rootfs: &Path, events: &EventSink) -> Result<(), RpcError> {
+async fn unpack_tarball(
+    tarball: &Path,
+    rootfs: &Path,
+    events: &EventSink,
+) -> Result<(), ServiceError> {
     let stage = events.stage("unpack");
     let options = banger_image::UnpackOptions::default();
     let (tarball, rootfs) = (tarball.to_owned(), rootfs.to_owned());
@@ -83,23 +85,14 @@ async fn unpack_tarball(tarball: &Path, rootfs: &Path, events: &EventSink) -> Re
         let file = fs_err::File::open(&tarball)?;
         let size = file.metadata().ok().map(|meta| meta.len());
         let mut reader = std::io::BufReader::new(file);
-        let mut unpacker =
-            banger_image::Unpacker::create(&rootfs, options).map_err(std::io::Error::other)?;
+        let mut unpacker = banger_image::Unpacker::create(&rootfs, options)?;
         let label = tarball.display().to_string();
-        let stats = unpacker
-            .apply_compressed(&label, &mut reader, size)
-            .map_err(std::io::Error::other)?;
-        unpacker.finish().map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>(stats)
+        let stats = unpacker.apply_compressed(&label, &mut reader, size)?;
+        unpacker.finish()?;
+        Ok::<_, Cause>(stats)
     })
     .await?
-    .map_err(|err| {
-        crate::errors::failed(
-            ErrorCode::InvalidArgument,
-            "cannot import the tarball",
-            &err,
-        )
-    })?;
+    .rejected("cannot import the tarball")?;
     stage.done();
     report_skipped(events, stats.skipped_special);
     Ok(())
@@ -140,9 +133,8 @@ pub async fn build_image_files(
     agent: &Path,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<BuiltImage, RpcError> {
-    fs_err::create_dir_all(staging)
-        .map_err(|err| crate::vm::internal("staging the image", &err))?;
+) -> Result<BuiltImage, ServiceError> {
+    fs_err::create_dir_all(staging).doing("staging the image")?;
     let rootfs = staging.join(ROOTFS);
     let seed = staging.join(WORK_SEED);
 
@@ -159,7 +151,7 @@ pub async fn build_image_files(
         }
     })
     .await?
-    .map_err(|err| failure("building rootfs.ext4", &err))?;
+    .doing("building rootfs.ext4")?;
     stage.done();
     report_skipped(events, image.skipped_special);
     check_cancel(cancel)?;
@@ -171,7 +163,7 @@ pub async fn build_image_files(
         move || guest_install::install(disk.as_ref(), &rootfs, &agent)
     })
     .await?
-    .map_err(|err| failure("installing guest files", &err))?;
+    .doing("installing guest files")?;
     stage.done();
     check_cancel(cancel)?;
 
@@ -181,7 +173,7 @@ pub async fn build_image_files(
         move || make_work_seed(&src, &out)
     })
     .await?
-    .map_err(|err| failure("building work-seed.ext4", &err))?;
+    .doing("building work-seed.ext4")?;
     stage.done();
     check_cancel(cancel)?;
     Ok(BuiltImage {
@@ -192,30 +184,30 @@ pub async fn build_image_files(
 
 /// Moves a staged image into place and records it; the first image becomes
 /// the default. Removes the files again when recording fails.
-pub async fn publish(daemon: &Daemon, staging: &Path, mut image: Image) -> Result<Image, RpcError> {
+pub async fn publish(
+    daemon: &Daemon,
+    staging: &Path,
+    mut image: Image,
+) -> Result<Image, ServiceError> {
     let _registry = daemon.images_lock.lock().await;
     let target = daemon.layout.image_dir(&image.id);
     if let Some(parent) = target.parent() {
-        fs_err::create_dir_all(parent)
-            .map_err(|err| crate::vm::internal("publishing the image", &err))?;
+        fs_err::create_dir_all(parent).doing("publishing the image")?;
     }
     if let Err(err) = fs_err::rename(staging, &target) {
         remove_dir(staging);
-        return Err(crate::vm::internal("publishing the image", &err));
+        return Err(ServiceError::failed("publishing the image", err));
     }
     image.rootfs_path = target.join(ROOTFS);
     let seed = target.join(WORK_SEED);
     image.work_seed_path = seed.is_file().then_some(seed);
-    let first = daemon.store.default_image().map_err(store_error)?.is_none();
+    let first = daemon.store.default_image()?.is_none();
     if let Err(err) = daemon.store.insert_image(&image) {
         remove_dir(&target);
-        return Err(store_error(err));
+        return Err(err.into());
     }
     if first {
-        daemon
-            .store
-            .set_default_image(&image.id)
-            .map_err(store_error)?;
+        daemon.store.set_default_image(&image.id)?;
         image.is_default = true;
     }
     tracing::info!(image = %image.name, id = %image.id, default = image.is_default, "image published");
@@ -234,30 +226,26 @@ pub async fn replace(
     staging: &Path,
     previous: &Image,
     mut image: Image,
-) -> Result<(Image, Vec<String>), RpcError> {
+) -> Result<(Image, Vec<String>), ServiceError> {
     let _registry = daemon.images_lock.lock().await;
     let dir = daemon.layout.image_dir(&previous.id);
     let vms: Vec<banger_model::vm::Vm> = daemon
         .store
-        .list_vms()
-        .map_err(store_error)?
+        .list_vms()?
         .into_iter()
         .filter(|vm| vm.image_id == previous.id)
         .collect();
     for vm in &vms {
-        crate::vm::disks::keep_dm_base(vm, &previous.rootfs_path).map_err(|err| {
-            RpcError::internal(format!("keeping VM {}'s root base: {err}", vm.name))
-        })?;
+        crate::vm::disks::keep_dm_base(vm, &previous.rootfs_path)
+            .doing(format!("keeping VM {}'s root base", vm.name))?;
     }
     let rootfs = dir.join(ROOTFS);
     let seed = dir.join(WORK_SEED);
     let staged_seed = staging.join(WORK_SEED);
     if staged_seed.is_file() {
-        fs_err::rename(&staged_seed, &seed)
-            .map_err(|err| RpcError::internal(format!("replacing the image: {err}")))?;
+        fs_err::rename(&staged_seed, &seed).doing("replacing the image")?;
     }
-    fs_err::rename(staging.join(ROOTFS), &rootfs)
-        .map_err(|err| RpcError::internal(format!("replacing the image: {err}")))?;
+    fs_err::rename(staging.join(ROOTFS), &rootfs).doing("replacing the image")?;
     // Grown copies of the old seed (`work-seed.grown-<bytes>.ext4`).
     if let Ok(entries) = fs_err::read_dir(&dir) {
         for entry in entries.flatten() {
@@ -273,20 +261,20 @@ pub async fn replace(
     image.is_default = previous.is_default;
     image.rootfs_path = rootfs;
     image.work_seed_path = seed.is_file().then_some(seed);
-    daemon.store.update_image(&image).map_err(store_error)?;
+    daemon.store.update_image(&image)?;
     let names = vms.iter().map(|vm| vm.name.to_string()).collect();
     tracing::info!(image = %image.name, id = %image.id, "image replaced in place");
     Ok((image, names))
 }
 
-pub fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {
-    let images = daemon.store.list_images().map_err(store_error)?;
+pub fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), ServiceError> {
+    let images = daemon.store.list_images()?;
     if images.iter().any(|image| &image.name == name) {
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!("image named {name:?} already exists"),
-        )
-        .with_hint("pick another --name, or delete the old image with `banger image delete`"));
+        return Err(
+            ServiceError::already_exists(format!("image named {name:?} already exists")).with_hint(
+                "pick another --name, or delete the old image with `banger image delete`",
+            ),
+        );
     }
     Ok(())
 }
@@ -296,15 +284,12 @@ pub fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {
 pub fn resolve_kernel(
     daemon: &Daemon,
     reference: Option<&str>,
-) -> Result<Option<Kernel>, RpcError> {
-    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+) -> Result<Option<Kernel>, ServiceError> {
+    let kernels = daemon.store.list_kernels()?;
     if let Some(reference) = reference {
-        return banger_store::resolve(&kernels, reference)
-            .cloned()
-            .map(Some)
-            .map_err(resolve_error);
+        return Ok(Some(banger_store::resolve(&kernels, reference)?.clone()));
     }
-    if let Some(default) = daemon.store.default_image().map_err(store_error)?
+    if let Some(default) = daemon.store.default_image()?
         && let Some(kernel_id) = default.kernel_id
     {
         return Ok(kernels.into_iter().find(|kernel| kernel.id == kernel_id));
@@ -316,43 +301,36 @@ pub fn resolve_kernel(
     })
 }
 
-pub async fn delete(daemon: &Daemon, reference: &str) -> Result<Empty, RpcError> {
+pub async fn delete(daemon: &Daemon, reference: &str) -> Result<Empty, ServiceError> {
     let _registry = daemon.images_lock.lock().await;
-    let images = daemon.store.list_images().map_err(store_error)?;
-    let image = banger_store::resolve(&images, reference)
-        .map_err(resolve_error)?
-        .clone();
+    let images = daemon.store.list_images()?;
+    let image = banger_store::resolve(&images, reference)?.clone();
     let users: Vec<String> = daemon
         .store
-        .list_vms()
-        .map_err(store_error)?
+        .list_vms()?
         .into_iter()
         .filter(|vm| vm.image_id == image.id)
         .map(|vm| vm.name.to_string())
         .collect();
     if !users.is_empty() {
-        return Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!("image {} is used by VMs: {}", image.name, users.join(", ")),
-        )
+        return Err(ServiceError::conflict(format!(
+            "image {} is used by VMs: {}",
+            image.name,
+            users.join(", ")
+        ))
         .with_hint("delete those VMs first (`banger vm delete NAME...`)"));
     }
-    daemon.store.delete_image(&image.id).map_err(store_error)?;
+    daemon.store.delete_image(&image.id)?;
     remove_dir(&daemon.layout.image_dir(&image.id));
     tracing::info!(image = %image.name, "image deleted");
     Ok(Empty {})
 }
 
-pub async fn promote(daemon: &Daemon, reference: &str) -> Result<Image, RpcError> {
+pub async fn promote(daemon: &Daemon, reference: &str) -> Result<Image, ServiceError> {
     let _registry = daemon.images_lock.lock().await;
-    let images = daemon.store.list_images().map_err(store_error)?;
-    let mut image = banger_store::resolve(&images, reference)
-        .map_err(resolve_error)?
-        .clone();
-    daemon
-        .store
-        .set_default_image(&image.id)
-        .map_err(store_error)?;
+    let images = daemon.store.list_images()?;
+    let mut image = banger_store::resolve(&images, reference)?.clone();
+    daemon.store.set_default_image(&image.id)?;
     image.is_default = true;
     Ok(image)
 }
@@ -363,24 +341,4 @@ fn remove_dir(dir: &Path) {
     {
         tracing::warn!(dir = %dir.display(), error = %err, "could not remove directory");
     }
-}
-
-fn check_cancel(cancel: &CancellationToken) -> Result<(), RpcError> {
-    if cancel.is_cancelled() {
-        Err(RpcError::cancelled())
-    } else {
-        Ok(())
-    }
-}
-
-fn failure(what: &str, err: &(dyn std::error::Error + 'static)) -> RpcError {
-    crate::errors::failed(ErrorCode::Internal, what, err)
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, RpcError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))
 }

@@ -8,12 +8,12 @@ use banger_model::kernel::{Kernel, KernelSource};
 use banger_model::{Id, Name};
 use banger_rpc::request::{ImagePullParams, KernelPullParams};
 use banger_rpc::response::{ImagePullResult, PullOutcome};
-use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use super::image_import::{build_image_files, check_name_free, publish, replace, resolve_kernel};
 use crate::binaries;
-use crate::daemon::{Daemon, error_chain, store_error};
+use crate::daemon::Daemon;
+use crate::errors::{Doing, Hint, ServiceError, blocking};
 use crate::images::{self, Staging};
 use crate::server::EventSink;
 
@@ -22,21 +22,17 @@ pub async fn pull(
     params: ImagePullParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<ImagePullResult, RpcError> {
+) -> Result<ImagePullResult, ServiceError> {
     let http = images::http()?;
     let catalog = images::catalog(daemon, &http).await?;
-    let source = banger_image::resolve_image(&catalog, &params.reference).map_err(|err| {
-        RpcError::invalid(format!(
-            "{:?} is neither a catalog image nor an image reference: {err}",
-            params.reference
-        ))
-    })?;
+    let source = banger_image::resolve_image(&catalog, &params.reference).rejected(format!(
+        "{:?} is neither a catalog image nor an image reference",
+        params.reference
+    ))?;
     match source {
         ImageSourceRef::Oci(reference) => {
             let name = match &params.name {
-                Some(name) => {
-                    Name::parse(name).map_err(|err| RpcError::invalid(err.to_string()))?
-                }
+                Some(name) => Name::parse(name)?,
                 None => images::derive_name(&reference.to_string())?,
             };
             let existing = existing_from(
@@ -49,12 +45,13 @@ pub async fn pull(
                 (_, reference) => resolve_kernel(daemon, reference)?,
             };
             let puller = Puller::new(PullOptions::new(daemon.layout.oci_cache()))
-                .map_err(|err| RpcError::internal(format!("{err}: {}", error_chain(&err))))?;
+                .doing("preparing the OCI layer cache")?;
             let resolved = tokio::select! {
                 resolved = puller.resolve(&reference) => resolved,
-                () = cancel.cancelled() => return Err(RpcError::cancelled()),
+                () = cancel.cancelled() => return Err(ServiceError::Cancelled),
             }
-            .map_err(|err| pull_failed(&err))?;
+            .unavailable("pulling the image")
+            .or_hint(PULL_RESUMES)?;
             let digest = resolved.manifest_digest.to_string();
             if let Some(image) = &existing
                 && let ImageSource::Pull {
@@ -79,12 +76,8 @@ pub async fn pull(
         }
         ImageSourceRef::Catalog(entry) => {
             let name = match &params.name {
-                Some(name) => {
-                    Name::parse(name).map_err(|err| RpcError::invalid(err.to_string()))?
-                }
-                None => {
-                    Name::parse(&entry.name).map_err(|err| RpcError::invalid(err.to_string()))?
-                }
+                Some(name) => Name::parse(name)?,
+                None => Name::parse(&entry.name)?,
             };
             let existing = existing_from(
                 daemon,
@@ -129,8 +122,8 @@ fn existing_from(
     daemon: &Daemon,
     name: &Name,
     same_source: impl Fn(&ImageSource) -> bool,
-) -> Result<Option<Image>, RpcError> {
-    let images = daemon.store.list_images().map_err(store_error)?;
+) -> Result<Option<Image>, ServiceError> {
+    let images = daemon.store.list_images()?;
     match images.into_iter().find(|image| &image.name == name) {
         None => Ok(None),
         Some(image) if same_source(&image.source) => Ok(Some(image)),
@@ -139,11 +132,11 @@ fn existing_from(
 }
 
 /// The kernel an existing image boots with.
-fn current_kernel(daemon: &Daemon, image: &Image) -> Result<Option<Kernel>, RpcError> {
+fn current_kernel(daemon: &Daemon, image: &Image) -> Result<Option<Kernel>, ServiceError> {
     let Some(id) = &image.kernel_id else {
         return Ok(None);
     };
-    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+    let kernels = daemon.store.list_kernels()?;
     Ok(kernels.into_iter().find(|kernel| &kernel.id == id))
 }
 
@@ -153,13 +146,13 @@ fn up_to_date(
     image: &Image,
     kernel: Option<Kernel>,
     digest: String,
-) -> Result<ImagePullResult, RpcError> {
+) -> Result<ImagePullResult, ServiceError> {
     let mut image = image.clone();
     let kernel_id = kernel.as_ref().map(|kernel| kernel.id.clone());
     if kernel_id != image.kernel_id {
         image.kernel_id = kernel_id;
         image.kernel_name = kernel.map(|kernel| kernel.name.to_string());
-        daemon.store.update_image(&image).map_err(store_error)?;
+        daemon.store.update_image(&image)?;
     }
     tracing::info!(image = %image.name, %digest, "image is up to date");
     Ok(ImagePullResult {
@@ -168,13 +161,8 @@ fn up_to_date(
     })
 }
 
-fn pull_failed(err: &(dyn std::error::Error + 'static)) -> RpcError {
-    let failed = crate::errors::failed(ErrorCode::FailedPrecondition, "pulling the image", err);
-    match failed.hint {
-        Some(_) => failed,
-        None => failed.with_hint("layers already downloaded stay cached; pulling again resumes"),
-    }
-}
+/// The hint for a pull that failed half-way.
+const PULL_RESUMES: &str = "layers already downloaded stay cached; pulling again resumes";
 
 /// Downloads and unpacks a resolved OCI image into `staging`.
 async fn stage_oci(
@@ -183,15 +171,16 @@ async fn stage_oci(
     staging: &Staging,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<ImageSource, RpcError> {
+) -> Result<ImageSource, ServiceError> {
     let stage = events.stage("pull");
     let progress = images::forward_progress(events);
     let rootfs = staging.rootfs();
     let pulled = tokio::select! {
         pulled = puller.pull_resolved(resolved, &rootfs, UnpackOptions::default(), &progress) => pulled,
-        () = cancel.cancelled() => return Err(RpcError::cancelled()),
+        () = cancel.cancelled() => return Err(ServiceError::Cancelled),
     }
-    .map_err(|err| pull_failed(&err))?;
+    .unavailable("pulling the image")
+    .or_hint(PULL_RESUMES)?;
     stage.done();
     super::image_import::report_skipped(events, pulled.skipped_special);
     Ok(pulled.metadata.source())
@@ -205,23 +194,21 @@ async fn stage_catalog(
     staging: &Staging,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<ImageSource, RpcError> {
+) -> Result<ImageSource, ServiceError> {
     let store =
         banger_image::ArtifactStore::new(http.clone(), daemon.layout.cache_dir.join("catalog"));
     let stage = events.stage("download");
     let progress = images::forward_progress(events);
     let file = tokio::select! {
         file = store.download(&entry.name, &entry.artifact, &progress) => file,
-        () = cancel.cancelled() => return Err(RpcError::cancelled()),
+        () = cancel.cancelled() => return Err(ServiceError::Cancelled),
     }
-    .map_err(|err| {
-        crate::errors::failed(ErrorCode::FailedPrecondition, "downloading the image", &err)
-    })?;
+    .unavailable("downloading the image")?;
     stage.done();
     let stage = events.stage("unpack");
     let (entry_name, artifact, rootfs) =
         (entry.name.clone(), entry.artifact.clone(), staging.rootfs());
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         banger_image::extract_artifact(
             &entry_name,
             &artifact,
@@ -230,11 +217,8 @@ async fn stage_catalog(
             UnpackOptions::default(),
         )
     })
-    .await
-    .map_err(|err| RpcError::internal(err.to_string()))?
-    .map_err(|err| {
-        crate::errors::failed(ErrorCode::FailedPrecondition, "unpacking the image", &err)
-    })?;
+    .await?
+    .unavailable("unpacking the image")?;
     stage.done();
     Ok(ImageSource::Catalog {
         name: entry.name.clone(),
@@ -260,7 +244,7 @@ async fn finish(
     digest: String,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<ImagePullResult, RpcError> {
+) -> Result<ImagePullResult, ServiceError> {
     let agent = find_agent()?;
     let size = build_image_files(
         daemon,
@@ -321,18 +305,18 @@ pub async fn pull_kernel(
     params: KernelPullParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Kernel, RpcError> {
+) -> Result<Kernel, ServiceError> {
     let http = images::http()?;
     let catalog = images::catalog(daemon, &http).await?;
-    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+    let kernels = daemon.store.list_kernels()?;
     if kernels
         .iter()
         .any(|kernel| kernel.name.as_str() == params.name)
     {
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!("kernel {} is already here", params.name),
-        ));
+        return Err(ServiceError::already_exists(format!(
+            "kernel {} is already here",
+            params.name
+        )));
     }
     ensure_catalog_kernel(daemon, &catalog, &params.name, &http, events, cancel).await
 }
@@ -345,8 +329,8 @@ async fn ensure_catalog_kernel(
     http: &banger_image::HttpClient,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Kernel, RpcError> {
-    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+) -> Result<Kernel, ServiceError> {
+    let kernels = daemon.store.list_kernels()?;
     if let Some(kernel) = kernels
         .into_iter()
         .find(|kernel| kernel.name.as_str() == name)
@@ -354,10 +338,10 @@ async fn ensure_catalog_kernel(
         return Ok(kernel);
     }
     let entry = catalog.kernel(name).cloned().ok_or_else(|| {
-        RpcError::not_found(format!("the catalog has no kernel named {name:?}"))
+        ServiceError::not_found(format!("the catalog has no kernel named {name:?}"))
             .with_hint("`banger kernel import DIR --name N` registers a kernel of your own; `banger kernel bootstrap` builds one from Debian's packages")
     })?;
-    let kernel_name = Name::parse(&entry.name).map_err(|err| RpcError::invalid(err.to_string()))?;
+    let kernel_name = Name::parse(&entry.name)?;
     let id = Id::generate();
     let dest = daemon.layout.kernel_dir(&id);
     let store =
@@ -366,14 +350,9 @@ async fn ensure_catalog_kernel(
     let progress = images::forward_progress(events);
     let files = tokio::select! {
         files = banger_image::install_kernel(&store, &entry, &dest, &progress) => files,
-        () = cancel.cancelled() => return Err(RpcError::cancelled()),
+        () = cancel.cancelled() => return Err(ServiceError::Cancelled),
     }
-    .map_err(|err| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{err}: {}", error_chain(&err)),
-        )
-    })?;
+    .unavailable("downloading the kernel")?;
     stage.done();
     let kernel = Kernel {
         id,
@@ -389,12 +368,11 @@ async fn ensure_catalog_kernel(
     };
     if let Err(err) = daemon.store.insert_kernel(&kernel) {
         let _ = fs_err::remove_dir_all(&dest);
-        return Err(store_error(err));
+        return Err(err.into());
     }
     Ok(kernel)
 }
 
-pub fn find_agent() -> Result<std::path::PathBuf, RpcError> {
-    binaries::find(binaries::AGENT)
-        .map_err(|err| RpcError::new(ErrorCode::FailedPrecondition, err.to_string()))
+pub fn find_agent() -> Result<std::path::PathBuf, ServiceError> {
+    binaries::find(binaries::AGENT).unmet()
 }

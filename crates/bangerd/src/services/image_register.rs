@@ -10,28 +10,26 @@ use banger_disk::{Ext4BuildOptions, build_ext4_from_dir, clone_file};
 use banger_model::image::{Image, ImageSource};
 use banger_model::{ByteSize, Id, Name};
 use banger_rpc::request::ImageRegisterParams;
-use banger_rpc::{ErrorCode, RpcError};
 
 use super::image_import::{ROOTFS, WORK_SEED, check_name_free, publish, resolve_kernel};
 use super::image_pull::find_agent;
 use crate::daemon::Daemon;
+use crate::errors::{Doing, Hint, ServiceError, blocking};
 use crate::images::Staging;
 use crate::server::EventSink;
-use crate::vm::{blocking, internal};
 
 pub async fn register(
     daemon: &Daemon,
     params: ImageRegisterParams,
     events: &EventSink,
-) -> Result<Image, RpcError> {
-    let name = Name::parse(&params.name).map_err(|err| RpcError::invalid(err.to_string()))?;
+) -> Result<Image, ServiceError> {
+    let name = Name::parse(&params.name)?;
     check_name_free(daemon, &name)?;
     let kernel = resolve_kernel(daemon, params.kernel_ref.as_deref())?;
     for path in std::iter::once(&params.rootfs).chain(params.work_seed.as_ref()) {
-        banger_disk::superblock::read_superblock(path).map_err(|err| {
-            RpcError::invalid(format!("{} is not an ext4 image: {err}", path.display()))
-                .with_hint("register takes ext4 files; `banger image import DIR|TARBALL` builds one from a tree")
-        })?;
+        banger_disk::superblock::read_superblock(path)
+            .rejected(format!("{} is not an ext4 image", path.display()))
+            .hint("register takes ext4 files; `banger image import DIR|TARBALL` builds one from a tree")?;
     }
     let agent = find_agent()?;
     let id = Id::generate();
@@ -54,9 +52,7 @@ pub async fn register(
             },
         )
     };
-    let size = copy
-        .await?
-        .map_err(|err| crate::vm::internal("copying the image files", err.as_ref()))?;
+    let size = copy.await?.doing("copying the image files")?;
     stage.done();
 
     let stage = events.stage("install_guest_files");
@@ -64,7 +60,7 @@ pub async fn register(
     let rootfs = out.join(ROOTFS);
     blocking(move || crate::guest_install::install(disk.as_ref(), &rootfs, &agent))
         .await?
-        .map_err(|err| internal("installing guest files", &err))?;
+        .doing("installing guest files")?;
     stage.done();
 
     let image = Image {
@@ -81,10 +77,7 @@ pub async fn register(
     };
     let image = publish(daemon, &out, image).await?;
     if image.rootfs_size.bytes() == 0 {
-        return Err(RpcError::new(
-            ErrorCode::Internal,
-            "registered an empty rootfs",
-        ));
+        return Err(ServiceError::internal("registered an empty rootfs"));
     }
     Ok(image)
 }

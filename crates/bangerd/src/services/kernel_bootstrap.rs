@@ -12,14 +12,14 @@ use std::path::Path;
 use banger_bootstrap::apt::{AptEnv, AptError};
 use banger_bootstrap::distro::Distro;
 use banger_bootstrap::exec::DepmodError;
-use banger_bootstrap::kernel::{self, BuildKernelError};
+use banger_bootstrap::kernel;
 use banger_model::kernel::{Kernel, KernelSource};
 use banger_model::{Id, Name};
 use banger_rpc::request::KernelBootstrapParams;
-use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Daemon, error_chain, store_error};
+use crate::daemon::Daemon;
+use crate::errors::{Doing, Hint, ServiceError, blocking};
 use crate::server::EventSink;
 
 /// One kernel bootstrap at a time: they share apt's directories and locks.
@@ -30,37 +30,30 @@ pub async fn bootstrap(
     params: KernelBootstrapParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Kernel, RpcError> {
-    let distro = Distro::parse(&params.distro).map_err(|err| {
-        RpcError::invalid(err.to_string()).with_hint("e.g. `banger kernel bootstrap debian`")
-    })?;
+) -> Result<Kernel, ServiceError> {
+    let distro = Distro::parse(&params.distro)
+        .invalid()
+        .hint("e.g. `banger kernel bootstrap debian`")?;
     let name = match &params.name {
-        Some(name) => Name::parse(name),
-        None => Name::parse(&distro.kernel_name()),
-    }
-    .map_err(|err| RpcError::invalid(err.to_string()))?;
+        Some(name) => Name::parse(name)?,
+        None => Name::parse(&distro.kernel_name())?,
+    };
     check_name_free(daemon, &name)?;
 
     let _one_at_a_time = tokio::select! {
         guard = KERNEL_LOCK.lock() => guard,
-        () = cancel.cancelled() => return Err(RpcError::cancelled()),
+        () = cancel.cancelled() => return Err(ServiceError::Cancelled),
     };
     let apt = AptEnv::new(&daemon.layout.cache_dir, &distro, distro.default_mirror);
 
     let stage = events.stage("apt_update");
-    apt.prepare().map_err(apt_error)?;
-    apt.update(cancel).await.map_err(apt_error)?;
+    apt.prepare()?;
+    apt.update(cancel).await?;
     stage.done();
 
     let stage = events.stage("resolve_packages");
-    let kernel_package = apt
-        .kernel_package(distro.kernel_package, cancel)
-        .await
-        .map_err(apt_error)?;
-    let busybox = apt
-        .show(distro.busybox_package, cancel)
-        .await
-        .map_err(apt_error)?;
+    let kernel_package = apt.kernel_package(distro.kernel_package, cancel).await?;
+    let busybox = apt.show(distro.busybox_package, cancel).await?;
     stage.done();
     events.log(
         "info",
@@ -78,11 +71,10 @@ pub async fn bootstrap(
     let stage = events.stage("download_packages");
     let debs = apt
         .download(&[kernel_package.clone(), busybox], cancel)
-        .await
-        .map_err(apt_error)?;
+        .await?;
     stage.done();
     if cancel.is_cancelled() {
-        return Err(RpcError::cancelled());
+        return Err(ServiceError::Cancelled);
     }
 
     let id = Id::generate();
@@ -90,15 +82,13 @@ pub async fn bootstrap(
     let stage = events.stage("build_vmlinux_initrd");
     let built = {
         let (kernel_deb, busybox_deb, out) = (debs[0].clone(), debs[1].clone(), staging.clone());
-        tokio::task::spawn_blocking(move || kernel::build(&kernel_deb, &busybox_deb, &out))
-            .await
-            .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
+        blocking(move || kernel::build(&kernel_deb, &busybox_deb, &out)).await?
     };
     let built = match built {
         Ok(built) => built,
         Err(err) => {
             remove_dir(&staging);
-            return Err(build_error(&err));
+            return Err(ServiceError::failed("building the kernel", err));
         }
     };
     stage.done();
@@ -120,7 +110,7 @@ pub async fn bootstrap(
     );
     if cancel.is_cancelled() {
         remove_dir(&staging);
-        return Err(RpcError::cancelled());
+        return Err(ServiceError::Cancelled);
     }
 
     let stage = events.stage("build_modules");
@@ -155,7 +145,7 @@ pub async fn bootstrap(
         .and_then(|()| fs_err::rename(&staging, &target));
     if let Err(err) = moved {
         remove_dir(&staging);
-        return Err(crate::vm::internal("publishing the kernel", &err));
+        return Err(ServiceError::failed("publishing the kernel", err));
     }
     let kernel = Kernel {
         id,
@@ -171,7 +161,7 @@ pub async fn bootstrap(
     };
     if let Err(err) = daemon.store.insert_kernel(&kernel) {
         remove_dir(&target);
-        return Err(store_error(err));
+        return Err(err.into());
     }
     tracing::info!(kernel = %kernel.name, id = %kernel.id, package = %kernel_package.name, "kernel bootstrapped");
     Ok(kernel)
@@ -186,35 +176,19 @@ async fn build_modules(
     release: &str,
     staging: &Path,
     cancel: &CancellationToken,
-) -> Result<(usize, banger_model::ByteSize), RpcError> {
+) -> Result<(usize, banger_model::ByteSize), ServiceError> {
     let tree_root = staging.join("modules-tree");
     let result = async {
         let tree = {
-            let (deb, release, root) = (
-                kernel_deb.to_owned(),
-                release.to_owned(),
-                tree_root.clone(),
-            );
-            tokio::task::spawn_blocking(move || kernel::extract_modules(&deb, &release, &root))
-                .await
-                .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
-                .map_err(|err| build_error(&err))?
+            let (deb, release, root) =
+                (kernel_deb.to_owned(), release.to_owned(), tree_root.clone());
+            blocking(move || kernel::extract_modules(&deb, &release, &root))
+                .await?
+                .doing("building the kernel")?
         };
-        banger_bootstrap::exec::depmod(&tree_root, release, cancel)
-            .await
-            .map_err(|err| match err {
-                DepmodError::NotInstalled => RpcError::new(
-                    ErrorCode::FailedPrecondition,
-                    err.to_string(),
-                )
-                .with_hint("install it: `sudo apt-get install kmod` (depmod indexes the kernel's modules for the guests' modprobe)"),
-                DepmodError::Exec(banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
-                    RpcError::cancelled()
-                }
-                other => RpcError::internal(format!("{other}{}", chain_suffix(&other))),
-            })?;
+        banger_bootstrap::exec::depmod(&tree_root, release, cancel).await?;
         let (dir, out) = (tree.dir.clone(), staging.join(kernel::MODULES_IMAGE));
-        let image = tokio::task::spawn_blocking(move || {
+        let image = blocking(move || {
             banger_disk::build_ext4_from_dir(
                 &dir,
                 &out,
@@ -224,15 +198,8 @@ async fn build_modules(
                 },
             )
         })
-        .await
-        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))?
-        .map_err(|err| {
-            RpcError::internal(format!(
-                "building {}: {err}{}",
-                kernel::MODULES_IMAGE,
-                chain_suffix(&err)
-            ))
-        })?;
+        .await?
+        .doing(format!("building {}", kernel::MODULES_IMAGE))?;
         Ok((tree.modules, image.size))
     }
     .await;
@@ -240,46 +207,49 @@ async fn build_modules(
     result
 }
 
-fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), RpcError> {
-    let kernels = daemon.store.list_kernels().map_err(store_error)?;
+fn check_name_free(daemon: &Daemon, name: &Name) -> Result<(), ServiceError> {
+    let kernels = daemon.store.list_kernels()?;
     if kernels.iter().any(|kernel| &kernel.name == name) {
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!("kernel named {name:?} already exists"),
-        )
-        .with_hint("pick another --name, or remove the old one with `banger kernel rm`"));
+        return Err(
+            ServiceError::already_exists(format!("kernel named {name:?} already exists"))
+                .with_hint("pick another --name, or remove the old one with `banger kernel rm`"),
+        );
     }
     Ok(())
 }
 
-fn apt_error(err: AptError) -> RpcError {
-    let message = err.to_string();
-    match err {
-        AptError::NoApt => RpcError::new(ErrorCode::FailedPrecondition, message)
-            .with_hint("kernel bootstrap needs a Debian-family host with apt; or import a kernel with `banger kernel import DIR`"),
-        AptError::NoKeyring { package, .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
-            .with_hint(format!("install it: `sudo apt-get install {package}`")),
-        AptError::Unreachable { .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
-            .with_hint("check the network (banger downloads the kernel from the distribution's mirror)"),
-        AptError::Signature { .. } => RpcError::new(ErrorCode::FailedPrecondition, message)
-            .with_hint("the mirror's index is not signed by the distribution's archive key; nothing was used"),
-        AptError::Exec(ref exec) if matches!(exec, banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
-            RpcError::cancelled()
+/// A depmod failure, with what to do about it.
+impl From<DepmodError> for ServiceError {
+    fn from(err: DepmodError) -> Self {
+        match err {
+            DepmodError::NotInstalled => ServiceError::precondition(err.to_string())
+                .with_hint("install it: `sudo apt-get install kmod` (depmod indexes the kernel's modules for the guests' modprobe)"),
+            DepmodError::Exec(banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
+                ServiceError::Cancelled
+            }
+            other => ServiceError::failed("running depmod", other),
         }
-        _ => RpcError::internal(format!("{message}{}", chain_suffix(&err))),
     }
 }
 
-fn build_error(err: &BuildKernelError) -> RpcError {
-    crate::errors::failed(ErrorCode::Internal, "building the kernel", err)
-}
-
-fn chain_suffix(err: &dyn std::error::Error) -> String {
-    let chain = error_chain(err);
-    if chain.is_empty() {
-        String::new()
-    } else {
-        format!(": {chain}")
+/// An apt failure, with what to do about it.
+impl From<AptError> for ServiceError {
+    fn from(err: AptError) -> Self {
+        let message = err.to_string();
+        match err {
+        AptError::NoApt => ServiceError::precondition(message)
+            .with_hint("kernel bootstrap needs a Debian-family host with apt; or import a kernel with `banger kernel import DIR`"),
+        AptError::NoKeyring { package, .. } => ServiceError::precondition(message)
+            .with_hint(format!("install it: `sudo apt-get install {package}`")),
+        AptError::Unreachable { .. } => ServiceError::precondition(message)
+            .with_hint("check the network (banger downloads the kernel from the distribution's mirror)"),
+        AptError::Signature { .. } => ServiceError::precondition(message)
+            .with_hint("the mirror's index is not signed by the distribution's archive key; nothing was used"),
+        AptError::Exec(ref exec) if matches!(exec, banger_bootstrap::exec::ExecError::Cancelled { .. }) => {
+            ServiceError::Cancelled
+        }
+        _ => ServiceError::failed("running apt", err),
+    }
     }
 }
 

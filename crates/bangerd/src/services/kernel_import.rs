@@ -7,11 +7,11 @@ use banger_model::kernel::{Kernel, KernelSource};
 use banger_model::{Id, Name};
 use banger_rpc::request::KernelImportParams;
 use banger_rpc::response::Empty;
-use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
 use crate::binaries::is_elf;
-use crate::daemon::{Daemon, resolve_error, store_error};
+use crate::daemon::Daemon;
+use crate::errors::{ServiceError, blocking};
 
 /// Names tried for the initrd inside an imported directory.
 const INITRD_NAMES: &[&str] = &["initrd.img", "initrd"];
@@ -20,23 +20,23 @@ pub async fn import(
     daemon: &Daemon,
     params: KernelImportParams,
     cancel: &CancellationToken,
-) -> Result<Kernel, RpcError> {
-    let name = Name::parse(&params.name).map_err(|err| RpcError::invalid(err.to_string()))?;
+) -> Result<Kernel, ServiceError> {
+    let name = Name::parse(&params.name)?;
     let dir = params.dir;
     if !dir.is_dir() {
-        return Err(RpcError::invalid(format!(
+        return Err(ServiceError::invalid(format!(
             "{} is not a directory",
             dir.display()
         )));
     }
     let vmlinux = dir.join("vmlinux");
     if !vmlinux.is_file() {
-        return Err(RpcError::invalid(format!("{} has no vmlinux", dir.display())).with_hint(
+        return Err(ServiceError::invalid(format!("{} has no vmlinux", dir.display())).with_hint(
             "put the uncompressed kernel there as `vmlinux` (Firecracker boots an ELF vmlinux, not a bzImage)",
         ));
     }
     if !is_elf(&vmlinux) {
-        return Err(RpcError::invalid(format!("{} is not an ELF kernel image", vmlinux.display()))
+        return Err(ServiceError::invalid(format!("{} is not an ELF kernel image", vmlinux.display()))
             .with_hint("Firecracker needs an uncompressed vmlinux; `banger kernel bootstrap` extracts one from a distro kernel"));
     }
     let initrd = INITRD_NAMES
@@ -48,16 +48,15 @@ pub async fn import(
     let modules = Some(dir.join(MODULES_IMAGE)).filter(|path| path.is_file());
 
     let _registry = daemon.images_lock.lock().await;
-    let existing = daemon.store.list_kernels().map_err(store_error)?;
+    let existing = daemon.store.list_kernels()?;
     if existing.iter().any(|kernel| kernel.name == name) {
-        return Err(RpcError::new(
-            ErrorCode::AlreadyExists,
-            format!("kernel named {name:?} already exists"),
-        )
-        .with_hint("pick another --name or remove the old one with `banger kernel rm`"));
+        return Err(
+            ServiceError::already_exists(format!("kernel named {name:?} already exists"))
+                .with_hint("pick another --name or remove the old one with `banger kernel rm`"),
+        );
     }
     if cancel.is_cancelled() {
-        return Err(RpcError::cancelled());
+        return Err(ServiceError::Cancelled);
     }
 
     let id = Id::generate();
@@ -65,18 +64,14 @@ pub async fn import(
     let copy = {
         let target = target.clone();
         let (initrd, modules) = (initrd.clone(), modules.clone());
-        tokio::task::spawn_blocking(move || {
-            copy_kernel(&vmlinux, initrd.as_deref(), modules.as_deref(), &target)
-        })
+        blocking(move || copy_kernel(&vmlinux, initrd.as_deref(), modules.as_deref(), &target))
     };
-    let copied = copy
-        .await
-        .map_err(|err| RpcError::internal(err.to_string()))?;
+    let copied = copy.await?;
     let (vmlinux_path, initrd_path, version) = match copied {
         Ok(copied) => copied,
         Err(err) => {
             let _ = fs_err::remove_dir_all(&target);
-            return Err(crate::vm::internal("copying the kernel", &err));
+            return Err(ServiceError::failed("copying the kernel", err));
         }
     };
     let kernel = Kernel {
@@ -90,7 +85,7 @@ pub async fn import(
     };
     if let Err(err) = daemon.store.insert_kernel(&kernel) {
         let _ = fs_err::remove_dir_all(&target);
-        return Err(store_error(err));
+        return Err(err.into());
     }
     tracing::info!(kernel = %kernel.name, id = %kernel.id, "kernel imported");
     Ok(kernel)
@@ -132,35 +127,26 @@ pub fn kernel_version(image: &[u8]) -> Option<String> {
     (!version.is_empty()).then(|| version.to_owned())
 }
 
-pub async fn remove(daemon: &Daemon, reference: &str) -> Result<Empty, RpcError> {
+pub async fn remove(daemon: &Daemon, reference: &str) -> Result<Empty, ServiceError> {
     let _registry = daemon.images_lock.lock().await;
-    let kernels = daemon.store.list_kernels().map_err(store_error)?;
-    let kernel = banger_store::resolve(&kernels, reference)
-        .map_err(resolve_error)?
-        .clone();
+    let kernels = daemon.store.list_kernels()?;
+    let kernel = banger_store::resolve(&kernels, reference)?.clone();
     let users: Vec<String> = daemon
         .store
-        .list_images()
-        .map_err(store_error)?
+        .list_images()?
         .into_iter()
         .filter(|image| image.kernel_id.as_ref() == Some(&kernel.id))
         .map(|image| image.name.to_string())
         .collect();
     if !users.is_empty() {
-        return Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!(
-                "kernel {} is used by images: {}",
-                kernel.name,
-                users.join(", ")
-            ),
-        )
+        return Err(ServiceError::conflict(format!(
+            "kernel {} is used by images: {}",
+            kernel.name,
+            users.join(", ")
+        ))
         .with_hint("delete those images first"));
     }
-    daemon
-        .store
-        .delete_kernel(&kernel.id)
-        .map_err(store_error)?;
+    daemon.store.delete_kernel(&kernel.id)?;
     let dir = daemon.layout.kernel_dir(&kernel.id);
     if let Err(err) = fs_err::remove_dir_all(&dir)
         && err.kind() != std::io::ErrorKind::NotFound

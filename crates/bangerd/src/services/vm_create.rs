@@ -14,11 +14,12 @@ use banger_model::image::Image;
 use banger_model::kernel::Kernel;
 use banger_model::vm::{NetworkAllocation, Vm, VmState, VmmKind};
 use banger_model::{Id, Name, VmSpec};
+use banger_rpc::Event;
 use banger_rpc::request::VmCreateParams;
-use banger_rpc::{ErrorCode, Event, RpcError};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Daemon, resolve_error, store_error};
+use crate::daemon::Daemon;
+use crate::errors::{Cause, Doing, Hint, ServiceError};
 use crate::server::EventSink;
 use crate::undo::{Class, Undo};
 use crate::vm::boot::{self, BootInput};
@@ -46,8 +47,8 @@ pub async fn create(
     params: VmCreateParams,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Vm, RpcError> {
-    let existing = daemon.store.list_vms().map_err(store_error)?;
+) -> Result<Vm, ServiceError> {
+    let existing = daemon.store.list_vms()?;
     let resolved = spec::resolve(&params, &daemon.config, HostFacts::detect(), &existing)?;
     events.emit(Event::Spec {
         spec: resolved.clone(),
@@ -59,7 +60,7 @@ pub async fn create(
     let plan = plan(daemon, params, resolved)?;
     // A key ssh would refuse, or a port in use, is refused before anything
     // exists.
-    let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
+    let key = daemon.keys.ensure().await?;
     let ports = crate::forward::bind(&plan.ports)?;
     let mut vm = allocate(daemon, &plan).await?;
     let _lock = daemon.vm_locks.lock(&vm.id).await;
@@ -68,7 +69,7 @@ pub async fn create(
     let mut undo = Undo::default();
     undo.push("delete the VM record", Class::Data, {
         let (store, id) = (Arc::clone(&daemon.store), vm.id.clone());
-        async move { store.delete_vm(&id).map_err(|err| err.to_string()) }
+        async move { store.delete_vm(&id).map_err(Cause::from) }
     });
     daemon.checkpoint("record the VM as creating");
     let outcome = async {
@@ -95,7 +96,11 @@ pub async fn create(
 
 /// The rest of the plan around the `resolved` spec: the image, its kernel,
 /// room on disk.
-fn plan(daemon: &Daemon, params: VmCreateParams, resolved: ResolvedSpec) -> Result<Plan, RpcError> {
+fn plan(
+    daemon: &Daemon,
+    params: VmCreateParams,
+    resolved: ResolvedSpec,
+) -> Result<Plan, ServiceError> {
     let spec = resolved.spec();
     let (name, vmm) = (resolved.name.value, resolved.vmm.value);
     let work_content = params
@@ -104,13 +109,11 @@ fn plan(daemon: &Daemon, params: VmCreateParams, resolved: ResolvedSpec) -> Resu
         .transpose()?;
     let image = resolve_image(daemon, params.image.as_deref())?;
     let kernel = match &image.kernel_id {
-        Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
+        Some(id) => daemon.store.get_kernel(id)?,
         None => None,
     };
     if vmm.boots_kernel() && kernel.is_none() {
-        return Err(RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("image {} has no kernel, and {vmm} needs one", image.name),
+        return Err(ServiceError::precondition(format!("image {} has no kernel, and {vmm} needs one", image.name),
         )
         .with_hint("import one (`banger kernel import DIR --name K`) and re-import the image with --kernel-ref K, or use --vmm sim"));
     }
@@ -122,11 +125,10 @@ fn plan(daemon: &Daemon, params: VmCreateParams, resolved: ResolvedSpec) -> Resu
         params.allow_overcommit,
     )?;
     if image.work_seed_path.is_none() {
-        return Err(RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("image {} has no work seed", image.name),
-        )
-        .with_hint("re-import the image"));
+        return Err(
+            ServiceError::precondition(format!("image {} has no work seed", image.name))
+                .with_hint("re-import the image"),
+        );
     }
     Ok(Plan {
         name,
@@ -143,9 +145,10 @@ fn plan(daemon: &Daemon, params: VmCreateParams, resolved: ResolvedSpec) -> Resu
 /// The client's work content must be a real directory of its own (the
 /// daemon's user: peers of another uid are refused at connect), given by
 /// an absolute path.
-fn check_work_content(dir: &std::path::Path) -> Result<(), RpcError> {
+fn check_work_content(dir: &std::path::Path) -> Result<(), ServiceError> {
     use std::os::unix::fs::MetadataExt;
-    let refuse = |why: &str| RpcError::invalid(format!("work content {}: {why}", dir.display()));
+    let refuse =
+        |why: &str| ServiceError::invalid(format!("work content {}: {why}", dir.display()));
     if !dir.is_absolute() {
         return Err(refuse("not an absolute path"));
     }
@@ -159,22 +162,21 @@ fn check_work_content(dir: &std::path::Path) -> Result<(), RpcError> {
     Ok(())
 }
 
-fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, RpcError> {
+fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, ServiceError> {
     match reference {
         Some(reference) => {
-            let images = daemon.store.list_images().map_err(store_error)?;
-            banger_store::resolve(&images, reference)
-                .cloned()
-                .map_err(|err| {
-                    resolve_error(err).with_hint("`banger image list` shows the images you have")
-                })
+            let images = daemon.store.list_images()?;
+            let image = banger_store::resolve(&images, reference)
+                .map_err(ServiceError::from)
+                .hint("`banger image list` shows the images you have")?;
+            Ok(image.clone())
         }
         None => daemon
             .store
             .default_image()
-            .map_err(store_error)?
+            ?
             .ok_or_else(|| {
-                RpcError::new(ErrorCode::NoDefaultImage, "there is no default image").with_hint(
+                ServiceError::NoDefaultImage.with_hint(
                     "`banger image bootstrap` builds one from Debian's packages; \
                      `banger image pull REF` or `image import DIR --name N` make one from elsewhere",
                 )
@@ -189,8 +191,8 @@ async fn ensure_default_image(
     daemon: &Daemon,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<(), RpcError> {
-    if daemon.store.default_image().map_err(store_error)?.is_some() {
+) -> Result<(), ServiceError> {
+    if daemon.store.default_image()?.is_some() {
         return Ok(());
     }
     let name = daemon
@@ -198,12 +200,9 @@ async fn ensure_default_image(
         .default_image
         .clone()
         .unwrap_or_else(|| crate::images::CATALOG_DEFAULT_IMAGE.to_owned());
-    let images = daemon.store.list_images().map_err(store_error)?;
+    let images = daemon.store.list_images()?;
     if let Some(image) = images.iter().find(|image| image.name.as_str() == name) {
-        return daemon
-            .store
-            .set_default_image(&image.id)
-            .map_err(store_error);
+        return Ok(daemon.store.set_default_image(&image.id)?);
     }
     let http = crate::images::http()?;
     let catalog = crate::images::catalog(daemon, &http).await;
@@ -216,9 +215,9 @@ async fn ensure_default_image(
         if daemon.config.default_image.is_some() {
             let why = match &catalog {
                 Ok(_) => "nor in the catalog".to_owned(),
-                Err(err) => format!("and the catalog cannot be read ({})", err.message),
+                Err(err) => format!("and the catalog cannot be read ({})", err.message()),
             };
-            return Err(RpcError::invalid(format!(
+            return Err(ServiceError::invalid(format!(
                 "default_image = {name:?} in {} is not a local image {why}",
                 daemon.layout.config_file().display()
             ))
@@ -238,26 +237,20 @@ async fn ensure_default_image(
     let image = super::image_pull::pull(daemon, params, events, cancel)
         .await?
         .image;
-    daemon
-        .store
-        .set_default_image(&image.id)
-        .map_err(store_error)
+    Ok(daemon.store.set_default_image(&image.id)?)
 }
 
 /// Picks an address and a vsock context id and records the VM as
 /// `creating`, under the allocation lock so concurrent creates never pick
 /// the same ones.
-async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, RpcError> {
+async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, ServiceError> {
     let _alloc = daemon.alloc_lock.lock().await;
     let net = &daemon.network.config;
-    let used = daemon.store.used_ips().map_err(store_error)?;
-    let ip = banger_net::next_free_ip(net.subnet, net.gateway(), used.iter().copied()).map_err(
-        |err| {
-            RpcError::new(ErrorCode::FailedPrecondition, err.to_string())
-                .with_hint("delete VMs you no longer need, or widen [network] subnet")
-        },
-    )?;
-    let cids = daemon.store.used_cids().map_err(store_error)?;
+    let used = daemon.store.used_ips()?;
+    let ip = banger_net::next_free_ip(net.subnet, net.gateway(), used.iter().copied())
+        .unmet()
+        .hint("delete VMs you no longer need, or widen [network] subnet")?;
+    let cids = daemon.store.used_cids()?;
     let cid = (FIRST_CID..)
         .find(|cid| !cids.contains(cid))
         .expect("a free context id");
@@ -291,6 +284,6 @@ async fn allocate(daemon: &Daemon, plan: &Plan) -> Result<Vm, RpcError> {
         workspace: None,
         ports: plan.ports.clone(),
     };
-    daemon.store.insert_vm(&vm).map_err(store_error)?;
+    daemon.store.insert_vm(&vm)?;
     Ok(vm)
 }

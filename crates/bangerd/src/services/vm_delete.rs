@@ -8,21 +8,21 @@
 use std::sync::Arc;
 
 use banger_model::vm::{Vm, VmState};
-use banger_rpc::{ErrorCode, RpcError};
 
-use crate::daemon::{Daemon, store_error};
+use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 use crate::vm::halt::{self, Mode};
 use crate::vm::{disks, load, resolve, save};
 
-pub async fn delete(daemon: &Arc<Daemon>, reference: &str) -> Result<Vm, RpcError> {
+pub async fn delete(daemon: &Arc<Daemon>, reference: &str) -> Result<Vm, ServiceError> {
     let found = resolve(daemon, reference)?;
     let lock = daemon.vm_locks.lock(&found.id).await;
     let mut vm = load(daemon, &found.id)?;
     if vm.state == VmState::Creating {
-        return Err(RpcError::new(
-            ErrorCode::Conflict,
-            format!("VM {} is still being created", vm.name),
-        ));
+        return Err(ServiceError::conflict(format!(
+            "VM {} is still being created",
+            vm.name
+        )));
     }
     if vm.state != VmState::Deleting {
         vm.state = VmState::Deleting;
@@ -41,9 +41,9 @@ pub async fn delete(daemon: &Arc<Daemon>, reference: &str) -> Result<Vm, RpcErro
 
 /// The steps of a delete once the VM is recorded `deleting`. The record
 /// goes last; until then the VM stays listed as `deleting`.
-pub async fn finish(daemon: &Arc<Daemon>, vm: &mut Vm) -> Result<Vec<String>, RpcError> {
+pub async fn finish(daemon: &Arc<Daemon>, vm: &mut Vm) -> Result<Vec<String>, ServiceError> {
     let mut problems = halt::stop_and_release(daemon, vm, Mode::Kill).await;
-    let image = daemon.store.get_image(&vm.image_id).map_err(store_error)?;
+    let image = daemon.store.get_image(&vm.image_id)?;
     problems.extend(disks::destroy(daemon, vm, image.as_ref()).await);
     daemon.checkpoint("remove the disks");
     let known_hosts = crate::ssh::known_hosts_file(&daemon.layout, vm.name.as_str());
@@ -53,7 +53,7 @@ pub async fn finish(daemon: &Arc<Daemon>, vm: &mut Vm) -> Result<Vec<String>, Rp
         Err(err) => problems.push(err.to_string()),
     }
     daemon.checkpoint("forget the host key");
-    daemon.store.delete_vm(&vm.id).map_err(store_error)?;
+    daemon.store.delete_vm(&vm.id)?;
     daemon.checkpoint("delete the record");
     Ok(problems)
 }

@@ -5,15 +5,15 @@ use std::time::Duration;
 use banger_guest::agent::{AGENT_VSOCK_PORT, AgentClient};
 use banger_model::vm::VmState;
 use banger_rpc::response::{SshInfo, VmHealth, VmStats};
-use banger_rpc::{ErrorCode, RpcError};
 
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 use crate::vm::resolve;
 
-pub async fn ssh_info(daemon: &Daemon, reference: &str) -> Result<SshInfo, RpcError> {
+pub async fn ssh_info(daemon: &Daemon, reference: &str) -> Result<SshInfo, ServiceError> {
     let vm = resolve(daemon, reference)?;
     let ip = vm.network.ip;
-    let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
+    let key = daemon.keys.ensure().await?;
     Ok(SshInfo {
         name: vm.name.to_string(),
         ip,
@@ -24,7 +24,7 @@ pub async fn ssh_info(daemon: &Daemon, reference: &str) -> Result<SshInfo, RpcEr
     })
 }
 
-pub async fn health(daemon: &Daemon, reference: &str) -> Result<VmHealth, RpcError> {
+pub async fn health(daemon: &Daemon, reference: &str) -> Result<VmHealth, ServiceError> {
     let vm = resolve(daemon, reference)?;
     let mut health = VmHealth {
         name: vm.name.to_string(),
@@ -52,22 +52,20 @@ pub async fn health(daemon: &Daemon, reference: &str) -> Result<VmHealth, RpcErr
 /// CPU use is sampled over this long.
 const CPU_SAMPLE: Duration = Duration::from_millis(250);
 
-pub async fn stats(daemon: &Daemon, reference: &str) -> Result<VmStats, RpcError> {
+pub async fn stats(daemon: &Daemon, reference: &str) -> Result<VmStats, ServiceError> {
     let vm = resolve(daemon, reference)?;
     let pid = vm
         .pid
         .filter(|_| vm.state == VmState::Running)
         .ok_or_else(|| {
-            RpcError::new(
-                ErrorCode::FailedPrecondition,
-                format!("VM {} is {}, not running", vm.name, vm.state),
-            )
-            .with_hint(format!("start it with `banger vm start {}`", vm.name))
+            ServiceError::precondition(format!("VM {} is {}, not running", vm.name, vm.state))
+                .with_hint(format!("start it with `banger vm start {}`", vm.name))
         })?;
     // The VMM and what it runs: QEMU and its vsock device under the qemu
     // engine, the guest's processes under the sim engine.
     let read = || {
-        tree_stat(pid).ok_or_else(|| RpcError::not_found(format!("the VMM process {pid} is gone")))
+        tree_stat(pid)
+            .ok_or_else(|| ServiceError::not_found(format!("the VMM process {pid} is gone")))
     };
     let first = read()?;
     tokio::time::sleep(CPU_SAMPLE).await;
@@ -82,14 +80,7 @@ pub async fn stats(daemon: &Daemon, reference: &str) -> Result<VmStats, RpcError
         rss_bytes: second.rss_pages * page_size(),
         threads: second.threads,
         uptime_seconds: uptime.max(0.0) as u64,
-        disks: crate::disk_space::vm_disks(
-            &vm,
-            daemon
-                .store
-                .get_image(&vm.image_id)
-                .map_err(crate::daemon::store_error)?
-                .as_ref(),
-        ),
+        disks: crate::disk_space::vm_disks(&vm, daemon.store.get_image(&vm.image_id)?.as_ref()),
     })
 }
 

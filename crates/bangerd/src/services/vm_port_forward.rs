@@ -6,13 +6,16 @@ use std::sync::Arc;
 
 use banger_model::publish::PortForward;
 use banger_model::vm::{Vm, VmState};
-use banger_rpc::RpcError;
 use banger_rpc::request::PortForwardParams;
 
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 use crate::vm::{load, resolve, save};
 
-pub async fn port_forward(daemon: &Arc<Daemon>, params: PortForwardParams) -> Result<Vm, RpcError> {
+pub async fn port_forward(
+    daemon: &Arc<Daemon>,
+    params: PortForwardParams,
+) -> Result<Vm, ServiceError> {
     let found = resolve(daemon, &params.reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
     let mut vm = load(daemon, &found.id)?;
@@ -21,13 +24,14 @@ pub async fn port_forward(daemon: &Arc<Daemon>, params: PortForwardParams) -> Re
     }
     for forward in &params.remove {
         if !vm.ports.contains(forward) {
-            return Err(
-                RpcError::not_found(format!("VM {} does not publish {forward}", vm.name))
-                    .with_hint(format!(
-                        "`banger vm ports {}` lists what it publishes",
-                        vm.name
-                    )),
-            );
+            return Err(ServiceError::not_found(format!(
+                "VM {} does not publish {forward}",
+                vm.name
+            ))
+            .with_hint(format!(
+                "`banger vm ports {}` lists what it publishes",
+                vm.name
+            )));
         }
     }
     let kept: Vec<PortForward> = vm
@@ -44,7 +48,7 @@ pub async fn port_forward(daemon: &Arc<Daemon>, params: PortForwardParams) -> Re
         if let Some(other) = kept.iter().find(|other| {
             other.host_addr == forward.host_addr && other.host_port == forward.host_port
         }) {
-            return Err(RpcError::invalid(format!(
+            return Err(ServiceError::invalid(format!(
                 "VM {} already publishes {}:{} (as {other})",
                 vm.name, forward.host_addr, forward.host_port
             ))

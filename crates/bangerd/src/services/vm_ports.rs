@@ -11,36 +11,30 @@ use banger_guest::agent::{AGENT_VSOCK_PORT, AgentClient, Listener, Proto};
 use banger_model::publish::PortForward;
 use banger_model::vm::VmState;
 use banger_rpc::response::{PortRow, PortsResult};
-use banger_rpc::{ErrorCode, RpcError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::daemon::Daemon;
+use crate::errors::{Doing, Hint, ServiceError};
 use crate::vm::resolve;
 
 /// Bound on each probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
-pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, RpcError> {
+pub async fn ports(daemon: &Daemon, reference: &str) -> Result<PortsResult, ServiceError> {
     let vm = resolve(daemon, reference)?;
     if vm.state != VmState::Running {
-        return Err(RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("VM {} is {}", vm.name, vm.state),
-        )
-        .with_hint(format!("start it with `banger vm start {}`", vm.name)));
+        return Err(
+            ServiceError::precondition(format!("VM {} is {}", vm.name, vm.state))
+                .with_hint(format!("start it with `banger vm start {}`", vm.name)),
+        );
     }
     let ip = vm.network.ip;
     let listeners = AgentClient::hybrid_vsock(vm.paths().vsock_socket(), AGENT_VSOCK_PORT)
         .with_step_timeout(Duration::from_secs(3))
         .ports()
         .await
-        .map_err(|err| {
-            RpcError::new(
-                ErrorCode::FailedPrecondition,
-                format!("the guest agent did not answer: {err}"),
-            )
-            .with_hint(format!("`banger vm health {}` checks the agent", vm.name))
-        })?;
+        .unavailable("the guest agent did not answer")
+        .hint(format!("`banger vm health {}` checks the agent", vm.name))?;
     let host = vm.dns_name();
     let rows =
         futures::future::join_all(listeners.iter().map(|listener| row(listener, ip, &host))).await;

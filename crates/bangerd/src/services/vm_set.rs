@@ -6,29 +6,19 @@ use std::sync::Arc;
 
 use banger_model::spec;
 use banger_model::vm::{Vm, VmState};
-use banger_rpc::RpcError;
 use banger_rpc::request::VmSetParams;
 
 use crate::daemon::Daemon;
-use crate::vm::{blocking, internal, load, resolve, save};
+use crate::errors::{Doing, ServiceError, blocking};
+use crate::vm::{load, resolve, save};
 
-pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, RpcError> {
-    let invalid = |err: spec::SpecError| RpcError::invalid(err.to_string());
-    let vcpu = params
-        .vcpu
-        .map(spec::validate_vcpu)
-        .transpose()
-        .map_err(invalid)?;
+pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, ServiceError> {
+    let vcpu = params.vcpu.map(spec::validate_vcpu).transpose()?;
     let memory = params
         .memory_mib
         .map(spec::validate_memory_mib)
-        .transpose()
-        .map_err(invalid)?;
-    let disk = params
-        .disk_size
-        .map(spec::validate_disk)
-        .transpose()
-        .map_err(invalid)?;
+        .transpose()?;
+    let disk = params.disk_size.map(spec::validate_disk).transpose()?;
 
     let found = resolve(daemon, &params.reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
@@ -39,7 +29,7 @@ pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, RpcErr
     if let Some(disk) = disk
         && disk < vm.spec.disk_size
     {
-        return Err(RpcError::invalid(format!(
+        return Err(ServiceError::invalid(format!(
             "the disk only grows: {} has {}, asked for {disk}",
             vm.name, vm.spec.disk_size
         )));
@@ -57,7 +47,7 @@ pub async fn set(daemon: &Arc<Daemon>, params: VmSetParams) -> Result<Vm, RpcErr
             let path = vm.paths().work_disk();
             blocking(move || disk_ops.grow_work_disk(&path, disk))
                 .await?
-                .map_err(|err| internal("growing the work disk", &err))?;
+                .doing("growing the work disk")?;
         }
     }
     save(daemon, &mut vm)?;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use banger_model::vm::{Vm, VmState};
-use banger_rpc::{ErrorCode, RpcError};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Daemon, store_error};
+use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 use crate::server::EventSink;
 use crate::undo::Undo;
 use crate::vm::boot::{self, BootInput};
@@ -18,7 +18,7 @@ pub async fn start(
     reference: &str,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, ServiceError> {
     let found = resolve(daemon, reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
     let vm = load(daemon, &found.id)?;
@@ -30,7 +30,7 @@ pub async fn restart(
     reference: &str,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, ServiceError> {
     let found = resolve(daemon, reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
     let mut vm = load(daemon, &found.id)?;
@@ -53,7 +53,7 @@ async fn start_locked(
     mut vm: Vm,
     events: &EventSink,
     cancel: &CancellationToken,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, ServiceError> {
     let requested_at = std::time::Instant::now();
     match vm.state {
         // Running with its VMM alive. A record that says running over a
@@ -72,24 +72,23 @@ async fn start_locked(
     }
     let image = daemon
         .store
-        .get_image(&vm.image_id)
-        .map_err(store_error)?
-        .ok_or_else(|| RpcError::not_found(format!("the image of VM {} is gone", vm.name)))?;
+        .get_image(&vm.image_id)?
+        .ok_or_else(|| ServiceError::not_found(format!("the image of VM {} is gone", vm.name)))?;
     let kernel = match &image.kernel_id {
-        Some(id) => daemon.store.get_kernel(id).map_err(store_error)?,
+        Some(id) => daemon.store.get_kernel(id)?,
         None => None,
     };
     if vm.vmm.boots_kernel() && kernel.is_none() {
-        return Err(RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("image {} has no kernel", image.name),
-        ));
+        return Err(ServiceError::precondition(format!(
+            "image {} has no kernel",
+            image.name
+        )));
     }
 
     let ports = crate::forward::bind(&vm.ports)?;
     let mut undo = Undo::default();
     let outcome = async {
-        let key = daemon.keys.ensure().await.map_err(|err| err.to_rpc())?;
+        let key = daemon.keys.ensure().await.map_err(ServiceError::from)?;
         let snapshot = vm.clone();
         let prepare = disks::prepare_existing(daemon, &snapshot, &image, &key, events);
         let input = BootInput {
@@ -103,9 +102,6 @@ async fn start_locked(
     finish(daemon, vm, outcome, undo, ports, events, false).await
 }
 
-fn creating(vm: &Vm) -> RpcError {
-    RpcError::new(
-        ErrorCode::Conflict,
-        format!("VM {} is still being created", vm.name),
-    )
+fn creating(vm: &Vm) -> ServiceError {
+    ServiceError::conflict(format!("VM {} is still being created", vm.name))
 }

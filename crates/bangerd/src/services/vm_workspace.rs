@@ -4,13 +4,16 @@
 use std::sync::Arc;
 
 use banger_model::vm::Vm;
-use banger_rpc::RpcError;
 use banger_rpc::request::WorkspaceRecordParams;
 
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 use crate::vm::{load, resolve, save};
 
-pub async fn record(daemon: &Arc<Daemon>, params: WorkspaceRecordParams) -> Result<Vm, RpcError> {
+pub async fn record(
+    daemon: &Arc<Daemon>,
+    params: WorkspaceRecordParams,
+) -> Result<Vm, ServiceError> {
     let found = resolve(daemon, &params.reference)?;
     let _lock = daemon.vm_locks.lock(&found.id).await;
     let mut vm = load(daemon, &found.id)?;

@@ -20,12 +20,12 @@ use banger_guest::agent::{AGENT_VSOCK_PORT, AgentClient};
 use banger_model::image::Image;
 use banger_model::kernel::Kernel;
 use banger_model::vm::{Vm, VmState, VmmKind};
-use banger_rpc::{ErrorCode, RpcError};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, internal, save};
+use super::{Failure, save};
 use crate::daemon::Daemon;
+use crate::errors::{Cause, Doing, Hint, ServiceError};
 use crate::server::EventSink;
 use crate::undo::{Class, Undo};
 
@@ -112,12 +112,9 @@ pub async fn boot(
         .vmm
         .configure(&launched.process, &config)
         .await
-        .map_err(|err| {
-            Failure::after_launch(
-                internal("configuring the VMM", &err)
-                    .with_hint(format!("see {}", paths.vmm_log().display())),
-            )
-        })?;
+        .doing("configuring the VMM")
+        .hint(format!("see {}", paths.vmm_log().display()))
+        .map_err(Failure::after_launch)?;
     daemon.checkpoint("configure the VMM and start the guest");
     let control_plane_ms = input.requested_at.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(vm = %vm.name, control_plane_ms, "InstanceStart sent");
@@ -169,25 +166,20 @@ async fn launch_steps(
     undo: &mut Undo,
 ) -> Result<Launched, Failure> {
     let network = vm.network.clone();
-    let pool = daemon.network.pool().await.map_err(|err| {
-        Failure::before_launch(
-            internal("preparing the bridge", &err)
-                .with_hint("bangerd needs root (CAP_NET_ADMIN) to manage networking"),
-        )
-    })?;
-    let tap = banger_net::vm_tap_name(&vm.id);
-    pool.acquire(&tap)
+    let pool = daemon
+        .network
+        .pool()
         .await
-        .map_err(|err| internal("creating the VM's TAP", &err))?;
+        .doing("preparing the bridge")
+        .hint("bangerd needs root (CAP_NET_ADMIN) to manage networking")?;
+    let tap = banger_net::vm_tap_name(&vm.id);
+    pool.acquire(&tap).await.doing("creating the VM's TAP")?;
     undo.push(format!("release TAP {tap}"), Class::Host, {
         let daemon = Arc::clone(daemon);
         let tap = tap.clone();
         async move {
-            let pool = daemon.network.pool().await.map_err(|err| err.to_string())?;
-            pool.release(&tap)
-                .await
-                .map(drop)
-                .map_err(|err| err.to_string())
+            let pool = daemon.network.pool().await.map_err(Cause::from)?;
+            pool.release(&tap).await.map(drop).map_err(Cause::from)
         }
     });
     daemon.checkpoint("acquire the TAP");
@@ -196,7 +188,7 @@ async fn launch_steps(
         let ops = &daemon.network.ops;
         ops.enable_ip_forward()
             .await
-            .map_err(|err| internal("enabling IP forwarding", &err))?;
+            .doing("enabling IP forwarding")?;
         ops.add_vm_nat(&vm.id, network.ip, &daemon.network.config.bridge)
             .await
             .map_err(|err| {
@@ -207,16 +199,11 @@ async fn launch_steps(
                     "or create the VM without outbound network: --no-nat, or `nat = false` \
                      under [network] in config.toml"
                 };
-                internal("adding NAT rules", &err).with_hint(hint)
+                ServiceError::failed("adding NAT rules", err).with_hint(hint)
             })?;
         undo.push("remove NAT rules", Class::Host, {
             let (ops, id) = (Arc::clone(ops), vm.id.clone());
-            async move {
-                ops.remove_vm_nat(&id)
-                    .await
-                    .map(drop)
-                    .map_err(|err| err.to_string())
-            }
+            async move { ops.remove_vm_nat(&id).await.map(drop).map_err(Cause::from) }
         });
         daemon.checkpoint("add NAT rules");
     }
@@ -226,10 +213,10 @@ async fn launch_steps(
         (Some(kernel), _) => kernel.vmlinux_path.clone(),
         (None, VmmKind::Sim) => sim_placeholder_kernel(&paths.dir)?,
         (None, VmmKind::Firecracker | VmmKind::Qemu) => {
-            return Err(Failure::before_launch(RpcError::new(
-                ErrorCode::FailedPrecondition,
-                format!("image {} has no kernel", input.image.name),
-            )));
+            return Err(Failure::before_launch(ServiceError::precondition(format!(
+                "image {} has no kernel",
+                input.image.name
+            ))));
         }
     };
     let (extra_args, accel) = match vm.vmm {
@@ -252,20 +239,19 @@ async fn launch_steps(
             paths.console_log(),
         )
     };
-    let process = daemon.vmm.start(&spec, cancel).await.map_err(|err| {
-        let failure = internal("starting the VMM", &err);
-        Failure::before_launch(match vm.vmm {
-            VmmKind::Firecracker => failure.with_hint(
-                "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm qemu or --vmm sim",
-            ),
-            VmmKind::Sim | VmmKind::Qemu => {
-                failure.with_hint(format!("see {}", paths.console_log().display()))
-            }
-        })
-    })?;
+    let hint = match vm.vmm {
+        VmmKind::Firecracker => "install Firecracker v1.16 (or set firecracker_bin); on hosts without KVM use --vmm qemu or --vmm sim".to_owned(),
+        VmmKind::Sim | VmmKind::Qemu => format!("see {}", paths.console_log().display()),
+    };
+    let process = daemon
+        .vmm
+        .start(&spec, cancel)
+        .await
+        .doing("starting the VMM")
+        .hint(hint)?;
     undo.push("stop the VMM", Class::Host, {
         let (vmm, process) = (Arc::clone(&daemon.vmm), process.clone());
-        async move { vmm.kill(&process).await.map_err(|err| err.to_string()) }
+        async move { vmm.kill(&process).await.map_err(Cause::from) }
     });
     daemon.checkpoint("start the VMM");
     Ok(Launched {
@@ -300,7 +286,7 @@ fn vm_config(
     input: &BootInput<'_>,
     kernel: &Path,
     root_device: &Path,
-) -> Result<VmConfig, RpcError> {
+) -> Result<VmConfig, ServiceError> {
     let network = &vm.network;
     let paths = vm.paths();
     let mut ip = IpConfig::new(
@@ -317,7 +303,7 @@ fn vm_config(
         args.init = Some(banger_guest::files::FIRST_BOOT_PATH.to_owned());
     }
     let vcpus = u8::try_from(vm.spec.vcpu).map_err(|_| {
-        RpcError::invalid(format!(
+        ServiceError::invalid(format!(
             "VM {} has {} vcpus; the VMM takes at most {}",
             vm.name,
             vm.spec.vcpu,
@@ -325,14 +311,15 @@ fn vm_config(
         ))
     })?;
     let memory_mib = usize::try_from(vm.spec.memory_mib).map_err(|_| {
-        RpcError::invalid(format!(
+        ServiceError::invalid(format!(
             "VM {} has {} MiB of memory, more than this host can address",
             vm.name, vm.spec.memory_mib
         ))
     })?;
-    let mac = network.mac.parse::<MacAddr>().map_err(|err| {
-        RpcError::invalid(format!("VM {} has a malformed MAC address: {err}", vm.name))
-    })?;
+    let mac = network
+        .mac
+        .parse::<MacAddr>()
+        .rejected(format!("VM {} has a malformed MAC address", vm.name))?;
     Ok(VmConfig {
         logger: Some(Logger {
             log_path: Some(paths.vmm_log()),
@@ -398,8 +385,7 @@ fn modules_image(vm: &Vm, input: &BootInput<'_>) -> Option<PathBuf> {
 fn sim_placeholder_kernel(dir: &Path) -> Result<PathBuf, Failure> {
     let path = dir.join("sim-kernel.placeholder");
     if !path.exists() {
-        fs_err::write(&path, b"")
-            .map_err(|err| internal("writing the sim kernel placeholder", &err))?;
+        fs_err::write(&path, b"").doing("writing the sim kernel placeholder")?;
     }
     Ok(path)
 }
@@ -413,12 +399,7 @@ fn vmm_binary(daemon: &Daemon, kind: VmmKind) -> Result<PathBuf, Failure> {
             .unwrap_or_else(|| PathBuf::from("firecracker"))),
         VmmKind::Sim | VmmKind::Qemu => match &daemon.config.simvm_bin {
             Some(path) => Ok(path.clone()),
-            None => crate::binaries::find(crate::binaries::SIMVM).map_err(|err| {
-                Failure::before_launch(RpcError::new(
-                    ErrorCode::FailedPrecondition,
-                    err.to_string(),
-                ))
-            }),
+            None => Ok(crate::binaries::find(crate::binaries::SIMVM).unmet()?),
         },
     }
 }
@@ -486,15 +467,12 @@ where
     );
     loop {
         if cancel.is_cancelled() {
-            return Err(Failure::after_launch(RpcError::cancelled()));
+            return Err(Failure::after_launch(ServiceError::Cancelled));
         }
         if let Some(exit) = process.exited() {
             return Err(Failure::after_launch(
-                RpcError::new(
-                    ErrorCode::FailedPrecondition,
-                    format!("the VMM exited during {stage} ({exit})"),
-                )
-                .with_hint(logs),
+                ServiceError::precondition(format!("the VMM exited during {stage} ({exit})"))
+                    .with_hint(logs),
             ));
         }
         if ready().await {
@@ -502,10 +480,9 @@ where
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Failure::still_booting(
-                RpcError::new(
-                    ErrorCode::Timeout,
-                    format!("{what} did not answer within the boot timeout ({stage})"),
-                )
+                ServiceError::timeout(format!(
+                    "{what} did not answer within the boot timeout ({stage})"
+                ))
                 .with_hint(format!(
                     "{logs}; raise boot_timeout_seconds in config.toml if the guest is just slow"
                 )),

@@ -11,10 +11,9 @@ use banger_disk::{
 };
 use banger_model::image::Image;
 use banger_model::vm::{StorageStrategy, Vm};
-use banger_rpc::RpcError;
 
-use super::{blocking, internal};
 use crate::daemon::Daemon;
+use crate::errors::{Cause, Doing, ServiceError, blocking};
 use crate::server::EventSink;
 use crate::ssh::SshKey;
 use crate::undo::{Class, Undo};
@@ -64,11 +63,11 @@ pub fn overlay_for(vm: &Vm, image: &Image) -> RootOverlay {
 }
 
 /// Creates the VM's directory (before disks and VMM, which both use it).
-pub fn create_dir(vm: &Vm, undo: &mut Undo) -> Result<(), RpcError> {
+pub fn create_dir(vm: &Vm, undo: &mut Undo) -> Result<(), ServiceError> {
     let dir = vm.dir.clone();
-    fs_err::create_dir_all(&dir).map_err(|err| internal("creating the VM directory", &err))?;
+    fs_err::create_dir_all(&dir).doing("creating the VM directory")?;
     undo.push("remove the VM directory", Class::Data, async move {
-        remove_dir(&dir)
+        Ok(remove_dir(&dir)?)
     });
     Ok(())
 }
@@ -125,17 +124,12 @@ pub async fn prepare_existing(
             let disk = Arc::clone(&daemon.disk);
             let active = blocking(move || disk.activate_root(&overlay))
                 .await?
-                .map_err(|err| internal("activating the root disk", &err))?;
+                .doing("activating the root disk")?;
             undo.push("deactivate the root disk", Class::Host, {
                 let (disk, active) = (Arc::clone(&daemon.disk), active.clone());
                 async move {
-                    blocking(move || {
-                        disk.deactivate_root(&active)
-                            .map(drop)
-                            .map_err(|err| err.to_string())
-                    })
-                    .await
-                    .map_err(|err| err.message)?
+                    blocking(move || disk.deactivate_root(&active).map(drop).map_err(Cause::from))
+                        .await?
                 }
             });
             active.device()
@@ -146,7 +140,7 @@ pub async fn prepare_existing(
         let (path, size) = (vm.paths().work_disk(), vm.spec.disk_size);
         blocking(move || disk.grow_work_disk(&path, size))
             .await?
-            .map_err(|err| internal("growing the work disk", &err))?;
+            .doing("growing the work disk")?;
         for warning in write_work_files(daemon, vm, key).await? {
             events.log("warning", warning);
         }
@@ -162,7 +156,7 @@ async fn create_root(
     vm: &Vm,
     image: &Image,
     undo: &mut Undo,
-) -> Result<PathBuf, RpcError> {
+) -> Result<PathBuf, ServiceError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
     let strategy = vm.storage;
     // A snapshot sits on the image's rootfs for the VM's whole life: keep
@@ -170,7 +164,7 @@ async fn create_root(
     let base = if strategy == StorageStrategy::DmSnapshot {
         let base = dm_base(vm);
         fs_err::hard_link(&image.rootfs_path, &base)
-            .map_err(|err| internal("linking the image rootfs into the VM directory", &err))?;
+            .doing("linking the image rootfs into the VM directory")?;
         base
     } else {
         image.rootfs_path.clone()
@@ -186,14 +180,10 @@ async fn create_root(
         move || disk.create_root(&request)
     })
     .await?
-    .map_err(|err| internal("creating the root disk", &err))?;
+    .doing("creating the root disk")?;
     undo.push("remove the root disk", Class::Data, {
         let overlay = overlay.clone();
-        async move {
-            blocking(move || disk.remove_root(&overlay).map_err(|err| err.to_string()))
-                .await
-                .map_err(|err| err.message)?
-        }
+        async move { blocking(move || disk.remove_root(&overlay).map_err(Cause::from)).await? }
     });
     daemon.checkpoint("make the root disk");
     Ok(overlay.device())
@@ -205,10 +195,10 @@ async fn create_work_disk(
     image: &Image,
     content: Option<&Path>,
     undo: &mut Undo,
-) -> Result<(), RpcError> {
+) -> Result<(), ServiceError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
     let seed = image.work_seed_path.clone().ok_or_else(|| {
-        RpcError::invalid(format!("image {} has no work seed", image.name))
+        ServiceError::invalid(format!("image {} has no work seed", image.name))
             .with_hint("re-import or re-register the image")
     })?;
     let work = vm.paths().work_disk();
@@ -226,13 +216,11 @@ async fn create_work_disk(
     })
     .await?
     .map_err(|err| match err {
-        MakeWorkDiskError::ContentTooLarge { .. } => RpcError::invalid(err.to_string()),
-        err => internal("creating the work disk", &err),
+        MakeWorkDiskError::ContentTooLarge { .. } => ServiceError::invalid(err.to_string()),
+        err => ServiceError::failed("creating the work disk", err),
     })?;
     undo.push("remove the work disk", Class::Data, async move {
-        blocking(move || disk.remove_work_disk(&work).map_err(|err| err.to_string()))
-            .await
-            .map_err(|err| err.message)?
+        blocking(move || disk.remove_work_disk(&work).map_err(Cause::from)).await?
     });
     daemon.checkpoint("make the work disk");
     Ok(())
@@ -255,13 +243,13 @@ const OTHER_HOST_KEYS: &[&str] = &["rsa", "ecdsa", "dsa", "ed25519_sk", "ecdsa_s
 /// has none to generate) and pins it in the VM's known_hosts file, so that
 /// the first connection already checks it (removed again on rollback and
 /// by `vm delete`).
-async fn host_key(daemon: &Daemon, vm: &Vm, undo: &mut Undo) -> Result<HostKey, RpcError> {
+async fn host_key(daemon: &Daemon, vm: &Vm, undo: &mut Undo) -> Result<HostKey, ServiceError> {
     let dir = vm.dir.join("host-key.tmp");
-    fs_err::create_dir_all(&dir).map_err(|err| internal("preparing the host key", &err))?;
+    fs_err::create_dir_all(&dir).doing("preparing the host key")?;
     let path = dir.join("ssh_host_ed25519_key");
     let made = crate::exec::ssh_keygen_ed25519(&path, &format!("root@{}", vm.name)).await;
     let read = made
-        .map_err(|err| internal("generating the VM's SSH host key", &err))
+        .doing("generating the VM's SSH host key")
         .and_then(|()| {
             let private = fs_err::read(&path);
             let public = fs_err::read_to_string(path.with_extension("pub"));
@@ -271,7 +259,7 @@ async fn host_key(daemon: &Daemon, vm: &Vm, undo: &mut Undo) -> Result<HostKey, 
                     public: public.trim_end().to_owned(),
                 }),
                 (Err(err), _) | (_, Err(err)) => {
-                    Err(internal("reading the VM's SSH host key", &err))
+                    Err(ServiceError::failed("reading the VM's SSH host key", err))
                 }
             }
         });
@@ -279,10 +267,10 @@ async fn host_key(daemon: &Daemon, vm: &Vm, undo: &mut Undo) -> Result<HostKey, 
     let key = read?;
     let known_hosts = crate::ssh::known_hosts_file(&daemon.layout, vm.name.as_str());
     crate::ssh::pin_host_key(&known_hosts, &vm.dns_name(), &key.public)
-        .map_err(|err| internal("pinning the VM's SSH host key", &err))?;
+        .doing("pinning the VM's SSH host key")?;
     undo.push("unpin the host key", Class::Data, async move {
         match fs_err::remove_file(&known_hosts) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.to_string()),
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
             _ => Ok(()),
         }
     });
@@ -295,7 +283,7 @@ async fn write_root_files(
     vm: &Vm,
     root: &Path,
     host_key: &HostKey,
-) -> Result<(), RpcError> {
+) -> Result<(), ServiceError> {
     let mut edits = Ext4Edits::new();
     let file = Meta {
         mode: 0o644,
@@ -334,12 +322,12 @@ async fn write_root_files(
                 file,
             )
         })
-        .map_err(|err| internal("preparing root disk edits", &err))?;
+        .doing("preparing root disk edits")?;
     for kind in OTHER_HOST_KEYS {
         for suffix in ["", ".pub"] {
             edits
                 .remove(&format!("/etc/ssh/ssh_host_{kind}_key{suffix}"))
-                .map_err(|err| internal("preparing root disk edits", &err))?;
+                .doing("preparing root disk edits")?;
         }
     }
     apply(
@@ -358,7 +346,7 @@ pub async fn write_work_files(
     daemon: &Daemon,
     vm: &Vm,
     key: &SshKey,
-) -> Result<Vec<String>, RpcError> {
+) -> Result<Vec<String>, ServiceError> {
     let gitconfig = guest_gitconfig(daemon, vm).await;
     let mut edits = Ext4Edits::new();
     let root_owned = |mode| Meta {
@@ -378,13 +366,13 @@ pub async fn write_work_files(
                 root_owned(0o600),
             )
         })
-        .map_err(|err| internal("preparing work disk edits", &err))?;
+        .doing("preparing work disk edits")?;
     let mut warnings = Vec::new();
     match gitconfig {
         Ok(Some(content)) => {
             edits
                 .write_file("/.gitconfig", content, root_owned(0o644))
-                .map_err(|err| internal("preparing work disk edits", &err))?;
+                .doing("preparing work disk edits")?;
         }
         Ok(None) => {}
         Err(warning) => warnings.push(warning),
@@ -414,7 +402,7 @@ async fn guest_gitconfig(daemon: &Daemon, vm: &Vm) -> Result<Option<Vec<u8>>, St
     let work = vm.paths().work_disk();
     let existing = blocking(move || banger_disk::read_file(&work, "/.gitconfig"))
         .await
-        .map_err(|err| err.message)?;
+        .map_err(|err| err.message())?;
     let existing = match existing {
         Ok(content) => Some(content),
         Err(banger_disk::edits::ReadExt4Error::NotFound { .. }) => None,
@@ -436,12 +424,12 @@ async fn apply(
     image: &Path,
     edits: Ext4Edits,
     what: &'static str,
-) -> Result<(), RpcError> {
+) -> Result<(), ServiceError> {
     let disk = Arc::clone(&daemon.disk);
     let image = image.to_owned();
     blocking(move || disk.apply_edits(&image, &edits))
         .await?
-        .map_err(|err| internal(what, &err))
+        .doing(what)
 }
 
 /// Removes a VM's disks and directory (delete).
@@ -454,7 +442,7 @@ pub async fn destroy(daemon: &Daemon, vm: &Vm, image: Option<&Image>) -> Vec<Str
         match blocking(move || disk.remove_root(&overlay)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => problems.push(format!("root disk: {err}")),
-            Err(err) => problems.push(err.message),
+            Err(err) => problems.push(err.message()),
         }
     }
     let work = vm.paths().work_disk();
@@ -462,19 +450,18 @@ pub async fn destroy(daemon: &Daemon, vm: &Vm, image: Option<&Image>) -> Vec<Str
     match blocking(move || disk_ops.remove_work_disk(&work)).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => problems.push(format!("work disk: {err}")),
-        Err(err) => problems.push(err.message),
+        Err(err) => problems.push(err.message()),
     }
     if let Err(err) = remove_dir(&vm.dir) {
-        problems.push(err);
+        problems.push(err.to_string());
     }
     problems
 }
 
-fn remove_dir(dir: &Path) -> Result<(), String> {
+fn remove_dir(dir: &Path) -> std::io::Result<()> {
     match fs_err::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err.to_string()),
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
     }
 }
 

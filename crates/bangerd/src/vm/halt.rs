@@ -11,9 +11,9 @@ use banger_model::image::Image;
 use banger_model::vm::{StorageStrategy, Vm, VmmKind};
 use tracing::{info, warn};
 
-use super::{blocking, disks, save};
+use super::{disks, save};
 use crate::daemon::Daemon;
-use banger_rpc::RpcError;
+use crate::errors::{ServiceError, blocking};
 
 /// How long a SIGKILLed VMM may take to disappear before we give up waiting.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -47,7 +47,11 @@ pub async fn find_process(daemon: &Daemon, vm: &Vm) -> Option<VmmProcess> {
 /// returned; failing to record the result is an error: the host is then
 /// stopped but the store may still say otherwise (`vm start` and the next
 /// reconcile check the VMM, not only the record).
-pub async fn halt(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Result<Vec<String>, RpcError> {
+pub async fn halt(
+    daemon: &Arc<Daemon>,
+    vm: &mut Vm,
+    mode: Mode,
+) -> Result<Vec<String>, ServiceError> {
     let recorded_pid = daemon
         .store
         .get_vm(&vm.id)
@@ -97,7 +101,7 @@ async fn stop_process(
     if mode == Mode::Graceful && process.exited().is_none() {
         vm.state = banger_model::vm::VmState::Stopping;
         if let Err(err) = save(daemon, vm) {
-            problems.push(err.message);
+            problems.push(err.message());
         }
         match daemon.vmm.stop(process).await {
             Ok(()) => {
@@ -160,6 +164,6 @@ async fn deactivate_root(daemon: &Daemon, vm: &Vm, image: &Image) -> Vec<String>
     match blocking(move || disk.deactivate_root(&overlay)).await {
         Ok(Ok(_)) => Vec::new(),
         Ok(Err(err)) => vec![format!("deactivating the root disk: {err}")],
-        Err(err) => vec![err.message],
+        Err(err) => vec![err.message()],
     }
 }

@@ -18,16 +18,16 @@ pub mod watch;
 
 use banger_model::Id;
 use banger_model::vm::Vm;
-use banger_rpc::{ErrorCode, RpcError};
 
-use crate::daemon::{Daemon, store_error};
+use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 
 /// A failed lifecycle step: the error for the client, and whether the VMM
 /// had been launched (then the VM is kept, in `error`, for `vm logs`), or
 /// is still booting (then it keeps running, to be looked at).
 #[derive(Debug)]
 pub struct Failure {
-    pub error: RpcError,
+    pub error: ServiceError,
     pub launched: bool,
     /// The guest did not answer in time but its VMM (this process) runs:
     /// keep it running (a slow guest may still come up; `vm logs`/`vm ssh`
@@ -36,7 +36,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn before_launch(error: RpcError) -> Self {
+    pub fn before_launch(error: ServiceError) -> Self {
         Self {
             error,
             launched: false,
@@ -44,7 +44,7 @@ impl Failure {
         }
     }
 
-    pub fn after_launch(error: RpcError) -> Self {
+    pub fn after_launch(error: ServiceError) -> Self {
         Self {
             error,
             launched: true,
@@ -53,7 +53,7 @@ impl Failure {
     }
 
     /// A boot wait that timed out with the VMM `process` still running.
-    pub fn still_booting(error: RpcError, process: banger_firecracker::VmmProcess) -> Self {
+    pub fn still_booting(error: ServiceError, process: banger_firecracker::VmmProcess) -> Self {
         Self {
             error,
             launched: true,
@@ -62,59 +62,39 @@ impl Failure {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.error.code == ErrorCode::Cancelled
+        self.error.is_cancelled()
     }
 }
 
-impl From<RpcError> for Failure {
-    fn from(error: RpcError) -> Self {
+impl From<ServiceError> for Failure {
+    fn from(error: ServiceError) -> Self {
         Self::before_launch(error)
     }
 }
 
 /// The refusal for an operation on a VM that is being deleted.
-pub fn being_deleted(vm: &Vm) -> RpcError {
-    RpcError::new(
-        ErrorCode::Conflict,
-        format!("VM {} is being deleted", vm.name),
-    )
-    .with_hint(format!("`banger vm delete {}` finishes it", vm.name))
+pub fn being_deleted(vm: &Vm) -> ServiceError {
+    ServiceError::conflict(format!("VM {} is being deleted", vm.name))
+        .with_hint(format!("`banger vm delete {}` finishes it", vm.name))
 }
 
 /// Reads a VM back from the store.
-pub fn load(daemon: &Daemon, id: &Id) -> Result<Vm, RpcError> {
+pub fn load(daemon: &Daemon, id: &Id) -> Result<Vm, ServiceError> {
     daemon
         .store
-        .get_vm(id)
-        .map_err(store_error)?
-        .ok_or_else(|| RpcError::not_found(format!("VM {id} no longer exists")))
+        .get_vm(id)?
+        .ok_or_else(|| ServiceError::not_found(format!("VM {id} no longer exists")))
 }
 
 /// Writes a VM's fields to the store.
-pub fn save(daemon: &Daemon, vm: &mut Vm) -> Result<(), RpcError> {
-    daemon.store.update_vm(vm).map_err(store_error)
+pub fn save(daemon: &Daemon, vm: &mut Vm) -> Result<(), ServiceError> {
+    Ok(daemon.store.update_vm(vm)?)
 }
 
 /// Resolves a user's reference against the current VMs.
-pub fn resolve(daemon: &Daemon, reference: &str) -> Result<Vm, RpcError> {
-    let vms = daemon.store.list_vms().map_err(store_error)?;
-    banger_store::resolve(&vms, reference)
-        .cloned()
-        .map_err(crate::daemon::resolve_error)
-}
-
-/// Runs blocking disk work off the async threads.
-pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, RpcError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| RpcError::internal(format!("worker failed: {err}")))
-}
-
-/// `what: error: cause: cause` (`resource_exhausted` when out of space).
-pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> RpcError {
-    crate::errors::failed(ErrorCode::Internal, what, err)
+pub fn resolve(daemon: &Daemon, reference: &str) -> Result<Vm, ServiceError> {
+    let vms = daemon.store.list_vms()?;
+    Ok(banger_store::resolve(&vms, reference)?.clone())
 }
 
 /// Ends a create or start: on success the VM is running, published in DNS
@@ -131,17 +111,17 @@ pub async fn finish(
     ports: crate::forward::Bound,
     events: &crate::server::EventSink,
     may_delete: bool,
-) -> Result<Vm, RpcError> {
+) -> Result<Vm, ServiceError> {
     use banger_model::vm::VmState;
     match outcome {
         Err(Failure {
             error,
             still_booting: Some(process),
             ..
-        }) if error.code != ErrorCode::Cancelled => {
+        }) if !error.is_cancelled() => {
             vm.state = VmState::Running;
             vm.started_at = Some(jiff::Timestamp::now());
-            vm.last_error = Some(error.message.clone());
+            vm.last_error = Some(error.message());
             if let Err(err) = save(daemon, &mut vm) {
                 let failure = Failure::after_launch(err);
                 return Box::pin(finish(
@@ -160,13 +140,11 @@ pub async fn finish(
             daemon.forwards.start(&vm.id, vm.network.ip, ports);
             daemon.put_process(&vm.id, process.clone());
             watch::spawn(daemon, vm.id.clone(), process);
-            tracing::warn!(vm = %vm.name, error = %error.message, "VM kept running although its guest did not answer in time");
+            tracing::warn!(vm = %vm.name, error = %error.message(), "VM kept running although its guest did not answer in time");
             let name = &vm.name;
-            let mut error = error;
-            error.hint = Some(format!(
+            Err(error.with_hint(format!(
                 "the VM keeps running so you can look: `banger vm logs {name}` (console), `banger vm ssh {name}` (once sshd answers); `banger vm delete {name}` removes it. Raise boot_timeout_seconds in config.toml if the guest is just slow"
-            ));
-            Err(error)
+            )))
         }
         Ok(process) => {
             let stage = events.stage("ready");
@@ -199,13 +177,13 @@ pub async fn finish(
         Err(failure) => {
             let delete = may_delete && (!failure.launched || failure.is_cancelled());
             let problems = undo.rollback(!delete).await;
+            let cancelled = failure.is_cancelled();
             let mut error = failure.error;
             if !problems.is_empty() {
-                error.message = format!(
-                    "{}; cleaning up also failed: {}",
-                    error.message,
-                    problems.join("; ")
-                );
+                error = ServiceError::CleanupFailed {
+                    error: Box::new(error),
+                    problems,
+                };
             }
             if !delete {
                 vm.pid = None;
@@ -213,23 +191,24 @@ pub async fn finish(
                 if failure.launched || !may_delete {
                     daemon.network.unpublish(&vm.name);
                 }
-                vm.state = if error.code == ErrorCode::Cancelled && !may_delete {
+                vm.state = if cancelled && !may_delete {
                     VmState::Stopped
                 } else {
                     VmState::Error
                 };
-                vm.last_error = (vm.state == VmState::Error).then(|| error.message.clone());
+                vm.last_error = (vm.state == VmState::Error).then(|| error.message());
                 if let Err(err) = save(daemon, &mut vm) {
                     tracing::warn!(vm = %vm.name, error = %err, "cannot record the failure");
                 }
-                if vm.state == VmState::Error && error.hint.is_none() {
-                    error.hint = Some(format!(
+                if vm.state == VmState::Error {
+                    error = error.or_hint(format!(
                         "the VM is kept for `banger vm logs {}`; `banger vm delete {}` removes it",
                         vm.name, vm.name
                     ));
                 }
             }
-            tracing::warn!(vm = %vm.name, code = %error.code, error = %error.message, deleted = delete, "VM did not boot");
+            let wire = error.to_wire();
+            tracing::warn!(vm = %vm.name, code = %wire.code, error = %wire.message, deleted = delete, "VM did not boot");
             Err(error)
         }
     }

@@ -12,10 +12,10 @@ use std::sync::{Mutex, OnceLock};
 
 use banger_model::config::QemuAccel;
 use banger_model::vm::Accel;
-use banger_rpc::{ErrorCode, RpcError};
 use banger_simvm::qemu::accel as probe;
 
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 
 /// The QEMU binary looked up in `PATH` when `qemu_bin` is not set.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -31,7 +31,7 @@ pub struct Engine {
 }
 
 /// Resolves the engine for a guest booting `kernel`.
-pub async fn engine(daemon: &Daemon, kernel: &Path) -> Result<Engine, RpcError> {
+pub async fn engine(daemon: &Daemon, kernel: &Path) -> Result<Engine, ServiceError> {
     let qemu = program(
         daemon.config.qemu_bin.as_deref(),
         QEMU,
@@ -69,24 +69,21 @@ pub fn program(
     name: &str,
     key: &str,
     install: &str,
-) -> Result<PathBuf, RpcError> {
+) -> Result<PathBuf, ServiceError> {
     if let Some(path) = configured {
         return if crate::binaries::is_executable(path) {
             Ok(path.to_owned())
         } else {
-            Err(RpcError::new(
-                ErrorCode::FailedPrecondition,
-                format!("{key} = {} is not an executable file", path.display()),
-            )
+            Err(ServiceError::precondition(format!(
+                "{key} = {} is not an executable file",
+                path.display()
+            ))
             .with_hint(install.to_owned()))
         };
     }
     crate::binaries::find(name).map_err(|_| {
-        RpcError::new(
-            ErrorCode::FailedPrecondition,
-            format!("{name} (needed by vmm = \"qemu\") is not in PATH"),
-        )
-        .with_hint(format!("{install}, or set {key} in config.toml"))
+        ServiceError::precondition(format!("{name} (needed by vmm = \"qemu\") is not in PATH"))
+            .with_hint(format!("{install}, or set {key} in config.toml"))
     })
 }
 

@@ -10,7 +10,8 @@ use banger_model::name::NameError;
 use banger_model::spec::{self, SpecError};
 use banger_model::vm::Vm;
 use banger_rpc::request::VmCreateParams;
-use banger_rpc::{ErrorCode, RpcError};
+
+use crate::errors::ServiceError;
 
 /// Why a request's settings were refused.
 #[derive(Debug, thiserror::Error)]
@@ -23,15 +24,13 @@ pub enum ResolveSpecError {
     NameTaken(Name),
 }
 
-impl From<ResolveSpecError> for RpcError {
+impl From<ResolveSpecError> for ServiceError {
     fn from(err: ResolveSpecError) -> Self {
         match err {
-            ResolveSpecError::NameTaken(_) => {
-                RpcError::new(ErrorCode::AlreadyExists, err.to_string())
-                    .with_hint("pick another --name, or delete it with `banger vm delete`")
-            }
+            ResolveSpecError::NameTaken(_) => ServiceError::already_exists(err.to_string())
+                .with_hint("pick another --name, or delete it with `banger vm delete`"),
             ResolveSpecError::Name(_) | ResolveSpecError::Size(_) => {
-                RpcError::invalid(err.to_string())
+                ServiceError::invalid(err.to_string())
             }
         }
     }
@@ -118,6 +117,7 @@ mod tests {
     use banger_model::config::VmDefaultsConfig;
     use banger_model::size::GIB;
     use banger_model::vm::VmmKind;
+    use banger_rpc::ErrorCode;
 
     const HOST: HostFacts = HostFacts {
         cpus: 8,
@@ -198,7 +198,8 @@ mod tests {
     #[test]
     fn bad_input_is_refused_not_dropped() {
         let refused = |params: VmCreateParams| {
-            RpcError::from(resolve(&params, &Config::default(), Some(HOST), &[]).unwrap_err())
+            ServiceError::from(resolve(&params, &Config::default(), Some(HOST), &[]).unwrap_err())
+                .to_wire()
         };
         for params in [
             VmCreateParams {

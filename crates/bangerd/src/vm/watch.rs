@@ -11,11 +11,11 @@ use banger_firecracker::VmmProcess;
 use banger_firecracker::launch::VmmExit;
 use banger_model::Id;
 use banger_model::vm::{Vm, VmState};
-use banger_rpc::RpcError;
 use tracing::{info, warn};
 
 use super::{halt, load, save};
 use crate::daemon::Daemon;
+use crate::errors::ServiceError;
 
 /// How often a record that could not be written is tried again.
 const RETRY: Duration = Duration::from_secs(2);
@@ -69,7 +69,7 @@ async fn record_once(
     id: &Id,
     pid: u32,
     exit: Option<VmmExit>,
-) -> Result<(), RpcError> {
+) -> Result<(), ServiceError> {
     let _lock = daemon.vm_locks.lock(id).await;
     let Ok(mut vm) = load(daemon, id) else {
         return Ok(());

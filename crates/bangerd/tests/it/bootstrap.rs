@@ -41,8 +41,9 @@ async fn run(
 ) -> (Result<Image, RpcError>, Vec<Event>) {
     let (events, mut rx) = EventSink::recording();
     let agent = agent(h);
-    let result =
-        image_bootstrap::bootstrap_with_agent(&h.daemon, params, &agent, &events, cancel).await;
+    let result = image_bootstrap::bootstrap_with_agent(&h.daemon, params, &agent, &events, cancel)
+        .await
+        .map_err(RpcError::from);
     let mut seen = Vec::new();
     while let Ok(frame) = rx.try_recv() {
         if let banger_rpc::frame::ResponseBody::Event(event) = frame.body {

@@ -177,6 +177,7 @@ impl Harness {
             &CancellationToken::new(),
         )
         .await
+        .map_err(RpcError::from)
     }
 
     pub(crate) fn vm_names(&self) -> Vec<String> {

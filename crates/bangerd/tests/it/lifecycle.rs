@@ -224,7 +224,7 @@ async fn cancelling_a_create_removes_everything() {
         cancel.cancel();
     };
     let (outcome, ()) = tokio::join!(create, canceller);
-    assert_eq!(outcome.unwrap_err().code, ErrorCode::Cancelled);
+    assert_eq!(outcome.unwrap_err().to_wire().code, ErrorCode::Cancelled);
     assert!(h.vm_names().is_empty());
     assert!(h.vm_taps().is_empty());
     assert!(h.net.nat().is_empty());
@@ -309,7 +309,8 @@ async fn failed_start_keeps_the_vm_and_frees_the_host() {
         &CancellationToken::new(),
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_wire();
     assert!(err.message.contains("configuring the VMM"), "{err:?}");
     let stored = h.daemon.store.get_vm(&vm.id).unwrap().unwrap();
     assert_eq!(stored.state, VmState::Error);
@@ -346,7 +347,8 @@ async fn a_stop_that_cannot_be_recorded_fails_and_the_record_catches_up() {
 
     let err = bangerd::services::vm_stop::stop(&h.daemon, "web", Mode::Graceful)
         .await
-        .expect_err("an unrecorded stop must not succeed");
+        .expect_err("an unrecorded stop must not succeed")
+        .to_wire();
     assert!(err.message.contains("recording the change"), "{err:?}");
     assert!(!h.vmm.is_running(&vm.paths().api_socket()));
     assert!(h.vm_taps().is_empty() && h.net.nat().is_empty());
