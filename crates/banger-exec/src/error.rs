@@ -17,13 +17,13 @@ const OUTPUT_LIMIT: usize = 4000;
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// The program is on none of the searched directories.
-    #[error("{program} not found on {searched}; install {package}")]
+    #[error("{program} not found on {}; install {package}", places(also_in))]
     NotFound {
         program: String,
-        /// Where it was looked for, for people: `PATH, /usr/sbin or /sbin`.
-        searched: String,
+        /// The directories searched after `PATH`.
+        also_in: &'static [&'static str],
         /// The package that provides it.
-        package: String,
+        package: &'static str,
     },
     /// The program could not be started, or waiting for it failed.
     #[error("cannot run {program}")]
@@ -101,6 +101,18 @@ impl ExecError {
     }
 }
 
+/// `PATH, /usr/sbin or /sbin`.
+fn places(also_in: &[&str]) -> String {
+    match also_in {
+        [] => "PATH".to_owned(),
+        [rest @ .., last] => {
+            let mut places = vec!["PATH"];
+            places.extend(rest);
+            format!("{} or {last}", places.join(", "))
+        }
+    }
+}
+
 fn detail(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
@@ -145,6 +157,13 @@ mod tests {
     fn renders_arguments_quoting_only_when_needed() {
         let args = [OsStr::new("-c"), OsStr::new("echo a"), OsStr::new("")];
         assert_eq!(render(OsStr::new("sh"), args), "sh -c \"echo a\" \"\"");
+    }
+
+    #[test]
+    fn stays_small_enough_to_nest_in_callers_errors() {
+        // Callers carry it as the source of their own variants; clippy's
+        // large_enum_variant fires on them once it grows.
+        assert!(size_of::<ExecError>() <= 64, "{}", size_of::<ExecError>());
     }
 
     #[test]

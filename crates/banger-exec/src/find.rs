@@ -27,21 +27,15 @@ pub fn find_program(name: impl AsRef<OsStr>, also_in: &[&str]) -> Option<PathBuf
 
 /// [`find_program`], or [`ExecError::NotFound`] naming where it looked and
 /// the package to install.
-pub fn require_program(name: &str, also_in: &[&str], package: &str) -> Result<PathBuf, ExecError> {
-    find_program(name, also_in).ok_or_else(|| {
-        let searched = match also_in {
-            [] => "PATH".to_owned(),
-            [.., last] => {
-                let mut places = vec!["PATH"];
-                places.extend(&also_in[..also_in.len() - 1]);
-                format!("{} or {last}", places.join(", "))
-            }
-        };
-        ExecError::NotFound {
-            program: name.to_owned(),
-            searched,
-            package: package.to_owned(),
-        }
+pub fn require_program(
+    name: &str,
+    also_in: &'static [&'static str],
+    package: &'static str,
+) -> Result<PathBuf, ExecError> {
+    find_program(name, also_in).ok_or_else(|| ExecError::NotFound {
+        program: name.to_owned(),
+        also_in,
+        package,
     })
 }
 
