@@ -1,5 +1,6 @@
-//! The only module of this crate that starts processes: `debootstrap`,
-//! `apt-get`, `apt-cache` and `depmod`.
+//! The programs this crate runs — `debootstrap`, `apt-get`, `apt-cache`
+//! and `depmod` — through [`banger_exec`], streamed line by line and
+//! cancellable.
 //!
 //! Arguments are passed as argv, never through a shell. Programs are looked
 //! up on the daemon's `PATH` only (so a test can hide one by narrowing
@@ -10,9 +11,10 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
+use banger_exec::{Cmd, Stdio};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -86,12 +88,8 @@ pub struct Finished {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("cannot run {program}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Spawn(#[from] banger_exec::ExecError),
     #[error("writing the log {path}")]
     Log {
         path: PathBuf,
@@ -141,30 +139,7 @@ pub async fn depmod(
 /// Finds `program` on `PATH` (or, with no `PATH` at all, in the usual
 /// system directories).
 pub fn locate(program: &str) -> Option<PathBuf> {
-    let dirs: Vec<PathBuf> = match std::env::var_os("PATH") {
-        Some(path) => std::env::split_paths(&path).collect(),
-        None => [
-            "/usr/local/sbin",
-            "/usr/local/bin",
-            "/usr/sbin",
-            "/usr/bin",
-            "/sbin",
-            "/bin",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect(),
-    };
-    dirs.into_iter()
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    banger_exec::find_program(program, &[])
 }
 
 /// Runs `invocation` to completion. Every output line is appended to `log`
@@ -177,20 +152,17 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<Finished, ExecError> {
     let name = invocation.name();
-    let mut command = tokio::process::Command::new(&invocation.program);
-    command
+    let mut command = Cmd::new(&invocation.program)
         .args(&invocation.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("LC_ALL", "C")
         .process_group(0)
-        .kill_on_drop(true);
-    for (key, value) in &invocation.env {
-        command.env(key, value);
-    }
+        .kill_on_drop(true)
+        .envs(invocation.env.iter().map(|(key, value)| (key, value)));
     if let Some(cwd) = &invocation.cwd {
-        command.current_dir(cwd);
+        command = command.current_dir(cwd);
     }
     let mut log_file = match log {
         Some(path) => Some(
@@ -223,10 +195,7 @@ pub async fn run(
         })?;
     }
     tracing::debug!(program = %invocation.program.display(), args = ?invocation.args, "running");
-    let mut child = command.spawn().map_err(|source| ExecError::Spawn {
-        program: name.clone(),
-        source,
-    })?;
+    let mut child = command.spawn_async()?;
     let pid = child.id().map(|pid| Pid::from_raw(pid as i32));
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();

@@ -238,13 +238,8 @@ pub fn companion_binary(name: &str) -> Result<PathBuf, String> {
             searched.push(candidate.display().to_string());
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Some(found) = banger_exec::find_program(name, &[]) {
+        return Ok(found);
     }
     searched.push("PATH".into());
     Err(searched.join(", "))
@@ -260,13 +255,8 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Some(found) = banger_exec::find_program(name, &[]) {
+        return Ok(found);
     }
     bail!("cannot find {name} next to banger or in PATH\nhint: install banger with `make install`")
 }

@@ -1,53 +1,39 @@
-//! Every process the CLI starts lives here.
+//! The programs the CLI runs (`bangerd`, `ssh`, `git`, a freshly installed
+//! `banger`), as thin wrappers over [`banger_exec`].
 
-use std::fs::File;
-use std::os::unix::process::CommandExt;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
+use banger_exec::{Child, Cmd, ExecError, ExitStatus, Output, Stdio};
 
 /// Starts `bangerd` detached from this terminal and process group, its
-/// output going to `startup_log` so a failed start can be shown.
-pub fn spawn_daemon(bangerd: &Path, startup_log: &Path) -> std::io::Result<Child> {
-    let log = File::create(startup_log)?;
-    let log_err = log.try_clone()?;
-    let mut command = Command::new(bangerd);
-    command.stdin(Stdio::null()).stdout(log).stderr(log_err);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the
-    // parent; it runs in the forked child before exec.
-    unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    command.spawn()
+/// output going to `startup_log` (created afresh) so a failed start can be
+/// shown.
+pub fn spawn_daemon(bangerd: &Path, startup_log: &Path) -> anyhow::Result<Child> {
+    let log = fs_err::File::create(startup_log)?.into_parts().0;
+    Ok(Cmd::new(bangerd).spawn_detached(Some(log))?)
 }
 
 /// Starts the system `ssh` with `args`, inheriting the terminal. Ctrl-C at
 /// the terminal reaches `ssh` too (same process group); the caller keeps a
 /// handler installed so banger itself survives it, and waits for the child.
-pub fn spawn_ssh(args: &[std::ffi::OsString]) -> std::io::Result<tokio::process::Child> {
-    tokio::process::Command::new("ssh").args(args).spawn()
+pub fn spawn_ssh(args: &[OsString]) -> Result<tokio::process::Child, ExecError> {
+    Cmd::new("ssh").args(args).spawn_async()
 }
 
 /// Runs another `banger` (the freshly installed one after an update) with
 /// `args`, inheriting the terminal and environment, and waits for it.
-pub async fn run_banger(banger: &Path, args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
-    tokio::process::Command::new(banger)
+pub async fn run_banger(banger: &Path, args: &[&str]) -> Result<ExitStatus, ExecError> {
+    Cmd::new(banger)
         .args(args)
         .stdin(Stdio::null())
-        .status()
+        .status_async()
         .await
 }
 
 /// `git ARGS` in `dir`, capturing its output (for reading a repository).
-pub fn git(dir: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
+pub fn git(dir: &Path, args: &[&str]) -> Result<Output, ExecError> {
+    Cmd::new("git").arg("-C").arg(dir).args(args).output()
 }
 
 /// `git ARGS` in `dir` for a repository banger made itself (the staged
@@ -55,60 +41,44 @@ pub fn git(dir: &Path, args: &[&str]) -> std::io::Result<std::process::Output> {
 /// no hook, filter or setting of theirs runs, exactly as in a guest, and
 /// `env` is added (an index of banger's own, the copied-in commit's
 /// author).
-pub fn git_isolated<A: AsRef<std::ffi::OsStr>>(
+pub fn git_isolated<A: AsRef<OsStr>>(
     dir: &Path,
     args: &[A],
-    env: &[(&str, &std::ffi::OsStr)],
+    env: &[(&str, &OsStr)],
     stdin: Option<&[u8]>,
-) -> std::io::Result<std::process::Output> {
-    let mut command = Command::new("git");
-    command
+) -> Result<Output, ExecError> {
+    let command = Cmd::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_TERMINAL_PROMPT", "0")
-        .envs(env.iter().map(|(key, value)| (key, value)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let Some(input) = stdin else {
-        return command.stdin(Stdio::null()).output();
-    };
-    let mut child = command.stdin(Stdio::piped()).spawn()?;
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &input));
-    let output = child.wait_with_output()?;
-    let written = writer
-        .join()
-        .map_err(|_| std::io::Error::other("writing to git panicked"))?;
-    // A git that failed early closed its stdin; its stderr says why.
-    if output.status.success() {
-        written?;
+        .envs(env.iter().copied());
+    match stdin {
+        Some(input) => command.output_with_stdin(input),
+        None => command.output(),
     }
-    Ok(output)
 }
 
 /// `git bundle create FILE REFS...` in `dir`.
-pub fn git_bundle(dir: &Path, file: &Path, refs: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("git")
+pub fn git_bundle(dir: &Path, file: &Path, refs: &[&str]) -> Result<Output, ExecError> {
+    Cmd::new("git")
         .arg("-C")
         .arg(dir)
         .args(["bundle", "create", "--quiet"])
         .arg(file)
         .args(refs)
-        .stdin(Stdio::null())
         .output()
 }
 
 /// Starts `ssh ARGS` with stdin (and stdout) piped as asked, stderr
 /// inherited, for streaming copies.
 pub fn ssh_piped(
-    args: &[std::ffi::OsString],
+    args: &[OsString],
     pipe_stdin: bool,
     pipe_stdout: bool,
-) -> std::io::Result<Child> {
+) -> Result<Child, ExecError> {
     let pipe = |piped: bool| {
         if piped {
             Stdio::piped()
@@ -116,7 +86,7 @@ pub fn ssh_piped(
             Stdio::inherit()
         }
     };
-    Command::new("ssh")
+    Cmd::new("ssh")
         .args(args)
         .stdin(pipe(pipe_stdin))
         .stdout(pipe(pipe_stdout))
@@ -125,29 +95,22 @@ pub fn ssh_piped(
 
 /// Runs `ssh ARGS` with `input` on its stdin; returns its output.
 pub async fn ssh_with_input(
-    args: &[std::ffi::OsString],
+    args: &[OsString],
     input: impl tokio::io::AsyncRead + Unpin,
-) -> std::io::Result<std::process::Output> {
-    let mut input = input;
-    let mut child = tokio::process::Command::new("ssh")
+) -> Result<Output, ExecError> {
+    Cmd::new("ssh")
         .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let feed = async move {
-        let copied = tokio::io::copy(&mut input, &mut stdin).await;
-        drop(stdin);
-        copied
-    };
-    let (fed, output) = tokio::join!(feed, child.wait_with_output());
-    let output = output?;
-    // A remote side that exits early closes the pipe; its status says more.
-    if let Err(err) = fed
-        && output.status.success()
-    {
-        return Err(err);
+        .output_with_stdin_async(input)
+        .await
+}
+
+/// `err` and its causes on one line, for messages kept as text.
+pub fn describe(err: &ExecError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-    Ok(output)
+    text
 }

@@ -1,15 +1,19 @@
-//! The only place this crate starts processes: e2fsprogs (`mkfs.ext4`,
-//! `debugfs`, `resize2fs`, `e2fsck`) and `dmsetup`.
+//! The programs this crate runs — e2fsprogs (`mkfs.ext4`, `debugfs`,
+//! `resize2fs`, `e2fsck`) and `dmsetup` — as thin wrappers over
+//! [`banger_exec`].
 //!
-//! Arguments are always passed as argv, never through a shell. Tools are
-//! looked up on `PATH` and then in `/usr/sbin` and `/sbin`, because the
-//! daemon may run with a user's `PATH` that lacks the sbin directories.
+//! Tools are looked up on `PATH` and then in `/usr/sbin` and `/sbin`,
+//! because the daemon may run with a user's `PATH` that lacks the sbin
+//! directories.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
+
+pub use banger_exec::ExecError;
+use banger_exec::{Cmd, Output, SBIN, Stdio};
 
 /// The external programs this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,15 +45,7 @@ impl Tool {
 
     /// Full path of the program, if it can be found.
     pub fn locate(self) -> Option<PathBuf> {
-        let name = self.program();
-        let from_path = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .unwrap_or_default();
-        from_path
-            .into_iter()
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
+        banger_exec::find_program(self.program(), SBIN)
     }
 }
 
@@ -59,101 +55,28 @@ impl fmt::Display for Tool {
     }
 }
 
-/// A program could not be run or reported failure.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("{tool} not found on PATH, /usr/sbin or /sbin; install {package}")]
-    NotFound { tool: Tool, package: &'static str },
-    #[error("could not run {tool}")]
-    Spawn {
-        tool: Tool,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{tool} {args} exited with {status}: {output}")]
-    Failed {
-        tool: Tool,
-        args: String,
-        status: ExitStatus,
-        /// stderr (or combined output) trimmed to a readable length.
-        output: String,
-    },
-}
-
-impl ExecError {
-    /// The failing program's output, for callers that match on messages
-    /// (resize2fs asking for a fsck first).
-    pub fn output(&self) -> Option<&str> {
-        match self {
-            Self::Failed { output, .. } => Some(output),
-            _ => None,
-        }
-    }
-}
-
-/// What a finished program printed.
-#[derive(Debug)]
-pub(crate) struct Output {
-    pub(crate) status: ExitStatus,
-    pub(crate) stdout: Vec<u8>,
-    pub(crate) stderr: String,
-}
-
-fn command(tool: Tool, args: &[OsString]) -> Result<Command, ExecError> {
-    let path = tool.locate().ok_or(ExecError::NotFound {
-        tool,
-        package: tool.package(),
-    })?;
-    let mut command = Command::new(path);
-    command
+fn command(tool: Tool, args: &[OsString]) -> Result<Cmd, ExecError> {
+    let path = banger_exec::require_program(tool.program(), SBIN, tool.package())?;
+    Ok(Cmd::new(path)
         .args(args)
         .stdin(Stdio::null())
         // debugfs pipes long output through a pager on a terminal; never.
         .env("DEBUGFS_PAGER", "__none__")
         .env("PAGER", "__none__")
-        .env("LC_ALL", "C");
-    Ok(command)
-}
-
-fn render_args(args: &[OsString]) -> String {
-    args.iter()
-        .map(|arg| arg.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Keeps error messages readable when a tool is chatty.
-fn trim_output(text: &str) -> String {
-    const LIMIT: usize = 4000;
-    let text = text.trim();
-    if text.len() <= LIMIT {
-        return text.to_owned();
-    }
-    let mut cut = text.len() - LIMIT;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    format!("…{}", &text[cut..])
+        .env("LC_ALL", "C"))
 }
 
 /// Runs `tool args` and returns its output whatever its exit status.
-pub(crate) fn run_unchecked(tool: Tool, args: &[OsString]) -> Result<Output, ExecError> {
+fn run_unchecked(tool: Tool, args: &[OsString]) -> Result<Output, ExecError> {
     let started = std::time::Instant::now();
-    let output = command(tool, args)?
-        .output()
-        .map_err(|source| ExecError::Spawn { tool, source })?;
+    let output = command(tool, args)?.output()?;
     tracing::debug!(
-        tool = tool.program(),
-        args = %render_args(args),
+        command = %output.command,
         status = %output.status,
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "ran tool"
     );
-    Ok(Output {
-        status: output.status,
-        stdout: output.stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    Ok(output)
 }
 
 /// Runs `tool args`; a non-zero exit is an error carrying stderr.
@@ -172,17 +95,7 @@ pub(crate) fn run_accepting(
     if accept(output.status) {
         Ok(output)
     } else {
-        let text = if output.stderr.trim().is_empty() {
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        } else {
-            output.stderr.clone()
-        };
-        Err(ExecError::Failed {
-            tool,
-            args: render_args(args),
-            status: output.status,
-            output: trim_output(&text),
-        })
+        Err(output.failure())
     }
 }
 
@@ -193,18 +106,22 @@ pub(crate) fn run_combined(
     tool: Tool,
     args: &[OsString],
 ) -> Result<(ExitStatus, String), ExecError> {
-    let spawn_error = |source| ExecError::Spawn { tool, source };
+    let command = command(tool, args)?;
+    let spawn_error = |source| ExecError::Spawn {
+        program: tool.program().to_owned(),
+        source,
+    };
     let mut sink = tempfile::tempfile().map_err(spawn_error)?;
+    let stdout_sink = sink.try_clone().map_err(spawn_error)?;
     let stderr_sink = sink.try_clone().map_err(spawn_error)?;
     let started = std::time::Instant::now();
-    let status = command(tool, args)?
-        .stdout(Stdio::from(sink.try_clone().map_err(spawn_error)?))
+    let rendered = command.display();
+    let status = command
+        .stdout(Stdio::from(stdout_sink))
         .stderr(Stdio::from(stderr_sink))
-        .status()
-        .map_err(spawn_error)?;
+        .status()?;
     tracing::debug!(
-        tool = tool.program(),
-        args = %render_args(args),
+        command = %rendered,
         %status,
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "ran tool"
@@ -232,17 +149,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_output_keeps_the_tail() {
-        let text = "x".repeat(5000) + "the end";
-        let trimmed = trim_output(&text);
-        assert!(trimmed.ends_with("the end"));
-        assert!(trimmed.len() <= 4010);
-    }
-
-    #[test]
     fn tools_are_found_in_sbin() {
         // e2fsprogs is a hard requirement of banger; the machine has it.
         assert!(Tool::MkfsExt4.locate().is_some());
         assert!(Tool::Debugfs.locate().is_some());
+    }
+
+    #[test]
+    fn failures_carry_the_command_and_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run(
+            Tool::E2fsck,
+            &args([OsStr::new("-n"), dir.path().as_os_str()]),
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("e2fsck -n"), "{message}");
+        assert!(
+            err.stderr().is_some_and(|text| !text.is_empty()),
+            "{message}"
+        );
     }
 }

@@ -401,7 +401,7 @@ impl DiskOps for FakeDiskOps {
                 Orphan::Dm(device) => ReleaseError::RemoveDm {
                     name: device.name.clone(),
                     source: ExecError::Spawn {
-                        tool: Tool::Dmsetup,
+                        program: Tool::Dmsetup.program().to_owned(),
                         source: injected(op, n),
                     },
                 },

@@ -174,7 +174,7 @@ pub(crate) mod fake {
 
     fn exec_failure(error: io::Error) -> ExecError {
         ExecError::Spawn {
-            tool: crate::exec::Tool::Dmsetup,
+            program: crate::exec::Tool::Dmsetup.program().to_owned(),
             source: error,
         }
     }

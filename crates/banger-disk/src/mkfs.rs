@@ -274,7 +274,7 @@ pub fn build_ext4_from_dir(
             Err(error) => {
                 let _ = std::fs::remove_file(out);
                 let out_of_space = matches!(&error, BuildExt4Error::Mkfs { source, .. }
-                    if source.output().is_some_and(is_out_of_space));
+                    if source.stderr().is_some_and(is_out_of_space));
                 if !out_of_space || attempt >= ATTEMPTS {
                     return Err(error);
                 }

@@ -259,8 +259,8 @@ fn dump_seed_into(seed: &Path, dir: &Path) -> io::Result<()> {
     .map_err(io::Error::other)?;
     // debugfs reports failures on stderr and still exits 0; its banner is
     // the only line a clean run prints.
-    let complaints: Vec<&str> = output
-        .stderr
+    let stderr = output.stderr_text();
+    let complaints: Vec<&str> = stderr
         .lines()
         .filter(|line| !line.trim().is_empty() && !line.starts_with("debugfs "))
         .collect();
@@ -376,7 +376,7 @@ pub fn grow_work_disk(path: &Path, size: ByteSize) -> Result<GrowOutcome, GrowWo
     if let Err(first) = exec::run(Tool::Resize2fs, &resize_args) {
         // resize2fs wants a freshly checked filesystem when the disk was
         // used since its last check.
-        let wants_fsck = first.output().is_some_and(|out| out.contains("e2fsck -f"));
+        let wants_fsck = first.stderr().is_some_and(|out| out.contains("e2fsck -f"));
         if !wants_fsck {
             return Err(GrowWorkDiskError::Resize {
                 path: path.to_owned(),

@@ -1,57 +1,36 @@
-//! The only place this crate starts processes: `PROGRAM --version`.
+//! The one program this crate runs, through [`banger_exec`]:
+//! `PROGRAM --version`.
 
-use std::io::Read;
+use std::error::Error as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use banger_exec::Cmd;
 
 /// Runs `program --version` and returns the first non-empty line it prints
 /// (stdout, else stderr). A program that has not exited after `timeout` is
 /// killed and reported.
 pub fn program_version(program: &Path, timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new(program)
+    let output = Cmd::new(program)
         .arg("--version")
         .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| format!("cannot run {}: {err}", program.display()))?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{} --version did not finish within {}s",
-                    program.display(),
-                    timeout.as_secs()
-                ));
-            }
-            Err(err) => return Err(format!("waiting for {}: {err}", program.display())),
-        }
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
+        .output_timeout(timeout)
+        .map_err(|err| match err.source() {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        })?;
     let first_line = |text: &str| {
         text.lines()
             .map(str::trim)
             .find(|line| !line.is_empty())
             .map(str::to_owned)
     };
-    if !status.success() {
+    let (stdout, stderr) = (output.stdout_text(), output.stderr_text());
+    if !output.success() {
         return Err(format!(
-            "{} --version failed ({status}){}",
+            "{} --version failed ({}){}",
             program.display(),
+            output.status,
             first_line(&stderr)
                 .map(|line| format!(": {line}"))
                 .unwrap_or_default()
@@ -81,6 +60,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("/nonexistent/firecracker"), "{err}");
+    }
+
+    #[test]
+    fn a_slow_program_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = dir.path().join("slow");
+        std::fs::write(&slow, "#!/bin/sh\nsleep 30\n").unwrap();
+        std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = program_version(&slow, Duration::from_millis(200)).unwrap_err();
+        assert!(
+            err.ends_with("--version did not finish within 0.2s"),
+            "{err}"
+        );
     }
 
     #[test]

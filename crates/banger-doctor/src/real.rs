@@ -39,14 +39,7 @@ impl Host for RealHost {
     }
 
     fn find_program(&self, name: &str) -> Option<PathBuf> {
-        let from_path = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .unwrap_or_default();
-        from_path
-            .into_iter()
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|dir| dir.join(name))
-            .find(|candidate| self.is_executable(candidate))
+        banger_exec::find_program(name, banger_exec::SBIN)
     }
 
     fn is_executable(&self, path: &Path) -> bool {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use banger_exec::Cmd;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{BootSource, Drive, InstanceInfo, Logger, MachineConfiguration, Metrics};
 use crate::api::{NetworkInterface, Vsock};
 use crate::client::{ApiClient, ApiRequestError, ConnectError};
-use crate::{exec, pidfd};
+use crate::pidfd;
 
 /// Longest `--id` Firecracker accepts.
 pub const MAX_ID_LEN: usize = 64;
@@ -255,7 +256,7 @@ pub enum LaunchError {
     Spawn {
         binary: PathBuf,
         #[source]
-        source: io::Error,
+        source: banger_exec::ExecError,
     },
     #[error("{binary} exited ({exit}) before its api answered; see {console_log}")]
     Exited {
@@ -288,12 +289,14 @@ pub async fn launch(
     if let Some(log) = &spec.log_path {
         drop(open_log(log, true)?);
     }
-    let child = exec::spawn_detached(&spec.binary, &spec.args(), console).map_err(|source| {
-        LaunchError::Spawn {
+    // Detached: the caller's terminal signals and exit do not reach it.
+    let child = Cmd::new(&spec.binary)
+        .args(spec.args())
+        .spawn_detached_async(Some(console))
+        .map_err(|source| LaunchError::Spawn {
             binary: spec.binary.clone(),
             source,
-        }
-    })?;
+        })?;
     let process = watch_child(child, spec.api_socket.clone())?;
     tracing::debug!(pid = process.pid, "vmm spawned");
 

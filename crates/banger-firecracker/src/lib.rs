@@ -9,17 +9,15 @@
 //!   stream), errors carrying the status and `fault_message`.
 //! - [`boot_args`]: [`boot_args::BootArgs`] builds the kernel command line
 //!   banger sends; [`boot_args::Cmdline`] parses it back (used by simvm).
-//! - [`launch`]: start a VMM detached, wait for its API, configure and boot
+//! - [`launch`]: start a VMM detached (through `banger-exec`), wait for its API, configure and boot
 //!   it, stop or kill it, find it again by its API socket.
 //! - [`vmm`]: the [`vmm::Vmm`] seam the daemon uses, the real
 //!   [`vmm::ProcessVmm`] and the recording [`vmm::FakeVmm`].
-//! - `exec`: the only module that spawns processes; `pidfd`: race-free
-//!   signalling and exit watching of VMMs, including re-adopted ones.
+//! - `pidfd`: race-free signalling and exit watching of VMMs, including re-adopted ones.
 
 pub mod api;
 pub mod boot_args;
 pub mod client;
-mod exec;
 pub mod launch;
 mod pidfd;
 pub mod vmm;

@@ -257,7 +257,10 @@ impl Vmm for FakeVmm {
             if self.record(VmmOp::Start, call) {
                 return Err(LaunchError::Spawn {
                     binary: spec.binary.clone(),
-                    source: io::Error::other("injected failure"),
+                    source: banger_exec::ExecError::Spawn {
+                        program: spec.binary.display().to_string(),
+                        source: io::Error::other("injected failure"),
+                    },
                 });
             }
             if cancel.is_cancelled() {
@@ -457,17 +460,16 @@ mod tests {
             "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\ntime.sleep(600)\n",
         )
         .unwrap();
-        // Started through exec.rs, like a VMM.
+        // Started detached, like a VMM.
         let console = fs_err::File::create(dir.path().join("console.log"))
             .unwrap()
             .into_parts()
             .0;
-        let mut child = crate::exec::spawn_detached(
-            Path::new("python3"),
-            &[script.clone().into(), socket.clone().into()],
-            console,
-        )
-        .unwrap();
+        let mut child = banger_exec::Cmd::new("python3")
+            .arg(&script)
+            .arg(&socket)
+            .spawn_detached_async(Some(console))
+            .unwrap();
         let pid = child.id().unwrap();
         let _kill = KillOnDrop(pid);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

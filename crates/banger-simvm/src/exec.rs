@@ -1,11 +1,13 @@
-//! The only place simvm starts processes.
+//! The processes simvm starts (the guest helper, the first-boot script,
+//! QEMU, `vhost-device-vsock`), as thin wrappers over [`banger_exec`] that
+//! add the namespace and lifetime set-up each needs.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
+use banger_exec::{Cmd, ExecError, Stdio};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 
@@ -29,8 +31,7 @@ pub(crate) fn spawn_guest_helper(ctl: OwnedFd) -> io::Result<Child> {
     let console = io::stdout().as_fd().try_clone_to_owned()?;
     let parent = nix::unistd::getpid();
     let ctl_raw = ctl.as_raw_fd();
-    let mut command = Command::new("/proc/self/exe");
-    command
+    let command = Cmd::new("/proc/self/exe")
         .arg(HELPER_ARG)
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
@@ -40,7 +41,7 @@ pub(crate) fn spawn_guest_helper(ctl: OwnedFd) -> io::Result<Child> {
     // async-signal-safe; it allocates nothing and takes no locks. `ctl_raw`
     // stays open in the parent until spawn returns because `ctl` is moved
     // into this function and dropped after it.
-    unsafe {
+    let command = unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != parent {
@@ -57,9 +58,9 @@ pub(crate) fn spawn_guest_helper(ctl: OwnedFd) -> io::Result<Child> {
             }
             nix::sched::unshare(GUEST_NAMESPACES)?;
             Ok(())
-        });
-    }
-    let child = command.spawn();
+        })
+    };
+    let child = command.spawn().map_err(io_error);
     drop(ctl);
     child
 }
@@ -72,13 +73,14 @@ pub(crate) fn spawn_first_boot(
     args: &[String],
     env: &[(String, String)],
 ) -> io::Result<Child> {
-    Command::new(path)
+    Cmd::new(path)
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir("/")
         .stdin(Stdio::null())
         .spawn()
+        .map_err(io_error)
 }
 
 /// Forks the guest's PID 1 from the guest helper (its first child in the
@@ -89,25 +91,44 @@ pub(crate) fn spawn_first_boot(
 pub(crate) fn fork_guest_init() -> nix::Result<nix::unistd::ForkResult> {
     // SAFETY: the caller is the single-threaded guest helper (see above); no
     // other thread can hold a lock the child would inherit.
-    unsafe { nix::unistd::fork() }
+    match unsafe { banger_exec::fork() } {
+        Ok(banger_exec::Forked::Child) => Ok(nix::unistd::ForkResult::Child),
+        Ok(banger_exec::Forked::Parent { child }) => Ok(nix::unistd::ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(child),
+        }),
+        Err(error) => Err(nix::errno::Errno::from_raw(
+            error.raw_os_error().unwrap_or(libc::EIO),
+        )),
+    }
 }
 
-/// Makes a child die with simvm: SIGKILL when the spawning thread ends.
-/// Callers spawn from tokio worker threads, which live as long as simvm.
-fn die_with_parent(command: &mut tokio::process::Command) {
+/// The error of a failed start as the I/O error it wraps, so messages
+/// keep the reason ("No such file or directory").
+fn io_error(error: ExecError) -> io::Error {
+    match error {
+        ExecError::Spawn { source, .. } => source,
+        other => io::Error::other(other),
+    }
+}
+
+/// Makes a child die with simvm: SIGKILL when the spawning thread ends,
+/// and kills it when its handle is dropped; then starts it. Callers spawn
+/// from tokio worker threads, which live as long as simvm.
+fn spawn_dying_with_parent(command: Cmd) -> io::Result<tokio::process::Child> {
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec and only
     // makes raw system calls (prctl, getppid), both async-signal-safe; it
     // allocates nothing and takes no locks.
-    unsafe {
+    let command = unsafe {
         command.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
-        });
-    }
+        })
+    };
+    command.kill_on_drop(true).spawn_async().map_err(io_error)
 }
 
 /// Starts `vhost-device-vsock` for one guest: the vhost-user socket QEMU
@@ -119,8 +140,7 @@ pub(crate) fn spawn_vhost_vsock(
     vhost_socket: &Path,
     uds_path: &Path,
 ) -> io::Result<tokio::process::Child> {
-    let mut command = tokio::process::Command::new(binary);
-    command
+    let command = Cmd::new(binary)
         .arg("--guest-cid")
         .arg(guest_cid.to_string())
         .arg("--socket")
@@ -135,10 +155,8 @@ pub(crate) fn spawn_vhost_vsock(
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
-    command.spawn()
+        .stderr(Stdio::piped());
+    spawn_dying_with_parent(command)
 }
 
 /// Starts QEMU: stdout (the guest's serial console) is simvm's stdout,
@@ -147,15 +165,12 @@ pub(crate) fn spawn_qemu(
     binary: &Path,
     args: &[std::ffi::OsString],
 ) -> io::Result<tokio::process::Child> {
-    let mut command = tokio::process::Command::new(binary);
-    command
+    let command = Cmd::new(binary)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
-    command.spawn()
+        .stderr(Stdio::piped());
+    spawn_dying_with_parent(command)
 }
 
 /// Starts QEMU for the accelerator probe: console on a pipe, stderr
@@ -164,13 +179,10 @@ pub(crate) fn spawn_qemu_probe(
     binary: &Path,
     args: &[std::ffi::OsString],
 ) -> io::Result<tokio::process::Child> {
-    let mut command = tokio::process::Command::new(binary);
-    command
+    let command = Cmd::new(binary)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
-    command.spawn()
+        .stderr(Stdio::null());
+    spawn_dying_with_parent(command)
 }

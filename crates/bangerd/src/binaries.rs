@@ -27,13 +27,8 @@ pub fn find(name: &str) -> Result<PathBuf, FindBinaryError> {
     if let Some(found) = candidates.iter().find(|path| path.is_file()) {
         return Ok(found.clone());
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+    if let Some(found) = banger_exec::find_program(name, &[]) {
+        return Ok(found);
     }
     Err(FindBinaryError {
         name: name.to_owned(),

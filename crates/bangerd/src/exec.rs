@@ -1,43 +1,25 @@
-//! Every process the daemon starts itself (VMMs are started by
-//! `banger-firecracker`, host tools by `banger-net` and `banger-disk`).
+//! The programs the daemon runs itself (`ssh-keygen`, `git`), through
+//! [`banger_exec`] (VMMs are started by `banger-firecracker`, host tools by
+//! `banger-net` and `banger-disk`).
 
 use std::path::Path;
-use std::process::Stdio;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("cannot run {program}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{program} failed ({status}): {stderr}")]
-    Failed {
-        program: String,
-        status: String,
-        stderr: String,
-    },
-}
+use banger_exec::Cmd;
+pub use banger_exec::ExecError;
 
 /// `ssh-keygen -y -P "" -f PATH`: the public key of a private key that
 /// needs no passphrase; `Err(stderr)` when ssh-keygen refuses it.
 pub async fn ssh_keygen_public(path: &Path) -> Result<Result<String, String>, ExecError> {
-    let output = tokio::process::Command::new("ssh-keygen")
+    let output = Cmd::new("ssh-keygen")
         .args(["-y", "-P", ""])
         .arg("-f")
         .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| ExecError::Spawn {
-            program: "ssh-keygen".into(),
-            source,
-        })?;
-    Ok(if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .output_async()
+        .await?;
+    Ok(if output.success() {
+        Ok(output.stdout_text().trim().to_owned())
     } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        Err(output.stderr_text().trim().to_owned())
     })
 }
 
@@ -49,40 +31,24 @@ pub async fn ssh_keygen(path: &Path) -> Result<(), ExecError> {
 /// `ssh-keygen -t ed25519 -N "" -C COMMENT -f PATH -q`: a key pair without
 /// a passphrase at PATH and PATH.pub.
 pub async fn ssh_keygen_ed25519(path: &Path, comment: &str) -> Result<(), ExecError> {
-    let output = tokio::process::Command::new("ssh-keygen")
+    Cmd::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment])
         .arg("-f")
         .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| ExecError::Spawn {
-            program: "ssh-keygen".into(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(ExecError::Failed {
-            program: "ssh-keygen".into(),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+        .run_async()
+        .await?;
     Ok(())
 }
 
 /// `git config --global --get KEY` for the user whose home is `home`: the
 /// value, or `None` when git, the file or the key is missing.
 pub async fn git_global_get(home: &Path, key: &str) -> Option<String> {
-    let output = tokio::process::Command::new("git")
+    let output = Cmd::new("git")
         .args(["config", "--global", "--get", key])
         .env("HOME", home)
-        .stdin(Stdio::null())
-        .output()
+        .run_async()
         .await
         .ok()?;
-    if !output.status.success() {
-        return None;
-    }
     let value = String::from_utf8(output.stdout).ok()?;
     let value = value.trim_end_matches('\n');
     (!value.is_empty()).then(|| value.to_owned())
@@ -90,24 +56,12 @@ pub async fn git_global_get(home: &Path, key: &str) -> Option<String> {
 
 /// `git config --file FILE KEY VALUE`: git's own writer edits the file.
 pub async fn git_config_file_set(file: &Path, key: &str, value: &str) -> Result<(), ExecError> {
-    let output = tokio::process::Command::new("git")
+    Cmd::new("git")
         .args(["config", "--file"])
         .arg(file)
         .args([key, value])
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| ExecError::Spawn {
-            program: "git".into(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(ExecError::Failed {
-            program: "git config".into(),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+        .run_async()
+        .await?;
     Ok(())
 }

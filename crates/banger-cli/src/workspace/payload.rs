@@ -84,7 +84,11 @@ pub fn build(
         if let Some(from) = &base {
             refs.push(from);
         }
-        let output = exec::git_bundle(&repo.top, &bundle, &refs).map_err(io(&bundle))?;
+        let output =
+            exec::git_bundle(&repo.top, &bundle, &refs).map_err(|err| PrepareError::Git {
+                dir: repo.top.clone(),
+                message: format!("{}; install git", exec::describe(&err)),
+            })?;
         if !output.status.success() {
             return Err(PrepareError::Git {
                 dir: repo.top.clone(),

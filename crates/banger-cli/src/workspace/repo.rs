@@ -218,9 +218,9 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, PrepareError> {
 }
 
 fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>, PrepareError> {
-    let output = exec::git(dir, args).map_err(|source| PrepareError::Git {
+    let output = exec::git(dir, args).map_err(|err| PrepareError::Git {
         dir: dir.to_owned(),
-        message: format!("cannot run git ({source}); install git"),
+        message: format!("{}; install git", exec::describe(&err)),
     })?;
     if output.status.success() {
         Ok(output.stdout)

@@ -393,9 +393,9 @@ fn run<A: AsRef<OsStr>>(
     env: &[(&str, &OsStr)],
     stdin: Option<&[u8]>,
 ) -> Result<String, PrepareError> {
-    let output = exec::git_isolated(dir, args, env, stdin).map_err(|source| PrepareError::Git {
+    let output = exec::git_isolated(dir, args, env, stdin).map_err(|err| PrepareError::Git {
         dir: dir.to_owned(),
-        message: format!("cannot run git ({source}); install git"),
+        message: format!("{}; install git", exec::describe(&err)),
     })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
