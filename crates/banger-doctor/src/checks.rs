@@ -693,6 +693,46 @@ pub enum RoutingFacts {
     },
 }
 
+/// How the daemon reaches the host network: as root itself, otherwise
+/// through banger-helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperFacts {
+    /// The daemon is root: it needs no helper.
+    Root,
+    /// The daemon's network goes through the helper at this socket.
+    Reached(PathBuf),
+    /// The daemon is not root and the helper at `socket` was not reached.
+    Unreached { socket: PathBuf, error: String },
+}
+
+pub fn helper(facts: &HelperFacts) -> DoctorCheck {
+    match facts {
+        HelperFacts::Root => DoctorCheck::pass(
+            "helper",
+            "the daemon is root and makes its network itself (no banger-helper needed)",
+        ),
+        HelperFacts::Reached(socket) => DoctorCheck::pass(
+            "helper",
+            format!(
+                "the daemon's bridge, TAPs and NAT go through banger-helper at {}",
+                socket.display()
+            ),
+        ),
+        HelperFacts::Unreached { socket, error } => DoctorCheck::fail(
+            "helper",
+            format!(
+                "the daemon is not root and banger-helper is not reachable at {} ({error}): its \
+                 VMs cannot get a network",
+                socket.display()
+            ),
+            "install the helper (`sudo make install-helper`, or the package `make deb` builds), \
+             join its group (`sudo usermod -aG banger $USER`, then log in again) and run \
+             `banger daemon stop` so that the next command starts a daemon that uses it; or run \
+             banger as root",
+        ),
+    }
+}
+
 pub fn dns_listener(facts: &DnsFacts, configured: &str) -> DoctorCheck {
     match &facts.listener {
         Ok(listeners) => {

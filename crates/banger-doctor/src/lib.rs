@@ -32,8 +32,8 @@ pub mod real;
 
 pub use banger_model::check::{CheckStatus, DoctorCheck};
 pub use checks::{
-    CatalogLookup, Companion, DnsFacts, HostInputs, ImageFacts, IncludeState, ResolveProbe,
-    RoutingFacts, StorageFacts, host_checks,
+    CatalogLookup, Companion, DnsFacts, HelperFacts, HostInputs, ImageFacts, IncludeState,
+    ResolveProbe, RoutingFacts, StorageFacts, host_checks,
 };
 pub use fake::FakeHost;
 pub use host::{DeviceProbe, ForeignFiles, Host, KvmProbe, Privileges, Space};

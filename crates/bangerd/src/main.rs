@@ -9,7 +9,7 @@ use banger_model::config::Config;
 use banger_model::layout::Layout;
 use banger_store::Store;
 use bangerd::daemon::Subsystems;
-use bangerd::network::{Access, Network};
+use bangerd::network::{Access, Network, Via};
 use bangerd::{Daemon, instance, logging};
 use clap::Parser;
 use tracing::info;
@@ -110,7 +110,7 @@ async fn network_access(config: &Config) -> anyhow::Result<Access> {
             config: config.network.clone(),
             routing: Arc::new(banger_net::routing::Resolvectl::default()),
             pool_space: 0,
-            via: "netlink".to_owned(),
+            via: Via::Netlink,
         })
     };
     if nix::unistd::geteuid().is_root() {
@@ -125,11 +125,11 @@ async fn network_access(config: &Config) -> anyhow::Result<Access> {
                  (install the helper with `sudo make install-helper`, or run banger as root)"
             );
             let mut access = direct()?;
-            access.via = format!(
-                "netlink as uid {}, which lacks the privileges: banger-helper is not reachable at {} ({err})",
-                nix::unistd::geteuid(),
-                config.helper_socket.display()
-            );
+            access.via = Via::Unprivileged {
+                uid: nix::unistd::geteuid().as_raw(),
+                socket: config.helper_socket.clone(),
+                error: err.to_string(),
+            };
             Ok(access)
         }
     }

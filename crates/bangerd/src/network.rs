@@ -34,8 +34,8 @@ pub struct Network {
     pool: OnceCell<TapPool>,
     /// The warm pool's TAP naming space (0 for root, the user's otherwise).
     pool_space: u8,
-    /// How host networking is reached, for `daemon status`.
-    via: String,
+    /// How host networking is reached, for `daemon status` and doctor.
+    via: Via,
     routing: Routing,
 }
 
@@ -50,8 +50,38 @@ pub struct Access {
     /// The DNS routing seam when systemd-resolved is to be used.
     pub routing: Arc<dyn DnsRouting>,
     pub pool_space: u8,
-    /// `netlink` or `banger-helper at PATH`.
-    pub via: String,
+    pub via: Via,
+}
+
+/// How a daemon reaches the host network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// Itself, as root (netlink, iptables).
+    Netlink,
+    /// Through banger-helper at this socket.
+    Helper(std::path::PathBuf),
+    /// Itself, without root, because the helper could not be reached: VMs
+    /// cannot get a network.
+    Unprivileged {
+        uid: u32,
+        socket: std::path::PathBuf,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Netlink => f.write_str("netlink"),
+            Self::Helper(socket) => write!(f, "banger-helper at {}", socket.display()),
+            Self::Unprivileged { uid, socket, error } => write!(
+                f,
+                "netlink as uid {uid}, which lacks the privileges: banger-helper is not reachable \
+                 at {} ({error})",
+                socket.display()
+            ),
+        }
+    }
 }
 
 impl Access {
@@ -78,7 +108,7 @@ impl Access {
             config,
             routing: Arc::new(banger_helper::HelperDnsRouting::new(socket)),
             pool_space: info.pool_space,
-            via: format!("banger-helper at {}", socket.display()),
+            via: Via::Helper(socket.to_owned()),
         })
     }
 }
@@ -208,7 +238,7 @@ impl Network {
             dns_status,
             pool: OnceCell::new(),
             pool_space: 0,
-            via: "netlink".to_owned(),
+            via: Via::Netlink,
             routing: Routing::new(None),
         }
     }
@@ -221,8 +251,8 @@ impl Network {
         network
     }
 
-    /// `netlink` or `banger-helper at PATH`.
-    pub fn via(&self) -> &str {
+    /// How this daemon reaches the host network.
+    pub fn via(&self) -> &Via {
         &self.via
     }
 

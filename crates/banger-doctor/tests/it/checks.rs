@@ -4,7 +4,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use banger_doctor::checks::{self, *};
-use banger_doctor::{CheckStatus, DeviceProbe, DoctorCheck, FakeHost, KvmProbe, Privileges, Space};
+use banger_doctor::{
+    CheckStatus, DeviceProbe, DoctorCheck, FakeHost, HelperFacts, KvmProbe, Privileges, Space,
+};
 use banger_model::config::Config;
 use banger_model::defaults::{HostFacts, VmDefaults};
 use banger_model::vm::{StorageStrategy, VmmKind};
@@ -509,6 +511,36 @@ fn daemon_reachable_or_not() {
         &checks::daemon(Err("bangerd exited".into())),
         CheckStatus::Fail,
         "bangerd exited",
+    );
+}
+
+#[test]
+fn helper_is_needed_only_by_a_daemon_that_is_not_root() {
+    let check = checks::helper(&HelperFacts::Root);
+    assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
+    let check = checks::helper(&HelperFacts::Reached("/run/banger/helper.sock".into()));
+    assert_eq!(check.status, CheckStatus::Pass, "{check:?}");
+    assert!(
+        check
+            .detail
+            .ends_with("banger-helper at /run/banger/helper.sock"),
+        "{check:?}"
+    );
+    let check = checks::helper(&HelperFacts::Unreached {
+        socket: "/run/banger/helper.sock".into(),
+        error: "No such file or directory (os error 2)".into(),
+    });
+    assert_eq!(check.status, CheckStatus::Fail, "{check:?}");
+    assert!(
+        check
+            .detail
+            .contains("not reachable at /run/banger/helper.sock (No such file"),
+        "{check:?}"
+    );
+    let fix = check.fix.unwrap();
+    assert!(
+        fix.contains("sudo make install-helper") && fix.contains("usermod -aG banger"),
+        "{fix}"
     );
 }
 

@@ -96,6 +96,28 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
             format!("udp://127.0.0.1:{port}"),
             "{status:#}"
         );
+        // Doctor, through that daemon, says where its network comes from.
+        let doctor = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || banger_as_alice(&root, &["doctor", "--json"]))
+                .await
+                .unwrap()
+        };
+        let doctor: Value = serde_json::from_str(&doctor.stdout).unwrap();
+        let helper_check = doctor["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == "helper")
+            .unwrap_or_else(|| panic!("no helper check: {doctor:#}"));
+        assert_eq!(helper_check["status"], "pass", "{helper_check}");
+        assert!(
+            helper_check["detail"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("banger-helper at {}", helper.socket.display())),
+            "{helper_check}"
+        );
         // Everything it wrote is the user's.
         let state = root.join("state/banger");
         let found = banger_doctor::ownership::foreign_owned(&[state], ALICE.0);

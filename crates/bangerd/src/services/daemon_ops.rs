@@ -36,7 +36,7 @@ pub fn status(daemon: &Daemon) -> StatusResult {
         network: NetworkStatus {
             bridge: daemon.network.config.bridge.clone(),
             subnet: daemon.network.config.subnet.to_string(),
-            via: daemon.network.via().to_owned(),
+            via: daemon.network.via().to_string(),
         },
         vms_total: vms.len(),
         vms_running: vms.iter().filter(|vm| vm.state == VmState::Running).count(),

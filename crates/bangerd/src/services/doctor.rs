@@ -28,6 +28,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     let space = space_check(daemon)?;
     let storage = storage_facts(&daemon.storage);
     let dns = dns_facts(daemon);
+    let helper = helper_facts(daemon);
     let probe = publish_probe(daemon)?;
     let qemu_seen = crate::vm::qemu::last_probe().or_else(|| recorded_accel(daemon));
 
@@ -55,6 +56,7 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
         all.push(checks::storage(&storage));
         all.push(space);
         all.push(checks::default_image(&images));
+        all.push(checks::helper(&helper));
         all.push(checks::dns_listener(&dns, &listen));
         all.push(checks::dns_routing(&dns));
         all.push(checks::vm_resolution(
@@ -69,6 +71,19 @@ pub async fn run_with(daemon: &Daemon, host: Arc<dyn Host>) -> Result<DoctorResu
     }
     let checks: Vec<DoctorCheck> = checks.doing("running the checks")?;
     Ok(DoctorResult { checks })
+}
+
+/// How the daemon reaches the host network, for the helper check.
+fn helper_facts(daemon: &Daemon) -> checks::HelperFacts {
+    use crate::network::Via;
+    match daemon.network.via() {
+        Via::Netlink => checks::HelperFacts::Root,
+        Via::Helper(socket) => checks::HelperFacts::Reached(socket.clone()),
+        Via::Unprivileged { socket, error, .. } => checks::HelperFacts::Unreached {
+            socket: socket.clone(),
+            error: error.clone(),
+        },
+    }
 }
 
 /// The binaries bangerd runs or copies besides itself.

@@ -48,6 +48,7 @@ async fn daemon_checks_report_store_storage_and_dns() {
             "storage",
             "vm-disks",
             "default-image",
+            "helper",
             "dns",
             "dns-routing",
             "vm-resolution"

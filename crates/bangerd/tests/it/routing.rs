@@ -164,10 +164,13 @@ async fn a_pool_reached_through_access_names_taps_in_its_space() {
         },
         routing: Arc::new(FakeDnsRouting::new()),
         pool_space: 7,
-        via: "banger-helper at /run/banger/helper.sock".into(),
+        via: bangerd::network::Via::Helper("/run/banger/helper.sock".into()),
     })
     .await;
-    assert_eq!(network.via(), "banger-helper at /run/banger/helper.sock");
+    assert_eq!(
+        network.via().to_string(),
+        "banger-helper at /run/banger/helper.sock"
+    );
     network.pool().await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while ops.taps().is_empty() {
