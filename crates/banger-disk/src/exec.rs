@@ -79,6 +79,23 @@ fn run_unchecked(tool: Tool, args: &[OsString]) -> Result<Output, ExecError> {
     Ok(output)
 }
 
+/// Runs `tool args` so that the files banger owns are recorded as root's:
+/// as root, as is; otherwise as root of a user namespace of its own
+/// (`mkfs.ext4 -d` copies each file's owner into the image, and a guest
+/// wants its files root's, not those of the user whose daemon built them).
+pub(crate) fn run_owning_as_root(tool: Tool, args: &[OsString]) -> Result<Output, ExecError> {
+    let mut command = command(tool, args)?;
+    if !nix::unistd::geteuid().is_root() {
+        command = command.as_root_of_own_user_namespace();
+    }
+    let output = command.output()?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(output.failure())
+    }
+}
+
 /// Runs `tool args`; a non-zero exit is an error carrying stderr.
 pub(crate) fn run(tool: Tool, args: &[OsString]) -> Result<Output, ExecError> {
     run_accepting(tool, args, |status| status.success())

@@ -358,7 +358,7 @@ fn mkfs_once(
     args.push(src.as_os_str().to_owned());
     args.push(out.as_os_str().to_owned());
     args.push(format!("{}k", plan.size.bytes() / 1024).into());
-    exec::run(Tool::MkfsExt4, &args).map_err(|source| BuildExt4Error::Mkfs {
+    exec::run_owning_as_root(Tool::MkfsExt4, &args).map_err(|source| BuildExt4Error::Mkfs {
         path: out.to_owned(),
         src: src.to_owned(),
         source,

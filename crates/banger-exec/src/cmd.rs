@@ -96,6 +96,18 @@ impl Cmd {
         self
     }
 
+    /// Runs the program as `uid` (root only).
+    pub fn uid(mut self, uid: u32) -> Self {
+        self.inner.uid(uid);
+        self
+    }
+
+    /// Runs the program with group `gid` (root only).
+    pub fn gid(mut self, gid: u32) -> Self {
+        self.inner.gid(gid);
+        self
+    }
+
     /// For the async ways to run: kill the child when its handle is dropped.
     pub fn kill_on_drop(mut self, kill: bool) -> Self {
         self.kill_on_drop = kill;

@@ -25,6 +25,7 @@ pub mod error;
 pub mod find;
 pub mod fork;
 mod tokio_run;
+mod userns;
 
 pub use cmd::{Cmd, Output};
 pub use error::ExecError;
