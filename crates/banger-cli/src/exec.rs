@@ -8,10 +8,12 @@ use banger_exec::{Child, Cmd, ExecError, ExitStatus, Output, Stdio};
 
 /// Starts `bangerd` detached from this terminal and process group, its
 /// output going to `startup_log` (created afresh) so a failed start can be
-/// shown.
+/// shown, holding no descriptor of ours.
 pub fn spawn_daemon(bangerd: &Path, startup_log: &Path) -> anyhow::Result<Child> {
     let log = fs_err::File::create(startup_log)?.into_parts().0;
-    Ok(Cmd::new(bangerd).spawn_detached(Some(log))?)
+    Ok(Cmd::new(bangerd)
+        .without_inherited_fds()
+        .spawn_detached(Some(log))?)
 }
 
 /// Starts the system `ssh` with `args`, inheriting the terminal. Ctrl-C at

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::{ALICE, TestHelper, in_netns, root_or_skip};
 
 fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
-    nix::unistd::chown(path, Some(uid.into()), Some(gid.into())).unwrap();
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
     if path.is_dir() && !path.is_symlink() {
         for entry in std::fs::read_dir(path).unwrap() {
             chown_tree(&entry.unwrap().path(), (uid, gid));
@@ -41,6 +41,25 @@ fn banger_as_alice(root: &Path, args: &[&str]) -> Output {
     run(command)
 }
 
+/// Kills the world's daemon if the test ends before stopping it (a panic
+/// must not leave a daemon running as another user).
+struct DaemonGuard(std::path::PathBuf);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let lock = self.0.join("run/banger/bangerd.lock");
+        let pid = std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 #[test]
 fn a_users_daemon_takes_its_network_from_the_helper() {
     if !root_or_skip("a_users_daemon_takes_its_network_from_the_helper") {
@@ -63,6 +82,7 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
         )
         .unwrap();
         chown_tree(&root, ALICE);
+        let _daemon = DaemonGuard(root.clone());
 
         let status = {
             let root = root.clone();
@@ -118,6 +138,52 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
                 .ends_with(&format!("banger-helper at {}", helper.socket.display())),
             "{helper_check}"
         );
+        // An image the user's daemon imports from the user's own tree: the
+        // files are the user's on the host and root's in the image.
+        let fixture = banger_testkit::sim::fixture_rootfs();
+        if fixture.is_dir() {
+            let tree = root.join("tree");
+            let copy = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&fixture)
+                .arg(&tree)
+                .status()
+                .unwrap();
+            assert!(copy.success());
+            chown_tree(&tree, ALICE);
+            let show = {
+                let root = root.clone();
+                let tree = tree.clone();
+                tokio::task::spawn_blocking(move || {
+                    let tree = tree.to_str().unwrap();
+                    let out = banger_as_alice(&root, &["image", "import", tree, "--name", "mine"]);
+                    assert_eq!(out.code, Some(0), "{out}");
+                    banger_as_alice(&root, &["image", "show", "mine", "--json"])
+                })
+                .await
+                .unwrap()
+            };
+            let image: Value = serde_json::from_str(&show.stdout).unwrap();
+            let rootfs = image["rootfs_path"].as_str().unwrap();
+            for path in ["/etc/passwd", "/root", "/usr/bin/env"] {
+                let stat = banger_testkit::env::run({
+                    let mut command = std::process::Command::new("debugfs");
+                    command.args(["-R", &format!("stat {path}"), rootfs]);
+                    command
+                });
+                assert!(
+                    stat.stdout.contains("User:     0   Group:     0"),
+                    "{path} in the image:\n{stat}"
+                );
+            }
+        } else {
+            banger_testkit::skip(
+                "a_users_daemon_takes_its_network_from_the_helper (image import)",
+                "the Debian fixture is not built (tests/fixtures/debian-rootfs.sh)",
+                banger_testkit::Prerequisite::ProvidedByCi,
+            );
+        }
+
         // Everything it wrote is the user's.
         let state = root.join("state/banger");
         let found = banger_doctor::ownership::foreign_owned(&[state], ALICE.0);
