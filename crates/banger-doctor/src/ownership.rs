@@ -96,22 +96,9 @@ pub fn fix_command(dirs: &[PathBuf], uid: u32) -> String {
     let mut command = format!("sudo chown -R {owner}");
     for dir in dirs.iter().filter(|dir| dir.exists()) {
         command.push(' ');
-        command.push_str(&shell_word(&dir.display().to_string()));
+        command.push_str(&banger_model::shell::quote(&dir.display().to_string()));
     }
     command
-}
-
-/// `word`, quoted for a POSIX shell when it needs to be (for display: the
-/// user copies the command).
-fn shell_word(word: &str) -> String {
-    let plain = word
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c));
-    if plain && !word.is_empty() {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod layout;
 pub mod name;
 pub mod publish;
 pub mod resolve;
+pub mod shell;
 pub mod size;
 pub mod spec;
 pub mod vm;

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 
 use banger_guest::files::SESSION_PATH;
+use banger_model::shell::quote;
 use banger_rpc::response::SshInfo;
 
 /// Options that make ssh to a banger VM quiet and prompt-free: the managed
@@ -66,18 +67,6 @@ pub(super) fn remote_script(line: &str, cwd: Option<&str>) -> String {
         quote(line)
     ));
     script
-}
-
-fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]

@@ -11,14 +11,7 @@ fn doctor_json(env: &TestEnv) -> (Option<i32>, Value) {
 }
 
 fn status<'a>(report: &'a Value, name: &str) -> &'a str {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|check| check["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} check: {report:#}"))["status"]
-        .as_str()
-        .unwrap()
+    check(report, name)["status"].as_str().unwrap()
 }
 
 #[test]
