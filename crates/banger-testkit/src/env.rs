@@ -217,6 +217,18 @@ impl Drop for TestEnv {
 }
 
 /// Runs a command, capturing its output.
+/// Gives `path` and everything under it to `uid`:`gid`, never following a
+/// symlink (a test world handed to an ordinary user).
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|err| panic!("chown {}: {err}", path.display()));
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
 pub fn run(mut command: Command) -> Output {
     let rendered = format!("{command:?}");
     let output = command

@@ -1,6 +1,7 @@
 //! `banger doctor` for real on this machine, through the real daemon.
 
 use banger_testkit::TestEnv;
+use banger_testkit::env::chown_tree;
 use serde_json::Value;
 
 fn doctor_json(env: &TestEnv) -> (Option<i32>, Value) {
@@ -119,15 +120,6 @@ fn without_a_daemon_the_cli_runs_the_host_checks_itself() {
     assert!(env.daemon_pid().is_none());
 }
 
-fn chown_tree(path: &std::path::Path, uid: u32) {
-    nix::unistd::chown(path, Some(uid.into()), Some(uid.into())).unwrap();
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid);
-        }
-    }
-}
-
 fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["checks"]
         .as_array()
@@ -160,8 +152,8 @@ fn files_root_left_in_a_users_dirs_are_named_with_the_chown_that_fixes_them() {
     assert!(env.layout.database().exists());
     // The user's own world, except what root left in the state dir.
     std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    chown_tree(env.root(), NOBODY);
-    chown_tree(&state, 0);
+    chown_tree(env.root(), NOBODY, NOBODY);
+    chown_tree(&state, 0, 0);
     let as_user = |args: &[&str]| {
         let mut command = env.command("banger");
         command.args(args).uid(NOBODY).gid(NOBODY);
@@ -193,7 +185,7 @@ fn files_root_left_in_a_users_dirs_are_named_with_the_chown_that_fixes_them() {
     );
 
     // The fix, as the hint says (the test is root already).
-    chown_tree(&state, NOBODY);
+    chown_tree(&state, NOBODY, NOBODY);
     let out = as_user(&["doctor", "--json"]);
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(check(&report, "ownership")["status"], "pass", "{report:#}");

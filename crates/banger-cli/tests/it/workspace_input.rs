@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use banger_testkit::TestEnv;
-use banger_testkit::env::run;
+use banger_testkit::env::{chown_tree, run};
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
@@ -17,15 +17,6 @@ fn git(dir: &Path, args: &[&str]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "git {args:?}: {out:?}");
-}
-
-fn chown_tree(path: &Path, uid: u32) {
-    chown(path, Some(uid), Some(uid)).unwrap();
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), uid);
-        }
-    }
 }
 
 /// A user's checkout with a file only root can read (a key someone copied
@@ -52,7 +43,7 @@ fn an_unreadable_file_is_refused_before_any_vm_exists() {
         // checkout and the test world, except for the key.
         const NOBODY: u32 = 65534;
         std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        chown_tree(env.root(), NOBODY);
+        chown_tree(env.root(), NOBODY, NOBODY);
         chown(&secret, Some(0), Some(0)).unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         command.uid(NOBODY).gid(NOBODY);
@@ -89,7 +80,7 @@ fn a_repository_of_another_user_is_named_with_gits_fix() {
     git(&repo, &["init", "-q"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-qm", "init"]);
-    chown_tree(&repo, 65534);
+    chown_tree(&repo, 65534, 65534);
 
     let mut command = env.command("banger");
     command

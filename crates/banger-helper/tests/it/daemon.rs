@@ -7,19 +7,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use banger_testkit::env::{Output, run};
+use banger_testkit::env::{Output, chown_tree, run};
 use serde_json::Value;
 
 use crate::support::{ALICE, TestHelper, in_netns, root_or_skip};
-
-fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), (uid, gid));
-        }
-    }
-}
 
 /// `banger ARGS` as `ALICE` in a world under `root`.
 fn banger_as_alice(root: &Path, args: &[&str]) -> Output {
@@ -81,7 +72,7 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
             format!("helper_socket = \"{}\"\n", helper.socket.display()),
         )
         .unwrap();
-        chown_tree(&root, ALICE);
+        chown_tree(&root, ALICE.0, ALICE.1);
         let _daemon = DaemonGuard(root.clone());
 
         let status = {
@@ -150,7 +141,7 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
                 .status()
                 .unwrap();
             assert!(copy.success());
-            chown_tree(&tree, ALICE);
+            chown_tree(&tree, ALICE.0, ALICE.1);
             let show = {
                 let root = root.clone();
                 let tree = tree.clone();
