@@ -8,6 +8,8 @@
 //! - [`env`]: [`TestEnv`], binaries, running commands.
 //! - [`sim`]: [`sim::SimEnv`], a daemon with sim VMs in its own network
 //!   namespace, leak assertions and diagnostics.
+//! - [`user`]: end-to-end worlds run by an ordinary user through
+//!   `banger-helper` (`BANGER_E2E_USER`).
 //! - [`http`]: a small HTTP server on loopback (release downloads).
 //! - [`release`]: signed test releases for `banger update`.
 //! - [`fixtures`]: root filesystems built with banger's bootstrap code,
@@ -23,6 +25,7 @@ pub mod release;
 pub mod sim;
 pub mod skip;
 pub mod units;
+pub mod user;
 
 pub use env::{Output, TestEnv, binary};
 pub use sim::{SimEnv, e2e_ready};

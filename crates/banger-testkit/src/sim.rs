@@ -1,14 +1,20 @@
 //! End-to-end environments: a [`TestEnv`] whose daemon runs inside its own
 //! network namespace with `vmm = "sim"` (or `"qemu"`), so bridges, TAPs, NAT rules and the
 //! DNS port never touch the host or other tests. Dropping it stops the
-//! daemon, kills any VMM left under its state dir and deletes the namespace.
+//! daemon, kills any VMM left under its state dir, stops its helper and
+//! deletes the namespace.
+//!
+//! As root by default; with `BANGER_E2E_USER` set, as that user through a
+//! `banger-helper` of the world's own (see [`crate::user`]).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::env::{Output, TestEnv, process_alive, run};
+use crate::user::{E2eUser, WorldNetwork};
 
 /// Where `tests/fixtures/debian-rootfs.sh` leaves the Debian test rootfs.
 pub fn fixture_rootfs() -> PathBuf {
@@ -56,6 +62,27 @@ pub fn e2e_ready() -> bool {
 pub struct SimEnv {
     pub env: TestEnv,
     pub netns: String,
+    user: Option<E2eUser>,
+    helper: Option<HelperProcess>,
+}
+
+/// The world's `banger-helper serve`, as root in the world's namespace,
+/// on a socket in a root-owned directory of its own (outside the world,
+/// which is the user's).
+#[derive(Debug)]
+struct HelperProcess {
+    dir: tempfile::TempDir,
+    child: Mutex<Option<Child>>,
+}
+
+impl HelperProcess {
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("helper.sock")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("helper.log")
+    }
 }
 
 impl SimEnv {
@@ -89,8 +116,33 @@ impl SimEnv {
             command
         });
         out.assert_success();
-        let sim = Self { env, netns };
+        let user = E2eUser::from_env();
+        let helper = user.as_ref().map(|_| {
+            let dir = tempfile::Builder::new()
+                .prefix("bh")
+                .tempdir_in("/tmp")
+                .expect("helper dir");
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .expect("helper dir mode");
+            HelperProcess {
+                dir,
+                child: Mutex::new(None),
+            }
+        });
+        let sim = Self {
+            env,
+            netns,
+            user,
+            helper,
+        };
         sim.exec("ip", ["link", "set", "lo", "up"]).assert_success();
+        if let Some(user) = &sim.user {
+            user.give(sim.env.root());
+            sim.start_helper();
+        }
         // An explicit [network] table keeps the default DNS port, which is
         // private to this namespace.
         let network = if extra_config.contains("[network]") {
@@ -98,24 +150,155 @@ impl SimEnv {
         } else {
             "\n[network]\n"
         };
-        sim.env
-            .write_config(&format!("{settings}{extra_config}{network}"));
+        sim.write_config(&format!("{settings}{extra_config}{network}"));
         sim
+    }
+
+    /// The user this world runs as, `None` for root.
+    pub fn user(&self) -> Option<&E2eUser> {
+        self.user.as_ref()
+    }
+
+    /// The uid this world's daemon runs as.
+    pub fn uid(&self) -> u32 {
+        self.user.as_ref().map_or(0, |user| user.uid)
+    }
+
+    /// Bridge, subnet, DNS port and pool names of this world's daemon.
+    pub fn network(&self) -> WorldNetwork {
+        WorldNetwork::for_uid(self.uid())
+    }
+
+    /// Writes `config.toml` as [`TestEnv::write_config`] does; for a user,
+    /// it also names the world's helper and is the user's file.
+    pub fn write_config(&self, toml: &str) {
+        match &self.helper {
+            None => self.env.write_config(toml),
+            Some(helper) => {
+                let socket = helper.socket();
+                self.env
+                    .write_config(&format!("helper_socket = \"{}\"\n{toml}", socket.display()));
+                self.give(&self.layout().config_dir);
+            }
+        }
+    }
+
+    /// Gives `path` (and everything under it) to the world's user, so
+    /// what a test made as root can be read and changed by banger running
+    /// as that user. Nothing to do for root.
+    pub fn give(&self, path: &Path) {
+        if let Some(user) = &self.user {
+            user.give(path);
+        }
+    }
+
+    /// The world's helper socket (user worlds only).
+    pub fn helper_socket(&self) -> Option<PathBuf> {
+        self.helper.as_ref().map(HelperProcess::socket)
+    }
+
+    /// The pid of the world's running helper (user worlds only).
+    pub fn helper_pid(&self) -> Option<i32> {
+        let helper = self.helper.as_ref()?;
+        let mut child = helper.child.lock().unwrap();
+        let running = child.as_mut()?;
+        match running.try_wait() {
+            Ok(None) => Some(running.id() as i32),
+            _ => None,
+        }
+    }
+
+    /// Starts the world's helper (`banger-helper serve`, as root, in the
+    /// namespace) and waits for its socket. Panics for a root world.
+    pub fn start_helper(&self) {
+        let helper = self.helper.as_ref().expect("a user world has a helper");
+        let user = self.user.as_ref().expect("a user world has a user");
+        let mut slot = helper.child.lock().unwrap();
+        assert!(slot.is_none(), "the helper already runs");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(helper.log())
+            .expect("helper log");
+        let mut command = self.in_netns(crate::env::binary("banger-helper"));
+        command
+            .args(["serve", "--socket"])
+            .arg(helper.socket())
+            .args(["--group", &user.helper_group])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("helper log"))
+            .stderr(log);
+        if std::env::var_os("BANGER_HELPER_LOG").is_none() {
+            command.env("BANGER_HELPER_LOG", "debug");
+        }
+        let mut child = command.spawn().expect("starting banger-helper");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let socket = helper.socket();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "banger-helper exited ({status}) before serving:\n{}",
+                    std::fs::read_to_string(helper.log()).unwrap_or_default()
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "banger-helper did not serve {} within 20 s:\n{}",
+                    socket.display(),
+                    std::fs::read_to_string(helper.log()).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *slot = Some(child);
+    }
+
+    /// Kills the world's helper with SIGKILL (as a crash would) and reaps
+    /// it. Nothing to do when it does not run.
+    pub fn kill_helper(&self) {
+        self.stop_helper(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// Stops the helper with `signal`, then SIGKILL if it lingers.
+    fn stop_helper(&self, signal: nix::sys::signal::Signal) {
+        let Some(helper) = &self.helper else { return };
+        let Some(mut child) = helper.child.lock().unwrap().take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn layout(&self) -> &banger_model::layout::Layout {
         &self.env.layout
     }
 
-    /// Runs `banger ARGS` inside the namespace.
+    /// Runs `banger ARGS` inside the namespace, as the world's user.
     pub fn banger<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut command = self.in_netns(crate::env::binary("banger"));
+        let mut command = self.banger_command();
         command.args(args);
         run(command)
+    }
+
+    /// A `banger` command (arguments still to add) that runs inside the
+    /// namespace as the world's user; its pid is banger's.
+    pub fn banger_command(&self) -> Command {
+        self.user_command(crate::env::binary("banger"))
     }
 
     /// Like [`SimEnv::banger`], panicking with diagnostics on failure.
@@ -143,7 +326,55 @@ impl SimEnv {
         run(command)
     }
 
-    /// A command that runs `program` in the namespace.
+    /// Any program inside the namespace as the world's user (root for a
+    /// root world), with this world's environment.
+    pub fn exec_as_user<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = self.user_command(program);
+        command.args(args);
+        run(command)
+    }
+
+    /// A command that runs `program` in the namespace as the world's user
+    /// (`ip netns exec` needs root; `setpriv` then becomes the user and
+    /// execs the program, so the child's pid is the program's).
+    pub fn user_command(&self, program: impl AsRef<OsStr>) -> Command {
+        let Some(user) = &self.user else {
+            return self.in_netns(program);
+        };
+        let mut command = self.in_netns("setpriv");
+        command
+            .args(user.setpriv_args())
+            .arg(program)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+        command
+    }
+
+    /// A command for `program` on the host side (outside the namespace)
+    /// acting for the world's user: for a user world it runs as that user
+    /// with the world's environment (git and ssh-keygen over the user's
+    /// files); for a root world it is a plain `Command::new(program)`.
+    pub fn host_command(&self, program: impl AsRef<OsStr>) -> Command {
+        let Some(user) = &self.user else {
+            return Command::new(program);
+        };
+        let mut command = user.command(program);
+        command.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
+        }
+        command.env("USER", &user.name).env("LOGNAME", &user.name);
+        for (key, value) in self.env.vars() {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// A command that runs `program` in the namespace, as root.
     pub fn in_netns(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns]).arg(program);
@@ -165,9 +396,24 @@ impl SimEnv {
         command
     }
 
+    /// The Debian fixture as this world's user can read it: the fixture
+    /// for root, the user's own copy of it otherwise.
+    pub fn fixture_rootfs(&self) -> PathBuf {
+        self.readable(&fixture_rootfs())
+    }
+
+    /// `tree` (a root-owned fixture), or for a user world that user's
+    /// copy of it ([`E2eUser::copy_of`]).
+    pub fn readable(&self, tree: &Path) -> PathBuf {
+        match &self.user {
+            None => tree.to_owned(),
+            Some(user) => user.copy_of(tree),
+        }
+    }
+
     /// Imports the Debian fixture as image `debian` (the default image).
     pub fn import_fixture(&self) {
-        let rootfs = fixture_rootfs();
+        let rootfs = self.fixture_rootfs();
         self.ok([
             "image",
             "import",
@@ -177,14 +423,16 @@ impl SimEnv {
         ]);
     }
 
-    /// `dig @127.0.0.1 -p 42069 NAME A +short` inside the namespace.
+    /// `dig @127.0.0.1 -p PORT NAME A +short` inside the namespace, PORT
+    /// being the world's DNS port.
     pub fn dig(&self, name: &str) -> String {
+        let port = self.network().dns_port.to_string();
         let out = self.exec(
             "dig",
             [
                 "@127.0.0.1",
                 "-p",
-                "42069",
+                &port,
                 "+short",
                 "+time=2",
                 "+tries=2",
@@ -202,6 +450,15 @@ impl SimEnv {
             text.push_str(&format!("--- {title} ---\n{body}\n"));
         };
         section("daemon log (tail)", tail(&self.env.daemon_log(), 60));
+        if let Some(helper) = &self.helper {
+            section(
+                "helper log (tail)",
+                tail(
+                    &std::fs::read_to_string(helper.log()).unwrap_or_default(),
+                    40,
+                ),
+            );
+        }
         section("ip -d link", self.exec("ip", ["-d", "-br", "link"]).stdout);
         section("iptables-save", self.exec("iptables-save", [""; 0]).stdout);
         section("loop devices", run(Command::new("losetup")).stdout);
@@ -255,13 +512,12 @@ impl SimEnv {
     /// A description of what this world still holds on the host, if anything.
     pub fn leaks(&self) -> Option<String> {
         let links = self.exec("ip", ["-br", "link"]).stdout;
+        let network = self.network();
         let stray_links: Vec<&str> = links
             .lines()
             .filter_map(|line| line.split_whitespace().next())
-            .filter(|name| {
-                (name.starts_with("btap-") && !name.starts_with("btap-pool-"))
-                    || name.starts_with("bsv")
-            })
+            .map(|name| name.split('@').next().unwrap_or(name))
+            .filter(|name| network.is_vm_tap(name) || name.starts_with("bsv"))
             .collect();
         let rules = self.exec("iptables-save", [""; 0]).stdout;
         let stray_rules: Vec<&str> = rules
@@ -344,6 +600,7 @@ impl Drop for SimEnv {
         while !self.vmm_processes().is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.stop_helper(nix::sys::signal::Signal::SIGTERM);
         let _ = run({
             let mut command = Command::new("ip");
             command.args(["netns", "del", &self.netns]);

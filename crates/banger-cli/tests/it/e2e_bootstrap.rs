@@ -17,7 +17,8 @@ use banger_bootstrap::decompress::Compression;
 use banger_bootstrap::modules;
 use banger_testkit::env::run;
 use banger_testkit::sim::repo_root;
-use banger_testkit::{SimEnv, TestEnv, binary, e2e_ready};
+use banger_testkit::user::E2eUser;
+use banger_testkit::{SimEnv, TestEnv, e2e_ready};
 use serde_json::Value;
 
 const MIRROR_HOST: &str = "deb.debian.org:80";
@@ -133,17 +134,25 @@ fn forward(client: TcpStream, requests: &Mutex<Vec<String>>) {
 }
 
 /// Points this world's package caches at the repository's ignored
-/// `.cache/`, so repeated runs reuse downloaded packages.
-pub(crate) fn share_caches(env: &TestEnv) {
+/// `.cache/`, so repeated runs reuse downloaded packages. A world of
+/// another user than root gets that user's copy of them (root's cache is
+/// not theirs to write), and its links are the user's.
+pub(crate) fn share_caches(env: &TestEnv, user: Option<&E2eUser>) {
     let banger_cache = env.layout.cache_dir.clone();
     std::fs::create_dir_all(&banger_cache).unwrap();
     let shared = std::env::var_os("BANGER_FIXTURE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".cache"));
     for dir in ["debootstrap", "apt"] {
-        let target = shared.join(dir);
+        let mut target = shared.join(dir);
         std::fs::create_dir_all(&target).unwrap();
+        if let Some(user) = user {
+            target = user.copy_of(&target);
+        }
         std::os::unix::fs::symlink(&target, banger_cache.join(dir)).unwrap();
+    }
+    if let Some(user) = user {
+        user.give(&banger_cache);
     }
 }
 
@@ -171,7 +180,7 @@ pub(crate) fn banger_via_proxy(
     proxy: &MirrorProxy,
     args: &[&str],
 ) -> banger_testkit::Output {
-    let mut command = sim.in_netns(binary("banger"));
+    let mut command = sim.banger_command();
     command
         .args(args)
         .env("http_proxy", proxy.url())
@@ -194,7 +203,7 @@ fn vm_run_without_an_image_bootstraps_debian_and_runs_in_it() {
         "debootstrap is not installed (scripts/install-deps.sh installs it)"
     );
     let sim = SimEnv::new("");
-    share_caches(&sim.env);
+    share_caches(&sim.env, sim.user());
     let proxy = MirrorProxy::start(&sim.netns);
 
     let started = Instant::now();
@@ -435,7 +444,7 @@ fn kernel_bootstrap_registers_vmlinux_and_initrd() {
         return;
     }
     let env = TestEnv::new();
-    share_caches(&env);
+    share_caches(&env, None);
     let started = Instant::now();
     let out = env.banger(["kernel", "bootstrap", "debian"]);
     out.assert_success();

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use banger_testkit::{SimEnv, binary, e2e_ready};
+use banger_testkit::{SimEnv, e2e_ready};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -50,7 +50,7 @@ fn ssh_clients(needle: &str) -> Vec<i32> {
 /// `banger ARGS` in the namespace, running in the background, its output
 /// captured.
 fn spawn_banger(sim: &SimEnv, args: &[&str]) -> Child {
-    let mut command = sim.in_netns(binary("banger"));
+    let mut command = sim.banger_command();
     command
         .args(args)
         .stdin(Stdio::null())
@@ -80,7 +80,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
 fn spawn_with_terminal(sim: &SimEnv, args: &[&str]) -> (Child, OwnedFd) {
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave = pty.slave;
-    let mut command = sim.in_netns(binary("banger"));
+    let mut command = sim.banger_command();
     command
         .args(args)
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -383,7 +383,7 @@ fn nat_false_in_config_isolates_unless_asked() {
         return;
     }
     let sim = SimEnv::new("");
-    sim.env.write_config(
+    sim.write_config(
         "vmm = \"sim\"\nboot_timeout_seconds = 60\nstop_grace_seconds = 5\n\n[network]\nnat = false\n",
     );
     sim.import_fixture();

@@ -7,14 +7,15 @@
 //! run gets the current guest files.
 
 use std::path::Path;
-use std::process::Command;
 
-use banger_testkit::{SimEnv, binary, e2e_ready};
+use banger_testkit::{SimEnv, e2e_ready};
 
 use crate::e2e_bootstrap::{MirrorProxy, banger_via_proxy, share_caches};
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
+/// `git -C DIR ARGS` as the world's user.
+fn git(sim: &SimEnv, dir: &Path, args: &[&str]) {
+    let out = sim
+        .host_command("git")
         .arg("-C")
         .arg(dir)
         .args(args)
@@ -32,8 +33,8 @@ fn make_test_in_the_developer_image_exits_with_makes_code() {
     if !e2e_ready() {
         return;
     }
-    let rootfs = banger_testkit::fixtures::developer_rootfs();
     let sim = SimEnv::new("");
+    let rootfs = sim.readable(&banger_testkit::fixtures::developer_rootfs());
     sim.ok([
         "image",
         "import",
@@ -46,7 +47,8 @@ fn make_test_in_the_developer_image_exits_with_makes_code() {
     // exits 3.
     let repo = sim.env.root().join("project");
     std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
+    sim.give(&repo);
+    git(&sim, &repo, &["init", "-q", "-b", "main"]);
     std::fs::write(
         repo.join("hello.c"),
         "#include <stdio.h>\nint main(void) { puts(\"hello from gcc\"); return 0; }\n",
@@ -57,8 +59,9 @@ fn make_test_in_the_developer_image_exits_with_makes_code() {
         "test:\n\tcc -o hello hello.c\n\t./hello\n\t@echo the tests fail\n\t@exit 3\n",
     )
     .unwrap();
-    git(&repo, &["add", "-A"]);
+    git(&sim, &repo, &["add", "-A"]);
     git(
+        &sim,
         &repo,
         &[
             "-c",
@@ -72,7 +75,7 @@ fn make_test_in_the_developer_image_exits_with_makes_code() {
     );
 
     // `banger vm run --rm . -- make test`, from the project directory.
-    let mut command = sim.in_netns(binary("banger"));
+    let mut command = sim.banger_command();
     command
         .args(["vm", "run", "--rm", ".", "--", "make", "test"])
         .current_dir(&repo);
@@ -144,9 +147,9 @@ fn docker_runs_in_the_developer_image_on_qemu() {
             return;
         }
     };
-    let rootfs = banger_testkit::fixtures::developer_rootfs();
     let sim = SimEnv::qemu(&format!("vhost_vsock_bin = \"{}\"\n", vhost.display()));
-    share_caches(&sim.env);
+    let rootfs = sim.readable(&banger_testkit::fixtures::developer_rootfs());
+    share_caches(&sim.env, sim.user());
     let proxy = MirrorProxy::start(&sim.netns);
     let out = banger_via_proxy(&sim, &proxy, &["kernel", "bootstrap", "debian"]);
     if !out.success() {

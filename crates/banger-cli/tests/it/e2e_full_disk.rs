@@ -23,7 +23,7 @@ impl LoopMount {
             .unwrap()
             .set_len(size_mib << 20)
             .unwrap();
-        // No blocks reserved for root: the daemon runs as root here.
+        // No blocks reserved for root: the daemon may run as root.
         run(
             "mkfs.ext4",
             &["-q", "-F", "-m", "0", &image.to_string_lossy()],
@@ -127,6 +127,7 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     let sim = SimEnv::new("");
     // Before the first command, so that all of banger's state lands there.
     let mount = LoopMount::new(&sim.env.root().join("state"), 3072);
+    sim.give(&mount.dir);
     sim.import_fixture();
     // 3 GiB cannot hold an 8G work disk plus the image's root: refused
     // with the numbers, unless overcommitting is asked for.
@@ -162,7 +163,7 @@ fn a_full_state_filesystem_fails_clearly_and_banger_catches_up_after() {
     let import = sim.banger([
         "image",
         "import",
-        &banger_testkit::sim::fixture_rootfs().to_string_lossy(),
+        &sim.fixture_rootfs().to_string_lossy(),
         "--name",
         "again",
     ]);
@@ -235,6 +236,7 @@ fn a_guest_filling_the_host_is_warned_about_before_it_is_full() {
     }
     let sim = SimEnv::new("");
     let mount = LoopMount::new(&sim.env.root().join("state"), 3072);
+    sim.give(&mount.dir);
     sim.import_fixture();
     sim.ok(["vm", "create", "--name", "filler", "--allow-overcommit"]);
     let list = sim.ok(["vm", "list"]);

@@ -318,6 +318,7 @@ fn debootstrap_trees_import_with_their_dev_nodes() {
         .arg(&tree);
     banger_testkit::env::run(copy).assert_success();
     make_debootstrap_dev(&tree);
+    sim.give(&tree);
     let tarball = sim.env.root().join("debootstrap.tar");
     let mut tar = Command::new("tar");
     tar.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
@@ -503,6 +504,7 @@ fn registered_ext4_files_boot() {
     // Register a copy made outside banger's dirs.
     let outside = sim.env.root().join("mine.ext4");
     std::fs::copy(image["rootfs_path"].as_str().unwrap(), &outside).unwrap();
+    sim.give(&outside);
     let out = sim.ok([
         "image",
         "register",

@@ -267,7 +267,7 @@ fn ten_vms_created_concurrently_then_deleted_concurrently() {
     let children: Vec<Child> = names
         .iter()
         .map(|name| {
-            let mut command = sim.in_netns(banger_testkit::binary("banger"));
+            let mut command = sim.banger_command();
             command
                 .args(["vm", "create", "--name", name])
                 .stdout(Stdio::piped())
@@ -323,7 +323,7 @@ fn a_daemon_killed_during_create_leaves_nothing_after_restart() {
         .enumerate()
     {
         let name = format!("victim{round}");
-        let mut command = sim.in_netns(banger_testkit::binary("banger"));
+        let mut command = sim.banger_command();
         command
             .args(["vm", "create", "--name", &name])
             .stdout(Stdio::null())
@@ -384,7 +384,7 @@ fn a_daemon_killed_during_delete_never_leaves_a_broken_vm() {
         // Spread over the delete (about 0.1 s here), varied per run.
         let delay = u64::from(seed.wrapping_mul(round + 1) % 120);
         delays.push(delay);
-        let mut command = sim.in_netns(banger_testkit::binary("banger"));
+        let mut command = sim.banger_command();
         command
             .args(["vm", "delete", &name])
             .stdout(Stdio::null())
@@ -592,7 +592,7 @@ fn the_firecracker_path_is_driven_through_a_validating_stand_in() {
         "k1",
     ]);
     assert!(out.stderr.contains("kernel k1 imported"), "{out}");
-    let rootfs = banger_testkit::sim::fixture_rootfs();
+    let rootfs = sim.fixture_rootfs();
     sim.ok([
         "image",
         "import",
@@ -655,7 +655,7 @@ fn ctrl_c_during_create_rolls_back() {
         "--name",
         "bare",
     ]);
-    let mut command = sim.in_netns(banger_testkit::binary("banger"));
+    let mut command = sim.banger_command();
     command
         .args(["vm", "create", "--name", "interrupted"])
         .stdout(Stdio::piped())
@@ -685,7 +685,7 @@ fn a_run_whose_guest_never_answers_keeps_the_vm_running() {
         return;
     }
     let sim = SimEnv::new("");
-    sim.env.write_config(
+    sim.write_config(
         "vmm = \"sim\"\nboot_timeout_seconds = 2\nstop_grace_seconds = 5\n\n[network]\n",
     );
     let rootfs = shell_only_rootfs(sim.env.root());
@@ -746,10 +746,12 @@ fn unusable_ssh_keys_are_refused_before_a_vm_exists() {
     sim.import_fixture();
     let key = sim.layout().home.join(".ssh/mine");
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    sim.give(key.parent().unwrap());
     let keygen = |passphrase: &str| {
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(key.with_extension("pub"));
-        let out = Command::new("ssh-keygen")
+        let out = sim
+            .host_command("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
             .arg(&key)
             .output()

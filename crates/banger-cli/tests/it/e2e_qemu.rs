@@ -13,7 +13,6 @@
 //! except under `CI=true`, where it fails.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use banger_testkit::sim::repo_root;
@@ -62,8 +61,10 @@ fn vm_json(sim: &SimEnv, name: &str) -> Value {
     serde_json::from_str(&ok(sim, &["vm", "show", name, "--json"]).stdout).unwrap()
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
+/// `git ARGS` in `dir` as the world's user.
+fn git(sim: &SimEnv, dir: &Path, args: &[&str]) {
+    let out = sim
+        .host_command("git")
         .args(args)
         .current_dir(dir)
         .output()
@@ -76,18 +77,20 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 /// A checkout with a committed file changed but not committed, and an
-/// untracked file.
-fn dirty_repo(root: &Path) -> PathBuf {
-    let repo = root.join("repo");
+/// untracked file, the world's user's.
+fn dirty_repo(sim: &SimEnv) -> PathBuf {
+    let repo = sim.env.root().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["config", "user.name", "Repo Person"]);
-    git(&repo, &["config", "user.email", "repo@example.com"]);
+    sim.give(&repo);
+    git(sim, &repo, &["init", "-q", "-b", "main"]);
+    git(sim, &repo, &["config", "user.name", "Repo Person"]);
+    git(sim, &repo, &["config", "user.email", "repo@example.com"]);
     std::fs::write(repo.join("tracked.txt"), "committed\n").unwrap();
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-qm", "init"]);
+    git(sim, &repo, &["add", "-A"]);
+    git(sim, &repo, &["commit", "-qm", "init"]);
     std::fs::write(repo.join("tracked.txt"), "changed, not committed\n").unwrap();
     std::fs::write(repo.join("untracked.txt"), "never added\n").unwrap();
+    sim.give(&repo);
     repo
 }
 
@@ -134,7 +137,7 @@ fn qemu_guest_end_to_end() {
     .unwrap();
 
     // The kernel users get, and the fixture image booting with it.
-    share_caches(&sim.env);
+    share_caches(&sim.env, sim.user());
     let proxy = MirrorProxy::start(&sim.netns);
     let out = step("kernel bootstrap", || {
         banger_via_proxy(&sim, &proxy, &["kernel", "bootstrap", "debian"])
@@ -146,8 +149,24 @@ fn qemu_guest_end_to_end() {
         serde_json::from_str(&ok(&sim, &["kernel", "show", KERNEL, "--json"]).stdout).unwrap();
     let release = kernel["version"].as_str().unwrap().to_owned();
     // The image users get: Debian's packages through debootstrap (cached in
-    // the repository's .cache/, shared with the fixture build).
+    // the repository's .cache/, shared with the fixture build). debootstrap
+    // needs root: a user's daemon imports the fixture (debootstrap's too)
+    // instead.
     let out = step("image bootstrap", || {
+        if sim.user().is_some() {
+            let rootfs = sim.fixture_rootfs();
+            let rootfs = rootfs.to_string_lossy();
+            let args = [
+                "image",
+                "import",
+                &rootfs,
+                "--name",
+                "debian",
+                "--kernel-ref",
+                KERNEL,
+            ];
+            return sim.banger(args);
+        }
         banger_via_proxy(
             &sim,
             &proxy,
@@ -192,7 +211,7 @@ fn qemu_guest_end_to_end() {
     );
 
     // 2. A workspace with uncommitted work, and the command's exit code.
-    let repo = dirty_repo(sim.env.root());
+    let repo = dirty_repo(&sim);
     let out = step("vm run --rm REPO -- sh -c '…; exit 7'", || {
         sim.banger([
             "vm",
@@ -359,7 +378,8 @@ fn qemu_guest_end_to_end() {
         .find(|line| line.contains(":8765"))
         .unwrap_or_default();
     assert!(
-        line.contains("tcp q.vm:8765") || line.contains("tcp 172.30."),
+        line.contains("tcp q.vm:8765")
+            || line.contains(&format!("tcp {}", sim.network().address_prefix())),
         "{ports}"
     );
     assert!(line.contains("git"), "{ports}");
@@ -457,10 +477,12 @@ fn qemu_guest_end_to_end() {
         sim.vmm_processes().is_empty()
     });
     let links = sim.exec("ip", ["-br", "link"]).stdout;
+    let network = sim.network();
     assert!(
         !links
             .lines()
-            .any(|l| l.starts_with("btap-") && !l.starts_with("btap-pool-")),
+            .filter_map(|l| l.split_whitespace().next())
+            .any(|name| network.is_vm_tap(name)),
         "{links}"
     );
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 use banger_testkit::{SimEnv, e2e_ready};
 use serde_json::Value;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
+/// `git -C DIR ARGS` as the world's user (root for a root world).
+fn git(sim: &SimEnv, dir: &Path, args: &[&str]) -> String {
+    let out = sim
+        .host_command("git")
         .arg("-C")
         .arg(dir)
         .args(args)
@@ -23,19 +25,21 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A repository with every kind of change a checkout can carry.
-fn messy_repo(root: &Path) -> PathBuf {
+/// A repository with every kind of change a checkout can carry, the
+/// world's user's.
+fn messy_repo(sim: &SimEnv, root: &Path) -> PathBuf {
     let repo = root.join("project");
     std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["config", "user.name", "Repo Person"]);
-    git(&repo, &["config", "user.email", "repo@example.com"]);
+    sim.give(&repo);
+    git(sim, &repo, &["init", "-q", "-b", "main"]);
+    git(sim, &repo, &["config", "user.name", "Repo Person"]);
+    git(sim, &repo, &["config", "user.email", "repo@example.com"]);
     std::fs::write(repo.join("committed.txt"), "committed\n").unwrap();
     std::fs::write(repo.join("modified.txt"), "old\n").unwrap();
     std::fs::write(repo.join("deleted.txt"), "deleted\n").unwrap();
     std::fs::write(repo.join(".gitignore"), "*.log\n").unwrap();
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-qm", "init"]);
+    git(sim, &repo, &["add", "-A"]);
+    git(sim, &repo, &["commit", "-qm", "init"]);
     std::fs::write(repo.join("modified.txt"), "new\n").unwrap();
     std::fs::remove_file(repo.join("deleted.txt")).unwrap();
     std::fs::write(repo.join("untracked dir ünï.txt"), "untracked\n").unwrap();
@@ -48,6 +52,7 @@ fn messy_repo(root: &Path) -> PathBuf {
     std::fs::write(repo.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
     std::fs::set_permissions(repo.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink("committed.txt", repo.join("link")).unwrap();
+    sim.give(&repo);
     repo
 }
 
@@ -72,7 +77,7 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     }
     let sim = SimEnv::new("");
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
+    let repo = messy_repo(&sim, sim.env.root());
     // The host's global identity goes to /root/.gitconfig.
     std::fs::write(
         sim.env.layout.home.join(".gitconfig"),
@@ -153,9 +158,10 @@ fn vm_run_branches_and_full_copies_before_boot() {
     }
     let sim = SimEnv::new("");
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
+    let repo = messy_repo(&sim, sim.env.root());
     std::fs::write(repo.join("committed.txt"), "second\n").unwrap();
     git(
+        &sim,
         &repo,
         &[
             "-c",
@@ -217,7 +223,7 @@ fn a_trusted_repository_of_another_user_is_copied() {
     }
     let sim = SimEnv::new("");
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
+    let repo = messy_repo(&sim, sim.env.root());
     let status = Command::new("chown")
         .args(["-R", "65534:65534"])
         .arg(&repo)
@@ -264,9 +270,11 @@ fn a_ten_thousand_file_workspace_arrives_whole() {
             .unwrap();
         }
     }
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
+    sim.give(&repo);
+    git(&sim, &repo, &["init", "-q", "-b", "main"]);
+    git(&sim, &repo, &["add", "-A"]);
     git(
+        &sim,
         &repo,
         &[
             "-c",
@@ -283,7 +291,7 @@ fn a_ten_thousand_file_workspace_arrives_whole() {
     std::fs::remove_dir_all(repo.join("d3")).unwrap();
     std::fs::write(repo.join("d4/new"), "new\n").unwrap();
     let expected = host_manifest(&repo);
-    let host_status = git(&repo, &["status", "--short"]);
+    let host_status = git(&sim, &repo, &["status", "--short"]);
     assert_eq!(expected.lines().count(), 2 * (10_000 - 1 - 100 + 1));
 
     let out = sim.ok([
@@ -318,9 +326,11 @@ fn directories_swapped_for_symlinks_out_of_the_repo_are_not_read_through() {
     std::fs::create_dir_all(repo.join("lib")).unwrap();
     std::fs::write(repo.join("conf/app.txt"), "tracked config\n").unwrap();
     std::fs::write(repo.join("lib/mod.txt"), "tracked lib\n").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "-A"]);
+    sim.give(&root.join("work"));
+    git(&sim, &repo, &["init", "-q", "-b", "main"]);
+    git(&sim, &repo, &["add", "-A"]);
     git(
+        &sim,
         &repo,
         &[
             "-c",
@@ -341,7 +351,7 @@ fn directories_swapped_for_symlinks_out_of_the_repo_are_not_read_through() {
     std::os::unix::fs::symlink(&outside, repo.join("conf")).unwrap();
     std::fs::remove_dir_all(repo.join("lib")).unwrap();
     std::os::unix::fs::symlink("../..", repo.join("lib")).unwrap();
-    let host_status = git(&repo, &["status", "--short"]);
+    let host_status = git(&sim, &repo, &["status", "--short"]);
 
     let out = sim.ok([
         "vm",
@@ -375,10 +385,10 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
     }
     let sim = SimEnv::new("");
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-qm", "host work"]);
-    let base = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    let repo = messy_repo(&sim, sim.env.root());
+    git(&sim, &repo, &["add", "-A"]);
+    git(&sim, &repo, &["commit", "-qm", "host work"]);
+    let base = git(&sim, &repo, &["rev-parse", "HEAD"]).trim().to_owned();
 
     sim.ok(["vm", "create", "--name", "dev"]);
     let prepared = sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
@@ -425,7 +435,11 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
     ]);
     assert!(out.stderr.contains(&format!("base: {copied_in}")), "{out}");
 
-    git(&repo, &["apply", "--index", &patch_file.to_string_lossy()]);
+    git(
+        &sim,
+        &repo,
+        &["apply", "--index", &patch_file.to_string_lossy()],
+    );
     assert_eq!(
         std::fs::read_to_string(repo.join("committed.txt")).unwrap(),
         "committed\nguest\n"
@@ -488,11 +502,11 @@ fn export_applies_to_the_unchanged_host_checkout() {
     }
     let sim = SimEnv::new("");
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
+    let repo = messy_repo(&sim, sim.env.root());
     sim.ok(["vm", "create", "--name", "dev"]);
     sim.ok(["vm", "workspace", "prepare", "dev", &repo.to_string_lossy()]);
     let vm: Value = serde_json::from_str(&sim.ok(["vm", "show", "dev", "--json"]).stdout).unwrap();
-    let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    let head = git(&sim, &repo, &["rev-parse", "HEAD"]).trim().to_owned();
     assert_eq!(vm["workspace"]["head_commit"], head.as_str());
     assert_ne!(vm["workspace"]["base_commit"], head.as_str());
     // The guest: a commit on top of the host's work, then more edits.
@@ -526,7 +540,7 @@ fn export_applies_to_the_unchanged_host_checkout() {
         "--output",
         &patch.to_string_lossy(),
     ]);
-    git(&repo, &["apply", &patch.to_string_lossy()]);
+    git(&sim, &repo, &["apply", &patch.to_string_lossy()]);
     let host_tree: String = host_manifest(&repo)
         .lines()
         .filter(|line| !line.contains("ignored.log"))
@@ -551,8 +565,12 @@ fn bad_workspace_input_creates_no_vm() {
     let plain = root.join("not-a-repo");
     std::fs::create_dir_all(&plain).unwrap();
     let bare = root.join("bare.git");
-    git(root, &["init", "-q", "--bare", &bare.to_string_lossy()]);
-    let with_sub = messy_repo(&root.join("sub"));
+    git(
+        &sim,
+        root,
+        &["init", "-q", "--bare", &bare.to_string_lossy()],
+    );
+    let with_sub = messy_repo(&sim, &root.join("sub"));
     std::fs::write(
         with_sub.join(".gitmodules"),
         "[submodule \"x\"]\n\tpath = x\n\turl = ../x\n",
@@ -720,6 +738,7 @@ fn file_sync_copies_host_files_into_the_guest_at_start() {
     )
     .unwrap();
     std::fs::write(home.join("script"), "#!/bin/sh\necho hi\n").unwrap();
+    sim.give(home);
     sim.import_fixture();
     let out = sim.ok(["vm", "create", "--name", "sync"]);
     assert!(
@@ -762,8 +781,9 @@ fn interactive_workspace_sessions_bootstrap_mise_tools() {
         "#!/bin/sh\necho \"$*\" >> /root/mise-calls\n",
     )
     .unwrap();
+    sim.give(&sim.env.layout.home);
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
+    let repo = messy_repo(&sim, sim.env.root());
     std::fs::write(repo.join(".tool-versions"), "python 3.12\n").unwrap();
     // Command mode: no bootstrap.
     let out = sim.ok([
@@ -894,6 +914,7 @@ fn vm_cp_copies_trees_both_ways_keeping_modes() {
     )
     .unwrap();
     std::os::unix::fs::symlink("run.sh", tree.join("link")).unwrap();
+    sim.give(&tree);
     let manifest = |dir: &str| format!("cd {dir} && {MANIFEST}");
     let host_tree = host_manifest(&tree);
 
@@ -933,7 +954,7 @@ fn vm_cp_copies_trees_both_ways_keeping_modes() {
     );
 
     // Tar streams both ways.
-    let out = sim.exec(
+    let out = sim.exec_as_user(
         "sh",
         [
             "-c",
@@ -944,7 +965,7 @@ fn vm_cp_copies_trees_both_ways_keeping_modes() {
         ],
     );
     assert!(out.stdout.contains("copied/sub/deeper/blob.bin"), "{out}");
-    let out = sim.exec(
+    let out = sim.exec_as_user(
         "sh",
         [
             "-c",
@@ -985,7 +1006,7 @@ fn vm_run_rm_names_or_exports_the_changes_it_deletes() {
     }
     let sim = SimEnv::new("");
     sim.import_fixture();
-    let repo = messy_repo(sim.env.root());
+    let repo = messy_repo(&sim, sim.env.root());
     let work = "echo changed >> committed.txt && echo fresh > created.txt";
     let out = sim.ok([
         "vm",
@@ -1018,7 +1039,7 @@ fn vm_run_rm_names_or_exports_the_changes_it_deletes() {
     ]);
     assert!(out.stderr.contains("2 files changed"), "{out}");
     assert!(out.stderr.contains("deleted (--rm)"), "{out}");
-    git(&repo, &["apply", &patch.to_string_lossy()]);
+    git(&sim, &repo, &["apply", &patch.to_string_lossy()]);
     assert_eq!(
         std::fs::read_to_string(repo.join("created.txt")).unwrap(),
         "fresh\n"
