@@ -248,7 +248,10 @@ fn dump_seed_into(seed: &Path, dir: &Path) -> io::Result<()> {
             )
         })?;
     let request = format!("rdump / {}", crate::edits::quote(target));
-    let output = exec::run(
+    // rdump gives every file its owner in the seed (root): a daemon that
+    // is not root may not, except as root of a user namespace of its own,
+    // where root is its own uid (and mkfs.ext4 -d makes them root's again).
+    let output = exec::run_owning_as_root(
         Tool::Debugfs,
         &exec::args([
             std::ffi::OsStr::new("-R"),
