@@ -9,6 +9,7 @@ mod e2e_bootstrap;
 mod e2e_commands;
 mod e2e_developer;
 mod e2e_full_disk;
+mod e2e_helper;
 mod e2e_images;
 mod e2e_lifecycle;
 mod e2e_qemu;
