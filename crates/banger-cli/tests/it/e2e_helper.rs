@@ -14,12 +14,12 @@ fn vms(sim: &SimEnv) -> Vec<Value> {
     serde_json::from_str(&sim.ok(["vm", "list", "--json"]).stdout).unwrap()
 }
 
-/// Per round: SIGKILL of the helper a random time into a create (spread
-/// over the create, about a second with sim guests), a new helper and a
-/// new daemon (which reconciles), then the same during a delete. Each
-/// victim ends either absent, or listed in a state from which it works or
-/// deletes cleanly; a VM made before all this keeps working; and at the
-/// end the host holds nothing of the world.
+/// Per round: SIGKILL of the helper a random time into a create (the
+/// rounds' kill points spread over the time a create takes here), a new
+/// helper and a new daemon (which reconciles), then the same during a
+/// delete. Each victim ends either absent, or listed in a state from which
+/// it works or deletes cleanly; a VM made before all this keeps working;
+/// and at the end the host holds nothing of the world.
 #[test]
 fn a_helper_killed_during_create_and_delete_leaves_nothing_once_back() {
     if !e2e_ready() {
@@ -35,12 +35,31 @@ fn a_helper_killed_during_create_and_delete_leaves_nothing_once_back() {
         return;
     }
     sim.import_fixture();
-    sim.ok(["vm", "create", "--name", "survivor"]);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
+    // How long a create and a delete take here: the kills are spread over
+    // them (one per slice of the span, at a random point of it).
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        sim.ok(args);
+        started.elapsed()
+    };
+    timed(&["vm", "create", "--name", "probe"]);
+    let delete_span = timed(&["vm", "delete", "probe"]);
+    let create_span = timed(&["vm", "create", "--name", "survivor"]);
+    let mut random = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+    ) | 1;
     let rounds = 6u32;
+    // A point in slice `round` of `span`.
+    let mut kill_point = |span: Duration, round: u32| {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let slice = span / rounds;
+        slice * round + slice * u32::try_from(random % 1000).unwrap() / 1000
+    };
     let mut outcomes = Vec::new();
     // Brings both back: a new helper, and a new daemon (its start
     // reconciles what the killed helper left half done).
@@ -57,20 +76,20 @@ fn a_helper_killed_during_create_and_delete_leaves_nothing_once_back() {
         let name = format!("victim{round}");
 
         // During create.
-        let delay = u64::from(seed.wrapping_mul(round + 1) % 1500);
+        let delay = kill_point(create_span, round);
         let mut create = sim.banger_command();
         create
             .args(["vm", "create", "--name", &name])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let child = create.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
+        std::thread::sleep(delay);
         sim.kill_helper();
         let created = child.wait_with_output().unwrap();
         back(round);
         let after_create = settle(&sim, &name, round);
         outcomes.push(format!(
-            "create +{delay} ms: banger exit {:?}, then {after_create}",
+            "create +{delay:.0?} of {create_span:.0?}: banger exit {:?}, then {after_create}",
             created.status.code()
         ));
 
@@ -78,20 +97,20 @@ fn a_helper_killed_during_create_and_delete_leaves_nothing_once_back() {
         if after_create == "absent" {
             sim.ok(["vm", "create", "--name", &name]);
         }
-        let delay = u64::from(seed.wrapping_mul(round + 7) % 300);
+        let delay = kill_point(delete_span, round);
         let mut delete = sim.banger_command();
         delete
             .args(["vm", "delete", &name])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut child = delete.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
+        std::thread::sleep(delay);
         sim.kill_helper();
         let deleted = child.wait().unwrap();
         back(round);
         let after_delete = settle(&sim, &name, round);
         outcomes.push(format!(
-            "delete +{delay} ms: banger exit {:?}, then {after_delete}",
+            "delete +{delay:.0?} of {delete_span:.0?}: banger exit {:?}, then {after_delete}",
             deleted.code()
         ));
         if after_delete != "absent" {
