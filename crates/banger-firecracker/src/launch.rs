@@ -51,6 +51,9 @@ pub struct LaunchSpec {
     pub extra_args: Vec<OsString>,
     /// How long to wait for the API to answer `GET /`.
     pub api_timeout: Duration,
+    /// The VMM must run as root (the `sim` engine's namespaces). A daemon
+    /// that is not root has banger-helper start it; [`launch`] ignores it.
+    pub needs_root: bool,
 }
 
 impl LaunchSpec {
@@ -69,6 +72,7 @@ impl LaunchSpec {
             log_path: None,
             extra_args: Vec::new(),
             api_timeout: Duration::from_secs(10),
+            needs_root: false,
         }
     }
 
@@ -270,6 +274,12 @@ pub enum LaunchError {
         waited: Duration,
         console_log: PathBuf,
     },
+    #[error("banger-helper could not start {binary} for this user")]
+    Helper {
+        binary: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("vmm start was cancelled")]
     Cancelled,
 }
@@ -280,15 +290,7 @@ pub async fn launch(
     spec: &LaunchSpec,
     cancel: &CancellationToken,
 ) -> Result<VmmProcess, LaunchError> {
-    validate_id(&spec.id)?;
-    remove_stale_socket(&spec.api_socket).await?;
-    if let Some(vsock) = &spec.vsock_socket {
-        remove_stale_socket(vsock).await?;
-    }
-    let console = open_log(&spec.console_log, false)?;
-    if let Some(log) = &spec.log_path {
-        drop(open_log(log, true)?);
-    }
+    let console = prepare(spec).await?;
     // Detached: the caller's terminal signals and exit do not reach it.
     let child = Cmd::new(&spec.binary)
         .args(spec.args())
@@ -299,37 +301,61 @@ pub async fn launch(
         })?;
     let process = watch_child(child, spec.api_socket.clone())?;
     tracing::debug!(pid = process.pid, "vmm spawned");
+    if let Err(err) = api_ready(spec, &process, cancel).await {
+        // Leave nothing running behind a failed start: kill it and wait
+        // (bounded) until it is gone, so a rollback sees it gone.
+        if let Err(error) = kill(&process, Duration::from_secs(10)).await {
+            tracing::warn!(%error, "could not kill a vmm that failed to start");
+        }
+        return Err(err);
+    }
+    Ok(process)
+}
 
-    match wait_for_api(
+/// What every start does before the VMM runs: checks the id, removes stale
+/// sockets, truncates the VMM's log and opens the console log (returned,
+/// for the VMM's stdout and stderr).
+pub async fn prepare(spec: &LaunchSpec) -> Result<std::fs::File, LaunchError> {
+    validate_id(&spec.id)?;
+    remove_stale_socket(&spec.api_socket).await?;
+    if let Some(vsock) = &spec.vsock_socket {
+        remove_stale_socket(vsock).await?;
+    }
+    let console = open_log(&spec.console_log, false)?;
+    if let Some(log) = &spec.log_path {
+        drop(open_log(log, true)?);
+    }
+    Ok(console)
+}
+
+/// Waits until the API of the just-started `process` answers. On an error
+/// the process may still run: the caller kills it.
+pub async fn api_ready(
+    spec: &LaunchSpec,
+    process: &VmmProcess,
+    cancel: &CancellationToken,
+) -> Result<(), LaunchError> {
+    wait_for_api(
         &spec.api_socket,
         spec.api_timeout,
         cancel,
         Some(&process.exit),
     )
     .await
-    {
-        Ok(_) => Ok(process),
-        Err(err) => {
-            // Leave nothing running behind a failed start: kill it and wait
-            // (bounded) until it is gone, so a rollback sees it gone.
-            if let Err(error) = kill(&process, Duration::from_secs(10)).await {
-                tracing::warn!(%error, "could not kill a vmm that failed to start");
-            }
-            Err(match err {
-                WaitForApiError::Exited(exit) => LaunchError::Exited {
-                    binary: spec.binary.clone(),
-                    exit,
-                    console_log: spec.console_log.clone(),
-                },
-                WaitForApiError::Timeout { waited, .. } => LaunchError::ApiTimeout {
-                    path: spec.api_socket.clone(),
-                    waited,
-                    console_log: spec.console_log.clone(),
-                },
-                WaitForApiError::Cancelled => LaunchError::Cancelled,
-            })
-        }
-    }
+    .map(drop)
+    .map_err(|err| match err {
+        WaitForApiError::Exited(exit) => LaunchError::Exited {
+            binary: spec.binary.clone(),
+            exit,
+            console_log: spec.console_log.clone(),
+        },
+        WaitForApiError::Timeout { waited, .. } => LaunchError::ApiTimeout {
+            path: spec.api_socket.clone(),
+            waited,
+            console_log: spec.console_log.clone(),
+        },
+        WaitForApiError::Cancelled => LaunchError::Cancelled,
+    })
 }
 
 fn watch_child(
@@ -577,11 +603,22 @@ pub enum KillVmmError {
     },
     #[error("vmm pid {pid} did not exit within {waited:?} of SIGKILL")]
     StillRunning { pid: u32, waited: Duration },
+    #[error("banger-helper could not kill vmm pid {pid}")]
+    Helper {
+        pid: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// SIGKILLs the VMM and waits (bounded) until it is gone.
 pub async fn kill(process: &VmmProcess, wait: Duration) -> Result<(), KillVmmError> {
     process.signal(Signal::SIGKILL)?;
+    wait_gone(process, wait).await
+}
+
+/// Waits (bounded) until a VMM that was sent SIGKILL is gone.
+pub async fn wait_gone(process: &VmmProcess, wait: Duration) -> Result<(), KillVmmError> {
     let mut watch = process.exit_watch();
     match tokio::time::timeout(wait, watch.wait()).await {
         Ok(_) => Ok(()),
@@ -600,6 +637,12 @@ pub enum FindVmmError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("banger-helper could not look for the vmm of {path}")]
+    Helper {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -710,6 +753,13 @@ pub fn adopt(api_socket: &Path) -> Result<Option<VmmProcess>, FindVmmError> {
     let Some(pid) = find_pid_by_api_socket(api_socket)? else {
         return Ok(None);
     };
+    adopt_pid(pid, api_socket)
+}
+
+/// A handle on the running VMM `pid` serving `api_socket`, which need not
+/// be this process's child (or even its user's: signalling is then not
+/// possible, but the exit is still seen). `None` when it is gone.
+pub fn adopt_pid(pid: u32, api_socket: &Path) -> Result<Option<VmmProcess>, FindVmmError> {
     let fd = match pidfd::open(pid) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),

@@ -19,7 +19,7 @@ pub mod api;
 pub mod boot_args;
 pub mod client;
 pub mod launch;
-mod pidfd;
+pub mod pidfd;
 pub mod vmm;
 
 pub use client::{ApiClient, ApiRequestError};

@@ -9,7 +9,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// `pidfd_open(2)` for `pid`.
-pub(crate) fn open(pid: u32) -> io::Result<OwnedFd> {
+pub fn open(pid: u32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; no memory is passed.
@@ -23,7 +23,7 @@ pub(crate) fn open(pid: u32) -> io::Result<OwnedFd> {
 }
 
 /// `pidfd_send_signal(2)`. `ESRCH` means the process has already exited.
-pub(crate) fn send_signal(fd: &OwnedFd, signal: Signal) -> io::Result<()> {
+pub fn send_signal(fd: &OwnedFd, signal: Signal) -> io::Result<()> {
     // SAFETY: a valid pidfd, a signal number, a null siginfo (allowed: the
     // kernel fills in a default) and zero flags.
     let rc = unsafe {
@@ -43,7 +43,7 @@ pub(crate) fn send_signal(fd: &OwnedFd, signal: Signal) -> io::Result<()> {
 
 /// Resolves when the process behind `fd` has exited (the pidfd becomes
 /// readable).
-pub(crate) async fn exited(fd: OwnedFd) -> io::Result<()> {
+pub async fn exited(fd: OwnedFd) -> io::Result<()> {
     // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and
     // unreplaced until it is dropped (deregistered) below.
     let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use banger_model::Id;
 use banger_net::link::{BridgeState, ListLinksError};
-use banger_net::names::validate_tap_name;
+use banger_net::names::{validate_sim_veth_name, validate_tap_name};
 use banger_net::routing::{ApplyDnsRoutingError, DnsRouting, RevertDnsRoutingError};
 use banger_net::{
     AddNatError, CreateTapError, DeleteTapError, EnsureBridgeError, IpForwardError, ListNatError,
@@ -27,7 +27,7 @@ use tokio::net::UnixStream;
 
 use crate::protocol::{
     AddNatParams, ApplyDnsParams, BridgeEnsured, CreateTapParams, EnsureBridgeParams, LinkParams,
-    ListTapsParams, NetworkInfo, RenameTapParams, TapParams, VmIdParams, method,
+    ListTapsParams, NetworkInfo, RenameTapParams, TapParams, VethParams, VmIdParams, method,
 };
 
 /// Where `banger-helper serve` listens unless told otherwise.
@@ -112,9 +112,6 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> HelperClient<S> {
 }
 
 /// [`NetOps`] through the helper at a socket path.
-///
-/// `delete_sim_veth` is refused: sim guests run through the helper in a
-/// later step.
 #[derive(Debug, Clone)]
 pub struct HelperNetOps {
     socket: PathBuf,
@@ -229,13 +226,17 @@ impl NetOps for HelperNetOps {
     }
 
     async fn delete_sim_veth(&self, name: &str) -> Result<bool, DeleteTapError> {
-        Err(DeleteTapError::Netlink {
-            name: name.to_owned(),
-            source: io::Error::new(
-                io::ErrorKind::Unsupported,
-                "banger-helper does not run sim guests yet",
-            ),
-        })
+        validate_sim_veth_name(name).map_err(DeleteTapError::InvalidName)?;
+        let existed = self
+            .call::<method::DeleteSimVeth>(VethParams {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(|source| DeleteTapError::Netlink {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(existed.existed)
     }
 
     /// The caller's own TAPs only: other users' links are none of its

@@ -8,7 +8,8 @@
 //! bridge (per uid: `br-banger` for root, `bbr-<uid>` with a /24 of its own
 //! for anyone else), TAPs owned by the caller (`TUNSETOWNER`) on that
 //! bridge, NAT for guest addresses in the caller's subnet, IPv4
-//! forwarding, and DNS routing for the caller's bridge. Every argument is
+//! forwarding, DNS routing for the caller's bridge, and sim guests
+//! (`banger-simvm` as root, its sockets given to the caller). Every argument is
 //! checked against what that caller may touch; the effects themselves are
 //! banger-net's code. It keeps no user data: what it made is marked in the
 //! kernel (link aliases, subnets), so it survives its callers' deaths and
@@ -23,8 +24,12 @@
 //!   error→wire mapping.
 //! - [`serve`]: `banger-helper serve`: the socket, signals.
 //! - [`server`]: the accept loop over an injected listener.
+//! - [`sim`]: [`SimGuests`], sim guests (`banger-simvm`, as root) for
+//!   callers.
 //! - [`client`]: [`HelperClient`], and banger-net's [`banger_net::NetOps`]
 //!   and [`banger_net::routing::DnsRouting`] over it.
+//! - [`vmm`]: [`HelperVmm`], banger-firecracker's `Vmm` for a daemon that
+//!   is not root (sim guests through the helper).
 
 pub mod access;
 pub mod caller;
@@ -33,8 +38,12 @@ pub mod protocol;
 pub mod serve;
 pub mod server;
 pub mod service;
+pub mod sim;
+pub mod vmm;
 
 pub use access::{Access, DEFAULT_GROUP};
 pub use caller::{Caller, UserNetwork};
 pub use client::{DEFAULT_SOCKET, HelperCallError, HelperClient, HelperDnsRouting, HelperNetOps};
 pub use service::{Helper, HelperError};
+pub use sim::SimGuests;
+pub use vmm::HelperVmm;

@@ -26,6 +26,15 @@ enum Command {
         /// The group whose members may use the helper.
         #[arg(long, default_value = DEFAULT_GROUP)]
         group: String,
+        /// banger-simvm, for sim guests (default: next to banger-helper,
+        /// else in PATH).
+        #[arg(long, value_name = "PATH")]
+        simvm: Option<PathBuf>,
+        /// Start no sim guests. Sim guests run as root in namespaces, so a
+        /// member who may start them is root-equivalent (like the docker
+        /// group); Firecracker and QEMU VMs are not.
+        #[arg(long, conflicts_with = "simvm")]
+        no_sim: bool,
     },
 }
 
@@ -51,7 +60,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.command {
-        Command::Serve { socket, group } => runtime.block_on(serve(ServeOptions { socket, group })),
+        Command::Serve {
+            socket,
+            group,
+            simvm,
+            no_sim,
+        } => runtime.block_on(serve(ServeOptions {
+            socket,
+            group,
+            simvm,
+            no_sim,
+        })),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 //! params name a user.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use banger_rpc::NoParams;
 use ipnet::Ipv4Net;
@@ -139,6 +140,51 @@ pub struct LinkParams {
     pub link: String,
 }
 
+/// A sim guest to start: `banger-simvm --engine sim` as root, its sockets
+/// given to the caller. All paths are in one directory of the caller's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSimParams {
+    /// The VMM id (Firecracker's `--id` rule).
+    pub id: String,
+    /// `--api-sock`: must not exist yet.
+    pub api_socket: PathBuf,
+    /// The guest's console: an existing file of the caller's, appended to.
+    pub console_log: PathBuf,
+    /// `--log-path`: an existing file of the caller's.
+    pub log_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimStarted {
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PidParams {
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindSimParams {
+    pub api_socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimFound {
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VethParams {
+    pub name: String,
+}
+
 /// Nothing to report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,6 +216,14 @@ banger_rpc::protocol! {
     ApplyDns = "helper.dns.apply", ApplyDnsParams => Done;
     /// Reverts the DNS routing of the caller's bridge.
     RevertDns = "helper.dns.revert", LinkParams => Done;
+    /// Starts a sim guest (`banger-simvm`, as root) for the caller.
+    StartSim = "helper.sim.start", StartSimParams => SimStarted;
+    /// Kills one of the caller's sim guests.
+    KillSim = "helper.sim.kill", PidParams => Existed;
+    /// The caller's sim guest serving an API socket.
+    FindSim = "helper.sim.find", FindSimParams => SimFound;
+    /// Deletes the host end of a sim guest's veth on the caller's bridge.
+    DeleteSimVeth = "helper.sim.veth.delete", VethParams => Existed;
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::access::Access;
 use crate::service::Helper;
+use crate::sim::SimGuests;
 
 /// The socket's mode: the owner (root) and the group may connect.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -24,7 +25,36 @@ pub const SOCKET_MODE: u32 = 0o660;
 pub struct ServeOptions {
     pub socket: PathBuf,
     pub group: String,
+    /// `banger-simvm` for sim guests; found next to the helper or in PATH
+    /// when `None`.
+    pub simvm: Option<PathBuf>,
+    /// Start no sim guests (they make the group root-equivalent).
+    pub no_sim: bool,
 }
+
+/// How sim guests are started, as `options` ask.
+pub fn sim_guests(options: &ServeOptions) -> anyhow::Result<SimGuests> {
+    if options.no_sim {
+        return Ok(SimGuests::disabled("it was started with --no-sim"));
+    }
+    let found = options.simvm.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join(SIMVM)))
+            .filter(|path| path.is_file())
+            .or_else(|| banger_exec::find_program(SIMVM, &[]))
+    });
+    match found {
+        Some(path) => SimGuests::new(&path)
+            .with_context(|| format!("cannot use {} for sim guests", path.display())),
+        None => Ok(SimGuests::disabled(format!(
+            "{SIMVM} is neither next to banger-helper nor in PATH"
+        ))),
+    }
+}
+
+/// The stand-in VMM whose `sim` engine needs root.
+const SIMVM: &str = "banger-simvm";
 
 /// Binds `path` for the helper: its directory made when missing (0755), a
 /// stale socket replaced, a live helper on it refused; then mode 0660 and
@@ -75,9 +105,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let ops = RealNetOps::connect().context("cannot open netlink")?;
+    let sims = sim_guests(&options)?;
+    match sims.binary() {
+        Some(simvm) => {
+            tracing::info!(simvm = %simvm.display(), "sim guests on (members of the group are root-equivalent)")
+        }
+        None => tracing::info!("sim guests off"),
+    }
     let helper = Helper::start(ops, Arc::new(Resolvectl::default()))
         .await
-        .context("cannot list the links an earlier helper left")?;
+        .context("cannot list the links an earlier helper left")?
+        .with_sims(sims);
     let listener = bind_socket(&options.socket, access.gid).await?;
     tracing::info!(
         socket = %options.socket.display(),

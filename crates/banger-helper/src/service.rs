@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use banger_model::Id;
 use banger_net::link::{LinkStatus, ListLinksError};
-use banger_net::names::{InvalidIfName, TAP_PREFIX, validate_tap_name};
+use banger_net::names::{
+    InvalidIfName, SIM_VETH_PREFIX, TAP_PREFIX, validate_sim_veth_name, validate_tap_name,
+};
 use banger_net::nat::Rule;
 use banger_net::routing::{ApplyDnsRoutingError, DnsRouting, RevertDnsRoutingError};
 use banger_net::{
@@ -34,8 +36,9 @@ use crate::caller::{
 use crate::protocol::{
     AddNatParams, ApplyDnsParams, BridgeEnsured, CreateTapParams, Done, EnsureBridgeParams,
     Existed, HelperRequest, IpForward, LinkParams, ListTapsParams, Names, NetworkInfo, Removed,
-    RenameTapParams, TapCreated, TapParams, VmIdParams, VmIds, method,
+    RenameTapParams, TapCreated, TapParams, VethParams, VmIdParams, VmIds, method,
 };
+use crate::sim::{SimError, SimGuests};
 
 /// Why the helper refused or failed a request. [`HelperError::to_rpc`] is
 /// the one place these become wire errors.
@@ -103,6 +106,14 @@ pub enum HelperError {
         #[source]
         source: std::io::Error,
     },
+    #[error("veth {name} is not on uid {uid}'s bridge {bridge}")]
+    NotYourVeth {
+        name: String,
+        uid: u32,
+        bridge: String,
+    },
+    #[error(transparent)]
+    Sim(#[from] SimError),
     #[error(transparent)]
     ListLinks(#[from] ListLinksError),
     #[error(transparent)]
@@ -169,9 +180,11 @@ impl HelperError {
             | Self::TapNameCharacters(_)
             | Self::InvalidVmId(_)
             | Self::DnsNotLoopback(_) => ErrorCode::InvalidArgument,
-            Self::NotYourTap { .. } | Self::ForeignLink { .. } | Self::NotYourRules { .. } => {
-                ErrorCode::PermissionDenied
-            }
+            Self::NotYourTap { .. }
+            | Self::ForeignLink { .. }
+            | Self::NotYourRules { .. }
+            | Self::NotYourVeth { .. } => ErrorCode::PermissionDenied,
+            Self::Sim(error) => error.code(),
             Self::LinkExists { .. } | Self::SubnetTaken { .. } => ErrorCode::Conflict,
             Self::TooManyTaps { .. } => ErrorCode::ResourceExhausted,
             Self::CreateTap(CreateTapError::BridgeMissing { .. }) => ErrorCode::FailedPrecondition,
@@ -196,6 +209,9 @@ impl HelperError {
             )),
             Self::WrongBridge { .. } | Self::WrongBridgeAddress { .. } => error.with_hint(
                 "ask banger-helper for your network (helper.network) instead of configuring one",
+            ),
+            Self::Sim(SimError::Disabled(_)) => error.with_hint(
+                "use --vmm qemu or firecracker, run banger as root, or ask the host's admin to run banger-helper with banger-simvm beside it (and without --no-sim)",
             ),
             _ => error,
         }
@@ -226,6 +242,7 @@ pub struct Helper {
     taps: Mutex<BTreeMap<String, u32>>,
     /// Held across each NAT operation, for the same reason.
     nat: Mutex<()>,
+    sims: SimGuests,
 }
 
 /// The uid a link was made for by the helper: its TUN owner, else its
@@ -290,7 +307,18 @@ impl Helper {
             routing,
             taps: Mutex::new(taps),
             nat: Mutex::new(()),
+            sims: SimGuests::disabled("started without banger-simvm"),
         })
+    }
+
+    /// Starts sim guests for callers with `sims`.
+    pub fn with_sims(mut self, sims: SimGuests) -> Self {
+        self.sims = sims;
+        self
+    }
+
+    pub fn sims(&self) -> &SimGuests {
+        &self.sims
     }
 
     /// The TAPs the helper knows it made, with their uids.
@@ -341,6 +369,18 @@ impl Helper {
             }
             HelperRequest::RevertDns(params) => {
                 reply::<method::RevertDns>(self.revert_dns(caller, params).await?)
+            }
+            HelperRequest::StartSim(params) => {
+                reply::<method::StartSim>(self.sims.start(caller, params).await?)
+            }
+            HelperRequest::KillSim(params) => {
+                reply::<method::KillSim>(self.sims.kill(caller, params.pid)?)
+            }
+            HelperRequest::FindSim(params) => {
+                reply::<method::FindSim>(self.sims.find(caller, params)?)
+            }
+            HelperRequest::DeleteSimVeth(params) => {
+                reply::<method::DeleteSimVeth>(self.delete_sim_veth(caller, params).await?)
             }
         };
         Ok(result)
@@ -550,12 +590,67 @@ impl Helper {
                 taps.insert(link.name, uid);
             }
         }
-        let names = taps
+        let mut names: Vec<String> = taps
             .iter()
             .filter(|(name, uid)| **uid == caller.uid && name.starts_with(&params.prefix))
             .map(|(name, _)| name.clone())
             .collect();
+        if SIM_VETH_PREFIX.starts_with(&params.prefix) || params.prefix.starts_with(SIM_VETH_PREFIX)
+        {
+            names.extend(
+                self.sim_veths(caller)
+                    .await?
+                    .into_iter()
+                    .filter(|name| name.starts_with(&params.prefix)),
+            );
+        }
         Ok(Names { names })
+    }
+
+    /// The sim guests' veths (host ends) on the caller's bridge.
+    async fn sim_veths(&self, caller: &Caller) -> Result<Vec<String>, HelperError> {
+        let bridge = UserNetwork::for_uid(caller.uid).bridge;
+        let links = self.ops.netlink().links().await?;
+        let Some(index) = links.iter().find(|l| l.name == bridge).map(|l| l.index) else {
+            return Ok(Vec::new());
+        };
+        Ok(links
+            .into_iter()
+            .filter(|l| l.name.starts_with(SIM_VETH_PREFIX) && l.controller == Some(index))
+            .map(|l| l.name)
+            .collect())
+    }
+
+    /// Deletes a sim guest's veth, when its host end is on the caller's
+    /// bridge.
+    async fn delete_sim_veth(
+        &self,
+        caller: &Caller,
+        params: VethParams,
+    ) -> Result<Existed, HelperError> {
+        validate_sim_veth_name(&params.name).map_err(HelperError::InvalidName)?;
+        if !self.sim_veths(caller).await?.contains(&params.name) {
+            let exists = self
+                .ops
+                .netlink()
+                .link(&params.name)
+                .await
+                .map_err(|source| HelperError::LookUp {
+                    name: params.name.clone(),
+                    source,
+                })?
+                .is_some();
+            if !exists {
+                return Ok(Existed { existed: false });
+            }
+            return Err(HelperError::NotYourVeth {
+                name: params.name,
+                uid: caller.uid,
+                bridge: UserNetwork::for_uid(caller.uid).bridge,
+            });
+        }
+        let existed = self.ops.delete_sim_veth(&params.name).await?;
+        Ok(Existed { existed })
     }
 
     fn parse_vm_id(vm_id: &str) -> Result<Id, HelperError> {

@@ -16,6 +16,52 @@ pub enum Engine {
     Qemu,
 }
 
+/// The user simvm's sockets are given to (`--owner UID:GID`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl std::str::FromStr for Owner {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (uid, gid) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} is not UID:GID"))?;
+        let number = |part: &str| {
+            part.parse::<u32>()
+                .map_err(|_| format!("{part:?} in {text:?} is not a number"))
+        };
+        Ok(Self {
+            uid: number(uid)?,
+            gid: number(gid)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+impl Owner {
+    /// Gives the socket (or file) at `path` to this user, without following
+    /// a symlink there.
+    pub fn give(&self, path: &std::path::Path) -> std::io::Result<()> {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(self.uid)),
+            Some(nix::unistd::Gid::from_raw(self.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(std::io::Error::from)
+    }
+}
+
 /// Firecracker's default API socket.
 pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 /// Firecracker's default instance id.
@@ -62,6 +108,12 @@ pub struct Args {
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long, value_name = "LEVEL")]
     pub level: Option<String>,
+
+    /// Give the API and vsock sockets to this user (`UID:GID`), so a daemon
+    /// running as that user can reach them. banger-helper passes it when it
+    /// starts a sim guest, as root, for a user's daemon.
+    #[arg(long, value_name = "UID:GID")]
+    pub owner: Option<Owner>,
 
     /// Accepted for Firecracker compatibility; ignored.
     #[arg(long, value_name = "MODULE", hide = true)]
@@ -146,6 +198,25 @@ mod tests {
         assert_eq!(args.engine, Engine::Qemu);
         assert_eq!(args.accel, AccelChoice::Fixed(crate::qemu::Accel::Tcg));
         assert!(Args::try_parse_from(["banger-simvm", "--accel", "hvf"]).is_err());
+    }
+
+    #[test]
+    fn owner_is_uid_colon_gid() {
+        let args = Args::try_parse_from(["banger-simvm", "--owner", "1000:1001"]).unwrap();
+        assert_eq!(
+            args.owner,
+            Some(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(args.owner.unwrap().to_string(), "1000:1001");
+        for bad in ["1000", "a:1", "1:", "-1:2"] {
+            assert!(
+                Args::try_parse_from(["banger-simvm", "--owner", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::cli::Owner;
 use crate::log::LogControl;
 use crate::vsock::VsockDevice;
 
@@ -205,6 +206,8 @@ pub struct Controller {
     log: LogControl,
     launcher: Arc<dyn GuestLauncher>,
     guest: Arc<GuestSlot>,
+    /// Who the vsock socket is given to (`--owner`).
+    owner: Option<Owner>,
 }
 
 impl Controller {
@@ -226,7 +229,13 @@ impl Controller {
             log,
             launcher,
             guest,
+            owner: None,
         }
+    }
+
+    /// Gives the vsock socket to `owner` once bound (`--owner`).
+    pub fn set_owner(&mut self, owner: Option<Owner>) {
+        self.owner = owner;
     }
 
     pub fn state(&self) -> InstanceState {
@@ -531,15 +540,24 @@ impl Controller {
                 "{backend}: Error binding to the host-side Unix socket: {e}"
             ));
         }
-        match VsockDevice::bind(config, self.guest.subscribe()) {
-            Ok(device) => {
-                self.vsock = Some(device);
-                ApiReply::no_content()
+        let device = match VsockDevice::bind(config, self.guest.subscribe()) {
+            Ok(device) => device,
+            Err(e) => {
+                return ApiReply::fault(format!(
+                    "{backend}: Error binding to the host-side Unix socket: {e}"
+                ));
             }
-            Err(e) => ApiReply::fault(format!(
-                "{backend}: Error binding to the host-side Unix socket: {e}"
-            )),
+        };
+        if let Some(owner) = self.owner
+            && let Err(e) = owner.give(device.path())
+        {
+            let _ = device.remove();
+            return ApiReply::fault(format!(
+                "{backend}: cannot give the host-side Unix socket to {owner}: {e}"
+            ));
         }
+        self.vsock = Some(device);
+        ApiReply::no_content()
     }
 
     fn put_logger(&mut self, logger: Logger) -> ApiReply {

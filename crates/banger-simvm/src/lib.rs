@@ -88,6 +88,7 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
     };
     tracing::info!(engine = ?args.engine, "engine");
     let mut controller = Controller::new(args.id.clone(), launcher, log, slot.clone());
+    controller.set_owner(args.owner);
     if let Some(metrics) = &args.metrics_path {
         controller
             .init_metrics(metrics)
@@ -101,6 +102,14 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
             args.api_sock.display()
         )
     })?;
+    if let Some(owner) = args.owner {
+        owner.give(&args.api_sock).with_context(|| {
+            format!(
+                "could not give the api socket {} to {owner}",
+                args.api_sock.display()
+            )
+        })?;
+    }
     let server = tokio::spawn(server::serve(listener, controller.clone()));
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

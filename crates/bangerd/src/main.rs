@@ -75,7 +75,12 @@ fn run() -> anyhow::Result<()> {
             network,
             disk: Arc::new(banger_disk::HostDiskOps::new()),
             storage,
-            vmm: Arc::new(banger_firecracker::ProcessVmm),
+            vmm: if nix::unistd::geteuid().is_root() {
+                Arc::new(banger_firecracker::ProcessVmm)
+            } else {
+                // Sim guests need root: banger-helper starts them.
+                Arc::new(banger_helper::HelperVmm::new(&config.helper_socket))
+            },
             readiness: Arc::new(bangerd::vm::boot::Probes),
             bootstrap: Arc::new(banger_bootstrap::HostBootstrap),
         };

@@ -10,10 +10,14 @@ use std::process::Command;
 use banger_testkit::env::{Output, chown_tree, run};
 use serde_json::Value;
 
-use crate::support::{ALICE, TestHelper, in_netns, root_or_skip};
+use crate::support::{GROUP_GID, TestHelper, in_netns, root_or_skip};
 
-/// `banger ARGS` as `ALICE` in a world under `root`.
-fn banger_as_alice(root: &Path, args: &[&str]) -> Output {
+/// `nobody`, as a member of the helper's group: a uid with a passwd entry
+/// (ssh-keygen and ssh refuse a uid without one).
+const USER: (u32, u32) = (65534, GROUP_GID);
+
+/// `banger ARGS` as `USER` in a world under `root`.
+fn banger_as_user(root: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(banger_testkit::binary("banger"));
     command.env_clear();
     if let Some(path) = std::env::var_os("PATH") {
@@ -27,8 +31,8 @@ fn banger_as_alice(root: &Path, args: &[&str]) -> Output {
         .env("XDG_CACHE_HOME", root.join("cache"))
         .env("XDG_RUNTIME_DIR", root.join("run"))
         .args(args)
-        .uid(ALICE.0)
-        .gid(ALICE.1);
+        .uid(USER.0)
+        .gid(USER.1);
     run(command)
 }
 
@@ -57,8 +61,8 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
         return;
     }
     in_netns(|| async {
-        let helper = TestHelper::start().await;
-        let expected = helper.client(ALICE).await.network().await.unwrap();
+        let helper = TestHelper::with_sims().await;
+        let expected = helper.client(USER).await.network().await.unwrap();
         let world = tempfile::Builder::new()
             .prefix("bu")
             .tempdir_in("/tmp")
@@ -72,16 +76,16 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
             format!("helper_socket = \"{}\"\n", helper.socket.display()),
         )
         .unwrap();
-        chown_tree(&root, ALICE.0, ALICE.1);
+        chown_tree(&root, USER.0, USER.1);
         let _daemon = DaemonGuard(root.clone());
 
         let status = {
             let root = root.clone();
             tokio::task::spawn_blocking(move || {
-                banger_as_alice(&root, &["daemon", "status", "--json"]);
-                let out = banger_as_alice(&root, &["daemon", "start"]);
+                banger_as_user(&root, &["daemon", "status", "--json"]);
+                let out = banger_as_user(&root, &["daemon", "start"]);
                 assert_eq!(out.code, Some(0), "{out}");
-                banger_as_alice(&root, &["daemon", "status", "--json"])
+                banger_as_user(&root, &["daemon", "status", "--json"])
             })
             .await
             .unwrap()
@@ -110,7 +114,7 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
         // Doctor, through that daemon, says where its network comes from.
         let doctor = {
             let root = root.clone();
-            tokio::task::spawn_blocking(move || banger_as_alice(&root, &["doctor", "--json"]))
+            tokio::task::spawn_blocking(move || banger_as_user(&root, &["doctor", "--json"]))
                 .await
                 .unwrap()
         };
@@ -141,15 +145,15 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
                 .status()
                 .unwrap();
             assert!(copy.success());
-            chown_tree(&tree, ALICE.0, ALICE.1);
+            chown_tree(&tree, USER.0, USER.1);
             let show = {
                 let root = root.clone();
                 let tree = tree.clone();
                 tokio::task::spawn_blocking(move || {
                     let tree = tree.to_str().unwrap();
-                    let out = banger_as_alice(&root, &["image", "import", tree, "--name", "mine"]);
+                    let out = banger_as_user(&root, &["image", "import", tree, "--name", "mine"]);
                     assert_eq!(out.code, Some(0), "{out}");
-                    banger_as_alice(&root, &["image", "show", "mine", "--json"])
+                    banger_as_user(&root, &["image", "show", "mine", "--json"])
                 })
                 .await
                 .unwrap()
@@ -167,6 +171,7 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
                     "{path} in the image:\n{stat}"
                 );
             }
+            sim_vm_through_the_helper(&root).await;
         } else {
             banger_testkit::skip(
                 "a_users_daemon_takes_its_network_from_the_helper (image import)",
@@ -177,12 +182,76 @@ fn a_users_daemon_takes_its_network_from_the_helper() {
 
         // Everything it wrote is the user's.
         let state = root.join("state/banger");
-        let found = banger_doctor::ownership::foreign_owned(&[state], ALICE.0);
+        let found = banger_doctor::ownership::foreign_owned(&[state], USER.0);
         assert!(found.is_empty(), "{found:?}");
 
-        let out = tokio::task::spawn_blocking(move || banger_as_alice(&root, &["daemon", "stop"]))
+        let out = tokio::task::spawn_blocking(move || banger_as_user(&root, &["daemon", "stop"]))
             .await
             .unwrap();
         assert_eq!(out.code, Some(0), "{out}");
     });
+}
+
+/// A sim VM of the user's daemon: banger-helper starts its simvm as root,
+/// the daemon drives it, finds it again after a restart, and deletes it.
+async fn sim_vm_through_the_helper(root: &Path) {
+    let user = |args: &'static [&'static str]| {
+        let root = root.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || banger_as_user(&root, args))
+                .await
+                .unwrap()
+        }
+    };
+    let out = user(&[
+        "vm", "create", "--name", "s1", "--image", "mine", "--vmm", "sim",
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{out}\n{}", daemon_log(root));
+    let show = user(&["vm", "show", "s1", "--json"]).await;
+    let vm: Value = serde_json::from_str(&show.stdout).unwrap_or_else(|_| panic!("{show}"));
+    assert_eq!(vm["state"], "running", "{vm:#}");
+    let pid = vm["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid: {vm:#}")) as u32;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t0\t")),
+        "simvm runs as root"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--owner\u{0}65534:60000"),
+        "{cmdline:?}"
+    );
+
+    // A new daemon finds the running VM again through the helper.
+    let out = user(&["daemon", "stop"]).await;
+    assert_eq!(out.code, Some(0), "{out}");
+    let out = user(&["daemon", "start"]).await;
+    assert_eq!(out.code, Some(0), "{out}");
+    let show = user(&["vm", "show", "s1", "--json"]).await;
+    let vm: Value = serde_json::from_str(&show.stdout).unwrap_or_else(|_| panic!("{show}"));
+    assert_eq!(
+        vm["state"],
+        "running",
+        "adopted after a restart: {vm:#}\n{}",
+        daemon_log(root)
+    );
+    assert_eq!(vm["pid"].as_u64(), Some(u64::from(pid)));
+
+    let out = user(&["vm", "delete", "s1"]).await;
+    assert_eq!(out.code, Some(0), "{out}\n{}", daemon_log(root));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "simvm {pid} still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn daemon_log(root: &Path) -> String {
+    std::fs::read_to_string(root.join("state/banger/logs/bangerd.log")).unwrap_or_default()
 }

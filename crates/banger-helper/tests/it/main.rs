@@ -10,5 +10,6 @@ mod netops;
 mod ownership;
 mod refusals;
 mod restart;
+mod sims;
 mod support;
 mod taps;

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_helper::{Access, Helper, HelperClient};
+use banger_helper::{Access, Helper, HelperClient, SimGuests};
 use banger_net::RealNetOps;
 use banger_net::routing::FakeDnsRouting;
 pub(crate) use banger_testkit::netns::{in_netns, link_line, random_hex, sh};
@@ -48,6 +48,16 @@ pub(crate) struct TestHelper {
 
 impl TestHelper {
     pub(crate) async fn start() -> Self {
+        Self::start_with(SimGuests::disabled("started without banger-simvm")).await
+    }
+
+    /// A helper that starts sim guests with the workspace's banger-simvm.
+    pub(crate) async fn with_sims() -> Self {
+        let simvm = banger_testkit::binary("banger-simvm");
+        Self::start_with(SimGuests::new(&simvm).expect("banger-simvm")).await
+    }
+
+    pub(crate) async fn start_with(sims: SimGuests) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("helper.sock");
@@ -57,7 +67,8 @@ impl TestHelper {
         let helper = Arc::new(
             Helper::start(ops, Arc::new(FakeDnsRouting::new()))
                 .await
-                .expect("helper starts"),
+                .expect("helper starts")
+                .with_sims(sims),
         );
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(banger_helper::server::run(

@@ -232,6 +232,7 @@ async fn launch_steps(
         vsock_socket: Some(paths.vsock_socket()),
         log_path: Some(paths.vmm_log()),
         extra_args,
+        needs_root: vm.vmm == VmmKind::Sim,
         ..LaunchSpec::new(
             vmm_binary(daemon, vm.vmm)?,
             vm.id.as_str(),
