@@ -245,8 +245,20 @@ fn copied_in_commit(
 }
 
 /// Removes a path the working tree no longer has, and the directories it
-/// leaves empty, as `git checkout` would.
+/// leaves empty, as `git checkout` would. A path beneath something that is
+/// not a directory in the staged tree (a symlink the working tree put in a
+/// directory's place) is not there: nothing is followed, nothing removed.
 fn remove(dest: &Path, path: &Path) -> io::Result<()> {
+    let mut dir = dest.to_owned();
+    for component in path.parent().into_iter().flat_map(Path::components) {
+        dir.push(component);
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        }
+    }
     let target = dest.join(path);
     match fs::symlink_metadata(&target) {
         Ok(meta) if meta.is_dir() => return Ok(()),

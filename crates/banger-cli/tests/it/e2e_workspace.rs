@@ -375,6 +375,13 @@ fn directories_swapped_for_symlinks_out_of_the_repo_are_not_read_through() {
     let leaked: usize = sections[2].trim().parse().unwrap();
     println!("files in the guest holding bytes from outside the repository: {leaked}");
     assert_eq!(leaked, 0, "{out}");
+    // Nor was anything outside touched (a tracked file beneath the
+    // swapped directory is gone from the workspace, not from its target).
+    assert_eq!(
+        std::fs::read_to_string(outside.join("app.txt")).unwrap_or_default(),
+        secret,
+        "a file outside the repository was removed"
+    );
     sim.assert_clean();
 }
 
