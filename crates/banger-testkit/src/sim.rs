@@ -209,7 +209,7 @@ impl SimEnv {
     }
 
     /// Starts the world's helper (`banger-helper serve`, as root, in the
-    /// namespace) and waits for its socket. Panics for a root world.
+    /// world's network namespace) and waits for its socket. Panics for a root world.
     pub fn start_helper(&self) {
         let helper = self.helper.as_ref().expect("a user world has a helper");
         let user = self.user.as_ref().expect("a user world has a user");
@@ -220,7 +220,16 @@ impl SimEnv {
             .append(true)
             .open(helper.log())
             .expect("helper log");
-        let mut command = self.in_netns(crate::env::binary("banger-helper"));
+        // Only the network namespace is the world's: the helper shares the
+        // host's mount namespace, as an installed one does, so it sees
+        // what is mounted after it started (`ip netns exec` would give it
+        // a mount namespace of its own).
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(crate::env::binary("banger-helper"));
+        self.world_env(&mut command);
         command
             .args(["serve", "--socket"])
             .arg(helper.socket())
@@ -378,6 +387,13 @@ impl SimEnv {
     pub fn in_netns(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns]).arg(program);
+        self.world_env(&mut command);
+        command
+    }
+
+    /// Clears `command`'s environment but for what banger's programs need
+    /// and the variables that point them at this world.
+    fn world_env(&self, command: &mut Command) {
         command.env_clear();
         for key in [
             "PATH",
@@ -393,7 +409,6 @@ impl SimEnv {
         for (key, value) in self.env.vars() {
             command.env(key, value);
         }
-        command
     }
 
     /// The Debian fixture as this world's user can read it: the fixture
