@@ -362,44 +362,23 @@ pub fn tools(host: &dyn Host) -> DoctorCheck {
     )
 }
 
-/// Root: the daemon creates bridges, TAPs and loop devices itself and runs
-/// helpers (iptables, dmsetup, resolvectl) that need root too. Capabilities
-/// alone are only a warning: file capabilities of bangerd are not inherited
-/// by the helpers it runs.
+/// Who does the privileged work: a root daemon itself; for anyone else
+/// banger-helper (whether it is reachable is the `helper` check's).
 pub fn privileges(host: &dyn Host) -> DoctorCheck {
     let privileges = host.privileges();
-    let fix = "run banger as root (`sudo -E banger …` starts a root daemon for your \
-               XDG dirs), or log in as root on a dedicated dev VM";
     if privileges.is_root() {
-        return DoctorCheck::pass("privileges", "root (bridge, TAP, iptables, loop, mount)");
-    }
-    if privileges.cap_net_admin && privileges.cap_sys_admin {
-        return DoctorCheck::warn(
+        return DoctorCheck::pass(
             "privileges",
-            format!(
-                "uid {} with CAP_NET_ADMIN and CAP_SYS_ADMIN: bridges, TAPs and mounts work, \
-                 but the helpers the daemon runs (iptables for NAT, dmsetup) do not inherit \
-                 the capabilities",
-                privileges.euid
-            ),
-            fix,
+            "root: bangerd makes bridges, TAPs, NAT rules and sim guests itself",
         );
     }
-    let mut lacking = Vec::new();
-    if !privileges.cap_net_admin {
-        lacking.push("CAP_NET_ADMIN (bridge, TAPs, NAT rules)");
-    }
-    if !privileges.cap_sys_admin {
-        lacking.push("CAP_SYS_ADMIN (loop devices, mounts, device-mapper)");
-    }
-    DoctorCheck::fail(
+    DoctorCheck::pass(
         "privileges",
         format!(
-            "uid {} is not root and lacks {}",
-            privileges.euid,
-            lacking.join(" and ")
+            "uid {}: bangerd runs as you; banger-helper makes bridges, TAPs, NAT rules and sim \
+             guests for you (see the helper check)",
+            privileges.euid
         ),
-        fix,
     )
 }
 

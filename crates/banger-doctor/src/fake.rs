@@ -54,11 +54,7 @@ impl Default for FakeHost {
             programs,
             executables: BTreeSet::new(),
             versions,
-            privileges: Privileges {
-                euid: 0,
-                cap_net_admin: true,
-                cap_sys_admin: true,
-            },
+            privileges: Privileges { euid: 0 },
             space: Ok(Space {
                 available: 100 << 30,
                 total: 200 << 30,

@@ -37,10 +37,6 @@ pub enum DeviceProbe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Privileges {
     pub euid: u32,
-    /// `CAP_NET_ADMIN` in the effective set (bridges, TAPs, iptables).
-    pub cap_net_admin: bool,
-    /// `CAP_SYS_ADMIN` in the effective set (loop devices, mounts, dm).
-    pub cap_sys_admin: bool,
 }
 
 impl Privileges {

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 use crate::host::{DeviceProbe, ForeignFiles, Host, KvmProbe, Privileges, Space};
 
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-
 /// The machine this process runs on.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealHost;
@@ -52,14 +49,8 @@ impl Host for RealHost {
     }
 
     fn privileges(&self) -> Privileges {
-        let effective = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|status| effective_caps(&status))
-            .unwrap_or(0);
         Privileges {
             euid: nix::unistd::geteuid().as_raw(),
-            cap_net_admin: effective & (1 << CAP_NET_ADMIN) != 0,
-            cap_sys_admin: effective & (1 << CAP_SYS_ADMIN) != 0,
         }
     }
 
@@ -110,25 +101,9 @@ impl Host for RealHost {
     }
 }
 
-/// The `CapEff:` mask of `/proc/self/status`.
-fn effective_caps(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_effective_capability_mask() {
-        let status = "Name:\tbash\nCapInh:\t0000000000000000\nCapEff:\t0000000000201000\n";
-        let caps = effective_caps(status).unwrap();
-        assert_ne!(caps & (1 << CAP_NET_ADMIN), 0);
-        assert_ne!(caps & (1 << CAP_SYS_ADMIN), 0);
-        assert_eq!(effective_caps("CapEff:\t0000000000000000\n"), Some(0));
-        assert_eq!(effective_caps("Name: x\n"), None);
-    }
 
     #[test]
     fn finds_programs_and_space() {

@@ -216,29 +216,16 @@ fn tools_name_what_is_missing_and_the_packages() {
 }
 
 #[test]
-fn privileges_root_caps_and_neither() {
-    assert_status(&privileges(&FakeHost::default()), CheckStatus::Pass, "root");
-    let with_caps = FakeHost {
-        privileges: Privileges {
-            euid: 1000,
-            cap_net_admin: true,
-            cap_sys_admin: true,
-        },
-        ..FakeHost::default()
-    };
-    assert_status(&privileges(&with_caps), CheckStatus::Warn, "do not inherit");
+fn privileges_say_who_does_the_privileged_work() {
+    let root = privileges(&FakeHost::default());
+    assert_status(&root, CheckStatus::Pass, "root: bangerd makes");
     let user = FakeHost {
-        privileges: Privileges {
-            euid: 1000,
-            cap_net_admin: false,
-            cap_sys_admin: true,
-        },
+        privileges: Privileges { euid: 1000 },
         ..FakeHost::default()
     };
     let check = privileges(&user);
-    assert_status(&check, CheckStatus::Fail, "lacks CAP_NET_ADMIN");
-    assert!(!check.detail.contains("CAP_SYS_ADMIN"), "{check:?}");
-    assert!(check.fix.unwrap().contains("sudo -E banger"));
+    assert_status(&check, CheckStatus::Pass, "uid 1000: bangerd runs as you");
+    assert!(check.detail.contains("banger-helper"), "{check:?}");
 }
 
 #[test]
@@ -546,11 +533,7 @@ fn helper_is_needed_only_by_a_daemon_that_is_not_root() {
 
 #[test]
 fn tun_says_how_a_user_gets_it() {
-    let user = Privileges {
-        euid: 1000,
-        cap_net_admin: false,
-        cap_sys_admin: false,
-    };
+    let user = Privileges { euid: 1000 };
     let check = checks::tun(&FakeHost {
         privileges: user,
         ..FakeHost::default()
@@ -588,11 +571,7 @@ fn tun_says_how_a_user_gets_it() {
 
 #[test]
 fn ownership_names_a_foreign_file_and_the_chown_that_fixes_it() {
-    let user = Privileges {
-        euid: 1000,
-        cap_net_admin: false,
-        cap_sys_admin: false,
-    };
+    let user = Privileges { euid: 1000 };
     let dirs = [PathBuf::from("/")];
     let clean = FakeHost {
         privileges: user,
