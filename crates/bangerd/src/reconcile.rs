@@ -73,7 +73,17 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
 async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
     match vm.state {
         VmState::Creating => {
-            let mut problems = halt::stop_and_release(daemon, &mut vm, Mode::Kill).await;
+            let released = halt::stop_and_release_checked(daemon, &mut vm, Mode::Kill).await;
+            if let Some(left) = released.vmm_left {
+                // Kept for the next reconcile: forgetting it could orphan
+                // its VMM (one banger-helper started, with the helper down).
+                report.problems.extend(released.problems);
+                report
+                    .problems
+                    .push(format!("{}: {left}; kept until the next start", vm.name));
+                return;
+            }
+            let mut problems = released.problems;
             let image = daemon.store.get_image(&vm.image_id).ok().flatten();
             problems.extend(disks::destroy(daemon, &vm, image.as_ref()).await);
             if let Err(err) = daemon.store.delete_vm(&vm.id) {

@@ -40,9 +40,24 @@ pub async fn delete(daemon: &Arc<Daemon>, reference: &str) -> Result<Vm, Service
 }
 
 /// The steps of a delete once the VM is recorded `deleting`. The record
-/// goes last; until then the VM stays listed as `deleting`.
+/// goes last; until then the VM stays listed as `deleting`. A VMM that
+/// may still run (banger-helper started it and is down) keeps the
+/// record: forgetting the VM would orphan its VMM, so the delete fails and
+/// is finished later, by another `vm delete` or the next daemon start.
 pub async fn finish(daemon: &Arc<Daemon>, vm: &mut Vm) -> Result<Vec<String>, ServiceError> {
-    let mut problems = halt::stop_and_release(daemon, vm, Mode::Kill).await;
+    let released = halt::stop_and_release_checked(daemon, vm, Mode::Kill).await;
+    if let Some(left) = released.vmm_left {
+        return Err(ServiceError::internal(format!(
+            "{}: {left}; the VM stays `deleting`",
+            vm.name
+        ))
+        .with_hint(format!(
+            "check that banger-helper runs (banger doctor), then run `banger vm delete {}` again; \
+             the next daemon start also finishes it",
+            vm.name
+        )));
+    }
+    let mut problems = released.problems;
     let image = daemon.store.get_image(&vm.image_id)?;
     problems.extend(disks::destroy(daemon, vm, image.as_ref()).await);
     daemon.checkpoint("remove the disks");

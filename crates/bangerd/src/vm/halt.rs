@@ -79,16 +79,49 @@ pub async fn halt(
 /// Stops the VMM and releases host resources, without recording a new
 /// state. Every step tolerates its work already being done.
 pub async fn stop_and_release(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Vec<String> {
+    stop_and_release_checked(daemon, vm, mode).await.problems
+}
+
+/// What [`stop_and_release_checked`] left.
+#[derive(Debug)]
+pub struct Released {
+    pub problems: Vec<String>,
+    /// A VMM that may still run: one that could not be killed, or could
+    /// not be looked for (banger-helper started it and is down). Whoever
+    /// forgets the VM now may orphan it.
+    pub vmm_left: Option<String>,
+}
+
+/// [`stop_and_release`], saying whether the VMM may still run.
+pub async fn stop_and_release_checked(daemon: &Arc<Daemon>, vm: &mut Vm, mode: Mode) -> Released {
     let mut problems = Vec::new();
-    if let Some(process) = find_process(daemon, vm).await {
-        stop_process(daemon, vm, &process, mode, &mut problems).await;
-        daemon.checkpoint("stop the VMM");
+    let mut vmm_left = None;
+    let found = match daemon.take_process(&vm.id) {
+        Some(process) => Ok(Some(process)),
+        None => daemon.vmm.adopt(&vm.paths().api_socket()).await,
+    };
+    match found {
+        Ok(Some(process)) => {
+            stop_process(daemon, vm, &process, mode, &mut problems).await;
+            daemon.checkpoint("stop the VMM");
+            if process.exited().is_none() {
+                vmm_left = Some(format!(
+                    "its VMM (pid {}) could not be killed",
+                    process.pid()
+                ));
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            warn!(vm = %vm.name, error = %err, "cannot look for the VM's VMM");
+            vmm_left = Some(format!("its VMM could not be looked for: {err}"));
+        }
     }
     problems.extend(release_host(daemon, vm).await);
     daemon.checkpoint("release the host");
     vm.pid = None;
     vm.tap = None;
-    problems
+    Released { problems, vmm_left }
 }
 
 async fn stop_process(
