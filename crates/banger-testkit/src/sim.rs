@@ -105,6 +105,8 @@ impl SimEnv {
     }
 
     fn with_settings(settings: &str, extra_config: &str) -> Self {
+        // Resolved first: a missing user fails before anything exists.
+        let user = E2eUser::from_env();
         let env = TestEnv::new();
         let netns = format!(
             "bt-{}",
@@ -116,7 +118,6 @@ impl SimEnv {
             command
         });
         out.assert_success();
-        let user = E2eUser::from_env();
         let helper = user.as_ref().map(|_| {
             let dir = tempfile::Builder::new()
                 .prefix("bh")
