@@ -53,9 +53,21 @@ if [ "$(id -u)" -eq 0 ]; then
     # Debian's default; some hosts ship 0600, which keeps a user's VMM
     # from opening the TAP the helper made for it.
     chmod 0666 /dev/net/tun
-    if ! setpriv --reuid="$e2e_user" --regid="$e2e_user" --init-groups \
-        test -x target/debug/banger; then
-        echo "error: $e2e_user cannot run $PWD/target/debug/banger; the checkout's directories must be searchable by other users (chmod o+x)" >&2
+    # The user runs the binaries under target/ and reads the fixtures under
+    # .cache/: each directory down to the checkout must let it pass (a
+    # checkout under /root would not).
+    as_user=(setpriv --reuid="$e2e_user" --regid="$e2e_user" --init-groups)
+    dir=""
+    IFS=/ read -ra parts <<< "${PWD#/}"
+    for part in "${parts[@]}"; do
+        dir="$dir/$part"
+        if ! "${as_user[@]}" test -x "$dir"; then
+            echo "letting $e2e_user pass through $dir (search permission for others)" >&2
+            chmod o+x "$dir"
+        fi
+    done
+    if ! "${as_user[@]}" test -x target/debug/banger; then
+        echo "error: $e2e_user cannot run $PWD/target/debug/banger" >&2
         status=1
     else
         started=$SECONDS
