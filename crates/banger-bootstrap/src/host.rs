@@ -67,6 +67,39 @@ pub trait BootstrapHost: Send + Sync + std::fmt::Debug {
 
     /// Unmounts whatever is mounted under `dir`; errors when something stays.
     fn release_mounts(&self, dir: &Path) -> Result<Vec<PathBuf>, ReleaseMountsError>;
+
+    /// Owners the tree built at `target` should have but does not (its
+    /// files were given to the daemon's user), for the image's build to
+    /// put back. Empty when the tree keeps its owners.
+    fn take_owners(&self, target: &Path) -> Vec<TreeOwner> {
+        let _ = target;
+        Vec::new()
+    }
+}
+
+/// A file of a built tree and the owner it should have in the image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeOwner {
+    /// Relative to the tree's root.
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Checks that debootstrap and the distribution's keyring are installed.
+pub fn preflight_tools(plan: &RootfsPlan) -> Result<(), DebootstrapError> {
+    if exec::locate("debootstrap").is_none() {
+        return Err(DebootstrapError::NotInstalled);
+    }
+    if !crate::keyring_present(&plan.distro) {
+        return Err(DebootstrapError::NoKeyring {
+            distro: plan.distro.to_string(),
+            keyring: plan.distro.keyring.to_owned(),
+            package: plan.distro.keyring_package.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The real thing.
@@ -82,14 +115,7 @@ impl BootstrapHost for HostBootstrap {
         if !uid.is_root() {
             return Err(DebootstrapError::NotRoot { uid: uid.as_raw() });
         }
-        if !crate::keyring_present(&plan.distro) {
-            return Err(DebootstrapError::NoKeyring {
-                distro: plan.distro.to_string(),
-                keyring: plan.distro.keyring.to_owned(),
-                package: plan.distro.keyring_package.to_owned(),
-            });
-        }
-        Ok(())
+        preflight_tools(plan)
     }
 
     fn debootstrap<'a>(
@@ -109,9 +135,12 @@ impl BootstrapHost for HostBootstrap {
                     source,
                 })?;
             }
-            let invocation = Invocation::new(program)
+            let mut invocation = Invocation::new(program)
                 .args(plan.args())
                 .env("DEBIAN_FRONTEND", "noninteractive");
+            if let Some(proxy) = &plan.proxy {
+                invocation = invocation.env("http_proxy", proxy);
+            }
             let finished = exec::run(&invocation, Some(&plan.log), on_line, cancel)
                 .await
                 .map_err(|err| match err {
@@ -163,6 +192,8 @@ pub struct FakeBootstrap {
     /// Mount points, relative to the released directory (`proc`), that
     /// `release_mounts` pretends it cannot unmount.
     pub stuck_mounts: Mutex<Vec<PathBuf>>,
+    /// What `take_owners` answers (as banger-helper's debootstrap would).
+    pub owners: Mutex<Vec<TreeOwner>>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -264,6 +295,10 @@ impl BootstrapHost for FakeBootstrap {
                 }
             }
         })
+    }
+
+    fn take_owners(&self, _target: &Path) -> Vec<TreeOwner> {
+        std::mem::take(&mut *lock(&self.owners))
     }
 
     fn release_mounts(&self, dir: &Path) -> Result<Vec<PathBuf>, ReleaseMountsError> {

@@ -45,7 +45,7 @@ pub mod vmlinux;
 
 pub use default_image::{DefaultImageSource, default_image_source};
 pub use distro::Distro;
-pub use host::{BootstrapHost, FakeBootstrap, HostBootstrap};
+pub use host::{BootstrapHost, FakeBootstrap, HostBootstrap, TreeOwner};
 
 /// Whether `distro`'s archive keyring is installed on this host.
 pub fn keyring_present(distro: &distro::Distro) -> bool {

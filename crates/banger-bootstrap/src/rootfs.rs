@@ -25,6 +25,8 @@ pub struct RootfsPlan {
     pub deb_cache: PathBuf,
     /// Where debootstrap's output goes.
     pub log: PathBuf,
+    /// `http_proxy` for debootstrap, when not its own environment's.
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +92,7 @@ impl RootfsPlan {
                 .join("debootstrap")
                 .join(format!("{}-{ARCH}", distro.release)),
             log: log.to_owned(),
+            proxy: None,
         })
     }
 

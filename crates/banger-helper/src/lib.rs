@@ -26,14 +26,21 @@
 //! - [`server`]: the accept loop over an injected listener.
 //! - [`sim`]: [`SimGuests`], sim guests (`banger-simvm`, as root) for
 //!   callers.
+//! - [`bootstrap`]: debootstrap into a caller's directory, the tree then
+//!   given to the caller; [`bootstrap_client`]: [`HelperBootstrap`], the
+//!   daemon's side.
+//! - [`paths`]: paths a caller names, checked as the caller's.
 //! - [`client`]: [`HelperClient`], and banger-net's [`banger_net::NetOps`]
 //!   and [`banger_net::routing::DnsRouting`] over it.
 //! - [`vmm`]: [`HelperVmm`], banger-firecracker's `Vmm` for a daemon that
 //!   is not root (sim guests through the helper).
 
 pub mod access;
+pub mod bootstrap;
+pub mod bootstrap_client;
 pub mod caller;
 pub mod client;
+pub mod paths;
 pub mod protocol;
 pub mod serve;
 pub mod server;
@@ -42,6 +49,7 @@ pub mod sim;
 pub mod vmm;
 
 pub use access::{Access, DEFAULT_GROUP};
+pub use bootstrap_client::HelperBootstrap;
 pub use caller::{Caller, UserNetwork};
 pub use client::{DEFAULT_SOCKET, HelperCallError, HelperClient, HelperDnsRouting, HelperNetOps};
 pub use service::{Helper, HelperError};

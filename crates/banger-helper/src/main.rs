@@ -35,6 +35,10 @@ enum Command {
         /// group); Firecracker and QEMU VMs are not.
         #[arg(long, conflicts_with = "simvm")]
         no_sim: bool,
+        /// Where debootstrap's downloaded packages are kept for the images
+        /// built for members.
+        #[arg(long, value_name = "DIR", default_value = banger_helper::service::DEFAULT_CACHE_DIR)]
+        cache_dir: PathBuf,
     },
 }
 
@@ -65,11 +69,13 @@ fn main() -> ExitCode {
             group,
             simvm,
             no_sim,
+            cache_dir,
         } => runtime.block_on(serve(ServeOptions {
             socket,
             group,
             simvm,
             no_sim,
+            cache_dir,
         })),
     };
     match result {

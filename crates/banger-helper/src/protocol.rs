@@ -185,6 +185,34 @@ pub struct VethParams {
     pub name: String,
 }
 
+/// A tree to build with debootstrap for the caller (see
+/// [`crate::bootstrap`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebootstrapParams {
+    /// e.g. `debian:bookworm`.
+    pub distro: String,
+    pub mirror: String,
+    pub profile: banger_model::image::ImageProfile,
+    /// Packages beyond the profile's.
+    pub packages: Vec<String>,
+    /// `<caller's dir>/<32 hex digits>.rootfs`: must not exist.
+    pub target: PathBuf,
+    /// An existing file of the caller's; debootstrap's output goes there.
+    pub log: PathBuf,
+    /// The caller's `http_proxy` (packages are still checked against the
+    /// distribution's keyring).
+    pub proxy: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebootstrapDone {
+    /// The owners (other than root) the tree's files had before they were
+    /// given to the caller.
+    pub owners: Vec<banger_bootstrap::TreeOwner>,
+}
+
 /// Nothing to report.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +252,8 @@ banger_rpc::protocol! {
     FindSim = "helper.sim.find", FindSimParams => SimFound;
     /// Deletes the host end of a sim guest's veth on the caller's bridge.
     DeleteSimVeth = "helper.sim.veth.delete", VethParams => Existed;
+    /// Builds a tree with debootstrap and gives it to the caller.
+    Debootstrap = "helper.debootstrap", DebootstrapParams => DebootstrapDone;
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub simvm: Option<PathBuf>,
     /// Start no sim guests (they make the group root-equivalent).
     pub no_sim: bool,
+    /// Root's cache for debootstrap's `.deb`s.
+    pub cache_dir: PathBuf,
 }
 
 /// How sim guests are started, as `options` ask.
@@ -115,7 +117,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let helper = Helper::start(ops, Arc::new(Resolvectl::default()))
         .await
         .context("cannot list the links an earlier helper left")?
-        .with_sims(sims);
+        .with_sims(sims)
+        .with_cache_dir(&options.cache_dir);
     let listener = bind_socket(&options.socket, access.gid).await?;
     tracing::info!(
         socket = %options.socket.display(),

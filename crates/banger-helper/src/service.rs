@@ -30,6 +30,7 @@ use banger_rpc::{ErrorCode, Method, NoParams, RpcError};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::bootstrap::{BootstrapError, Bootstraps};
 use crate::caller::{
     Caller, USER_BRIDGE_PREFIX, UserNetwork, alias_uid, owner_alias, user_bridge_uid,
 };
@@ -115,6 +116,8 @@ pub enum HelperError {
     #[error(transparent)]
     Sim(#[from] SimError),
     #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
     ListLinks(#[from] ListLinksError),
     #[error(transparent)]
     EnsureBridge(#[from] EnsureBridgeError),
@@ -185,6 +188,7 @@ impl HelperError {
             | Self::NotYourRules { .. }
             | Self::NotYourVeth { .. } => ErrorCode::PermissionDenied,
             Self::Sim(error) => error.code(),
+            Self::Bootstrap(error) => error.code(),
             Self::LinkExists { .. } | Self::SubnetTaken { .. } => ErrorCode::Conflict,
             Self::TooManyTaps { .. } => ErrorCode::ResourceExhausted,
             Self::CreateTap(CreateTapError::BridgeMissing { .. }) => ErrorCode::FailedPrecondition,
@@ -243,7 +247,11 @@ pub struct Helper {
     /// Held across each NAT operation, for the same reason.
     nat: Mutex<()>,
     sims: SimGuests,
+    bootstraps: Bootstraps,
 }
+
+/// Where the helper keeps debootstrap's `.deb` cache unless told otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/banger-helper";
 
 /// The uid a link was made for by the helper: its TUN owner, else its
 /// alias (a bridge).
@@ -308,7 +316,14 @@ impl Helper {
             taps: Mutex::new(taps),
             nat: Mutex::new(()),
             sims: SimGuests::disabled("started without banger-simvm"),
+            bootstraps: Bootstraps::new(DEFAULT_CACHE_DIR),
         })
+    }
+
+    /// Keeps debootstrap's `.deb` cache in `cache_dir`.
+    pub fn with_cache_dir(mut self, cache_dir: impl Into<std::path::PathBuf>) -> Self {
+        self.bootstraps = Bootstraps::new(cache_dir);
+        self
     }
 
     /// Starts sim guests for callers with `sims`.
@@ -378,6 +393,9 @@ impl Helper {
             }
             HelperRequest::FindSim(params) => {
                 reply::<method::FindSim>(self.sims.find(caller, params)?)
+            }
+            HelperRequest::Debootstrap(params) => {
+                reply::<method::Debootstrap>(self.bootstraps.run(caller, params).await?)
             }
             HelperRequest::DeleteSimVeth(params) => {
                 reply::<method::DeleteSimVeth>(self.delete_sim_veth(caller, params).await?)

@@ -22,18 +22,14 @@
 //! serve --no-sim` turns this off.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use banger_firecracker::launch::{FindVmmError, InvalidId, find_pid_by_api_socket, validate_id};
-use banger_rootfs::{Resolve, Root};
-use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
-use nix::sys::stat::{Mode, SFlag, fstat};
 
 use crate::caller::Caller;
+use crate::paths::{PathError, open_own_dir, open_own_file, plain_parent};
 use crate::protocol::{Existed, FindSimParams, SimFound, SimStarted, StartSimParams};
 
 /// The most sim guests the helper runs for one uid at once.
@@ -46,22 +42,10 @@ pub enum SimError {
     Disabled(String),
     #[error("invalid vm id")]
     InvalidId(#[source] InvalidId),
-    #[error("{path:?} is not an absolute path of plain components")]
-    NotPlain { path: PathBuf },
+    #[error(transparent)]
+    Path(#[from] PathError),
     #[error("{path} is not in {dir}, the directory of the api socket")]
     OtherDir { path: PathBuf, dir: PathBuf },
-    #[error("cannot open {path} without following a symlink")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} belongs to uid {owner}, not to uid {uid}")]
-    NotYours { path: PathBuf, owner: u32, uid: u32 },
-    #[error("{path} is writable by others than its owner")]
-    Shared { path: PathBuf },
-    #[error("{path} is not a regular file")]
-    NotAFile { path: PathBuf },
     #[error(
         "uid {uid} already runs {limit} sim guests, the most banger-helper starts for one user"
     )]
@@ -89,14 +73,9 @@ impl SimError {
         use banger_rpc::ErrorCode;
         match self {
             Self::Disabled(_) => ErrorCode::FailedPrecondition,
-            Self::InvalidId(_)
-            | Self::NotPlain { .. }
-            | Self::OtherDir { .. }
-            | Self::Open { .. }
-            | Self::NotAFile { .. } => ErrorCode::InvalidArgument,
-            Self::NotYours { .. } | Self::Shared { .. } | Self::NotYourProcess { .. } => {
-                ErrorCode::PermissionDenied
-            }
+            Self::Path(error) => error.code(),
+            Self::InvalidId(_) | Self::OtherDir { .. } => ErrorCode::InvalidArgument,
+            Self::NotYourProcess { .. } => ErrorCode::PermissionDenied,
             Self::TooMany { .. } => ErrorCode::ResourceExhausted,
             Self::Spawn { .. } | Self::Kill { .. } | Self::Find(_) => ErrorCode::Internal,
         }
@@ -318,101 +297,9 @@ fn owner_in_cmdline(cmdline: &[u8]) -> Option<u32> {
     None
 }
 
-/// The parent of an absolute path made of plain components only.
-fn plain_parent(path: &Path) -> Result<PathBuf, SimError> {
-    let not_plain = || SimError::NotPlain {
-        path: path.to_owned(),
-    };
-    let mut components = path.components();
-    if components.next() != Some(Component::RootDir) {
-        return Err(not_plain());
-    }
-    if !components.all(|c| matches!(c, Component::Normal(_))) {
-        return Err(not_plain());
-    }
-    match (path.parent(), path.file_name()) {
-        (Some(parent), Some(_)) if parent != Path::new("/") => Ok(parent.to_owned()),
-        _ => Err(not_plain()),
-    }
-}
-
-/// Opens `dir` from `/` without following any symlink and checks that it
-/// is the caller's and nobody else may write in it.
-fn open_own_dir(caller: &Caller, dir: &Path) -> Result<OwnedFd, SimError> {
-    let open_error = |source: std::io::Error| SimError::Open {
-        path: dir.to_owned(),
-        source,
-    };
-    let root = Root::open(Path::new("/"), Resolve::beneath().no_symlinks()).map_err(open_error)?;
-    let relative = dir.strip_prefix("/").unwrap_or(dir);
-    let fd = root
-        .open_at(
-            relative,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        )
-        .map_err(|e| open_error(e.into()))?;
-    let stat = fstat(fd.as_fd()).map_err(|e| open_error(e.into()))?;
-    if stat.st_uid != caller.uid {
-        return Err(SimError::NotYours {
-            path: dir.to_owned(),
-            owner: stat.st_uid,
-            uid: caller.uid,
-        });
-    }
-    if stat.st_mode & 0o022 != 0 {
-        return Err(SimError::Shared {
-            path: dir.to_owned(),
-        });
-    }
-    Ok(fd)
-}
-
-/// Opens the existing regular file `path` (in the directory `dir`) for
-/// appending, without following a symlink, and checks that it is the
-/// caller's.
-fn open_own_file(caller: &Caller, dir: &OwnedFd, path: &Path) -> Result<File, SimError> {
-    let open_error = |source: nix::Error| SimError::Open {
-        path: path.to_owned(),
-        source: source.into(),
-    };
-    let name = path.file_name().unwrap_or_default();
-    let fd = nix::fcntl::openat(
-        dir.as_fd(),
-        Path::new(OsStr::from_bytes(name.as_bytes())),
-        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(open_error)?;
-    let stat = fstat(fd.as_fd()).map_err(open_error)?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Err(SimError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    if stat.st_uid != caller.uid {
-        return Err(SimError::NotYours {
-            path: path.to_owned(),
-            owner: stat.st_uid,
-            uid: caller.uid,
-        });
-    }
-    Ok(File::from(fd))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_must_be_absolute_and_plain() {
-        assert_eq!(
-            plain_parent(Path::new("/home/u/vms/1/api.sock")).unwrap(),
-            Path::new("/home/u/vms/1")
-        );
-        for bad in ["api.sock", "/api.sock", "/a/../b/api.sock", "/"] {
-            assert!(plain_parent(Path::new(bad)).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_owner_is_read_from_the_command_line() {

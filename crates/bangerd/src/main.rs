@@ -82,7 +82,12 @@ fn run() -> anyhow::Result<()> {
                 Arc::new(banger_helper::HelperVmm::new(&config.helper_socket))
             },
             readiness: Arc::new(bangerd::vm::boot::Probes),
-            bootstrap: Arc::new(banger_bootstrap::HostBootstrap),
+            bootstrap: if nix::unistd::geteuid().is_root() {
+                Arc::new(banger_bootstrap::HostBootstrap)
+            } else {
+                // debootstrap needs root: banger-helper runs it.
+                Arc::new(banger_helper::HelperBootstrap::new(&config.helper_socket))
+            },
         };
         let daemon = Daemon::new(layout, config, Arc::new(store), build, subsystems);
         if let Err(err) = bangerd::ssh::write_ssh_config(&daemon.layout, daemon.keys.private_path()) {

@@ -134,7 +134,6 @@ pub(crate) fn preflight(
         checks::qemu(host, &config),
         checks::vhost_device_vsock(host, &config),
         checks::companions(std::slice::from_ref(&simvm)),
-        can_debootstrap(host),
     ]
     .into_iter()
     .filter(|check| check.status == CheckStatus::Fail)
@@ -150,22 +149,6 @@ pub(crate) fn preflight(
         code: 1,
     }
     .into())
-}
-
-/// The default image is built with debootstrap, which needs root: a
-/// daemon running as its user cannot build it (yet).
-fn can_debootstrap(host: &dyn banger_doctor::Host) -> banger_doctor::DoctorCheck {
-    let euid = host.privileges().euid;
-    if euid == 0 {
-        return banger_doctor::DoctorCheck::pass("bootstrap", "root may run debootstrap");
-    }
-    banger_doctor::DoctorCheck::fail(
-        "bootstrap",
-        format!(
-            "uid {euid} is not root: the default image is built with debootstrap, which needs root"
-        ),
-        "give your daemon an image you can read: `banger image pull REF` or `banger image import DIR --name N`; or use banger as root (`sudo banger vm run`, with root's own images)",
-    )
 }
 
 /// What the user is told before the bootstrap.
@@ -259,17 +242,6 @@ mod tests {
             preflight(VmmKind::Qemu, &without_qemu, simvm()).unwrap_err()
         );
         assert!(text.contains("qemu-system-x86_64 is not in PATH"), "{text}");
-        let unprivileged = FakeHost {
-            privileges: banger_doctor::Privileges { euid: 1000 },
-            ..FakeHost::default()
-        };
-        let text = format!(
-            "{:#}",
-            preflight(VmmKind::Sim, &unprivileged, simvm()).unwrap_err()
-        );
-        assert!(text.contains("uid 1000 is not root"), "{text}");
-        assert!(text.contains("debootstrap, which needs root"), "{text}");
-        assert!(text.contains("banger image pull"), "{text}");
     }
 
     #[test]

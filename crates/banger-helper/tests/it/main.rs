@@ -3,6 +3,7 @@
 //! as unprivileged uids. They need root and skip with a message otherwise.
 
 mod access;
+mod bootstrap;
 mod daemon;
 mod frames;
 mod install;

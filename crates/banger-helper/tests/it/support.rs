@@ -58,6 +58,11 @@ impl TestHelper {
     }
 
     pub(crate) async fn start_with(sims: SimGuests) -> Self {
+        Self::start_with_cache(sims, None).await
+    }
+
+    /// A helper whose debootstrap `.deb` cache is `cache_dir`.
+    pub(crate) async fn start_with_cache(sims: SimGuests, cache_dir: Option<PathBuf>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("helper.sock");
@@ -68,7 +73,8 @@ impl TestHelper {
             Helper::start(ops, Arc::new(FakeDnsRouting::new()))
                 .await
                 .expect("helper starts")
-                .with_sims(sims),
+                .with_sims(sims)
+                .with_cache_dir(cache_dir.unwrap_or_else(|| dir.path().join("cache"))),
         );
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(banger_helper::server::run(

@@ -202,7 +202,17 @@ async fn build(
         .or_hint(format!("see {}", plan.log.display()))?;
     stage.done();
 
-    build_image_files(daemon, &plan.target, staging, agent, events, cancel).await
+    let owners = daemon.bootstrap.take_owners(&plan.target);
+    build_image_files(
+        daemon,
+        &plan.target,
+        &owners,
+        staging,
+        agent,
+        events,
+        cancel,
+    )
+    .await
 }
 
 /// Unmounts what debootstrap left under the tree, then removes it. A tree
@@ -263,7 +273,7 @@ impl From<DebootstrapError> for ServiceError {
         DebootstrapError::NotInstalled => ServiceError::precondition(message)
             .with_hint("install it: `sudo apt-get install debootstrap` (Debian/Ubuntu)"),
         DebootstrapError::NotRoot { .. } => ServiceError::precondition(message)
-            .with_hint("image bootstrap runs debootstrap, which needs bangerd to run as root"),
+            .with_hint("debootstrap needs root: a daemon that is not root has banger-helper run it"),
         DebootstrapError::NoKeyring { package, .. } => {
             ServiceError::precondition(message)
                 .with_hint(format!("install it: `sudo apt-get install {package}`"))

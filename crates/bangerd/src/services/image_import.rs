@@ -48,7 +48,7 @@ pub async fn import(
         unpack_tarball(&source, &staging.rootfs(), events).await?;
         staging.rootfs()
     };
-    let size = build_image_files(daemon, &rootfs, &staging.out(), &agent, events, cancel)
+    let size = build_image_files(daemon, &rootfs, &[], &staging.out(), &agent, events, cancel)
         .await?
         .size;
     let image = publish(
@@ -129,6 +129,7 @@ pub struct BuiltImage {
 pub async fn build_image_files(
     daemon: &Daemon,
     rootfs_dir: &Path,
+    owners: &[banger_bootstrap::TreeOwner],
     staging: &Path,
     agent: &Path,
     events: &EventSink,
@@ -155,6 +156,20 @@ pub async fn build_image_files(
     stage.done();
     report_skipped(events, image.skipped_special);
     check_cancel(cancel)?;
+    if !owners.is_empty() {
+        let mut edits = banger_disk::Ext4Edits::new();
+        for owner in owners {
+            let path = format!("/{}", owner.path.display());
+            edits
+                .chown(&path, owner.uid, owner.gid)
+                .doing("restoring the tree's owners")?;
+        }
+        let disk = daemon.disk.clone();
+        let rootfs = rootfs.clone();
+        blocking(move || disk.apply_edits(&rootfs, &edits))
+            .await?
+            .doing("restoring the tree's owners in rootfs.ext4")?;
+    }
 
     let stage = events.stage("install_guest_files");
     let disk = daemon.disk.clone();

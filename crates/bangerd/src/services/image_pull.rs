@@ -249,6 +249,7 @@ async fn finish(
     let size = build_image_files(
         daemon,
         &staging.rootfs(),
+        &[],
         &staging.out(),
         &agent,
         events,

@@ -168,6 +168,38 @@ async fn builds_registers_and_cleans_up() {
     assert_eq!(h.bootstrap.calls().len(), 4);
 }
 
+/// A tree given to the daemon's user by banger-helper: the owners its files
+/// had are put back into rootfs.ext4 after it is built.
+#[tokio::test]
+async fn owners_of_a_given_tree_are_put_back_in_the_image() {
+    if !has_mkfs() {
+        eprintln!("skipped: mkfs.ext4 (e2fsprogs) is not installed");
+        return;
+    }
+    let h = Harness::new().await;
+    *h.bootstrap.owners.lock().unwrap() = vec![banger_bootstrap::TreeOwner {
+        path: "etc/hostname".into(),
+        uid: 0,
+        gid: 42,
+    }];
+    let (result, _) = run(&h, params("debian:bookworm"), &CancellationToken::new()).await;
+    let image = result.unwrap();
+    let restored = h.disk.calls().into_iter().find_map(|call| match call {
+        banger_disk::fake::DiskCall::ApplyEdits { image, edits } => edits
+            .edits()
+            .contains(&banger_disk::Ext4Edit::Chown {
+                path: "/etc/hostname".into(),
+                uid: 0,
+                gid: 42,
+            })
+            .then_some(image),
+        _ => None,
+    });
+    let image_file = restored.expect("an edit restores the owner");
+    assert!(image_file.ends_with("rootfs.ext4"), "{image_file:?}");
+    assert!(image.rootfs_path.is_file());
+}
+
 /// `--profile minimal` keeps the small set; `--packages` still adds.
 #[tokio::test]
 async fn the_minimal_profile_is_the_base_set() {
