@@ -149,24 +149,8 @@ fn qemu_guest_end_to_end() {
         serde_json::from_str(&ok(&sim, &["kernel", "show", KERNEL, "--json"]).stdout).unwrap();
     let release = kernel["version"].as_str().unwrap().to_owned();
     // The image users get: Debian's packages through debootstrap (cached in
-    // the repository's .cache/, shared with the fixture build). debootstrap
-    // needs root: a user's daemon imports the fixture (debootstrap's too)
-    // instead.
+    // the repository's .cache/, shared with the fixture build).
     let out = step("image bootstrap", || {
-        if sim.user().is_some() {
-            let rootfs = sim.fixture_rootfs();
-            let rootfs = rootfs.to_string_lossy();
-            let args = [
-                "image",
-                "import",
-                &rootfs,
-                "--name",
-                "debian",
-                "--kernel-ref",
-                KERNEL,
-            ];
-            return sim.banger(args);
-        }
         banger_via_proxy(
             &sim,
             &proxy,
