@@ -217,8 +217,16 @@ pub fn finish(root: &Path) -> Result<(), FinishRootfsError> {
     for file in ["etc/hostname", "etc/resolv.conf", "var/lib/dbus/machine-id"] {
         remove_if_present(&root.join(file)).map_err(io(&root.join(file)))?;
     }
+    // Empty, so each VM's first boot makes one. Replaced rather than
+    // truncated: it is read-only (0444), which only stops a writer that is
+    // not root, such as a daemon finishing a tree banger-helper gave it.
     let machine_id = root.join("etc/machine-id");
-    fs_err::write(&machine_id, b"").map_err(io(&machine_id))?;
+    let empty =
+        fs_err::symlink_metadata(&machine_id).is_ok_and(|meta| meta.is_file() && meta.len() == 0);
+    if !empty {
+        remove_if_present(&machine_id).map_err(io(&machine_id))?;
+        fs_err::write(&machine_id, b"").map_err(io(&machine_id))?;
+    }
     let ssh = root.join("etc/ssh");
     for entry in read_dir_if_present(&ssh).map_err(io(&ssh))? {
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -44,6 +44,8 @@ pub enum BootstrapError {
     Debootstrap(#[from] banger_bootstrap::host::DebootstrapError),
     #[error(transparent)]
     Mounts(#[from] banger_bootstrap::rootfs::ReleaseMountsError),
+    #[error(transparent)]
+    Finish(#[from] banger_bootstrap::rootfs::FinishRootfsError),
     #[error("cannot give {path} to uid {uid}")]
     Give {
         path: PathBuf,
@@ -139,6 +141,12 @@ impl Bootstraps {
         // there is (to remove it, or to build from it).
         let real_dir = std::fs::read_link(through(&dir_fd)).unwrap_or(dir);
         HostBootstrap.release_mounts(&real_dir.join(&name))?;
+        // The clean-up that needs root (device nodes, read-only files and
+        // directories), done before the tree is the caller's.
+        let finished = match &ran {
+            Ok(()) => banger_bootstrap::rootfs::finish(&plan.target).map_err(BootstrapError::from),
+            Err(_) => Ok(()),
+        };
         let mut owners = Vec::new();
         let given = match nix::fcntl::openat(
             dir_fd.as_fd(),
@@ -157,6 +165,7 @@ impl Bootstraps {
             source,
         })?;
         ran?;
+        finished?;
         if owners.len() > MAX_OWNERS {
             return Err(BootstrapError::TooManyOwners);
         }

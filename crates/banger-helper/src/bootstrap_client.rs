@@ -50,7 +50,11 @@ impl HelperBootstrap {
                 source,
             }
         }
-        if let Some(dir) = plan.log.parent() {
+        // The helper builds into a directory of ours that must exist.
+        for dir in [plan.log.parent(), plan.target.parent()]
+            .into_iter()
+            .flatten()
+        {
             fs_err::create_dir_all(dir).map_err(prepare(dir))?;
         }
         let mut log = fs_err::File::create(&plan.log)
