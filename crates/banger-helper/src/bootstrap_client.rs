@@ -57,7 +57,15 @@ impl HelperBootstrap {
         {
             fs_err::create_dir_all(dir).map_err(prepare(dir))?;
         }
-        let mut log = fs_err::File::create(&plan.log)
+        // Read back below (the helper appends debootstrap's output to it):
+        // `File::create` alone would open it write-only, and no progress
+        // line would ever be read.
+        let mut log = fs_err::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&plan.log)
             .map_err(prepare(&plan.log))?
             .into_parts()
             .0;
