@@ -99,6 +99,7 @@ uninstall-helper:
 	rm -f $(DESTDIR)$(SYSTEMDSYSTEMDIR)/banger-helper.service $(DESTDIR)$(LIBDIR)/banger-helper
 	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	-@if [ -z "$(DESTDIR)" ] && getent group $(HELPER_GROUP) >/dev/null; then groupdel $(HELPER_GROUP); fi
+	-@if [ -z "$(DESTDIR)" ]; then rm -rf /var/cache/banger-helper; fi
 
 # Stops the daemon (running VMs keep running and are adopted by the next
 # one), removes what `install` put there and says where the data stays.

@@ -6,8 +6,9 @@
 //! `utmp`) are answered, so the caller's daemon puts them back in the
 //! image it builds.
 //!
-//! The target is reached through the descriptor of its checked parent
-//! (`/proc/<helper>/fd/<n>/<name>`), so renaming or replacing the caller's
+//! The helper makes the target itself (root's, in the checked directory of
+//! the caller's) and debootstrap reaches it through the helper's descriptor
+//! of it (`/proc/<helper>/fd/<n>`), so renaming or replacing the caller's
 //! directories meanwhile cannot point debootstrap anywhere else. The tree
 //! is given away children first, so a directory stays root's (and its
 //! entries out of the caller's reach) until everything in it is done.
@@ -100,17 +101,7 @@ impl Bootstraps {
         let dir = plain_parent(&params.target)?;
         let name = target_name(&params.target)?;
         let dir_fd = open_own_dir(caller, &dir)?;
-        if fstatat(
-            dir_fd.as_fd(),
-            name.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok()
-        {
-            return Err(BootstrapError::Exists {
-                path: params.target.clone(),
-            });
-        }
+        let target_fd = make_target(&dir_fd, &name, &params.target)?;
         let log_dir = plain_parent(&params.log)?;
         let log_dir_fd = open_own_dir(caller, &log_dir)?;
         let log = open_own_file(caller, &log_dir_fd, &params.log)?;
@@ -122,7 +113,7 @@ impl Bootstraps {
             &mirror,
             params.profile,
             &params.packages,
-            &through(&dir_fd).join(&name),
+            &through(&target_fd),
             &self.cache_dir,
             &through(&log),
         )
@@ -139,8 +130,9 @@ impl Bootstraps {
             .await;
         // Whatever happened, nothing stays mounted and the caller gets what
         // there is (to remove it, or to build from it).
-        let real_dir = std::fs::read_link(through(&dir_fd)).unwrap_or(dir);
-        HostBootstrap.release_mounts(&real_dir.join(&name))?;
+        let real_target =
+            std::fs::read_link(through(&target_fd)).unwrap_or_else(|_| dir.join(&name));
+        HostBootstrap.release_mounts(&real_target)?;
         // The clean-up that needs root (device nodes, read-only files and
         // directories), done before the tree is the caller's.
         let finished = match &ran {
@@ -148,17 +140,14 @@ impl Bootstraps {
             Err(_) => Ok(()),
         };
         let mut owners = Vec::new();
-        let given = match nix::fcntl::openat(
-            dir_fd.as_fd(),
-            name.as_os_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(tree) => give_tree(&tree, Path::new(""), caller, &mut owners)
-                .and_then(|()| give_entry(&dir_fd, &name, caller, None)),
-            Err(nix::Error::ENOENT) => Ok(()),
-            Err(error) => Err(error.into()),
-        };
+        let given = give_tree(&target_fd, Path::new(""), caller, &mut owners).and_then(|()| {
+            nix::unistd::fchown(
+                target_fd.as_fd(),
+                Some(Uid::from_raw(caller.uid)),
+                Some(Gid::from_raw(caller.gid)),
+            )
+            .map_err(std::io::Error::from)
+        });
         given.map_err(|source| BootstrapError::Give {
             path: params.target.clone(),
             uid: caller.uid,
@@ -187,6 +176,51 @@ fn check_proxy(proxy: String) -> Result<String, BootstrapError> {
     Err(BootstrapError::Invalid(format!(
         "{proxy:?} is not an http:// proxy URL"
     )))
+}
+
+/// Makes the target, root's, in the caller's directory and opens it. Held
+/// by this descriptor, it stays the directory debootstrap builds in
+/// whatever the caller renames meanwhile, and its entries stay out of the
+/// caller's reach until it is given away.
+fn make_target(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<OwnedFd, BootstrapError> {
+    let made = nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o755));
+    match made {
+        Ok(()) => {}
+        Err(nix::Error::EEXIST) => {
+            return Err(BootstrapError::Exists {
+                path: path.to_owned(),
+            });
+        }
+        Err(error) => {
+            return Err(BootstrapError::Give {
+                path: path.to_owned(),
+                uid: 0,
+                source: error.into(),
+            });
+        }
+    }
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|error| {
+        BootstrapError::Invalid(format!("{} changed under us: {error}", path.display()))
+    })?;
+    // Only root makes root's directories: this is the one just made.
+    let stat = nix::sys::stat::fstat(fd.as_fd()).map_err(|error| BootstrapError::Give {
+        path: path.to_owned(),
+        uid: 0,
+        source: error.into(),
+    })?;
+    if stat.st_uid != 0 {
+        return Err(BootstrapError::Invalid(format!(
+            "{} changed under us",
+            path.display()
+        )));
+    }
+    Ok(fd)
 }
 
 /// The target's name: a banger id and `.rootfs`.

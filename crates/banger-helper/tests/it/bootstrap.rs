@@ -83,6 +83,30 @@ fn debootstrap_for_a_user_gives_the_tree_and_its_owners() {
         assert_eq!(code(refused), ErrorCode::InvalidArgument);
 
         let params = params(dir.path());
+        // While debootstrap runs, the caller renames the target away and
+        // puts a symlink to a directory of root's in its place: debootstrap
+        // keeps building where it started.
+        let decoy = tempfile::Builder::new()
+            .prefix("bb-decoy")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let moved = dir.path().join("fedcba9876543210fedcba9876543210.rootfs");
+        let swap = {
+            let (target, moved, decoy) = (
+                params.target.clone(),
+                moved.clone(),
+                decoy.path().to_owned(),
+            );
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while !target.is_dir() {
+                    assert!(std::time::Instant::now() < deadline, "no target appeared");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                std::fs::rename(&target, &moved).unwrap();
+                std::os::unix::fs::symlink(&decoy, &target).unwrap();
+            })
+        };
         let done = alice
             .call::<method::Debootstrap>(params.clone())
             .await
@@ -92,7 +116,13 @@ fn debootstrap_for_a_user_gives_the_tree_and_its_owners() {
                     std::fs::read_to_string(&params.log).unwrap_or_default()
                 )
             });
-        let tree = &params.target;
+        swap.join().unwrap();
+        assert_eq!(
+            std::fs::read_dir(decoy.path()).unwrap().count(),
+            0,
+            "debootstrap followed the swapped-in symlink"
+        );
+        let tree = &moved;
         // The owners it had, for the image.
         let shadow = done
             .owners
@@ -120,8 +150,9 @@ fn debootstrap_for_a_user_gives_the_tree_and_its_owners() {
             !mounts.contains(&tree.to_string_lossy().into_owned()),
             "{mounts}"
         );
-        // The same target again is refused.
+        // The same target again (now the symlink) is refused.
         let again = alice.call::<method::Debootstrap>(params.clone()).await;
         assert_eq!(code(again), ErrorCode::Conflict);
+        assert_eq!(std::fs::read_dir(decoy.path()).unwrap().count(), 0);
     });
 }

@@ -67,10 +67,13 @@ fn make_install_helper_installs_the_binary_and_a_valid_system_unit() {
     let unit = std::fs::read_to_string(&unit_path).unwrap();
     assert!(
         unit.contains(
-            "ExecStart=/usr/lib/banger/banger-helper serve --socket /run/banger/helper.sock --group banger-helper-test-group\n"
+            "ExecStart=/usr/lib/banger/banger-helper serve --socket /run/banger/helper.sock --group banger-helper-test-group --cache-dir /var/cache/banger-helper\n"
         ),
         "{unit}"
     );
+    // Users' sim guests outlive a helper restart; their homes are written.
+    assert!(unit.contains("\nKillMode=process\n"), "{unit}");
+    assert!(!unit.contains("ProtectHome"), "{unit}");
     assert!(!unit.contains('@'), "{unit}");
     assert!(
         nix::unistd::Group::from_name("banger-helper-test-group")
