@@ -111,7 +111,9 @@ pub struct Args {
 
     /// Give the API and vsock sockets to this user (`UID:GID`), so a daemon
     /// running as that user can reach them. banger-helper passes it when it
-    /// starts a sim guest, as root, for a user's daemon.
+    /// starts a sim guest, as root, for a user's daemon. Such a simvm stops
+    /// by itself once its API socket is removed, or when no guest was
+    /// started within a minute: nobody else could stop it.
     #[arg(long, value_name = "UID:GID")]
     pub owner: Option<Owner>,
 

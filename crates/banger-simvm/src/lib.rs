@@ -50,6 +50,8 @@ use crate::controller::{Controller, Guest, GuestLauncher, GuestSlot};
 pub const GUEST_GRACE: Duration = Duration::from_secs(3);
 /// How long simvm waits for the guest to go after asking it to.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a simvm started by banger-helper waits for `InstanceStart`.
+const UNBOOTED_LIMIT: Duration = Duration::from_secs(60);
 /// How long simvm waits for loop devices and the veth to disappear.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
@@ -115,9 +117,16 @@ pub async fn run(args: cli::Args) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut guests = slot.subscribe();
+    let orphaned = async {
+        match args.owner {
+            Some(_) => orphaned(&args.api_sock, &slot).await,
+            None => std::future::pending().await,
+        }
+    };
     let stopped_by_signal = tokio::select! {
         _ = sigterm.recv() => true,
         _ = sigint.recv() => true,
+        () = orphaned => true,
         () = guest_gone(&mut guests) => false,
     };
     let guest = slot.borrow().clone();
@@ -158,6 +167,26 @@ async fn guest_gone(guests: &mut watch::Receiver<Option<Arc<dyn Guest>>>) {
     };
     let mut exited = guest.exited();
     let _ = exited.wait_for(|gone| *gone).await;
+}
+
+/// Resolves when a simvm that banger-helper started (`--owner`) has nobody
+/// left to drive it: its API socket is gone (the VM's directory was
+/// removed, as a daemon's rollback does when the helper died before telling
+/// it the pid), or no guest was started within [`UNBOOTED_LIMIT`]. As root,
+/// out of its user's reach, it must not outlive its VM.
+async fn orphaned(api_sock: &Path, slot: &GuestSlot) {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if std::fs::symlink_metadata(api_sock).is_err() {
+            tracing::warn!(api = %api_sock.display(), "the api socket is gone: stopping");
+            return;
+        }
+        if slot.borrow().is_none() && started.elapsed() > UNBOOTED_LIMIT {
+            tracing::warn!(limit = ?UNBOOTED_LIMIT, "no guest was started: stopping");
+            return;
+        }
+    }
 }
 
 /// Ctrl-Alt-Del, then SIGKILL if the guest does not go in time.

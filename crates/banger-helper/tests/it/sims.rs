@@ -158,6 +158,28 @@ fn a_sim_guest_started_for_a_user_is_that_users_alone() {
     });
 }
 
+/// A sim guest whose daemon never learned its pid (the helper died before
+/// answering) is gone once the daemon's rollback removes its directory.
+#[test]
+fn an_orphaned_sim_guest_stops_when_its_socket_goes() {
+    if !root_or_skip("an_orphaned_sim_guest_stops_when_its_socket_goes") {
+        return;
+    }
+    in_netns(|| async {
+        let helper = TestHelper::with_sims().await;
+        let vm = VmDir::new(ALICE);
+        let params = vm.params();
+        let mut alice = helper.client(ALICE).await;
+        let SimStarted { pid } = alice
+            .call::<method::StartSim>(params.clone())
+            .await
+            .unwrap();
+        wait_for("the api socket", || params.api_socket.exists());
+        std::fs::remove_file(&params.api_socket).unwrap();
+        wait_for("the orphaned simvm to stop", || !alive(pid));
+    });
+}
+
 #[test]
 fn sim_paths_that_are_not_the_callers_are_refused() {
     if !root_or_skip("sim_paths_that_are_not_the_callers_are_refused") {
