@@ -52,6 +52,25 @@ pub enum DebootstrapError {
     Exec(ExecError),
 }
 
+impl DebootstrapError {
+    /// A debootstrap of `plan` that ended in failure: the mirror could not
+    /// be reached (so the hint is the network), or something else.
+    pub fn failed(plan: &RootfsPlan, status: String, detail: String) -> Self {
+        if rootfs::looks_unreachable(&detail) {
+            return Self::Unreachable {
+                mirror: plan.mirror.clone(),
+                detail,
+                log: plan.log.clone(),
+            };
+        }
+        Self::Failed {
+            status,
+            detail,
+            log: plan.log.clone(),
+        }
+    }
+}
+
 /// What a bootstrap does to the host.
 pub trait BootstrapHost: Send + Sync + std::fmt::Debug {
     /// Checks that `plan` can run here (tools, privileges, keyring).
@@ -151,18 +170,11 @@ impl BootstrapHost for HostBootstrap {
                 return Ok(());
             }
             let detail = rootfs::failure_detail(&finished.tail);
-            if rootfs::looks_unreachable(&detail) {
-                return Err(DebootstrapError::Unreachable {
-                    mirror: plan.mirror.clone(),
-                    detail,
-                    log: plan.log.clone(),
-                });
-            }
-            Err(DebootstrapError::Failed {
-                status: finished.status.to_string(),
+            Err(DebootstrapError::failed(
+                plan,
+                finished.status.to_string(),
                 detail,
-                log: plan.log.clone(),
-            })
+            ))
         })
     }
 

@@ -98,19 +98,7 @@ impl HelperBootstrap {
             let detail = error
                 .rpc()
                 .map_or_else(|| error.to_string(), |rpc| rpc.message.clone());
-            if rootfs::looks_unreachable(&detail) {
-                DebootstrapError::Unreachable {
-                    mirror: plan.mirror.clone(),
-                    detail,
-                    log: plan.log.clone(),
-                }
-            } else {
-                DebootstrapError::Failed {
-                    status: "banger-helper".into(),
-                    detail,
-                    log: plan.log.clone(),
-                }
-            }
+            DebootstrapError::failed(plan, "banger-helper".into(), detail)
         })?;
         self.owners
             .lock()

@@ -355,13 +355,7 @@ impl SimEnv {
         let Some(user) = &self.user else {
             return self.in_netns(program);
         };
-        let mut command = self.in_netns("setpriv");
-        command
-            .args(user.setpriv_args())
-            .arg(program)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
-        command
+        user.setpriv(self.in_netns("setpriv"), program)
     }
 
     /// A command for `program` on the host side (outside the namespace)

@@ -98,13 +98,18 @@ impl E2eUser {
     /// root) takes the user's uid, gid and groups and execs the program in
     /// place, so the child's pid is the program's.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("setpriv");
-        command
+        self.setpriv(Command::new("setpriv"), program)
+    }
+
+    /// Completes `setpriv`, a command that runs `setpriv` (directly or in a
+    /// namespace), so it execs `program` as this user.
+    pub fn setpriv(&self, mut setpriv: Command, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        setpriv
             .args(self.setpriv_args())
             .arg(program)
             .env("USER", &self.name)
             .env("LOGNAME", &self.name);
-        command
+        setpriv
     }
 
     /// Gives `path` and everything under it to this user.

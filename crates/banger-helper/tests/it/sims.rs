@@ -50,6 +50,15 @@ impl VmDir {
     }
 }
 
+/// A sim guest started for Alice, once its API socket is there.
+async fn alices_sim(helper: &TestHelper) -> (VmDir, banger_helper::HelperClient, u32) {
+    let vm = VmDir::new(ALICE);
+    let mut alice = helper.client(ALICE).await;
+    let SimStarted { pid } = alice.call::<method::StartSim>(vm.params()).await.unwrap();
+    wait_for("the api socket", || vm.params().api_socket.exists());
+    (vm, alice, pid)
+}
+
 async fn refused(
     alice: &mut banger_helper::HelperClient,
     params: StartSimParams,
@@ -82,14 +91,8 @@ fn a_sim_guest_started_for_a_user_is_that_users_alone() {
     }
     in_netns(|| async {
         let helper = TestHelper::with_sims().await;
-        let vm = VmDir::new(ALICE);
+        let (vm, mut alice, pid) = alices_sim(&helper).await;
         let params = vm.params();
-        let mut alice = helper.client(ALICE).await;
-        let SimStarted { pid } = alice
-            .call::<method::StartSim>(params.clone())
-            .await
-            .unwrap();
-        wait_for("the api socket", || params.api_socket.exists());
 
         // simvm runs as root, with the caller as owner on its command line.
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -167,14 +170,8 @@ fn an_orphaned_sim_guest_stops_when_its_socket_goes() {
     }
     in_netns(|| async {
         let helper = TestHelper::with_sims().await;
-        let vm = VmDir::new(ALICE);
+        let (vm, _alice, pid) = alices_sim(&helper).await;
         let params = vm.params();
-        let mut alice = helper.client(ALICE).await;
-        let SimStarted { pid } = alice
-            .call::<method::StartSim>(params.clone())
-            .await
-            .unwrap();
-        wait_for("the api socket", || params.api_socket.exists());
         std::fs::remove_file(&params.api_socket).unwrap();
         wait_for("the orphaned simvm to stop", || !alive(pid));
     });
