@@ -153,7 +153,7 @@ impl Bootstraps {
             uid: caller.uid,
             source,
         })?;
-        ran?;
+        ran.map_err(|error| caller_log(error, &params.log))?;
         finished?;
         if owners.len() > MAX_OWNERS {
             return Err(BootstrapError::TooManyOwners);
@@ -164,6 +164,28 @@ impl Bootstraps {
             "debootstrap tree given to its caller"
         );
         Ok(DebootstrapDone { owners })
+    }
+}
+
+/// debootstrap's error naming the log as the caller knows it (debootstrap
+/// wrote it through this helper's descriptor).
+fn caller_log(
+    error: banger_bootstrap::host::DebootstrapError,
+    log: &Path,
+) -> banger_bootstrap::host::DebootstrapError {
+    use banger_bootstrap::host::DebootstrapError as D;
+    match error {
+        D::Failed { status, detail, .. } => D::Failed {
+            status,
+            detail,
+            log: log.to_owned(),
+        },
+        D::Unreachable { mirror, detail, .. } => D::Unreachable {
+            mirror,
+            detail,
+            log: log.to_owned(),
+        },
+        other => other,
     }
 }
 

@@ -82,6 +82,25 @@ fn debootstrap_for_a_user_gives_the_tree_and_its_owners() {
         let refused = alice.call::<method::Debootstrap>(bad_name).await;
         assert_eq!(code(refused), ErrorCode::InvalidArgument);
 
+        // An unreachable mirror: debootstrap's failure names the log where
+        // the caller has it, and the (empty) tree is the caller's to remove.
+        let failing = own_dir(ALICE);
+        let unreachable = DebootstrapParams {
+            mirror: "http://127.0.0.1:9/debian".into(),
+            ..params(failing.path())
+        };
+        let error = alice
+            .call::<method::Debootstrap>(unreachable.clone())
+            .await
+            .expect_err("no mirror there");
+        let message = &error.rpc().expect("an answer").message;
+        assert!(
+            message.contains(&unreachable.log.display().to_string()) && !message.contains("/proc/"),
+            "{message}"
+        );
+        let left = std::fs::metadata(&unreachable.target).unwrap();
+        assert_eq!((left.uid(), left.gid()), ALICE);
+
         let params = params(dir.path());
         // While debootstrap runs, the caller renames the target away and
         // puts a symlink to a directory of root's in its place: debootstrap
