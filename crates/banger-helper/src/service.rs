@@ -332,10 +332,6 @@ impl Helper {
         self
     }
 
-    pub fn sims(&self) -> &SimGuests {
-        &self.sims
-    }
-
     /// The TAPs the helper knows it made, with their uids.
     pub async fn registered_taps(&self) -> BTreeMap<String, u32> {
         self.taps.lock().await.clone()

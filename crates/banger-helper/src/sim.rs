@@ -232,7 +232,7 @@ impl SimGuests {
     }
 
     /// The running sim guests started for `uid`.
-    pub fn pids_of(&self, uid: u32) -> Vec<u32> {
+    fn pids_of(&self, uid: u32) -> Vec<u32> {
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
