@@ -122,7 +122,7 @@ impl KeyStore {
 
     /// The key, generated first if it is banger's own and missing.
     pub async fn ensure(&self) -> Result<SshKey, EnsureKeyError> {
-        let public_path = public_path(&self.private);
+        let public_path = public_path_of(&self.private);
         if !self.private.is_file() || !public_path.is_file() {
             if !self.managed {
                 return Err(EnsureKeyError::MissingConfigured {
@@ -131,16 +131,7 @@ impl KeyStore {
             }
             let _generating = self.generate.lock().await;
             if !self.private.is_file() {
-                let dir = self.private.parent().expect("key path has a parent");
-                create_private_dir(dir)?;
-                // A half-written pair (crash between the two files) is replaced.
-                let _ = fs_err::remove_file(&public_path);
-                crate::exec::ssh_keygen(&self.private)
-                    .await
-                    .map_err(|source| EnsureKeyError::Generate {
-                        path: self.private.clone(),
-                        source,
-                    })?;
+                self.generate_pair(&public_path).await?;
                 tracing::info!(path = %self.private.display(), "generated the managed SSH key");
             }
         }
@@ -158,6 +149,38 @@ impl KeyStore {
 }
 
 impl KeyStore {
+    /// Generates the pair beside its place and renames it in, `.pub`
+    /// first: a request that finds the private key (without the lock)
+    /// then always finds its whole public half. A `.pub` alone (a crash
+    /// between the renames) is replaced.
+    async fn generate_pair(&self, public_path: &Path) -> Result<(), EnsureKeyError> {
+        let dir = self.private.parent().expect("key path has a parent");
+        create_private_dir(dir)?;
+        sweep_unfinished(dir);
+        let fresh = tempfile::Builder::new()
+            .prefix(".keygen-")
+            .tempdir_in(dir)
+            .map_err(|source| EnsureKeyError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let fresh_private = fresh.path().join("key");
+        crate::exec::ssh_keygen(&fresh_private)
+            .await
+            .map_err(|source| EnsureKeyError::Generate {
+                path: self.private.clone(),
+                source,
+            })?;
+        let rename = |from: PathBuf, to: &Path| {
+            fs_err::rename(from, to).map_err(|source| EnsureKeyError::Dir {
+                path: dir.to_owned(),
+                source,
+            })
+        };
+        rename(public_path_of(&fresh_private), public_path)?;
+        rename(fresh_private, &self.private)
+    }
+
     /// Refuses a key ssh would refuse: readable by others, not a key, one
     /// with a passphrase (ssh runs without a prompt), or a `.pub` of
     /// another key. Checked again only when the files change.
@@ -227,12 +250,24 @@ impl KeyStore {
     }
 }
 
+/// Removes what a daemon killed while generating left (`.keygen-*`).
+fn sweep_unfinished(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".keygen-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// `type base64` of a public key line (its comment may differ).
 fn key_fields(line: &str) -> Vec<&str> {
     line.split_whitespace().take(2).collect()
 }
 
-fn public_path(private: &Path) -> PathBuf {
+fn public_path_of(private: &Path) -> PathBuf {
     let mut name = private.as_os_str().to_owned();
     name.push(".pub");
     PathBuf::from(name)
@@ -365,6 +400,37 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
     }
 
+    /// Ten `vm create`s at once on a fresh state dir: each one that does
+    /// not generate the key must still find a whole pair (CI once saw a
+    /// request read the `.pub` while ssh-keygen was writing it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_racing_the_first_key_all_get_it() {
+        for _round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let home = dir.path().to_string_lossy().into_owned();
+            let layout = Layout::from_lookup(|key| (key == "HOME").then(|| home.clone())).unwrap();
+            // What a daemon killed during ssh-keygen left is swept.
+            std::fs::create_dir_all(layout.ssh_dir().join(".keygen-killed")).unwrap();
+            let keys = std::sync::Arc::new(KeyStore::new(&layout, &Config::default()));
+            let requests = (0..16).map(|_| {
+                let keys = keys.clone();
+                tokio::spawn(async move { keys.ensure().await })
+            });
+            let keys: Vec<SshKey> = futures::future::join_all(requests)
+                .await
+                .into_iter()
+                .map(|joined| joined.unwrap().unwrap())
+                .collect();
+            assert!(keys.iter().all(|key| key.public == keys[0].public));
+            let mut left: Vec<_> = std::fs::read_dir(layout.ssh_dir())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .collect();
+            left.sort();
+            assert_eq!(left, ["id_ed25519", "id_ed25519.pub"]);
+        }
+    }
+
     #[tokio::test]
     async fn a_configured_key_is_never_generated() {
         let dir = tempfile::tempdir().unwrap();
@@ -422,11 +488,11 @@ mod tests {
         );
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
 
-        let public = public_path(&private);
+        let public = public_path_of(&private);
         let original = std::fs::read_to_string(&public).unwrap();
         let other = tempfile::tempdir().unwrap();
         let (_, other_key) = user_key(other.path(), "").await;
-        std::fs::copy(public_path(&other_key), &public).unwrap();
+        std::fs::copy(public_path_of(&other_key), &public).unwrap();
         let err = keys.ensure().await.unwrap_err();
         assert!(matches!(err, EnsureKeyError::Mismatch { .. }), "{err}");
         std::fs::write(&public, original).unwrap();
