@@ -193,7 +193,14 @@ fn copy_data_regions(src: &std::fs::File, dst: &std::fs::File) -> io::Result<u64
         if data_end <= data_start {
             break;
         }
-        copied += copy_range(src, dst, data_start, data_end, &mut use_copy_file_range)?;
+        copied += copy_range(
+            src,
+            data_start,
+            dst,
+            data_start,
+            data_end - data_start,
+            &mut use_copy_file_range,
+        )?;
         offset = data_end;
     }
     dst.set_len(len)?;
@@ -204,20 +211,25 @@ fn to_off(value: u64) -> io::Result<i64> {
     i64::try_from(value).map_err(|_| io::Error::other("file offset out of range"))
 }
 
-/// Copies `[start, end)` at the same offsets, in the kernel when it can.
-fn copy_range(
+/// Copies `len` bytes of `src` at `src_start` to `dst` at `dst_start`, in
+/// the kernel while `use_copy_file_range` holds (cleared for the caller's
+/// later calls when these files cannot), else through a buffer. A source
+/// that ends early is an error.
+pub(crate) fn copy_range(
     src: &std::fs::File,
+    src_start: u64,
     dst: &std::fs::File,
-    start: u64,
-    end: u64,
+    dst_start: u64,
+    len: u64,
     use_copy_file_range: &mut bool,
 ) -> io::Result<u64> {
     const CHUNK: u64 = 1 << 30;
-    let mut position = start;
-    while position < end && *use_copy_file_range {
-        let mut off_in = to_off(position)?;
-        let mut off_out = off_in;
-        let want = (end - position).min(CHUNK) as usize;
+    let shrank = || io::Error::new(io::ErrorKind::UnexpectedEof, "source shrank while copying");
+    let mut done: u64 = 0;
+    while done < len && *use_copy_file_range {
+        let mut off_in = to_off(src_start + done)?;
+        let mut off_out = to_off(dst_start + done)?;
+        let want = (len - done).min(CHUNK) as usize;
         match nix::fcntl::copy_file_range(
             src.as_fd(),
             Some(&mut off_in),
@@ -225,37 +237,27 @@ fn copy_range(
             Some(&mut off_out),
             want,
         ) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "source shrank while copying",
-                ));
-            }
-            Ok(done) => position += done as u64,
+            Ok(0) => return Err(shrank()),
+            Ok(copied) => done += copied as u64,
             Err(Errno::EINTR) => {}
             // Not supported between these files: copy through userspace.
-            Err(Errno::EXDEV | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL)
-                if position == start =>
-            {
+            Err(Errno::EXDEV | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EINVAL) if done == 0 => {
                 *use_copy_file_range = false;
             }
             Err(errno) => return Err(errno.into()),
         }
     }
-    let mut buffer = vec![0u8; 1 << 20];
-    while position < end {
-        let want = ((end - position) as usize).min(buffer.len());
-        let read = src.read_at(&mut buffer[..want], position)?;
+    let mut buffer = vec![0u8; (len - done).min(1 << 20) as usize];
+    while done < len {
+        let want = ((len - done) as usize).min(buffer.len());
+        let read = src.read_at(&mut buffer[..want], src_start + done)?;
         if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "source shrank while copying",
-            ));
+            return Err(shrank());
         }
-        dst.write_all_at(&buffer[..read], position)?;
-        position += read as u64;
+        dst.write_all_at(&buffer[..read], dst_start + done)?;
+        done += read as u64;
     }
-    Ok(end - start)
+    Ok(len)
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! - [`edits`]: batched ext4 edits and reads through debugfs.
 //! - [`mount`]: [`MountedExt4`], loop-mount guard for what debugfs can't do.
 //! - [`mkfs`]: ext4 images (and work seeds) from directories, sized from content.
+//! - [`ext4write`]: a fresh ext4 image written from a tree in one pass
+//!   (work disks that start with a workspace).
 //! - [`loopdev`]: loop device attach/detach/list through ioctls.
 //! - [`dm`]: device-mapper names, tables, listing.
 //! - [`superblock`]: reading an ext4 image's size without tools.
@@ -32,6 +34,7 @@ pub mod clone;
 pub mod dm;
 pub mod edits;
 pub mod exec;
+pub mod ext4write;
 pub mod fake;
 mod host;
 pub mod loopdev;

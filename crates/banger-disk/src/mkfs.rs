@@ -31,7 +31,7 @@ use crate::exec::{self, ExecError, Tool};
 
 const BLOCK: u64 = 4096;
 const MIB: u64 = 1 << 20;
-const HEADROOM_FIXED: u64 = 64 * MIB;
+pub(crate) const HEADROOM_FIXED: u64 = 64 * MIB;
 const INODE_SIZE: u64 = 256;
 const BYTES_PER_INODE: u64 = 16384;
 /// mke2fs's `-E resize=` for growable images: reserve group descriptor
@@ -188,7 +188,7 @@ fn walk(dir: &Path) -> Result<(ContentSize, Vec<PathBuf>), BuildExt4Error> {
 }
 
 /// The journal size mke2fs picks for a filesystem of `blocks` 4 KiB blocks.
-fn journal_blocks(blocks: u64) -> u64 {
+pub(crate) fn journal_blocks(blocks: u64) -> u64 {
     match blocks {
         0..2048 => 0,
         2048..32768 => 1024,

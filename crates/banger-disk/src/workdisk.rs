@@ -9,9 +9,9 @@
 //! which with reflinks is a sub-millisecond, size-independent operation.
 //!
 //! A disk that starts with content of its own (`vm run PATH` writes the
-//! workspace before boot) is built instead with `mkfs.ext4 -d` from that
-//! content plus the seed's files, dumped with `debugfs rdump`: one pass at
-//! disk speed, no mount, no loop device.
+//! workspace before boot) is written instead by [`crate::ext4write`] from
+//! that content plus the seed's files, dumped with `debugfs rdump`: one
+//! pass at disk speed, no mke2fs, no mount, no loop device.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -79,7 +79,7 @@ pub enum MakeWorkDiskError {
     Build {
         dir: PathBuf,
         #[source]
-        source: Box<crate::mkfs::BuildExt4Error>,
+        source: Box<crate::ext4write::WriteExt4Error>,
     },
     #[error(
         "the content needs a {needed} disk, more than the requested {requested}; pass a larger --disk-size"
@@ -198,34 +198,53 @@ fn make_with_content(
     request: &WorkDiskRequest,
     content: &Path,
 ) -> Result<WorkDisk, MakeWorkDiskError> {
+    use crate::ext4write::{self, Owners, Tree, WriteExt4Error};
     dump_seed_into(&request.seed, content).map_err(|source| MakeWorkDiskError::DumpSeed {
         dir: content.to_owned(),
         source,
     })?;
-    let options = crate::mkfs::Ext4BuildOptions {
-        label: Some(crate::mkfs::WORK_LABEL.to_owned()),
-        growable: true,
-        min_size: Some(request.size),
-        free_space: ByteSize(0),
-        skip_special: true,
+    let walk_error = |error: ext4write::WalkError| MakeWorkDiskError::Build {
+        dir: content.to_owned(),
+        source: Box::new(WriteExt4Error::Read {
+            path: error.path,
+            source: error.source,
+        }),
     };
-    let image =
-        crate::mkfs::build_ext4_from_dir(content, &request.dest, &options).map_err(|source| {
-            MakeWorkDiskError::Build {
+    let root = std::fs::symlink_metadata(content).map_err(|source| {
+        walk_error(ext4write::WalkError {
+            path: content.to_owned(),
+            source,
+        })
+    })?;
+    let mut root_meta = ext4write::Meta::root(0o700);
+    root_meta.perm = (std::os::unix::fs::MetadataExt::mode(&root) & 0o7777) as u16;
+    let mut tree = Tree::new(root_meta);
+    // The daemon's own files (the staged workspace, the seed's files dumped
+    // as root of its user namespace) become root's.
+    tree.add_dir(content, Owners::of_process())
+        .map_err(walk_error)?;
+    let options = ext4write::WriteOptions {
+        size: request.size,
+        min_inodes: 0,
+        label: Some(crate::mkfs::WORK_LABEL.to_owned()),
+        // Room for the guest to build in, as images get (see mkfs).
+        min_free: ByteSize(tree.file_bytes() / 5 + crate::mkfs::HEADROOM_FIXED),
+    };
+    let written =
+        ext4write::write_ext4(&tree, &request.dest, &options).map_err(|error| match error {
+            WriteExt4Error::TooSmall { needed, .. } => MakeWorkDiskError::ContentTooLarge {
+                needed,
+                requested: request.size,
+            },
+            error => MakeWorkDiskError::Build {
                 dir: content.to_owned(),
-                source: Box::new(source),
-            }
+                source: Box::new(error),
+            },
         })?;
-    if image.size > request.size {
-        remove_quietly(&request.dest);
-        return Err(MakeWorkDiskError::ContentTooLarge {
-            needed: image.size,
-            requested: request.size,
-        });
-    }
+    tracing::info!(dest = %request.dest.display(), size = %written.size, used = %written.used, file_bytes = written.file_bytes, "wrote work disk with content");
     Ok(WorkDisk {
         path: request.dest.clone(),
-        size: image.size,
+        size: written.size,
         method: None,
         from_cache: false,
     })

@@ -5,6 +5,7 @@
 
 mod copy;
 mod edits;
+mod ext4write;
 mod loops;
 mod mkfs;
 mod policy;
