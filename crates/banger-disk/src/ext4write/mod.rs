@@ -97,6 +97,8 @@ pub enum WriteExt4Error {
 }
 
 const BYTES_PER_INODE: u64 = 16384;
+/// Threads copying files in (at most; no more than the host's CPUs).
+const COPY_THREADS: usize = 4;
 /// lost+found's blocks, as mke2fs makes it (room to reconnect files
 /// without allocating).
 const LOST_FOUND_BLOCKS: usize = 4;
@@ -480,33 +482,40 @@ impl Plan {
             .min(per)
     }
 
-    /// Writes everything; the bytes of regular files copied.
-    fn write(&self, tree: &Tree, file: &File, out: &Path) -> Result<u64, WriteExt4Error> {
-        let write_error = |source: io::Error| WriteExt4Error::Write {
-            path: out.to_owned(),
-            source,
-        };
-        let at = |block: u64| block * BLOCK;
-        let mut copied = 0;
-        let mut use_copy_file_range = true;
-        for (node, runs) in &self.files {
-            let Kind::File { source, len } = &tree.nodes[*node].kind else {
-                unreachable!("only files are planned as files");
-            };
-            copied += len;
-            match source {
-                Source::Bytes(bytes) => {
-                    let mut done = 0usize;
-                    for run in runs {
-                        let take = ((run.len * BLOCK) as usize).min(bytes.len() - done);
-                        file.write_all_at(&bytes[done..done + take], at(run.start))
-                            .map_err(write_error)?;
-                        done += take;
-                    }
+    /// Copies the regular files' bytes into their blocks, on a few
+    /// threads (a workspace is thousands of small files, each an open, a
+    /// copy and a close); the bytes copied.
+    fn copy_files(&self, tree: &Tree, file: &File, out: &Path) -> Result<u64, WriteExt4Error> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let threads = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+            .clamp(1, COPY_THREADS);
+        let work = || -> Result<u64, WriteExt4Error> {
+            let mut copied = 0;
+            let mut use_copy_file_range = true;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some((node, runs)) = self.files.get(index) else {
+                    return Ok(copied);
+                };
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(copied);
                 }
-                Source::Path(path) => {
-                    copy_in(path, *len, runs, file, &mut use_copy_file_range).map_err(|error| {
-                        match error {
+                let Kind::File { source, len } = &tree.nodes[*node].kind else {
+                    unreachable!("only files are planned as files");
+                };
+                let result = match source {
+                    Source::Bytes(bytes) => {
+                        write_bytes(bytes, runs, file).map_err(|source| WriteExt4Error::Write {
+                            path: out.to_owned(),
+                            source,
+                        })
+                    }
+                    Source::Path(path) => copy_in(path, *len, runs, file, &mut use_copy_file_range)
+                        .map_err(|error| match error {
                             CopyError::Changed => WriteExt4Error::Changed {
                                 path: path.clone(),
                                 len: *len,
@@ -515,11 +524,33 @@ impl Plan {
                                 path: path.clone(),
                                 source,
                             },
-                        }
-                    })?;
+                        }),
+                };
+                if let Err(error) = result {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(error);
                 }
+                copied += len;
             }
-        }
+        };
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut total = work()?;
+            for helper in helpers {
+                total += helper.join().expect("a copy thread panicked")?;
+            }
+            Ok(total)
+        })
+    }
+
+    /// Writes everything; the bytes of regular files copied.
+    fn write(&self, tree: &Tree, file: &File, out: &Path) -> Result<u64, WriteExt4Error> {
+        let write_error = |source: io::Error| WriteExt4Error::Write {
+            path: out.to_owned(),
+            source,
+        };
+        let at = |block: u64| block * BLOCK;
+        let copied = self.copy_files(tree, file, out)?;
         for (block, bytes) in &self.blocks {
             file.write_all_at(bytes, at(*block)).map_err(write_error)?;
         }
@@ -650,6 +681,17 @@ fn number(tree: &Tree) -> Numbering {
     }
     numbering.max_ino = (next - 1).max(encode::FIRST_INO);
     numbering
+}
+
+/// Writes in-memory bytes into their blocks.
+fn write_bytes(bytes: &[u8], runs: &[Run], out: &File) -> io::Result<()> {
+    let mut done = 0usize;
+    for run in runs {
+        let take = ((run.len * BLOCK) as usize).min(bytes.len() - done);
+        out.write_all_at(&bytes[done..done + take], run.start * BLOCK)?;
+        done += take;
+    }
+    Ok(())
 }
 
 enum CopyError {

@@ -291,7 +291,8 @@ fn too_little_room_and_files_changed_underway_leave_no_image() {
 #[test]
 #[ignore]
 fn timing_probe() {
-    let src = Path::new("/tmp/m/tree");
+    let src = Path::new(&std::env::var("PROBE_SRC").unwrap_or("/tmp/m/tree".into())).to_owned();
+    let src = src.as_path();
     let out = Path::new("/tmp/m/probe.ext4");
     let _ = std::fs::remove_file(out);
     let start = std::time::Instant::now();
