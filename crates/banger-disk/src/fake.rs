@@ -441,6 +441,7 @@ mod tests {
             strategy: StorageStrategy::Reflink,
             grown_seed_cache: None,
             content: None,
+            host_files: None,
         }
     }
 

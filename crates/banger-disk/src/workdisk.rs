@@ -41,6 +41,9 @@ pub struct WorkDiskRequest {
     /// seed's (an entry in both is taken from here). The seed's files are
     /// dumped into it first, so it must be a scratch directory.
     pub content: Option<PathBuf>,
+    /// Files taken straight from the host into the disk beside `content`
+    /// (which has the last word on a path both name).
+    pub host_files: Option<banger_model::host_files::HostFiles>,
 }
 
 /// What was made.
@@ -223,6 +226,12 @@ fn make_with_content(
     // as root of its user namespace) become root's.
     tree.add_dir(content, Owners::of_process())
         .map_err(walk_error)?;
+    for section in request.host_files.iter().flat_map(|files| &files.sections) {
+        let added = tree
+            .add_host_files(section, Owners::of_process())
+            .map_err(walk_error)?;
+        tracing::debug!(root = %section.root.display(), files = added.files, bytes = added.bytes, shadowed = added.shadowed, left_out = added.left_out, "host files added");
+    }
     let options = ext4write::WriteOptions {
         size: request.size,
         min_inodes: 0,

@@ -12,6 +12,7 @@
 //! - [`contract`]: paths and names banger's programs agree on (guest
 //!   paths, banger-simvm's host links).
 //! - [`file_sync`]: `[[file_sync]]` entries.
+//! - [`host_files`]: files a new work disk takes straight from the host.
 //! - [`defaults`]: the three-layer VM defaults resolver with provenance.
 //! - [`distro`]: the distributions images and kernels are built from.
 //! - [`layout`]: where banger keeps config, state, sockets and logs.
@@ -25,6 +26,7 @@ pub mod contract;
 pub mod defaults;
 pub mod distro;
 pub mod file_sync;
+pub mod host_files;
 pub mod id;
 pub mod image;
 pub mod kernel;

@@ -22,6 +22,7 @@ pub mod tree;
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +31,7 @@ use fs_err::os::unix::fs::OpenOptionsExt;
 
 use encode::{Extent, GroupDesc, InodeRecord, Super};
 use layout::{Allocator, BLOCK, Geometry, GeometryError, INODE_SIZE, Run};
-pub use tree::{Added, Meta, NodeId, Owners, Source, Time, Tree, WalkError};
+pub use tree::{Added, HostAdded, Meta, NodeId, Owners, Source, Time, Tree, WalkError};
 use tree::{Kind, shown};
 
 /// What to write.
@@ -389,10 +390,7 @@ impl Plan {
             }
             Kind::File { source, len } => {
                 let count = len.div_ceil(BLOCK);
-                let what = || match source {
-                    Source::Path(path) => path.clone(),
-                    Source::Bytes(_) => PathBuf::from("<generated file>"),
-                };
+                let what = || source.shown();
                 let (runs, i_block, used) = self.place(count, size, what)?;
                 self.files.push((node, runs));
                 self.set_inode(
@@ -507,25 +505,27 @@ impl Plan {
                 let Kind::File { source, len } = &tree.nodes[*node].kind else {
                     unreachable!("only files are planned as files");
                 };
-                let result = match source {
-                    Source::Bytes(bytes) => {
-                        write_bytes(bytes, runs, file).map_err(|source| WriteExt4Error::Write {
-                            path: out.to_owned(),
-                            source,
-                        })
-                    }
-                    Source::Path(path) => copy_in(path, *len, runs, file, &mut use_copy_file_range)
-                        .map_err(|error| match error {
-                            CopyError::Changed => WriteExt4Error::Changed {
-                                path: path.clone(),
-                                len: *len,
-                            },
-                            CopyError::Read(source) => WriteExt4Error::Read {
-                                path: path.clone(),
+                let result =
+                    match source {
+                        Source::Bytes(bytes) => {
+                            write_bytes(bytes, runs, file).map_err(|source| WriteExt4Error::Write {
+                                path: out.to_owned(),
                                 source,
+                            })
+                        }
+                        host => copy_in(host, *len, runs, file, &mut use_copy_file_range).map_err(
+                            |error| match error {
+                                CopyError::Changed => WriteExt4Error::Changed {
+                                    path: host.shown(),
+                                    len: *len,
+                                },
+                                CopyError::Read(source) => WriteExt4Error::Read {
+                                    path: host.shown(),
+                                    source,
+                                },
                             },
-                        }),
-                };
+                        ),
+                    };
                 if let Err(error) = result {
                     failed.store(true, Ordering::Relaxed);
                     return Err(error);
@@ -699,24 +699,47 @@ enum CopyError {
     Read(io::Error),
 }
 
-/// Copies the host file `path` (which must still be a regular file of
+/// Copies the host file `source` (which must still be a regular file of
 /// `len` bytes) into `runs` of `out`; its holes stay holes.
 fn copy_in(
-    path: &Path,
+    source: &Source,
     len: u64,
     runs: &[Run],
     out: &File,
     use_copy_file_range: &mut bool,
 ) -> Result<(), CopyError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let src = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|error| match error.raw_os_error() {
-            Some(nix::libc::ELOOP) => CopyError::Changed,
-            _ => CopyError::Read(error),
-        })?;
+    let gone = |errno: i32| {
+        matches!(
+            errno,
+            nix::libc::ELOOP | nix::libc::ENOENT | nix::libc::ENOTDIR | nix::libc::EXDEV
+        )
+    };
+    let src: File = match source {
+        Source::Path(path) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|error| match error.raw_os_error() {
+                Some(errno) if gone(errno) => CopyError::Changed,
+                _ => CopyError::Read(error),
+            })?,
+        Source::Beneath { root, path } => banger_rootfs::resolve::open(
+            root.as_fd(),
+            path,
+            nix::fcntl::OFlag::O_RDONLY,
+            banger_rootfs::Resolve::beneath().no_symlinks(),
+        )
+        .map_err(|errno| {
+            if gone(errno as i32) {
+                CopyError::Changed
+            } else {
+                CopyError::Read(errno.into())
+            }
+        })?
+        .into(),
+        Source::Bytes(_) => unreachable!("in-memory files are written, not copied"),
+    };
     let unchanged = |src: &File| -> Result<(), CopyError> {
         let meta = src.metadata().map_err(CopyError::Read)?;
         if meta.is_file() && meta.len() == len {

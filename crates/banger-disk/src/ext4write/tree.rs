@@ -5,9 +5,17 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_model::host_files::Section;
+use banger_rootfs::Resolve;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FileStat, SFlag};
 
 /// A node's index in [`Tree`]; the root is [`Tree::ROOT`].
 pub type NodeId = usize;
@@ -56,12 +64,44 @@ impl Meta {
 }
 
 /// Where a regular file's bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Source {
     /// A host file, read when the image is written; it must still be a
     /// regular file of the same length then.
     Path(PathBuf),
+    /// A host file beneath a directory, reached without following any
+    /// symlink (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`); also a
+    /// regular file of the same length when written.
+    Beneath {
+        root: Arc<OwnedFd>,
+        path: PathBuf,
+    },
     Bytes(Vec<u8>),
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Path(a), Self::Path(b)) => a == b,
+            (Self::Bytes(a), Self::Bytes(b)) => a == b,
+            (Self::Beneath { root: a, path: pa }, Self::Beneath { root: b, path: pb }) => {
+                Arc::ptr_eq(a, b) && pa == pb
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Source {}
+
+impl Source {
+    /// The path errors name.
+    pub fn shown(&self) -> PathBuf {
+        match self {
+            Self::Path(path) | Self::Beneath { path, .. } => path.clone(),
+            Self::Bytes(_) => PathBuf::from("<generated file>"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +156,19 @@ pub struct Added {
     pub shadowed: u64,
 }
 
+/// What [`Tree::add_host_files`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostAdded {
+    /// Files and symlinks added.
+    pub files: u64,
+    /// Bytes of the files added.
+    pub bytes: u64,
+    /// Paths the tree already had.
+    pub shadowed: u64,
+    /// Paths gone, reached through a symlink, or not files or symlinks.
+    pub left_out: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read {path}")]
 pub struct WalkError {
@@ -159,6 +212,15 @@ impl Tree {
         let len = match &source {
             Source::Bytes(bytes) => bytes.len() as u64,
             Source::Path(path) => std::fs::symlink_metadata(path)?.len(),
+            Source::Beneath { root, path } => {
+                let file = banger_rootfs::resolve::open(
+                    root.as_fd(),
+                    path,
+                    OFlag::O_PATH,
+                    Resolve::beneath().no_symlinks(),
+                )?;
+                nix::sys::stat::fstat(&file)?.st_size as u64
+            }
         };
         Ok(self.add(parent, name, meta, Kind::File { source, len }))
     }
@@ -244,6 +306,153 @@ impl Tree {
         Ok(added)
     }
 
+    /// Adds the files `section` names, from beneath its host root, into
+    /// its directory of the tree (made if missing). Nothing on the host is
+    /// followed: a path through a symlink, or gone since it was listed, is
+    /// left out, as are device nodes, FIFOs and sockets. A path whose
+    /// directory in the tree is not a directory, or that the tree already
+    /// has, is left as the tree has it. Directories made on the way take
+    /// their host directory's metadata.
+    pub fn add_host_files(
+        &mut self,
+        section: &Section,
+        owners: Owners,
+    ) -> Result<HostAdded, WalkError> {
+        let walk_error = |path: &Path, source: io::Error| WalkError {
+            path: path.to_owned(),
+            source,
+        };
+        let root: Arc<OwnedFd> = Arc::new(
+            std::fs::File::open(&section.root)
+                .map_err(|error| walk_error(&section.root, error))?
+                .into(),
+        );
+        let mut added = HostAdded::default();
+        let Some(into) = self.make_dirs(Self::ROOT, &section.into, |_| Some(Meta::root(0o755)))
+        else {
+            added.left_out = section.paths.len() as u64;
+            return Ok(added);
+        };
+        // The host directory last used, and its node (paths come sorted,
+        // so runs of files share it).
+        let mut current: Option<(PathBuf, Option<(OwnedFd, NodeId)>)> = None;
+        for path in &section.paths {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                added.left_out += 1;
+                continue;
+            };
+            if current.as_ref().is_none_or(|(dir, _)| dir != parent) {
+                let opened = self.host_dir(&root, parent, into, owners);
+                current = Some((parent.to_owned(), opened));
+            }
+            let Some((_, Some((dir_fd, node)))) = &current else {
+                added.left_out += 1;
+                continue;
+            };
+            let (dir_fd, node) = (dir_fd, *node);
+            if self.lookup(node, name.as_bytes()).is_some() {
+                added.shadowed += 1;
+                continue;
+            }
+            let stat = match nix::sys::stat::fstatat(dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                Err(Errno::ENOENT | Errno::ENOTDIR) => {
+                    added.left_out += 1;
+                    continue;
+                }
+                Err(errno) => return Err(walk_error(path, errno.into())),
+            };
+            let meta = meta_of_stat(&stat, owners);
+            match SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT {
+                SFlag::S_IFREG => {
+                    self.add(
+                        node,
+                        name.as_bytes(),
+                        meta,
+                        Kind::File {
+                            source: Source::Beneath {
+                                root: Arc::clone(&root),
+                                path: path.clone(),
+                            },
+                            len: stat.st_size as u64,
+                        },
+                    );
+                    added.files += 1;
+                    added.bytes += stat.st_size as u64;
+                }
+                SFlag::S_IFLNK => {
+                    let target = nix::fcntl::readlinkat(dir_fd, name)
+                        .map_err(|errno| walk_error(path, errno.into()))?;
+                    self.add_symlink(node, name.as_bytes(), meta, target.as_bytes());
+                    added.files += 1;
+                }
+                _ => added.left_out += 1,
+            }
+        }
+        Ok(added)
+    }
+
+    /// The host directory `rel` beneath `root` (opened without following
+    /// symlinks) and its node under `into`, made as needed.
+    fn host_dir(
+        &mut self,
+        root: &OwnedFd,
+        rel: &Path,
+        into: NodeId,
+        owners: Owners,
+    ) -> Option<(OwnedFd, NodeId)> {
+        let open = |rel: &Path| {
+            let rel = if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                rel
+            };
+            banger_rootfs::resolve::open(
+                root.as_fd(),
+                rel,
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                Resolve::beneath().no_symlinks(),
+            )
+            .ok()
+        };
+        let fd = open(rel)?;
+        let node = self.make_dirs(into, rel, |prefix| {
+            let dir = open(prefix)?;
+            nix::sys::stat::fstat(&dir)
+                .ok()
+                .map(|stat| meta_of_stat(&stat, owners))
+        })?;
+        Some((fd, node))
+    }
+
+    /// The directory `rel` under `from`, its missing directories made with
+    /// the metadata `meta_for(prefix)` gives (`None`: not made). `None`
+    /// when something on the way is not a directory.
+    fn make_dirs(
+        &mut self,
+        from: NodeId,
+        rel: &Path,
+        mut meta_for: impl FnMut(&Path) -> Option<Meta>,
+    ) -> Option<NodeId> {
+        let mut node = from;
+        let mut prefix = PathBuf::new();
+        for component in rel.components() {
+            let std::path::Component::Normal(name) = component else {
+                return None;
+            };
+            prefix.push(name);
+            node = match self.lookup(node, name.as_bytes()) {
+                Some(child) if matches!(self.nodes[child].kind, Kind::Dir(_)) => child,
+                Some(_) => return None,
+                None => {
+                    let meta = meta_for(&prefix)?;
+                    self.add_dir_node(node, name.as_bytes(), meta)
+                }
+            };
+        }
+        Some(node)
+    }
+
     /// The entry `name` of the directory `dir`.
     pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         match &self.nodes[dir].kind {
@@ -301,6 +510,23 @@ impl Tree {
             Ok(index) => entries[index].1 = child,
             Err(index) => entries.insert(index, (name.to_vec(), child)),
         }
+    }
+}
+
+fn meta_of_stat(stat: &FileStat, owners: Owners) -> Meta {
+    let (uid, gid) = owners.map(stat.st_uid, stat.st_gid);
+    Meta {
+        perm: (stat.st_mode & 0o7777) as u16,
+        uid,
+        gid,
+        mtime: Time {
+            secs: stat.st_mtime,
+            nanos: stat.st_mtime_nsec as u32,
+        },
+        atime: Time {
+            secs: stat.st_atime,
+            nanos: stat.st_atime_nsec as u32,
+        },
     }
 }
 

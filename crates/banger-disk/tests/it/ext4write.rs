@@ -289,6 +289,103 @@ fn too_little_room_and_files_changed_underway_leave_no_image() {
 }
 
 #[test]
+fn host_files_come_from_beneath_their_root_and_nothing_is_followed() {
+    use banger_model::host_files::Section;
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("src/nested")).unwrap();
+    std::fs::write(checkout.join("README"), b"readme\n").unwrap();
+    std::fs::write(checkout.join("src/nested/lib.rs"), b"fn main() {}\n").unwrap();
+    std::fs::write(checkout.join("changed"), b"host version\n").unwrap();
+    std::os::unix::fs::symlink("README", checkout.join("link")).unwrap();
+    std::fs::set_permissions(
+        checkout.join("src/nested"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    // A directory swapped for a symlink to elsewhere: not followed.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"never copied\n").unwrap();
+    std::os::unix::fs::symlink(&outside, checkout.join("swapped")).unwrap();
+    nix::unistd::mkfifo(
+        &checkout.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+
+    // What the client staged: the repository's own version of `changed`.
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(content.join("repo")).unwrap();
+    std::fs::write(content.join("repo/changed"), b"staged version\n").unwrap();
+
+    let mut tree = Tree::new(Meta::root(0o700));
+    tree.add_dir(&content, Owners::of_process()).unwrap();
+    let section = Section {
+        root: checkout.clone(),
+        into: "repo".into(),
+        paths: [
+            "README",
+            "changed",
+            "fifo",
+            "gone",
+            "link",
+            "src/nested/lib.rs",
+            "swapped/secret",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
+    };
+    let added = tree.add_host_files(&section, Owners::of_process()).unwrap();
+    assert_eq!(
+        (added.files, added.shadowed, added.left_out),
+        (3, 1, 3),
+        "{added:?}"
+    );
+
+    // Swapped after the listing: the copy refuses to follow it either.
+    std::fs::rename(checkout.join("src/nested"), checkout.join("src/moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, checkout.join("src/nested")).unwrap();
+    std::fs::write(outside.join("lib.rs"), b"not this\n").unwrap();
+    let out = dir.path().join("work.ext4");
+    let options = WriteOptions {
+        size: ByteSize::mib(64),
+        min_inodes: 0,
+        label: None,
+        min_free: ByteSize(0),
+    };
+    let error = write_ext4(&tree, &out, &options).unwrap_err();
+    assert!(
+        matches!(&error, WriteExt4Error::Changed { path, .. } if path.ends_with("src/nested/lib.rs")),
+        "{error}"
+    );
+    assert!(!out.exists());
+    std::fs::remove_file(checkout.join("src/nested")).unwrap();
+    std::fs::rename(checkout.join("src/moved"), checkout.join("src/nested")).unwrap();
+
+    write_ext4(&tree, &out, &options).unwrap();
+    util::assert_fsck_clean(&out);
+    let read = |path: &str| banger_disk::read_file(&out, path).unwrap();
+    assert_eq!(read("/repo/README"), b"readme\n");
+    assert_eq!(read("/repo/changed"), b"staged version\n");
+    assert_eq!(read("/repo/src/nested/lib.rs"), b"fn main() {}\n");
+    assert_eq!(debugfs_stat(&out, "/repo/src/nested").mode, 0o750);
+    assert_eq!(debugfs_stat(&out, "/repo/link").kind, "symlink");
+    for absent in [
+        "/repo/fifo",
+        "/repo/gone",
+        "/repo/swapped",
+        "/repo/swapped/secret",
+    ] {
+        assert!(
+            banger_disk::stat(&out, absent).unwrap().is_none(),
+            "{absent}"
+        );
+    }
+}
+
+#[test]
 #[ignore]
 fn timing_probe() {
     let src = Path::new(&std::env::var("PROBE_SRC").unwrap_or("/tmp/m/tree".into())).to_owned();

@@ -70,6 +70,7 @@ fn reflink_root_and_work_disk(fstype: FsType) {
                 strategy: StorageStrategy::Reflink,
                 grown_seed_cache: Some(image_dir.clone()),
                 content: None,
+                host_files: None,
             })
             .unwrap();
         assert_eq!(work.method, Some(CloneMethod::Reflink));

@@ -31,6 +31,7 @@ fn copy_request(
         strategy: StorageStrategy::Copy,
         grown_seed_cache: None,
         content,
+        host_files: None,
     }
 }
 

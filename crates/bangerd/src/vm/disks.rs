@@ -209,6 +209,7 @@ async fn create_work_disk(
         strategy: daemon.storage.strategy,
         grown_seed_cache: image.rootfs_path.parent().map(Path::to_owned),
         content: content.map(Path::to_owned),
+        host_files: None,
     };
     blocking({
         let disk = Arc::clone(&disk);
