@@ -242,6 +242,11 @@ pub struct VmCreateParams {
     /// files to it) and can be removed once the create answers.
     #[serde(default)]
     pub work_content: Option<PathBuf>,
+    /// A file listing host files the work disk takes straight from the
+    /// host beside `work_content` (`banger_model::host_files`); the
+    /// caller's own, read once the create starts.
+    #[serde(default)]
+    pub work_host_files: Option<PathBuf>,
 }
 
 /// `vm.port_forward`: publish or unpublish host ports of a VM.

@@ -79,6 +79,7 @@ pub(super) fn request(flags: &CreateFlags) -> anyhow::Result<VmCreateParams> {
         allow_overcommit: flags.allow_overcommit,
         ports: flags.publish.clone(),
         work_content: None,
+        work_host_files: None,
     })
 }
 

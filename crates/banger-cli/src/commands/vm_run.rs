@@ -49,6 +49,9 @@ pub(super) async fn run(layout: &Layout, args: &VmRunArgs) -> anyhow::Result<Exi
     };
 
     params.work_content = staged.as_ref().map(|staged| staged.content().to_owned());
+    params.work_host_files = staged
+        .as_ref()
+        .and_then(|staged| staged.host_files().map(std::path::Path::to_owned));
 
     let attempt = vm_create::create_requested(layout, params).await;
     let vm = match attempt.outcome {

@@ -104,6 +104,9 @@ async fn build(repo: &Repo, plan: &Plan) -> anyhow::Result<Built> {
 pub(super) struct StagedWorkspace {
     /// The new work disk's extra content; removed when dropped.
     scratch: tempfile::TempDir,
+    /// The list of files the daemon takes from the checkout; removed when
+    /// dropped.
+    host_files: Option<tempfile::NamedTempFile>,
     staged: stage::Staged,
     size: u64,
 }
@@ -112,6 +115,11 @@ impl StagedWorkspace {
     /// The directory the daemon builds the work disk from.
     pub(super) fn content(&self) -> &Path {
         self.scratch.path()
+    }
+
+    /// The file listing what the daemon takes from the checkout.
+    pub(super) fn host_files(&self) -> Option<&Path> {
+        self.host_files.as_ref().map(tempfile::NamedTempFile::path)
     }
 }
 
@@ -179,14 +187,42 @@ pub(super) async fn stage(repo: &Repo, plan: &Plan) -> anyhow::Result<StagedWork
     }
     report_skipped(&staged.summary);
     let size = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || tree_size(&root).1).await?
+        let (root, host_files) = (root.clone(), staged.host_files.clone());
+        tokio::task::spawn_blocking(move || {
+            tree_size(&root).1 + host_files.as_ref().map_or(0, host_files_size)
+        })
+        .await?
+    };
+    let host_files = match &staged.host_files {
+        Some(list) => {
+            let dir = scratch.path().parent().unwrap_or(Path::new("/tmp"));
+            let mut file = tempfile::Builder::new()
+                .prefix("banger-host-files")
+                .tempfile_in(dir)
+                .context("writing the list of the checkout's files")?;
+            std::io::Write::write_all(&mut file, &list.encode())
+                .context("writing the list of the checkout's files")?;
+            Some(file)
+        }
+        None => None,
     };
     Ok(StagedWorkspace {
         scratch,
+        host_files,
         staged,
         size,
     })
+}
+
+/// Bytes of the files a host file list names (as they are now).
+fn host_files_size(list: &banger_model::host_files::HostFiles) -> u64 {
+    list.sections
+        .iter()
+        .flat_map(|section| section.paths.iter().map(|path| section.root.join(path)))
+        .filter_map(|path| std::fs::symlink_metadata(path).ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|meta| meta.len())
+        .sum()
 }
 
 /// A memory-backed directory (tmpfs) with room to lay a workspace out in:

@@ -26,6 +26,7 @@ use super::payload::{
 use super::repo::{PrepareError, Repo, bytes_path};
 use super::tree::{Entry, ReadError, Tree};
 use crate::exec;
+use banger_model::host_files::{HostFiles, Section};
 
 /// The repository's directory in the staged `/root`.
 pub const REPO_DIR: &str = "repo";
@@ -36,6 +37,9 @@ pub struct Staged {
     pub summary: Summary,
     /// The commit of the workspace as copied in (export's default base).
     pub copied_in: String,
+    /// HEAD's unchanged files, which the daemon takes from the checkout
+    /// (`None`: everything is in the staged directory).
+    pub host_files: Option<HostFiles>,
 }
 
 /// Lays out `root/repo` from `repo` as [`Plan`] says. `root` must be an
@@ -53,6 +57,8 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
     // from it, NUL-separated for the copied-in commit's index.
     let mut written: Vec<u8> = Vec::new();
     let mut removed: Vec<u8> = Vec::new();
+    // HEAD's files, when the checkout is left to the daemon.
+    let mut tracked: Option<Vec<Tracked>> = None;
 
     if plan.full_copy {
         // Everything, .git and submodules included.
@@ -99,10 +105,36 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
                     None,
                 )?;
                 git_str(&dest, &["remote", "remove", "origin"])?;
-                match &repo.head_branch {
-                    Some(branch) => git_str(&dest, &["checkout", "--quiet", "-B", branch, head])?,
-                    None => git_str(&dest, &["checkout", "--quiet", "--detach", head])?,
-                };
+                if plan.from.is_none() {
+                    // The working tree is HEAD's plus the changes below:
+                    // HEAD's files are left where they are, listed for the
+                    // daemon to take from the checkout as it writes the
+                    // disk; only the index is made here.
+                    match &repo.head_branch {
+                        Some(branch) => {
+                            git_str(
+                                &dest,
+                                &["update-ref", &format!("refs/heads/{branch}"), head],
+                            )?;
+                            git_str(
+                                &dest,
+                                &["symbolic-ref", "HEAD", &format!("refs/heads/{branch}")],
+                            )?;
+                        }
+                        None => {
+                            git_str(&dest, &["update-ref", "--no-deref", "HEAD", head])?;
+                        }
+                    };
+                    git_str(&dest, &["read-tree", "HEAD"])?;
+                    tracked = Some(tracked_files(&dest)?);
+                } else {
+                    match &repo.head_branch {
+                        Some(branch) => {
+                            git_str(&dest, &["checkout", "--quiet", "-B", branch, head])?
+                        }
+                        None => git_str(&dest, &["checkout", "--quiet", "--detach", head])?,
+                    };
+                }
             }
             None => {
                 run(
@@ -181,7 +213,81 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
         git_str(&dest, &["config", "user.email", &email])?;
     }
     let copied_in = copied_in_commit(&dest, plan.full_copy, &written, &removed)?;
-    Ok(Staged { summary, copied_in })
+    let host_files = tracked
+        .map(|tracked| host_files(repo, &dest, tracked, &written, &removed))
+        .transpose()?;
+    Ok(Staged {
+        summary,
+        copied_in,
+        host_files,
+    })
+}
+
+/// A path of HEAD's tree, and whether it is a submodule (a gitlink).
+#[derive(Debug)]
+struct Tracked {
+    path: Vec<u8>,
+    gitlink: bool,
+}
+
+/// HEAD's paths, from the staged index (`git ls-files -s`).
+fn tracked_files(dest: &Path) -> Result<Vec<Tracked>, PrepareError> {
+    let listing = run_bytes(dest, &["ls-files", "-z", "-s"])?;
+    Ok(listing
+        .split(|&byte| byte == 0)
+        .filter(|record| !record.is_empty())
+        .filter_map(|record| {
+            // "MODE SHA STAGE\tPATH"
+            let tab = record.iter().position(|&byte| byte == b'\t')?;
+            Some(Tracked {
+                path: record[tab + 1..].to_vec(),
+                gitlink: record.starts_with(b"160000 "),
+            })
+        })
+        .collect())
+}
+
+/// The files of HEAD the working tree still has unchanged, for the daemon
+/// to take from the checkout; a submodule is an empty directory here, as
+/// a checkout leaves it.
+fn host_files(
+    repo: &Repo,
+    dest: &Path,
+    tracked: Vec<Tracked>,
+    written: &[u8],
+    removed: &[u8],
+) -> Result<HostFiles, PrepareError> {
+    let listed = |list: &[u8]| -> std::collections::HashSet<Vec<u8>> {
+        list.split(|&byte| byte == 0)
+            .filter(|path| !path.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let (written, removed) = (listed(written), listed(removed));
+    let mut paths = Vec::with_capacity(tracked.len());
+    for entry in tracked {
+        if written.contains(&entry.path) || removed.contains(&entry.path) {
+            continue;
+        }
+        let path = bytes_path(&entry.path);
+        if entry.gitlink {
+            real_parents(dest, path).map_err(io(&dest.join(path)))?;
+            match fs::create_dir(dest.join(path)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(io(&dest.join(path))(err)),
+            }
+            continue;
+        }
+        paths.push(path.to_owned());
+    }
+    Ok(HostFiles {
+        sections: vec![Section {
+            root: repo.top.clone(),
+            into: REPO_DIR.into(),
+            paths,
+        }],
+    })
 }
 
 /// Records the workspace as copied in as a commit (`refs/banger/copied-in`;
@@ -395,6 +501,26 @@ fn trust_config(top: &Path) -> Result<tempfile::NamedTempFile, PrepareError> {
 
 fn git_str(dir: &Path, args: &[&str]) -> Result<String, PrepareError> {
     run(dir, args, &[], None)
+}
+
+/// git's stdout as bytes (paths need not be UTF-8).
+fn run_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>, PrepareError> {
+    let output = exec::git_isolated(dir, args, &[], None).map_err(|err| PrepareError::Git {
+        dir: dir.to_owned(),
+        message: format!("{}; install git", exec::describe(&err)),
+    })?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(PrepareError::Git {
+            dir: dir.to_owned(),
+            message: format!(
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
 }
 
 /// Runs git on the staged repository; its stdout, or an error with its

@@ -28,9 +28,9 @@ pub(super) struct Geometry {
 /// Why a size cannot hold a filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum GeometryError {
-    TooSmall,
-    TooLarge,
-    TooManyInodes,
+    Small,
+    Large,
+    Inodes,
 }
 
 impl Geometry {
@@ -40,17 +40,17 @@ impl Geometry {
     pub(super) fn new(bytes: u64, inodes: u64) -> Result<Self, GeometryError> {
         let mut blocks = bytes / BLOCK;
         if blocks > u64::from(u32::MAX) {
-            return Err(GeometryError::TooLarge);
+            return Err(GeometryError::Large);
         }
         for _ in 0..2 {
             let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
             if groups == 0 {
-                return Err(GeometryError::TooSmall);
+                return Err(GeometryError::Small);
             }
             let per_group = inodes.div_ceil(groups).div_ceil(INODES_PER_BLOCK) * INODES_PER_BLOCK;
             let inodes_per_group = per_group.max(INODES_PER_BLOCK);
             if inodes_per_group > BITMAP_BITS || inodes_per_group * groups > u64::from(u32::MAX) {
-                return Err(GeometryError::TooManyInodes);
+                return Err(GeometryError::Inodes);
             }
             let geometry = Self {
                 blocks,
@@ -65,11 +65,11 @@ impl Geometry {
                 return Ok(geometry);
             }
             if last == 0 {
-                return Err(GeometryError::TooSmall);
+                return Err(GeometryError::Small);
             }
             blocks = last * BLOCKS_PER_GROUP;
         }
-        Err(GeometryError::TooSmall)
+        Err(GeometryError::Small)
     }
 
     pub(super) fn inodes(&self) -> u64 {

@@ -194,11 +194,11 @@ impl Plan {
             .max(options.size.bytes() / BYTES_PER_INODE);
         let geometry =
             Geometry::new(options.size.bytes(), wanted).map_err(|error| match error {
-                GeometryError::TooLarge => WriteExt4Error::TooLarge { size: options.size },
-                GeometryError::TooManyInodes => {
+                GeometryError::Large => WriteExt4Error::TooLarge { size: options.size },
+                GeometryError::Inodes => {
                     WriteExt4Error::TooManyInodes { size: options.size }
                 }
-                GeometryError::TooSmall => WriteExt4Error::TooSmall {
+                GeometryError::Small => WriteExt4Error::TooSmall {
                     size: options.size,
                     needed: ByteSize(4 << 20),
                 },

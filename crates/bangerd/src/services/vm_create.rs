@@ -39,7 +39,7 @@ struct Plan {
     kernel: Option<Kernel>,
     ports: Vec<banger_model::publish::PortForward>,
     /// What the work disk starts with beside the image's `/root`.
-    work_content: Option<std::path::PathBuf>,
+    work_content: Option<disks::WorkContent>,
 }
 
 pub async fn create(
@@ -79,7 +79,7 @@ pub async fn create(
             daemon,
             &snapshot,
             &plan.image,
-            plan.work_content.as_deref(),
+            plan.work_content.as_ref(),
             &key,
             events,
         );
@@ -103,10 +103,22 @@ fn plan(
 ) -> Result<Plan, ServiceError> {
     let spec = resolved.spec();
     let (name, vmm) = (resolved.name.value, resolved.vmm.value);
-    let work_content = params
-        .work_content
-        .map(|dir| check_work_content(&dir).map(|()| dir))
+    let host_files = params
+        .work_host_files
+        .map(|list| read_host_files(&list))
         .transpose()?;
+    let work_content = match (params.work_content, host_files) {
+        (Some(dir), host_files) => {
+            check_work_content(&dir)?;
+            Some(disks::WorkContent { dir, host_files })
+        }
+        (None, Some(_)) => {
+            return Err(ServiceError::invalid(
+                "work host files are given only with work content",
+            ));
+        }
+        (None, None) => None,
+    };
     let image = resolve_image(daemon, params.image.as_deref())?;
     let kernel = match &image.kernel_id {
         Some(id) => daemon.store.get_kernel(id)?,
@@ -160,6 +172,44 @@ fn check_work_content(dir: &std::path::Path) -> Result<(), ServiceError> {
         return Err(refuse("not owned by the daemon's user"));
     }
     Ok(())
+}
+
+/// The most a host file list may hold (a repository of about a million
+/// files).
+const HOST_FILES_MAX: u64 = 256 << 20;
+
+/// Reads the client's list of files the work disk takes from the host: a
+/// regular file of its own, given by an absolute path.
+fn read_host_files(
+    path: &std::path::Path,
+) -> Result<banger_model::host_files::HostFiles, ServiceError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let refuse =
+        |why: &str| ServiceError::invalid(format!("work host file list {}: {why}", path.display()));
+    if !path.is_absolute() {
+        return Err(refuse("not an absolute path"));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|err| refuse(&err.to_string()))?;
+    let meta = file.metadata().map_err(|err| refuse(&err.to_string()))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(refuse("not owned by the daemon's user"));
+    }
+    if meta.len() > HOST_FILES_MAX {
+        return Err(refuse("larger than 256 MiB"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(HOST_FILES_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|err| refuse(&err.to_string()))?;
+    banger_model::host_files::HostFiles::decode(&bytes).map_err(|err| refuse(&err.to_string()))
 }
 
 fn resolve_image(daemon: &Daemon, reference: Option<&str>) -> Result<Image, ServiceError> {

@@ -72,13 +72,21 @@ pub fn create_dir(vm: &Vm, undo: &mut Undo) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// What a new work disk starts with beside the image's `/root` (`vm run
+/// PATH`): the client's directory, and files taken from the host.
+#[derive(Debug, Clone)]
+pub struct WorkContent {
+    pub dir: PathBuf,
+    pub host_files: Option<banger_model::host_files::HostFiles>,
+}
+
 /// A new VM's disks: the root overlay and the work disk, then the per-VM
 /// files written into both (concurrently).
 pub async fn prepare_new(
     daemon: &Daemon,
     vm: &Vm,
     image: &Image,
-    work_content: Option<&Path>,
+    work_content: Option<&WorkContent>,
     key: &SshKey,
     events: &EventSink,
 ) -> Prepared {
@@ -193,7 +201,7 @@ async fn create_work_disk(
     daemon: &Daemon,
     vm: &Vm,
     image: &Image,
-    content: Option<&Path>,
+    content: Option<&WorkContent>,
     undo: &mut Undo,
 ) -> Result<(), ServiceError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
@@ -208,8 +216,8 @@ async fn create_work_disk(
         size: vm.spec.disk_size,
         strategy: daemon.storage.strategy,
         grown_seed_cache: image.rootfs_path.parent().map(Path::to_owned),
-        content: content.map(Path::to_owned),
-        host_files: None,
+        content: content.map(|content| content.dir.clone()),
+        host_files: content.and_then(|content| content.host_files.clone()),
     };
     blocking({
         let disk = Arc::clone(&disk);
