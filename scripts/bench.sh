@@ -49,6 +49,8 @@ done
 
 
 repo_root=$PWD
+# Where cargo puts the release binaries (CARGO_TARGET_DIR is honoured).
+release=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release
 rootfs=.cache/fixtures/debian-bookworm/rootfs
 [ -d "$rootfs" ] || tests/fixtures/debian-rootfs.sh .cache/fixtures/debian-bookworm
 
@@ -83,7 +85,7 @@ printf 'vmm = "sim"\nlog_level = "info"\nvhost_vsock_bin = "%s"\nboot_timeout_se
 
 export HOME="$work/home" XDG_STATE_HOME="$work/state" XDG_CONFIG_HOME="$work/config" \
     XDG_RUNTIME_DIR="$work/run" NO_COLOR=1
-BANGER=$PWD/target/release/banger
+BANGER=$release/banger
 b() { ip netns exec "$netns" "$BANGER" "$@"; }
 p50() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] }'; }
 p90() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int(NR * 0.9 + 0.5)] }'; }
@@ -194,13 +196,13 @@ fi
 if want disks; then
 echo
 echo "== disks (banger-disk's disk_bench)" >&2
-target/release/examples/disk_bench --runs "$runs" --sizes 1,4,16
+"$release/examples/disk_bench" --runs "$runs" --sizes 1,4,16
 fi
 
 if want pull; then
 echo
 echo "== image pull (banger-image's pull_bench, on tmpfs)" >&2
-"$repo_root/target/release/examples/pull_bench" --rootfs-tar "$repo_root/.cache/fixtures/debian-bookworm/rootfs.tar" \
+"$release/examples/pull_bench" --rootfs-tar "$repo_root/.cache/fixtures/debian-bookworm/rootfs.tar" \
     --runs 3 --mkfs --work-dir /dev/shm
 fi
 
