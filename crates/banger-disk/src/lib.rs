@@ -21,6 +21,8 @@
 //! - [`mkfs`]: ext4 images (and work seeds) from directories, sized from content.
 //! - [`ext4write`]: a fresh ext4 image written from a tree in one pass
 //!   (work disks that start with a workspace).
+//! - [`git_index`]: a workspace's git index filled in with the disk's stat
+//!   data, so the guest's git finds it clean.
 //! - [`loopdev`]: loop device attach/detach/list through ioctls.
 //! - [`dm`]: device-mapper names, tables, listing.
 //! - [`superblock`]: reading an ext4 image's size without tools.
@@ -36,6 +38,7 @@ pub mod edits;
 pub mod exec;
 pub mod ext4write;
 pub mod fake;
+pub mod git_index;
 mod host;
 pub mod loopdev;
 pub mod mkfs;

@@ -226,11 +226,15 @@ fn make_with_content(
     // as root of its user namespace) become root's.
     tree.add_dir(content, Owners::of_process())
         .map_err(walk_error)?;
+    let mut from_host = Vec::new();
     for section in request.host_files.iter().flat_map(|files| &files.sections) {
         let added = tree
             .add_host_files(section, Owners::of_process())
             .map_err(walk_error)?;
         tracing::debug!(root = %section.root.display(), files = added.files, bytes = added.bytes, shadowed = added.shadowed, left_out = added.left_out, "host files added");
+        if let Some(clean_before) = section.clean_before {
+            from_host.push((section.into.clone(), added.nodes, clean_before));
+        }
     }
     let options = ext4write::WriteOptions {
         size: request.size,
@@ -239,17 +243,21 @@ fn make_with_content(
         // Room for the guest to build in, as images get (see mkfs).
         min_free: ByteSize(tree.file_bytes() / 5 + crate::mkfs::HEADROOM_FIXED),
     };
-    let written =
-        ext4write::write_ext4(&tree, &request.dest, &options).map_err(|error| match error {
-            WriteExt4Error::TooSmall { needed, .. } => MakeWorkDiskError::ContentTooLarge {
-                needed,
-                requested: request.size,
-            },
-            error => MakeWorkDiskError::Build {
-                dir: content.to_owned(),
-                source: Box::new(error),
-            },
-        })?;
+    let too_small = |error| match error {
+        WriteExt4Error::TooSmall { needed, .. } => MakeWorkDiskError::ContentTooLarge {
+            needed,
+            requested: request.size,
+        },
+        error => MakeWorkDiskError::Build {
+            dir: content.to_owned(),
+            source: Box::new(error),
+        },
+    };
+    let planned = ext4write::plan_ext4(&tree, &options).map_err(too_small)?;
+    for (into, nodes, clean_before) in from_host {
+        fill_git_index(&mut tree, &planned, &into, &nodes, clean_before);
+    }
+    let written = planned.write(&tree, &request.dest).map_err(too_small)?;
     tracing::info!(dest = %request.dest.display(), size = %written.size, used = %written.used, file_bytes = written.file_bytes, "wrote work disk with content");
     Ok(WorkDisk {
         path: request.dest.clone(),
@@ -257,6 +265,59 @@ fn make_with_content(
         method: None,
         from_cache: false,
     })
+}
+
+/// Gives the git index at `into/.git/index` the disk's stat data for the
+/// files `nodes` took from the host unchanged (modified before
+/// `clean_before`, so as the index has them): git in the guest then finds
+/// them clean without reading them. Files modified since, and files the
+/// client wrote, keep empty stat data and are compared by content. An
+/// index that cannot be filled is left as it is.
+fn fill_git_index(
+    tree: &mut crate::ext4write::Tree,
+    planned: &crate::ext4write::Planned,
+    into: &Path,
+    nodes: &[crate::ext4write::NodeId],
+    clean_before: i64,
+) {
+    use crate::ext4write::Tree;
+    use crate::git_index::{self, EntryStat};
+    use std::os::unix::ffi::OsStrExt;
+    let Some(repo) = tree.lookup_path(Tree::ROOT, into.as_os_str().as_bytes()) else {
+        return;
+    };
+    let Some(index) = tree.lookup_path(repo, b".git/index") else {
+        return;
+    };
+    let mut bytes = match tree.read_file(index) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the workspace's git index; git will compare the files");
+            return;
+        }
+    };
+    let from_host: std::collections::HashSet<_> = nodes.iter().copied().collect();
+    let ctime = planned.ctime();
+    let filled = git_index::fill_stat(&mut bytes, |path| {
+        let node = tree.lookup_path(repo, path)?;
+        let meta = tree.meta(node);
+        if !from_host.contains(&node) || meta.mtime.secs >= clean_before {
+            return None;
+        }
+        Some(EntryStat {
+            ctime: (ctime.secs as u32, ctime.nanos),
+            mtime: (meta.mtime.secs as u32, meta.mtime.nanos),
+            ino: planned.inode(node),
+            uid: meta.uid,
+            gid: meta.gid,
+            size: tree.len_of(node)?,
+        })
+    });
+    match filled.map(|filled| (filled, tree.set_file_bytes(index, bytes))) {
+        Ok((filled, Ok(()))) => tracing::debug!(filled, "filled the workspace's git index"),
+        Ok((_, Err(error))) => tracing::warn!(%error, "cannot fill the workspace's git index"),
+        Err(error) => tracing::debug!(%error, "the workspace's git index is left as it is"),
+    }
 }
 
 /// Dumps the seed's root into `dir` (entries `dir` already has win; the

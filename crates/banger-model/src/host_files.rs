@@ -24,6 +24,11 @@ pub struct Section {
     pub into: PathBuf,
     /// Relative to both.
     pub paths: Vec<PathBuf>,
+    /// When they were last seen unchanged (git compared them with the
+    /// index), in seconds since the epoch: a file modified before then is
+    /// as the repository's index says, so the disk's index may call it
+    /// clean.
+    pub clean_before: Option<i64>,
 }
 
 /// The whole list.
@@ -54,6 +59,11 @@ impl HostFiles {
         for section in &self.sections {
             field(&mut out, section.root.as_os_str().as_bytes());
             field(&mut out, section.into.as_os_str().as_bytes());
+            let clean_before = section
+                .clean_before
+                .map(|secs| secs.to_string())
+                .unwrap_or_default();
+            field(&mut out, clean_before.as_bytes());
             field(&mut out, section.paths.len().to_string().as_bytes());
             for path in &section.paths {
                 field(&mut out, path.as_os_str().as_bytes());
@@ -83,6 +93,16 @@ impl HostFiles {
             if !into.as_os_str().is_empty() {
                 plain(into)?;
             }
+            let clean_before = fields.next().ok_or(HostFilesError::Truncated)?;
+            let clean_before = match clean_before.as_os_str().is_empty() {
+                true => None,
+                false => Some(
+                    clean_before
+                        .to_str()
+                        .and_then(|secs| secs.parse().ok())
+                        .ok_or(HostFilesError::Truncated)?,
+                ),
+            };
             let count: usize = fields
                 .next()
                 .and_then(|count| count.to_str()?.parse().ok())
@@ -97,6 +117,7 @@ impl HostFiles {
                 root: root.to_owned(),
                 into: into.to_owned(),
                 paths,
+                clean_before,
             });
         }
         Ok(Self { sections })
@@ -131,6 +152,7 @@ mod tests {
                 root: "/home/me/src/app".into(),
                 into: "repo".into(),
                 paths: vec!["README.md".into(), "src/ä b\nc.rs".into()],
+                clean_before: Some(1_800_000_000),
             }],
         };
         assert_eq!(HostFiles::decode(&files.encode()).unwrap(), files);
@@ -147,6 +169,7 @@ mod tests {
                 root: root.into(),
                 into: into.into(),
                 paths: vec![path.into()],
+                clean_before: None,
             }],
         };
         for (root, into, path) in [

@@ -59,6 +59,7 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
     let mut removed: Vec<u8> = Vec::new();
     // HEAD's files, when the checkout is left to the daemon.
     let mut tracked: Option<Vec<Tracked>> = None;
+    let mut clean_before = None;
 
     if plan.full_copy {
         // Everything, .git and submodules included.
@@ -169,6 +170,12 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
         if plan.from.is_none() {
             // The working tree's files go over the checkout of HEAD; a
             // branch started elsewhere (--from) gets no local changes.
+            // Files git finds unchanged now and modified before now are
+            // as the index has them (see `HostFiles::clean_before`).
+            clean_before = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|now| now.as_secs() as i64);
             let changes = repo.changes()?;
             read_changes(
                 &tree,
@@ -214,7 +221,7 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
     }
     let copied_in = copied_in_commit(&dest, plan.full_copy, &written, &removed)?;
     let host_files = tracked
-        .map(|tracked| host_files(repo, &dest, tracked, &written, &removed))
+        .map(|tracked| host_files(repo, &dest, tracked, &written, &removed, clean_before))
         .transpose()?;
     Ok(Staged {
         summary,
@@ -256,6 +263,7 @@ fn host_files(
     tracked: Vec<Tracked>,
     written: &[u8],
     removed: &[u8],
+    clean_before: Option<i64>,
 ) -> Result<HostFiles, PrepareError> {
     let listed = |list: &[u8]| -> std::collections::HashSet<Vec<u8>> {
         list.split(|&byte| byte == 0)
@@ -286,6 +294,7 @@ fn host_files(
             root: repo.top.clone(),
             into: REPO_DIR.into(),
             paths,
+            clean_before,
         }],
     })
 }

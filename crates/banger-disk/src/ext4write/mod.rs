@@ -112,36 +112,74 @@ pub fn write_ext4(
     out: &Path,
     options: &WriteOptions,
 ) -> Result<Written, WriteExt4Error> {
-    let plan = Plan::new(tree, options)?;
-    let file = fs_err::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(crate::clone::DISK_FILE_MODE)
-        .open(out)
-        .map_err(|source| WriteExt4Error::Create {
-            path: out.to_owned(),
-            source,
-        })?;
-    let file: File = file.into();
-    let result = file
-        .set_len(plan.geometry.blocks * BLOCK)
-        .map_err(|source| WriteExt4Error::Create {
-            path: out.to_owned(),
-            source,
-        })
-        .and_then(|()| plan.write(tree, &file, out));
-    match result {
-        Ok(file_bytes) => Ok(Written {
-            size: ByteSize(plan.geometry.blocks * BLOCK),
-            inodes: plan.geometry.inodes(),
-            used: ByteSize((plan.geometry.blocks - plan.free_blocks()) * BLOCK),
-            file_bytes,
-        }),
-        Err(error) => {
-            drop(file);
-            let _ = std::fs::remove_file(out);
-            Err(error)
+    plan_ext4(tree, options)?.write(tree, out)
+}
+
+/// Lays `tree` out (inode numbers, blocks) without writing anything, so a
+/// caller can learn where things go first ([`Planned::inode`]).
+pub fn plan_ext4(tree: &Tree, options: &WriteOptions) -> Result<Planned, WriteExt4Error> {
+    Plan::new(tree, options).map(Planned)
+}
+
+/// An image laid out for a tree, not yet written.
+pub struct Planned(Plan);
+
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planned")
+            .field("geometry", &self.0.geometry)
+            .field("inodes_used", &self.0.inodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Planned {
+    /// The inode number `node` gets.
+    pub fn inode(&self, node: NodeId) -> u32 {
+        self.0.ino[node]
+    }
+
+    /// The change time every inode gets.
+    pub fn ctime(&self) -> Time {
+        self.0.now
+    }
+
+    /// Writes the tree it was planned for (whose files may since have
+    /// been given other bytes of the same length, and nothing else) into
+    /// `out`, which must not exist; on an error nothing is left there.
+    #[tracing::instrument(level = "debug", skip_all, fields(out = %out.display()))]
+    pub fn write(&self, tree: &Tree, out: &Path) -> Result<Written, WriteExt4Error> {
+        let plan = &self.0;
+        let file = fs_err::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(crate::clone::DISK_FILE_MODE)
+            .open(out)
+            .map_err(|source| WriteExt4Error::Create {
+                path: out.to_owned(),
+                source,
+            })?;
+        let file: File = file.into();
+        let result = file
+            .set_len(plan.geometry.blocks * BLOCK)
+            .map_err(|source| WriteExt4Error::Create {
+                path: out.to_owned(),
+                source,
+            })
+            .and_then(|()| plan.write(tree, &file, out));
+        match result {
+            Ok(file_bytes) => Ok(Written {
+                size: ByteSize(plan.geometry.blocks * BLOCK),
+                inodes: plan.geometry.inodes(),
+                used: ByteSize((plan.geometry.blocks - plan.free_blocks()) * BLOCK),
+                file_bytes,
+            }),
+            Err(error) => {
+                drop(file);
+                let _ = std::fs::remove_file(out);
+                Err(error)
+            }
         }
     }
 }
@@ -195,9 +233,7 @@ impl Plan {
         let geometry =
             Geometry::new(options.size.bytes(), wanted).map_err(|error| match error {
                 GeometryError::Large => WriteExt4Error::TooLarge { size: options.size },
-                GeometryError::Inodes => {
-                    WriteExt4Error::TooManyInodes { size: options.size }
-                }
+                GeometryError::Inodes => WriteExt4Error::TooManyInodes { size: options.size },
                 GeometryError::Small => WriteExt4Error::TooSmall {
                     size: options.size,
                     needed: ByteSize(4 << 20),
@@ -505,27 +541,32 @@ impl Plan {
                 let Kind::File { source, len } = &tree.nodes[*node].kind else {
                     unreachable!("only files are planned as files");
                 };
-                let result =
-                    match source {
-                        Source::Bytes(bytes) => {
-                            write_bytes(bytes, runs, file).map_err(|source| WriteExt4Error::Write {
-                                path: out.to_owned(),
-                                source,
-                            })
-                        }
-                        host => copy_in(host, *len, runs, file, &mut use_copy_file_range).map_err(
-                            |error| match error {
-                                CopyError::Changed => WriteExt4Error::Changed {
-                                    path: host.shown(),
-                                    len: *len,
-                                },
-                                CopyError::Read(source) => WriteExt4Error::Read {
-                                    path: host.shown(),
-                                    source,
-                                },
-                            },
-                        ),
-                    };
+                let result = match source {
+                    Source::Bytes(bytes) => {
+                        write_bytes(bytes, runs, file).map_err(|source| WriteExt4Error::Write {
+                            path: out.to_owned(),
+                            source,
+                        })
+                    }
+                    host => copy_in(
+                        host,
+                        *len,
+                        tree.nodes[*node].meta.mtime,
+                        runs,
+                        file,
+                        &mut use_copy_file_range,
+                    )
+                    .map_err(|error| match error {
+                        CopyError::Changed => WriteExt4Error::Changed {
+                            path: host.shown(),
+                            len: *len,
+                        },
+                        CopyError::Read(source) => WriteExt4Error::Read {
+                            path: host.shown(),
+                            source,
+                        },
+                    }),
+                };
                 if let Err(error) = result {
                     failed.store(true, Ordering::Relaxed);
                     return Err(error);
@@ -700,10 +741,12 @@ enum CopyError {
 }
 
 /// Copies the host file `source` (which must still be a regular file of
-/// `len` bytes) into `runs` of `out`; its holes stay holes.
+/// `len` bytes, modified at `mtime`) into `runs` of `out`; its holes stay
+/// holes.
 fn copy_in(
     source: &Source,
     len: u64,
+    mtime: Time,
     runs: &[Run],
     out: &File,
     use_copy_file_range: &mut bool,
@@ -742,7 +785,11 @@ fn copy_in(
     };
     let unchanged = |src: &File| -> Result<(), CopyError> {
         let meta = src.metadata().map_err(CopyError::Read)?;
-        if meta.is_file() && meta.len() == len {
+        let modified = Time {
+            secs: std::os::unix::fs::MetadataExt::mtime(&meta),
+            nanos: std::os::unix::fs::MetadataExt::mtime_nsec(&meta) as u32,
+        };
+        if meta.is_file() && meta.len() == len && modified == mtime {
             Ok(())
         } else {
             Err(CopyError::Changed)

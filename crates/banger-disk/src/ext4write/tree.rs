@@ -157,8 +157,10 @@ pub struct Added {
 }
 
 /// What [`Tree::add_host_files`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostAdded {
+    /// The nodes added for the listed paths (files and symlinks).
+    pub nodes: Vec<NodeId>,
     /// Files and symlinks added.
     pub files: u64,
     /// Bytes of the files added.
@@ -379,12 +381,14 @@ impl Tree {
                     );
                     added.files += 1;
                     added.bytes += stat.st_size as u64;
+                    added.nodes.push(self.nodes.len() - 1);
                 }
                 SFlag::S_IFLNK => {
                     let target = nix::fcntl::readlinkat(dir_fd, name)
                         .map_err(|errno| walk_error(path, errno.into()))?;
-                    self.add_symlink(node, name.as_bytes(), meta, target.as_bytes());
+                    let link = self.add_symlink(node, name.as_bytes(), meta, target.as_bytes());
                     added.files += 1;
+                    added.nodes.push(link);
                 }
                 _ => added.left_out += 1,
             }
@@ -461,6 +465,74 @@ impl Tree {
                 .ok()
                 .map(|index| entries[index].1),
             _ => None,
+        }
+    }
+
+    /// The node at the slash-separated `path` below `from`.
+    pub fn lookup_path(&self, from: NodeId, path: &[u8]) -> Option<NodeId> {
+        path.split(|&byte| byte == b'/')
+            .filter(|part| !part.is_empty())
+            .try_fold(from, |node, part| self.lookup(node, part))
+    }
+
+    pub fn meta(&self, node: NodeId) -> Meta {
+        self.nodes[node].meta
+    }
+
+    /// A regular file's length, or a symlink target's; `None` for a
+    /// directory.
+    pub fn len_of(&self, node: NodeId) -> Option<u64> {
+        match &self.nodes[node].kind {
+            Kind::File { len, .. } => Some(*len),
+            Kind::Symlink(target) => Some(target.len() as u64),
+            Kind::Dir(_) => None,
+        }
+    }
+
+    /// A regular file's bytes as they are now (read from the host when
+    /// they come from there).
+    pub fn read_file(&self, node: NodeId) -> io::Result<Vec<u8>> {
+        match &self.nodes[node].kind {
+            Kind::File {
+                source: Source::Bytes(bytes),
+                ..
+            } => Ok(bytes.clone()),
+            Kind::File {
+                source: Source::Path(path),
+                ..
+            } => std::fs::read(path),
+            Kind::File {
+                source: Source::Beneath { root, path },
+                ..
+            } => {
+                let fd = banger_rootfs::resolve::open(
+                    root.as_fd(),
+                    path,
+                    OFlag::O_RDONLY,
+                    Resolve::beneath().no_symlinks(),
+                )?;
+                let mut bytes = Vec::new();
+                io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)?;
+                Ok(bytes)
+            }
+            _ => Err(io::Error::other(format!(
+                "node {node} is not a regular file"
+            ))),
+        }
+    }
+
+    /// Gives a regular file these bytes instead, of the same length (a
+    /// planned image keeps its layout).
+    pub fn set_file_bytes(&mut self, node: NodeId, bytes: Vec<u8>) -> io::Result<()> {
+        match &mut self.nodes[node].kind {
+            Kind::File { source, len } if *len == bytes.len() as u64 => {
+                *source = Source::Bytes(bytes);
+                Ok(())
+            }
+            _ => Err(io::Error::other(format!(
+                "node {node} is not a regular file of {} bytes",
+                bytes.len()
+            ))),
         }
     }
 

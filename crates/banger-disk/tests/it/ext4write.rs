@@ -336,6 +336,7 @@ fn host_files_come_from_beneath_their_root_and_nothing_is_followed() {
         .iter()
         .map(PathBuf::from)
         .collect(),
+        clean_before: None,
     };
     let added = tree.add_host_files(&section, Owners::of_process()).unwrap();
     assert_eq!(

@@ -6,6 +6,7 @@
 mod copy;
 mod edits;
 mod ext4write;
+mod git_index;
 mod loops;
 mod mkfs;
 mod policy;
