@@ -107,6 +107,21 @@ impl Repo {
         })
     }
 
+    /// The repository's object directory, absolute (a worktree's is its
+    /// main repository's).
+    pub fn objects_dir(&self) -> Result<PathBuf, PrepareError> {
+        let path = git(
+            &self.top,
+            &[
+                "rev-parse",
+                "--path-format=absolute",
+                "--git-path",
+                "objects",
+            ],
+        )?;
+        Ok(PathBuf::from(path.trim_end_matches('\n')))
+    }
+
     /// The commit `reference` names, checked to be reachable by the bundle.
     pub fn resolve_from(&self, reference: &str) -> Result<String, PrepareError> {
         let sha = git(

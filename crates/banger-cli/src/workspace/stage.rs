@@ -60,6 +60,8 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
     // HEAD's files, when the checkout is left to the daemon.
     let mut tracked: Option<Vec<Tracked>> = None;
     let mut clean_before = None;
+    // The repository's objects, when the clone borrows them.
+    let mut shared_objects: Option<std::path::PathBuf> = None;
 
     if plan.full_copy {
         // Everything, .git and submodules included.
@@ -91,17 +93,28 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
                 // work tree and for the .git upload-pack reads (a `-c`
                 // would not reach upload-pack).
                 let trust = trust_config(&repo.top)?;
+                // When the checkout is left to the daemon, so are the
+                // objects: the clone borrows them (--shared) and the
+                // daemon writes them in from the repository itself. Not
+                // when the repository borrows objects itself.
+                if plan.from.is_none() {
+                    shared_objects = Some(repo.objects_dir()?)
+                        .filter(|objects| !objects.join("info/alternates").exists());
+                }
+                let shared = shared_objects.is_some().then_some(OsStr::new("--shared"));
+                let args: Vec<&OsStr> = [
+                    OsStr::new("clone"),
+                    OsStr::new("--quiet"),
+                    OsStr::new("--no-checkout"),
+                    OsStr::new("--template="),
+                ]
+                .into_iter()
+                .chain(shared)
+                .chain([OsStr::new("--"), repo.top.as_os_str(), dest.as_os_str()])
+                .collect();
                 run(
                     root,
-                    &[
-                        OsStr::new("clone"),
-                        OsStr::new("--quiet"),
-                        OsStr::new("--no-checkout"),
-                        OsStr::new("--template="),
-                        OsStr::new("--"),
-                        repo.top.as_os_str(),
-                        dest.as_os_str(),
-                    ],
+                    &args,
                     &[("GIT_CONFIG_GLOBAL", trust.path().as_os_str())],
                     None,
                 )?;
@@ -220,14 +233,60 @@ pub fn build(repo: &Repo, plan: &Plan, root: &Path) -> Result<Staged, PrepareErr
         git_str(&dest, &["config", "user.email", &email])?;
     }
     let copied_in = copied_in_commit(&dest, plan.full_copy, &written, &removed)?;
-    let host_files = tracked
+    let mut host_files = tracked
         .map(|tracked| host_files(repo, &dest, tracked, &written, &removed, clean_before))
         .transpose()?;
+    if let Some(objects) = shared_objects {
+        // Nothing runs git in the staged repository after this: its
+        // objects are the repository's from here on.
+        let alternates = dest.join(".git/objects/info/alternates");
+        fs::remove_file(&alternates).map_err(io(&alternates))?;
+        let paths = object_files(&objects)?;
+        host_files
+            .get_or_insert_with(HostFiles::default)
+            .sections
+            .push(Section {
+                root: objects,
+                into: Path::new(REPO_DIR).join(".git/objects"),
+                paths,
+                clean_before: None,
+            });
+    }
     Ok(Staged {
         summary,
         copied_in,
         host_files,
     })
+}
+
+/// The files of an object directory (relative), without its alternates
+/// and what git is still writing (`tmp_*`, `incoming-*`, `*.lock`).
+fn object_files(objects: &Path) -> Result<Vec<std::path::PathBuf>, PrepareError> {
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir = objects.join(&rel);
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let name = entry.file_name();
+            let name_bytes = name.as_encoded_bytes();
+            if name_bytes.starts_with(b"tmp")
+                || name_bytes.starts_with(b"incoming-")
+                || name_bytes.ends_with(b".lock")
+            {
+                continue;
+            }
+            let path = rel.join(&name);
+            let kind = entry.file_type().map_err(io(&entry.path()))?;
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if kind.is_file() && path != Path::new("info/alternates") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// A path of HEAD's tree, and whether it is a submodule (a gitlink).

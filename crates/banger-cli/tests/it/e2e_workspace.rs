@@ -94,7 +94,8 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     assert!(expected.contains("untracked dir"), "{expected}");
 
     let checks = format!(
-        "{MANIFEST}; echo ---; git log --format=%s; git status --short; echo ---; \
+        "{MANIFEST}; echo ---; git log --format=%s; git status --short; \
+         git fsck --strict --no-dangling --no-progress && echo fsck ok; echo ---; \
          git config user.name; git config --global user.name; ./run.sh"
     );
     let out = sim.ok([
@@ -117,6 +118,9 @@ fn vm_run_carries_the_working_tree_exactly_and_returns_the_exit_code() {
     assert!(history.starts_with("init\n"), "{history}");
     assert!(history.contains(" M modified.txt"), "{history}");
     assert!(history.contains(" D deleted.txt"), "{history}");
+    // Every object is there (they come from the repository's own object
+    // directory, beside the staged clone's).
+    assert!(history.ends_with("fsck ok\n"), "{history}");
     assert_eq!(identity, "Repo Person\nGlobal Me\nran\n");
     assert!(out.stderr.contains("deleted (--rm)"), "{out}");
     // Written into the work disk before boot, not streamed over SSH.
