@@ -442,6 +442,7 @@ mod tests {
             grown_seed_cache: None,
             content: None,
             host_files: None,
+            edits: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct WorkDiskRequest {
     /// Files taken straight from the host into the disk beside `content`
     /// (which has the last word on a path both name).
     pub host_files: Option<banger_model::host_files::HostFiles>,
+    /// Edits made to a disk built from `content` as it is written (the
+    /// guest's keys and config): no debugfs run on the fresh disk.
+    pub edits: Option<crate::edits::Ext4Edits>,
 }
 
 /// What was made.
@@ -78,6 +81,8 @@ pub enum MakeWorkDiskError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot make the edits to the new work disk")]
+    Edits(#[source] crate::ext4write::tree::EditTreeError),
     #[error("cannot build the work disk from {dir}")]
     Build {
         dir: PathBuf,
@@ -243,6 +248,9 @@ fn make_with_content(
         // Room for the guest to build in, as images get (see mkfs).
         min_free: ByteSize(tree.file_bytes() / 5 + crate::mkfs::HEADROOM_FIXED),
     };
+    if let Some(edits) = &request.edits {
+        tree.apply_edits(edits).map_err(MakeWorkDiskError::Edits)?;
+    }
     let too_small = |error| match error {
         WriteExt4Error::TooSmall { needed, .. } => MakeWorkDiskError::ContentTooLarge {
             needed,

@@ -204,6 +204,7 @@ fn prepare_vm(
             grown_seed_cache: cache.then(|| image_dir.to_owned()),
             content: None,
             host_files: None,
+            edits: None,
         })
         .map_err(|e| format!("make_work_disk: {e}"))?;
     let total = started.elapsed();

@@ -171,6 +171,17 @@ pub struct HostAdded {
     pub left_out: u64,
 }
 
+/// An edit the tree cannot take.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EditTreeError {
+    #[error("{0} does not exist")]
+    Missing(String),
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    #[error("{0} is a directory that is not empty")]
+    NotEmpty(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read {path}")]
 pub struct WalkError {
@@ -455,6 +466,116 @@ impl Tree {
             };
         }
         Some(node)
+    }
+
+    /// Applies `edits` as debugfs would to an image of this tree (see
+    /// [`crate::edits::Ext4Edit`]); new files and directories are made now.
+    pub fn apply_edits(&mut self, edits: &crate::edits::Ext4Edits) -> Result<(), EditTreeError> {
+        use crate::edits::Ext4Edit;
+        let now = Time::now();
+        let meta_of = |meta: &crate::edits::Meta| Meta {
+            perm: (meta.mode & 0o7777) as u16,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: now,
+            atime: now,
+        };
+        for edit in edits.edits() {
+            match edit {
+                Ext4Edit::WriteFile {
+                    path,
+                    content,
+                    meta,
+                } => {
+                    let (parent, name) = self.parent_of(path)?;
+                    self.add(
+                        parent,
+                        name,
+                        meta_of(meta),
+                        Kind::File {
+                            source: Source::Bytes(content.clone()),
+                            len: content.len() as u64,
+                        },
+                    );
+                }
+                Ext4Edit::MkdirP { path, meta } => {
+                    let mut node = Self::ROOT;
+                    for part in path.split('/').filter(|part| !part.is_empty()) {
+                        node = match self.lookup(node, part.as_bytes()) {
+                            Some(child) if matches!(self.nodes[child].kind, Kind::Dir(_)) => child,
+                            Some(_) => return Err(EditTreeError::NotADirectory(path.clone())),
+                            None => self.add_dir_node(
+                                node,
+                                part.as_bytes(),
+                                meta_of(&crate::edits::Meta::root(0o755)),
+                            ),
+                        };
+                    }
+                    let dir = &mut self.nodes[node].meta;
+                    (dir.perm, dir.uid, dir.gid) =
+                        ((meta.mode & 0o7777) as u16, meta.uid, meta.gid);
+                }
+                Ext4Edit::Chmod { path, mode } => {
+                    let node = self.find(path)?;
+                    self.nodes[node].meta.perm = (mode & 0o7777) as u16;
+                }
+                Ext4Edit::Chown { path, uid, gid } => {
+                    let node = self.find(path)?;
+                    let meta = &mut self.nodes[node].meta;
+                    (meta.uid, meta.gid) = (*uid, *gid);
+                }
+                Ext4Edit::Symlink {
+                    path,
+                    target,
+                    uid,
+                    gid,
+                } => {
+                    let (parent, name) = self.parent_of(path)?;
+                    let meta = Meta {
+                        perm: 0o777,
+                        uid: *uid,
+                        gid: *gid,
+                        mtime: now,
+                        atime: now,
+                    };
+                    self.add_symlink(parent, name, meta, target.as_bytes());
+                }
+                Ext4Edit::Remove { path } => {
+                    let Ok((parent, name)) = self.parent_of(path) else {
+                        continue;
+                    };
+                    if let Some(node) = self.lookup(parent, name)
+                        && matches!(&self.nodes[node].kind, Kind::Dir(entries) if !entries.is_empty())
+                    {
+                        return Err(EditTreeError::NotEmpty(path.clone()));
+                    }
+                    if let Kind::Dir(entries) = &mut self.nodes[parent].kind {
+                        entries.retain(|(entry, _)| entry.as_slice() != name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node at the absolute guest `path`.
+    fn find(&self, path: &str) -> Result<NodeId, EditTreeError> {
+        self.lookup_path(Self::ROOT, path.as_bytes())
+            .ok_or_else(|| EditTreeError::Missing(path.to_owned()))
+    }
+
+    /// The directory holding the absolute guest `path`, and its name.
+    fn parent_of<'p>(&self, path: &'p str) -> Result<(NodeId, &'p [u8]), EditTreeError> {
+        let trimmed = path.trim_end_matches('/');
+        let (dir, name) = trimmed
+            .rsplit_once('/')
+            .filter(|(_, name)| !name.is_empty())
+            .ok_or_else(|| EditTreeError::Missing(path.to_owned()))?;
+        let parent = self.find(if dir.is_empty() { "/" } else { dir })?;
+        match self.nodes[parent].kind {
+            Kind::Dir(_) => Ok((parent, name.as_bytes())),
+            _ => Err(EditTreeError::NotADirectory(dir.to_owned())),
+        }
     }
 
     /// The entry `name` of the directory `dir`.

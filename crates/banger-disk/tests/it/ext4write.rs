@@ -387,6 +387,78 @@ fn host_files_come_from_beneath_their_root_and_nothing_is_followed() {
 }
 
 #[test]
+fn edits_go_in_as_the_image_is_written() {
+    use banger_disk::Ext4Edits;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("old/dir")).unwrap();
+    std::fs::write(src.join("old/file"), b"old\n").unwrap();
+    std::fs::write(src.join(".gitconfig"), b"[user]\n").unwrap();
+    let mut tree = Tree::new(Meta::root(0o700));
+    tree.add_dir(&src, Owners::of_process()).unwrap();
+    let mut edits = Ext4Edits::new();
+    edits
+        .chmod("/", 0o755)
+        .unwrap()
+        .mkdir_p("/.ssh/deeper", banger_disk::Meta::root(0o700))
+        .unwrap()
+        .write_file(
+            "/.ssh/authorized_keys",
+            "ssh-ed25519 AAAA key\n",
+            banger_disk::Meta::new(0o600, 0, 0),
+        )
+        .unwrap()
+        .write_file(
+            "/.gitconfig",
+            "[user]\n\tname = Me\n",
+            banger_disk::Meta::root(0o644),
+        )
+        .unwrap()
+        .symlink("/link", "/.ssh/authorized_keys", 0, 0)
+        .unwrap()
+        .chown("/old/file", 1000, 1000)
+        .unwrap()
+        .remove("/old/dir")
+        .unwrap()
+        .remove("/not/there")
+        .unwrap();
+    tree.apply_edits(&edits).unwrap();
+    let out = dir.path().join("work.ext4");
+    let options = WriteOptions {
+        size: ByteSize::mib(64),
+        min_inodes: 0,
+        label: None,
+        min_free: ByteSize(0),
+    };
+    write_ext4(&tree, &out, &options).unwrap();
+    util::assert_fsck_clean(&out);
+    assert_eq!(debugfs_stat(&out, "/").mode, 0o755);
+    assert_eq!(
+        debugfs_stat(&out, "/.ssh").mode,
+        0o755,
+        "a parent mkdir_p made"
+    );
+    assert_eq!(debugfs_stat(&out, "/.ssh/deeper").mode, 0o700);
+    assert_eq!(
+        banger_disk::read_file(&out, "/.ssh/authorized_keys").unwrap(),
+        b"ssh-ed25519 AAAA key\n"
+    );
+    assert_eq!(
+        banger_disk::read_file(&out, "/.gitconfig").unwrap(),
+        b"[user]\n\tname = Me\n"
+    );
+    assert_eq!(debugfs_stat(&out, "/link").kind, "symlink");
+    let owned = debugfs_stat(&out, "/old/file");
+    assert_eq!((owned.uid, owned.gid), (1000, 1000));
+    assert!(banger_disk::stat(&out, "/old/dir").unwrap().is_none());
+
+    // A non-empty directory is not removed, as debugfs would not.
+    let mut refused = Ext4Edits::new();
+    refused.remove("/old").unwrap();
+    assert!(tree.apply_edits(&refused).is_err());
+}
+
+#[test]
 #[ignore]
 fn timing_probe() {
     let src = Path::new(&std::env::var("PROBE_SRC").unwrap_or("/tmp/m/tree".into())).to_owned();

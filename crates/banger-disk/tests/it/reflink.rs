@@ -71,6 +71,7 @@ fn reflink_root_and_work_disk(fstype: FsType) {
                 grown_seed_cache: Some(image_dir.clone()),
                 content: None,
                 host_files: None,
+                edits: None,
             })
             .unwrap();
         assert_eq!(work.method, Some(CloneMethod::Reflink));

@@ -32,6 +32,7 @@ fn copy_request(
         grown_seed_cache: None,
         content,
         host_files: None,
+        edits: None,
     }
 }
 

@@ -93,18 +93,31 @@ pub async fn prepare_new(
     let mut undo = Undo::default();
     let result = async {
         let root = create_root(daemon, vm, image, &mut undo).await?;
-        // The workspace, when the client laid one out, goes in here: its
-        // own stage, as it is the part that grows with the user's data.
-        let writing = work_content.map(|_| events.stage("write_workspace"));
-        create_work_disk(daemon, vm, image, work_content, &mut undo).await?;
-        if let Some(stage) = writing {
-            stage.done();
-        }
         let host_key = host_key(daemon, vm, &mut undo).await?;
-        let (root_files, work_files) = tokio::join!(
-            write_root_files(daemon, vm, &root, &host_key),
-            write_work_files(daemon, vm, key)
-        );
+        // The root's files go in while the work disk is made (a workspace
+        // takes a while to write, and the root's edits wait on the disk).
+        let work_disk = async {
+            match work_content {
+                // The workspace the client laid out goes in here, its own
+                // stage (the part that grows with the user's data), with
+                // the guest's files written in the same pass.
+                Some(content) => {
+                    let seed = image.work_seed_path.as_deref();
+                    let (edits, warnings) = work_edits(daemon, vm, key, seed).await?;
+                    let stage = events.stage("write_workspace");
+                    create_work_disk(daemon, vm, image, Some(content), Some(edits), &mut undo)
+                        .await?;
+                    stage.done();
+                    Ok(warnings)
+                }
+                None => {
+                    create_work_disk(daemon, vm, image, None, None, &mut undo).await?;
+                    write_work_files(daemon, vm, key).await
+                }
+            }
+        };
+        let (root_files, work_files) =
+            tokio::join!(write_root_files(daemon, vm, &root, &host_key), work_disk);
         root_files?;
         for warning in work_files? {
             events.log("warning", warning);
@@ -202,6 +215,7 @@ async fn create_work_disk(
     vm: &Vm,
     image: &Image,
     content: Option<&WorkContent>,
+    edits: Option<Ext4Edits>,
     undo: &mut Undo,
 ) -> Result<(), ServiceError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
@@ -218,6 +232,7 @@ async fn create_work_disk(
         grown_seed_cache: image.rootfs_path.parent().map(Path::to_owned),
         content: content.map(|content| content.dir.clone()),
         host_files: content.and_then(|content| content.host_files.clone()),
+        edits,
     };
     blocking({
         let disk = Arc::clone(&disk);
@@ -356,7 +371,22 @@ pub async fn write_work_files(
     vm: &Vm,
     key: &SshKey,
 ) -> Result<Vec<String>, ServiceError> {
-    let gitconfig = guest_gitconfig(daemon, vm).await;
+    let work = vm.paths().work_disk();
+    let (edits, warnings) = work_edits(daemon, vm, key, Some(&work)).await?;
+    apply(daemon, &work, edits, "writing files into the work disk").await?;
+    Ok(warnings)
+}
+
+/// The edits that give the work disk the guest's files (`authorized_keys`,
+/// the git identity merged into the `.gitconfig` that `gitconfig_from`
+/// holds, `[[file_sync]]` entries), with warnings for what was left out.
+async fn work_edits(
+    daemon: &Daemon,
+    vm: &Vm,
+    key: &SshKey,
+    gitconfig_from: Option<&Path>,
+) -> Result<(Ext4Edits, Vec<String>), ServiceError> {
+    let gitconfig = guest_gitconfig(daemon, vm, gitconfig_from).await;
     let mut edits = Ext4Edits::new();
     let root_owned = |mode| Meta {
         mode,
@@ -391,34 +421,36 @@ pub async fn write_work_files(
         &daemon.layout.home,
         &mut edits,
     )?);
-    apply(
-        daemon,
-        &vm.paths().work_disk(),
-        edits,
-        "writing files into the work disk",
-    )
-    .await?;
-    Ok(warnings)
+    Ok((edits, warnings))
 }
 
 /// The guest's `/root/.gitconfig` with the host's git identity set in it,
 /// `None` when the host has none; a warning when it cannot be made.
-async fn guest_gitconfig(daemon: &Daemon, vm: &Vm) -> Result<Option<Vec<u8>>, String> {
+async fn guest_gitconfig(
+    daemon: &Daemon,
+    vm: &Vm,
+    from: Option<&Path>,
+) -> Result<Option<Vec<u8>>, String> {
     let identity = crate::git_identity::host(&daemon.layout.home).await;
     if identity.is_empty() {
         return Ok(None);
     }
-    let work = vm.paths().work_disk();
-    let existing = blocking(move || banger_disk::read_file(&work, "/.gitconfig"))
-        .await
-        .map_err(|err| err.message())?;
-    let existing = match existing {
-        Ok(content) => Some(content),
-        Err(banger_disk::edits::ReadExt4Error::NotFound { .. }) => None,
-        Err(err) => {
-            tracing::debug!(vm = %vm.name, error = %err, "guest .gitconfig unreadable; writing a fresh one");
-            None
+    let existing = match from {
+        Some(image) => {
+            let image = image.to_owned();
+            let read = blocking(move || banger_disk::read_file(&image, "/.gitconfig"))
+                .await
+                .map_err(|err| err.message())?;
+            match read {
+                Ok(content) => Some(content),
+                Err(banger_disk::edits::ReadExt4Error::NotFound { .. }) => None,
+                Err(err) => {
+                    tracing::debug!(vm = %vm.name, error = %err, "guest .gitconfig unreadable; writing a fresh one");
+                    None
+                }
+            }
         }
+        None => None,
     };
     crate::git_identity::merge(existing.as_deref(), &identity)
         .await
