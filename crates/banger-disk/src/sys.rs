@@ -1,5 +1,5 @@
 //! Raw ioctl declarations and kernel structure layouts: FICLONE, the loop
-//! driver and device-mapper's version query. Callers wrap these in safe
+//! driver and device-mapper's version query; and `sync_file_range`. Callers wrap these in safe
 //! functions; nothing outside this crate sees them.
 #![allow(unreachable_pub)]
 
@@ -19,6 +19,18 @@ pub(crate) fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> nix::Result<(
         )
     }?;
     Ok(())
+}
+
+/// Starts writing `file`'s dirty pages back (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`): it returns without waiting for them, so the
+/// disk writes while the caller goes on.
+pub(crate) fn start_writeback(file: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: sync_file_range takes a descriptor (borrowed, so open for the
+    // call), a range (0, 0: the whole file) and flags; no memory is passed.
+    let done = unsafe {
+        nix::libc::sync_file_range(file.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE)
+    };
+    nix::errno::Errno::result(done).map(drop)
 }
 
 // The loop driver's ioctls are not _IO-encoded ("bad" in nix's terms).

@@ -100,6 +100,8 @@ pub enum WriteExt4Error {
 const BYTES_PER_INODE: u64 = 16384;
 /// Threads copying files in (at most; no more than the host's CPUs).
 const COPY_THREADS: usize = 4;
+/// Bytes copied between starts of the image's writeback.
+const WRITEBACK_EVERY: u64 = 64 << 20;
 /// lost+found's blocks, as mke2fs makes it (room to reconnect files
 /// without allocating).
 const LOST_FOUND_BLOCKS: usize = 4;
@@ -523,6 +525,10 @@ impl Plan {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
+        // Bytes copied since writeback was last started: the disk writes
+        // while the copy goes on, rather than all at once when something
+        // next flushes the image (a loop device attached to it, an fsync).
+        let unflushed = std::sync::atomic::AtomicU64::new(0);
         let threads = std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1)
@@ -572,6 +578,12 @@ impl Plan {
                     return Err(error);
                 }
                 copied += len;
+                if unflushed.fetch_add(*len, Ordering::Relaxed) + len >= WRITEBACK_EVERY {
+                    unflushed.store(0, Ordering::Relaxed);
+                    // Only a head start: a failure shows when the data is
+                    // written for good.
+                    let _ = crate::sys::start_writeback(file.as_fd());
+                }
             }
         };
         std::thread::scope(|scope| {
