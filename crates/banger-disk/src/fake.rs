@@ -443,6 +443,7 @@ mod tests {
             content: None,
             host_files: None,
             edits: None,
+            progress: None,
         }
     }
 

@@ -47,7 +47,28 @@ pub struct WorkDiskRequest {
     /// Edits made to a disk built from `content` as it is written (the
     /// guest's keys and config): no debugfs run on the fresh disk.
     pub edits: Option<crate::edits::Ext4Edits>,
+    /// Told the bytes of files copied so far and in all while a disk is
+    /// written from `content`.
+    pub progress: Option<WriteProgress>,
 }
+
+/// A callback for the bytes written so far and in all.
+#[derive(Clone)]
+pub struct WriteProgress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for WriteProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteProgress")
+    }
+}
+
+impl PartialEq for WriteProgress {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for WriteProgress {}
 
 /// What was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +286,14 @@ fn make_with_content(
     for (into, nodes, clean_before) in from_host {
         fill_git_index(&mut tree, &planned, &into, &nodes, clean_before);
     }
-    let written = planned.write(&tree, &request.dest).map_err(too_small)?;
+    let report = |done, total| {
+        if let Some(progress) = &request.progress {
+            (progress.0)(done, total);
+        }
+    };
+    let written = planned
+        .write_reporting(&tree, &request.dest, &report)
+        .map_err(too_small)?;
     tracing::info!(dest = %request.dest.display(), size = %written.size, used = %written.used, file_bytes = written.file_bytes, "wrote work disk with content");
     Ok(WorkDisk {
         path: request.dest.clone(),

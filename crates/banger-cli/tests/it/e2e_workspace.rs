@@ -324,6 +324,9 @@ fn a_ten_thousand_file_workspace_arrives_whole() {
     assert!(tree == expected, "guest tree differs from the host's");
     assert_eq!(status, host_status);
     assert!(out.stderr.contains("written before boot"), "{out}");
+    // The daemon says how far the write got (without a terminal, by
+    // tenths; this one is small enough for its last only).
+    assert!(out.stderr.contains("write_workspace: 100%"), "{out}");
     sim.assert_clean();
 }
 

@@ -205,6 +205,7 @@ fn prepare_vm(
             content: None,
             host_files: None,
             edits: None,
+            progress: None,
         })
         .map_err(|e| format!("make_work_disk: {e}"))?;
     let total = started.elapsed();

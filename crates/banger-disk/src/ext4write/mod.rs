@@ -149,8 +149,19 @@ impl Planned {
     /// Writes the tree it was planned for (whose files may since have
     /// been given other bytes of the same length, and nothing else) into
     /// `out`, which must not exist; on an error nothing is left there.
-    #[tracing::instrument(level = "debug", skip_all, fields(out = %out.display()))]
     pub fn write(&self, tree: &Tree, out: &Path) -> Result<Written, WriteExt4Error> {
+        self.write_reporting(tree, out, &|_, _| {})
+    }
+
+    /// [`Planned::write`], telling `progress` the bytes of files copied so
+    /// far and in all, every percent or so and at the end.
+    #[tracing::instrument(level = "debug", skip_all, fields(out = %out.display()))]
+    pub fn write_reporting(
+        &self,
+        tree: &Tree,
+        out: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Written, WriteExt4Error> {
         let plan = &self.0;
         let file = fs_err::OpenOptions::new()
             .read(true)
@@ -169,7 +180,7 @@ impl Planned {
                 path: out.to_owned(),
                 source,
             })
-            .and_then(|()| plan.write(tree, &file, out));
+            .and_then(|()| plan.write(tree, &file, out, progress));
         match result {
             Ok(file_bytes) => Ok(Written {
                 size: ByteSize(plan.geometry.blocks * BLOCK),
@@ -521,7 +532,13 @@ impl Plan {
     /// Copies the regular files' bytes into their blocks, on a few
     /// threads (a workspace is thousands of small files, each an open, a
     /// copy and a close); the bytes copied.
-    fn copy_files(&self, tree: &Tree, file: &File, out: &Path) -> Result<u64, WriteExt4Error> {
+    fn copy_files(
+        &self,
+        tree: &Tree,
+        file: &File,
+        out: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, WriteExt4Error> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
@@ -529,6 +546,14 @@ impl Plan {
         // while the copy goes on, rather than all at once when something
         // next flushes the image (a loop device attached to it, an fsync).
         let unflushed = std::sync::atomic::AtomicU64::new(0);
+        let total: u64 = self
+            .files
+            .iter()
+            .map(|(node, _)| tree.len_of(*node).unwrap_or(0))
+            .sum();
+        let step = (total / 100).max(8 << 20);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let next_report = std::sync::atomic::AtomicU64::new(step);
         let threads = std::thread::available_parallelism()
             .map(usize::from)
             .unwrap_or(1)
@@ -578,6 +603,15 @@ impl Plan {
                     return Err(error);
                 }
                 copied += len;
+                let so_far = done.fetch_add(*len, Ordering::Relaxed) + len;
+                let due = next_report.load(Ordering::Relaxed);
+                if so_far >= due
+                    && next_report
+                        .compare_exchange(due, so_far + step, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    progress(so_far, total);
+                }
                 if unflushed.fetch_add(*len, Ordering::Relaxed) + len >= WRITEBACK_EVERY {
                     unflushed.store(0, Ordering::Relaxed);
                     // Only a head start: a failure shows when the data is
@@ -588,22 +622,29 @@ impl Plan {
         };
         std::thread::scope(|scope| {
             let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-            let mut total = work()?;
+            let mut copied = work()?;
             for helper in helpers {
-                total += helper.join().expect("a copy thread panicked")?;
+                copied += helper.join().expect("a copy thread panicked")?;
             }
-            Ok(total)
+            progress(copied, total);
+            Ok(copied)
         })
     }
 
     /// Writes everything; the bytes of regular files copied.
-    fn write(&self, tree: &Tree, file: &File, out: &Path) -> Result<u64, WriteExt4Error> {
+    fn write(
+        &self,
+        tree: &Tree,
+        file: &File,
+        out: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, WriteExt4Error> {
         let write_error = |source: io::Error| WriteExt4Error::Write {
             path: out.to_owned(),
             source,
         };
         let at = |block: u64| block * BLOCK;
-        let copied = self.copy_files(tree, file, out)?;
+        let copied = self.copy_files(tree, file, out, progress)?;
         for (block, bytes) in &self.blocks {
             file.write_all_at(bytes, at(*block)).map_err(write_error)?;
         }

@@ -457,28 +457,3 @@ fn edits_go_in_as_the_image_is_written() {
     refused.remove("/old").unwrap();
     assert!(tree.apply_edits(&refused).is_err());
 }
-
-#[test]
-#[ignore]
-fn timing_probe() {
-    let src = Path::new(&std::env::var("PROBE_SRC").unwrap_or("/tmp/m/tree".into())).to_owned();
-    let src = src.as_path();
-    let out = Path::new("/tmp/m/probe.ext4");
-    let _ = std::fs::remove_file(out);
-    let start = std::time::Instant::now();
-    let mut tree = Tree::new(Meta::root(0o700));
-    tree.add_dir(src, Owners::of_process()).unwrap();
-    let walked = start.elapsed();
-    write_ext4(
-        &tree,
-        out,
-        &WriteOptions {
-            size: ByteSize::gib(2),
-            min_inodes: 0,
-            label: None,
-            min_free: ByteSize(0),
-        },
-    )
-    .unwrap();
-    eprintln!("walk {walked:?} total {:?}", start.elapsed());
-}

@@ -72,6 +72,7 @@ fn reflink_root_and_work_disk(fstype: FsType) {
                 content: None,
                 host_files: None,
                 edits: None,
+                progress: None,
             })
             .unwrap();
         assert_eq!(work.method, Some(CloneMethod::Reflink));

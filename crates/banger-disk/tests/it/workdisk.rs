@@ -33,6 +33,7 @@ fn copy_request(
         content,
         host_files: None,
         edits: None,
+        progress: None,
     }
 }
 

@@ -11,6 +11,7 @@ use banger_disk::{
 };
 use banger_model::image::Image;
 use banger_model::vm::{StorageStrategy, Vm};
+use banger_rpc::Event;
 
 use crate::daemon::Daemon;
 use crate::errors::{Cause, Doing, ServiceError, blocking};
@@ -105,13 +106,31 @@ pub async fn prepare_new(
                     let seed = image.work_seed_path.as_deref();
                     let (edits, warnings) = work_edits(daemon, vm, key, seed).await?;
                     let stage = events.stage("write_workspace");
-                    create_work_disk(daemon, vm, image, Some(content), Some(edits), &mut undo)
-                        .await?;
+                    let sink = events.clone();
+                    let progress =
+                        banger_disk::workdisk::WriteProgress(Arc::new(move |done, total| {
+                            sink.emit(Event::Progress {
+                                task: "write_workspace".into(),
+                                current: done,
+                                total: Some(total),
+                                unit: "bytes".into(),
+                            });
+                        }));
+                    create_work_disk(
+                        daemon,
+                        vm,
+                        image,
+                        Some(content),
+                        Some(edits),
+                        Some(progress),
+                        &mut undo,
+                    )
+                    .await?;
                     stage.done();
                     Ok(warnings)
                 }
                 None => {
-                    create_work_disk(daemon, vm, image, None, None, &mut undo).await?;
+                    create_work_disk(daemon, vm, image, None, None, None, &mut undo).await?;
                     write_work_files(daemon, vm, key).await
                 }
             }
@@ -216,6 +235,7 @@ async fn create_work_disk(
     image: &Image,
     content: Option<&WorkContent>,
     edits: Option<Ext4Edits>,
+    progress: Option<banger_disk::workdisk::WriteProgress>,
     undo: &mut Undo,
 ) -> Result<(), ServiceError> {
     let disk: Arc<dyn DiskOps> = Arc::clone(&daemon.disk);
@@ -233,6 +253,7 @@ async fn create_work_disk(
         content: content.map(|content| content.dir.clone()),
         host_files: content.and_then(|content| content.host_files.clone()),
         edits,
+        progress,
     };
     blocking({
         let disk = Arc::clone(&disk);
