@@ -332,6 +332,10 @@ fn host_files(
     };
     let (written, removed) = (listed(written), listed(removed));
     let mut paths = Vec::with_capacity(tracked.len());
+    // HEAD's files the working tree does not have and git does not call
+    // deleted (outside a sparse checkout): written here from HEAD, as a
+    // checkout would.
+    let mut from_head: Vec<u8> = Vec::new();
     for entry in tracked {
         if written.contains(&entry.path) || removed.contains(&entry.path) {
             continue;
@@ -346,7 +350,26 @@ fn host_files(
             }
             continue;
         }
-        paths.push(path.to_owned());
+        match fs::symlink_metadata(repo.top.join(path)) {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                from_head.extend_from_slice(&entry.path);
+                from_head.push(0);
+            }
+            _ => paths.push(path.to_owned()),
+        }
+    }
+    if !from_head.is_empty() {
+        run(
+            dest,
+            &["checkout-index", "-z", "--stdin"],
+            &[],
+            Some(&from_head),
+        )?;
     }
     Ok(HostFiles {
         sections: vec![Section {

@@ -330,6 +330,64 @@ fn a_ten_thousand_file_workspace_arrives_whole() {
     sim.assert_clean();
 }
 
+/// A sparse checkout: the files outside it are not in the working tree and
+/// git does not call them deleted. The guest gets them from HEAD, as a
+/// checkout would, and its git status is the host's.
+#[test]
+fn a_sparse_checkout_arrives_with_heads_files_and_the_hosts_status() {
+    if !e2e_ready() {
+        return;
+    }
+    let sim = SimEnv::new("");
+    sim.import_fixture();
+    let repo = sim.env.root().join("sparse");
+    std::fs::create_dir_all(repo.join("in")).unwrap();
+    std::fs::create_dir_all(repo.join("out")).unwrap();
+    std::fs::write(repo.join("in/a"), "a\n").unwrap();
+    std::fs::write(repo.join("out/b"), "b\n").unwrap();
+    sim.give(&repo);
+    git(&sim, &repo, &["init", "-q", "-b", "main"]);
+    git(&sim, &repo, &["add", "-A"]);
+    git(
+        &sim,
+        &repo,
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "c",
+        ],
+    );
+    git(&sim, &repo, &["sparse-checkout", "set", "in"]);
+    assert!(
+        !repo.join("out/b").exists(),
+        "out/ is outside the sparse checkout"
+    );
+    std::fs::write(repo.join("in/a"), "changed\n").unwrap();
+    let host_status = git(&sim, &repo, &["status", "--short"]);
+    assert_eq!(host_status, " M in/a\n");
+
+    let out = sim.ok([
+        "vm",
+        "run",
+        "--rm",
+        &repo.to_string_lossy(),
+        "--",
+        "sh",
+        "-c",
+        "cat in/a out/b; echo ---; git status --short",
+    ]);
+    assert_eq!(
+        out.stdout,
+        format!("changed\nb\n---\n{host_status}"),
+        "{out}"
+    );
+    sim.assert_clean();
+}
+
 /// A checkout whose tracked directories were replaced by symlinks out of
 /// the repository (absolute, and `../..`): the guest gets the symlinks as
 /// symlinks and git's view of the tree; nothing outside the repository is
