@@ -66,7 +66,8 @@ impl Progress {
                 current,
                 total,
                 unit,
-            } => self.on_progress(task, current, total, &unit),
+                detail,
+            } => self.on_progress(task, current, total, &unit, detail),
             Event::Log { level, message } => self.println(&format!("{level}: {message}")),
             // The command that asked for a VM prints its spec its own way.
             Event::Spec { .. } => {}
@@ -114,14 +115,24 @@ impl Progress {
         bar.finish_with_message(format!("{mark} {stage:<18} {elapsed}{suffix}"));
     }
 
-    fn on_progress(&mut self, task: String, current: u64, total: Option<u64>, unit: &str) {
+    fn on_progress(
+        &mut self,
+        task: String,
+        current: u64,
+        total: Option<u64>,
+        unit: &str,
+        detail: Option<String>,
+    ) {
         let Some(multi) = &self.multi else {
             if let Some(total) = total.filter(|total| *total > 0) {
                 let tenth = current * 10 / total;
                 let last = self.printed_tenths.entry(task.clone()).or_insert(u64::MAX);
                 if *last != tenth {
                     *last = tenth;
-                    eprintln!("{task}: {}%", tenth * 10);
+                    let detail = detail
+                        .map(|detail| format!(" ({detail})"))
+                        .unwrap_or_default();
+                    eprintln!("{task}: {}%{detail}", tenth * 10);
                 }
             }
             return;
@@ -129,20 +140,23 @@ impl Progress {
         let bar = self.tasks.entry(task.clone()).or_insert_with(|| {
             let bar = multi.add(ProgressBar::new(total.unwrap_or(0)));
             let template = if unit == "bytes" {
-                "{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+                "{prefix:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta} {msg}"
             } else {
-                "{msg:20} [{bar:30}] {pos}/{len}"
+                "{prefix:20} [{bar:30}] {pos}/{len} {msg}"
             };
             bar.set_style(
                 ProgressStyle::with_template(template)
                     .expect("valid template")
                     .progress_chars("=> "),
             );
-            bar.set_message(task.clone());
+            bar.set_prefix(task.clone());
             bar
         });
         if let Some(total) = total {
             bar.set_length(total);
+        }
+        if let Some(detail) = detail {
+            bar.set_message(detail);
         }
         bar.set_position(current);
         if total.is_some_and(|total| current >= total) {

@@ -47,14 +47,14 @@ pub struct WorkDiskRequest {
     /// Edits made to a disk built from `content` as it is written (the
     /// guest's keys and config): no debugfs run on the fresh disk.
     pub edits: Option<crate::edits::Ext4Edits>,
-    /// Told the bytes of files copied so far and in all while a disk is
-    /// written from `content`.
+    /// Told how much of the files is copied while a disk is written
+    /// from `content`.
     pub progress: Option<WriteProgress>,
 }
 
-/// A callback for the bytes written so far and in all.
+/// A callback for the bytes and files copied so far, and in all.
 #[derive(Clone)]
-pub struct WriteProgress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+pub struct WriteProgress(pub std::sync::Arc<dyn Fn(crate::ext4write::Copied) + Send + Sync>);
 
 impl std::fmt::Debug for WriteProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -286,9 +286,9 @@ fn make_with_content(
     for (into, nodes, clean_before) in from_host {
         fill_git_index(&mut tree, &planned, &into, &nodes, clean_before);
     }
-    let report = |done, total| {
+    let report = |copied| {
         if let Some(progress) = &request.progress {
-            (progress.0)(done, total);
+            (progress.0)(copied);
         }
     };
     let written = planned

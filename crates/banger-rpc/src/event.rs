@@ -36,6 +36,9 @@ pub enum Event {
         total: Option<u64>,
         /// `bytes` or `items`.
         unit: String,
+        /// More of the same, for people: `4120 of 10213 files`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// A message for the user, e.g. a warning.
     Log { level: String, message: String },

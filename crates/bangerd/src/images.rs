@@ -53,12 +53,14 @@ pub fn forward_progress(events: &EventSink) -> impl Fn(&ProgressEvent) + Send + 
             current: *overall_done,
             total: Some(*overall_total),
             unit: "bytes".into(),
+            detail: None,
         }),
         ProgressEvent::LayerApplied { index, count, .. } => events.emit(Event::Progress {
             task: "unpack layers".into(),
             current: *index as u64 + 1,
             total: Some(*count as u64),
             unit: "items".into(),
+            detail: None,
         }),
         ProgressEvent::Download {
             artifact,
@@ -70,6 +72,7 @@ pub fn forward_progress(events: &EventSink) -> impl Fn(&ProgressEvent) + Send + 
             current: *done,
             total: Some(*total),
             unit: "bytes".into(),
+            detail: None,
         }),
         _ => {}
     }

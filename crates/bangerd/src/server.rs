@@ -126,6 +126,11 @@ impl Stage {
         self.finish(StageStatus::Done, None);
     }
 
+    /// Done, saying what it did (`10213 files, 197 MiB`).
+    pub fn done_with(mut self, detail: impl Into<String>) {
+        self.finish(StageStatus::Done, Some(detail.into()));
+    }
+
     pub fn skipped(mut self, why: impl Into<String>) {
         self.finish(StageStatus::Skipped, Some(why.into()));
     }

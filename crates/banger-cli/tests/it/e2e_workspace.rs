@@ -324,9 +324,30 @@ fn a_ten_thousand_file_workspace_arrives_whole() {
     assert!(tree == expected, "guest tree differs from the host's");
     assert_eq!(status, host_status);
     assert!(out.stderr.contains("written before boot"), "{out}");
-    // The daemon says how far the write got (without a terminal, by
-    // tenths; this one is small enough for its last only).
-    assert!(out.stderr.contains("write_workspace: 100%"), "{out}");
+    // The daemon says how far the write got, in bytes and files (without
+    // a terminal, by tenths; this one is small enough for its last only),
+    // and what it wrote: the working tree's 9901 files, the repository's
+    // and the guest's own.
+    let last = out
+        .stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("write_workspace: 100% ("))
+        .unwrap_or_else(|| panic!("no last progress line: {out}"));
+    let (copied, all) = last
+        .strip_suffix(" files)")
+        .and_then(|counts| counts.split_once(" of "))
+        .unwrap_or_else(|| panic!("no file counts: {last}"));
+    assert_eq!(copied, all, "{out}");
+    let all: u64 = all.parse().expect("a count of files");
+    assert!((9_901..11_000).contains(&all), "{all} files written: {out}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|line| line.starts_with("write_workspace")
+                && line.contains(" done ")
+                && line.contains(&format!("({all} files, "))),
+        "{out}"
+    );
     sim.assert_clean();
 }
 

@@ -59,6 +59,15 @@ pub struct Written {
     pub file_bytes: u64,
 }
 
+/// How far [`Planned::write_reporting`] has copied the regular files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub bytes: u64,
+    pub total_bytes: u64,
+    pub files: u64,
+    pub total_files: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WriteExt4Error {
     #[error("label {0:?} is longer than ext4's 16 bytes")]
@@ -150,17 +159,18 @@ impl Planned {
     /// been given other bytes of the same length, and nothing else) into
     /// `out`, which must not exist; on an error nothing is left there.
     pub fn write(&self, tree: &Tree, out: &Path) -> Result<Written, WriteExt4Error> {
-        self.write_reporting(tree, out, &|_, _| {})
+        self.write_reporting(tree, out, &|_| {})
     }
 
-    /// [`Planned::write`], telling `progress` the bytes of files copied so
-    /// far and in all, every percent or so and at the end.
+    /// [`Planned::write`], telling `progress` how much of the files'
+    /// bytes (and how many files) are copied, every percent or so and at
+    /// the end.
     #[tracing::instrument(level = "debug", skip_all, fields(out = %out.display()))]
     pub fn write_reporting(
         &self,
         tree: &Tree,
         out: &Path,
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: &(dyn Fn(Copied) + Sync),
     ) -> Result<Written, WriteExt4Error> {
         let plan = &self.0;
         let file = fs_err::OpenOptions::new()
@@ -537,7 +547,7 @@ impl Plan {
         tree: &Tree,
         file: &File,
         out: &Path,
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: &(dyn Fn(Copied) + Sync),
     ) -> Result<u64, WriteExt4Error> {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let next = AtomicUsize::new(0);
@@ -551,8 +561,10 @@ impl Plan {
             .iter()
             .map(|(node, _)| tree.len_of(*node).unwrap_or(0))
             .sum();
+        let total_files = self.files.len() as u64;
         let step = (total / 100).max(8 << 20);
         let done = std::sync::atomic::AtomicU64::new(0);
+        let files_done = std::sync::atomic::AtomicU64::new(0);
         let next_report = std::sync::atomic::AtomicU64::new(step);
         let threads = std::thread::available_parallelism()
             .map(usize::from)
@@ -603,6 +615,7 @@ impl Plan {
                     return Err(error);
                 }
                 copied += len;
+                let files = files_done.fetch_add(1, Ordering::Relaxed) + 1;
                 let so_far = done.fetch_add(*len, Ordering::Relaxed) + len;
                 let due = next_report.load(Ordering::Relaxed);
                 if so_far >= due
@@ -610,7 +623,12 @@ impl Plan {
                         .compare_exchange(due, so_far + step, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
-                    progress(so_far, total);
+                    progress(Copied {
+                        bytes: so_far,
+                        total_bytes: total,
+                        files,
+                        total_files,
+                    });
                 }
                 if unflushed.fetch_add(*len, Ordering::Relaxed) + len >= WRITEBACK_EVERY {
                     unflushed.store(0, Ordering::Relaxed);
@@ -626,7 +644,12 @@ impl Plan {
             for helper in helpers {
                 copied += helper.join().expect("a copy thread panicked")?;
             }
-            progress(copied, total);
+            progress(Copied {
+                bytes: copied,
+                total_bytes: total,
+                files: total_files,
+                total_files,
+            });
             Ok(copied)
         })
     }
@@ -637,7 +660,7 @@ impl Plan {
         tree: &Tree,
         file: &File,
         out: &Path,
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: &(dyn Fn(Copied) + Sync),
     ) -> Result<u64, WriteExt4Error> {
         let write_error = |source: io::Error| WriteExt4Error::Write {
             path: out.to_owned(),

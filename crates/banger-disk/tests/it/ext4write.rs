@@ -220,6 +220,50 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Progress counts bytes and files, never goes back, and ends at the
+/// whole: every file, every byte.
+#[test]
+fn progress_counts_bytes_and_files_up_to_the_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 40 MiB in 40 files: a report every 8 MiB or so, then the last.
+    for n in 0..40 {
+        std::fs::write(src.join(format!("f{n}")), vec![n as u8; 1 << 20]).unwrap();
+    }
+    std::fs::write(src.join("empty"), b"").unwrap();
+    let mut tree = Tree::new(Meta::root(0o700));
+    tree.add_dir(&src, Owners::of_process()).unwrap();
+    let planned = banger_disk::ext4write::plan_ext4(
+        &tree,
+        &WriteOptions {
+            size: ByteSize::mib(128),
+            min_inodes: 0,
+            label: None,
+            min_free: ByteSize(0),
+        },
+    )
+    .unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let written = planned
+        .write_reporting(&tree, &dir.path().join("out.ext4"), &|copied| {
+            seen.lock().unwrap().push(copied)
+        })
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() >= 3, "{seen:?}");
+    for pair in seen.windows(2) {
+        assert!(pair[0].bytes <= pair[1].bytes, "{seen:?}");
+    }
+    for copied in &seen {
+        assert_eq!((copied.total_bytes, copied.total_files), (40 << 20, 41));
+        assert!(copied.files <= 41 && copied.bytes <= 40 << 20, "{copied:?}");
+    }
+    let last = seen.last().unwrap();
+    assert_eq!((last.bytes, last.files), (40 << 20, 41));
+    assert_eq!(written.file_bytes, 40 << 20);
+}
+
 #[test]
 fn resize2fs_grows_a_written_disk() {
     let dir = tempfile::tempdir().unwrap();

@@ -73,6 +73,7 @@ pub async fn sleep(
             current: elapsed.as_millis() as u64,
             total: Some(params.millis),
             unit: "ms".into(),
+            detail: None,
         });
         if elapsed >= total {
             return Ok(SleepResult {

@@ -9,6 +9,7 @@ use banger_disk::edits::Meta;
 use banger_disk::{
     DiskOps, Ext4Edits, MakeWorkDiskError, RootOverlay, RootRequest, WorkDiskRequest,
 };
+use banger_model::ByteSize;
 use banger_model::image::Image;
 use banger_model::vm::{StorageStrategy, Vm};
 use banger_rpc::Event;
@@ -107,15 +108,23 @@ pub async fn prepare_new(
                     let (edits, warnings) = work_edits(daemon, vm, key, seed).await?;
                     let stage = events.stage("write_workspace");
                     let sink = events.clone();
-                    let progress =
-                        banger_disk::workdisk::WriteProgress(Arc::new(move |done, total| {
+                    let last = Arc::new(std::sync::Mutex::new(None));
+                    let seen = last.clone();
+                    let progress = banger_disk::workdisk::WriteProgress(Arc::new(
+                        move |copied: banger_disk::ext4write::Copied| {
                             sink.emit(Event::Progress {
                                 task: "write_workspace".into(),
-                                current: done,
-                                total: Some(total),
+                                current: copied.bytes,
+                                total: Some(copied.total_bytes),
                                 unit: "bytes".into(),
+                                detail: Some(format!(
+                                    "{} of {} files",
+                                    copied.files, copied.total_files
+                                )),
                             });
-                        }));
+                            *seen.lock().expect("progress lock") = Some(copied);
+                        },
+                    ));
                     create_work_disk(
                         daemon,
                         vm,
@@ -126,7 +135,14 @@ pub async fn prepare_new(
                         &mut undo,
                     )
                     .await?;
-                    stage.done();
+                    match *last.lock().expect("progress lock") {
+                        Some(copied) => stage.done_with(format!(
+                            "{} files, {}",
+                            copied.total_files,
+                            ByteSize(copied.total_bytes).human()
+                        )),
+                        None => stage.done(),
+                    }
                     Ok(warnings)
                 }
                 None => {
