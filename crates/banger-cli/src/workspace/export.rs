@@ -1,16 +1,24 @@
 //! `vm workspace export`: a binary-safe patch of everything in the guest's
 //! checkout since the base commit — work the guest committed and work it did
-//! not — made with `git add -A` then `git diff --cached --binary BASE`.
+//! not — made with `git add -A` then `git diff --cached --binary BASE`, in a
+//! copy of the guest's index, so exporting stages nothing there.
 
 /// Whether `base` is a commit id we can pass to the guest (hex only).
 pub fn valid_base(base: &str) -> bool {
     (4..=64).contains(&base.len()) && base.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The remote command producing the patch on stdout.
+/// The remote command producing the patch on stdout. The index it stages
+/// into is a copy (its stat data kept, so unchanged files are not read
+/// again), removed afterwards; without an index, git starts one.
 pub fn remote_command(base: &str) -> String {
     debug_assert!(valid_base(base));
-    format!("cd /root/repo && git add -A && git diff --cached --binary --full-index {base}")
+    format!(
+        "cd /root/repo && d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT \
+         && {{ ! [ -e .git/index ] || cp .git/index \"$d/index\"; }} \
+         && export GIT_INDEX_FILE=\"$d/index\" \
+         && git add -A && git diff --cached --binary --full-index {base}"
+    )
 }
 
 #[cfg(test)]

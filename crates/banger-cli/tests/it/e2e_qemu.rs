@@ -375,6 +375,20 @@ fn qemu_guest_end_to_end() {
     );
     assert!(line.contains("git"), "{ports}");
 
+    // Published on the host's loopback, the listener answers through the
+    // forward: git daemon's own refusal of an unexported path.
+    let out = ok(&sim, &["vm", "port-forward", "q", "18765:8765"]);
+    assert_eq!(out.stdout, "127.0.0.1:18765 → q:8765\n", "{out}");
+    let ports = ok(&sim, &["vm", "ports", "q"]).stdout;
+    assert!(ports.contains("127.0.0.1:18765"), "{ports}");
+    let answered = sim.exec("git", ["ls-remote", "git://127.0.0.1:18765/nothing"]);
+    assert!(
+        answered
+            .stderr
+            .contains("remote error: access denied or repository not exported"),
+        "{answered}"
+    );
+
     // NAT: the guest reaches a server on the host's side of the bridge.
     let outside = Outside::new(&sim, "hello-from-the-host-side");
     // (The image has no curl: bash speaks HTTP/1.0 over /dev/tcp.)

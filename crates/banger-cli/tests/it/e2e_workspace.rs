@@ -638,6 +638,25 @@ fn export_applies_to_the_unchanged_host_checkout() {
             &format!("cd /root/repo && {MANIFEST}"),
         ])
         .stdout;
+    let guest_status = || {
+        sim.ok([
+            "vm",
+            "ssh",
+            "dev",
+            "--",
+            "git",
+            "-C",
+            "/root/repo",
+            "status",
+            "--short",
+        ])
+        .stdout
+    };
+    let status_before = guest_status();
+    assert!(
+        status_before.contains("?? guest-new.txt"),
+        "{status_before}"
+    );
     let patch = sim.env.root().join("work.patch");
     sim.ok([
         "vm",
@@ -647,6 +666,8 @@ fn export_applies_to_the_unchanged_host_checkout() {
         "--output",
         &patch.to_string_lossy(),
     ]);
+    // Exporting staged nothing in the guest.
+    assert_eq!(guest_status(), status_before);
     git(&sim, &repo, &["apply", &patch.to_string_lossy()]);
     let host_tree: String = host_manifest(&repo)
         .lines()
