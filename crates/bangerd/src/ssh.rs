@@ -323,8 +323,10 @@ pub fn ssh_config_text(layout: &Layout, key: &Path) -> String {
          \x20   IdentitiesOnly yes\n\
          \x20   UserKnownHostsFile {known}/%h\n\
          \x20   StrictHostKeyChecking accept-new\n\
+         \x20   KexAlgorithms {kex}\n\
          \x20   LogLevel ERROR\n",
         key = key.display(),
+        kex = banger_model::contract::SSH_KEX_FIRST,
         known = known_hosts_dir(layout).display(),
     )
 }

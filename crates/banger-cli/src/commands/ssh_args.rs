@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 
 use banger_guest::files::SESSION_PATH;
+use banger_model::contract::SSH_KEX_FIRST;
 use banger_model::shell::quote;
 use banger_rpc::response::SshInfo;
 
@@ -25,6 +26,8 @@ pub(super) fn ssh_args(info: &SshInfo, remote: Option<&str>, force_tty: bool) ->
         "LogLevel=ERROR".into(),
         "-o".into(),
         "ConnectTimeout=10".into(),
+        "-o".into(),
+        format!("KexAlgorithms={SSH_KEX_FIRST}").into(),
     ];
     if force_tty {
         args.push("-t".into());

@@ -316,6 +316,23 @@ fn qemu_guest_end_to_end() {
         release
     );
 
+    // First boot set quickack on the route to the host (ssh's handshake
+    // waits on delayed ACKs otherwise).
+    let routes = ok(
+        &sim,
+        &[
+            "vm", "ssh", "q", "--", "ip", "-4", "route", "show", "dev", "eth0",
+        ],
+    )
+    .stdout;
+    assert!(
+        routes
+            .lines()
+            .any(|line| line.contains("proto kernel scope link")
+                && line.trim_end().ends_with("quickack 1")),
+        "{routes}"
+    );
+
     // [[file_sync]] landed.
     assert_eq!(
         ok(&sim, &["vm", "ssh", "q", "--", "cat", "/root/synced.txt"]).stdout,

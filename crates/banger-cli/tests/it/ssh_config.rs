@@ -204,6 +204,13 @@ fn ssh_uses_banger_settings_for_vm_names_after_install() {
     assert_eq!(values(&vm, "user"), ["root"]);
     assert_eq!(values(&vm, "identityfile").first(), Some(&key), "{vm:?}");
     assert_eq!(values(&vm, "identitiesonly"), ["yes"]);
+    // X25519 is tried first, and ssh's own list follows it.
+    let kex = values(&vm, "kexalgorithms").concat();
+    assert!(
+        kex.starts_with("curve25519-sha256,curve25519-sha256@libssh.org,")
+            && kex.contains("diffie-hellman-group16-sha512"),
+        "{kex}"
+    );
     let work = ssh_g(&path, "work");
     assert_eq!(values(&work, "user"), ["me"]);
     assert!(!values(&work, "identityfile").contains(&key), "{work:?}");

@@ -548,3 +548,34 @@ fn usage_errors() {
     assert_eq!(code, 2, "--init outside PID 1 needs a dry run");
     assert!(stderr.contains("only for dry runs"), "{stderr}");
 }
+
+/// The route to the ip= subnet gets quickack (ssh's handshake would wait
+/// on delayed ACKs); the subnet and prefix come from the client and mask.
+#[test]
+fn oneshot_sets_quickack_on_the_route_to_the_ip_subnet() {
+    for (ip, route) in [
+        (
+            "172.30.0.5::172.30.0.1:255.255.255.0:happy-otter:eth0:off:1.1.1.1",
+            "172.30.0.0/24 dev eth0 proto kernel scope link src 172.30.0.5",
+        ),
+        (
+            "10.1.18.3::10.1.16.1:255.255.240.0:x:ens3:off",
+            "10.1.16.0/20 dev ens3 proto kernel scope link src 10.1.18.3",
+        ),
+    ] {
+        let root = FakeRoot::new();
+        root.write("/proc/cmdline", &format!("console=ttyS0 ip={ip} rw\n"));
+        let (code, stdout, stderr) = root.dry_run(&["--oneshot"]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(
+            actions(&stdout)
+                .contains(&format!("would run: ip route change {route} quickack 1").as_str()),
+            "{stdout}"
+        );
+    }
+    // Without an ip= configuration nothing is changed.
+    let root = FakeRoot::new();
+    root.write("/proc/cmdline", "console=ttyS0 ip=dhcp rw\n");
+    let (_, stdout, _) = root.dry_run(&["--oneshot"]);
+    assert!(!stdout.contains("ip route"), "{stdout}");
+}

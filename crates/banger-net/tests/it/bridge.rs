@@ -24,6 +24,14 @@ fn bridge_is_created_addressed_up_and_then_left_alone() {
         assert!(line.contains("<BROADCAST,MULTICAST,UP"), "{line}");
         let addrs = sh(&["ip", "-o", "-4", "addr", "show", "dev", &name]);
         assert!(addrs.contains("inet 172.30.0.1/24"), "{addrs}");
+        // Its subnet's route acknowledges TCP at once (ssh to guests waits
+        // on delayed ACKs otherwise), and stays the kernel's one route.
+        let routes = sh(&["ip", "-4", "route", "show", "dev", &name]);
+        assert_eq!(
+            routes.trim(),
+            "172.30.0.0/24 proto kernel scope link src 172.30.0.1 quickack 1",
+            "{routes}"
+        );
 
         let second = ops.ensure_bridge(&name, subnet()).await.unwrap();
         assert!(!second.created);
@@ -42,6 +50,8 @@ fn bridge_is_created_addressed_up_and_then_left_alone() {
         assert!(line.contains(",UP"), "{line}");
         let addrs = sh(&["ip", "-o", "-4", "addr", "show", "dev", &name]);
         assert!(addrs.contains("inet 172.30.0.1/24"), "{addrs}");
+        let routes = sh(&["ip", "-4", "route", "show", "dev", &name]);
+        assert!(routes.contains("quickack 1"), "{routes}");
 
         sh_async(&["ip", "link", "del", &name]).await;
     });

@@ -501,7 +501,7 @@ async fn boot_and_stop(rootfs: PathBuf, stop: Stop) {
     let hostname = loop {
         let output = ssh(
             &fixture.key,
-            "hostname; cat /etc/resolv.conf; ip -4 -br addr show eth0",
+            "hostname; cat /etc/resolv.conf; ip -4 -br addr show eth0; ip -4 route show dev eth0",
         )
         .await;
         if output.status.success() {
@@ -519,6 +519,16 @@ async fn boot_and_stop(rootfs: PathBuf, stop: Stop) {
     assert_eq!(lines.next(), Some(HOSTNAME), "{hostname}");
     assert!(hostname.contains("nameserver 192.0.2.53"), "{hostname}");
     assert!(hostname.contains(&format!("{GUEST_IP}/24")), "{hostname}");
+    // The subnet's route acknowledges TCP at once (ssh waits on delayed
+    // ACKs otherwise).
+    assert!(
+        hostname
+            .lines()
+            .any(|line| line.contains("/24 proto kernel")
+                && line.contains(&format!("scope link src {GUEST_IP}"))
+                && line.trim_end().ends_with("quickack 1")),
+        "{hostname}"
+    );
 
     // The agent (or its stand-in) through the hybrid vsock socket.
     let vsock = fixture.path("vsock.sock");
