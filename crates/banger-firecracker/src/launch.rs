@@ -667,17 +667,7 @@ pub fn find_pid_by_api_socket(api_socket: &Path) -> Result<Option<u32>, FindVmmE
     if inodes.is_empty() {
         return Ok(None);
     }
-    let proc_dir = Path::new("/proc");
-    let entries = fs_err::read_dir(proc_dir).map_err(|source| FindVmmError::Read {
-        path: proc_dir.to_owned(),
-        source,
-    })?;
-    let mut pids: Vec<u32> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
+    for pid in pids()? {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
@@ -699,6 +689,43 @@ pub fn find_pid_by_api_socket(api_socket: &Path) -> Result<Option<u32>, FindVmmE
         }
     }
     Ok(None)
+}
+
+/// The pid of a VMM started for `api_socket` that has not bound it yet: a
+/// process whose arguments are `… --api-sock PATH …`. A daemon killed right
+/// after starting one would otherwise leave it running, unseen by the next.
+pub fn find_pid_by_argv(api_socket: &Path) -> Result<Option<u32>, FindVmmError> {
+    let wanted = socket_path_forms(api_socket);
+    for pid in pids()? {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|byte| *byte == 0);
+        while let Some(arg) = args.next() {
+            if arg == b"--api-sock"
+                && let Some(path) = args.next()
+                && wanted.iter().any(|form| form.as_bytes() == path)
+            {
+                return Ok(Some(pid));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Every pid in `/proc`, in order.
+fn pids() -> Result<Vec<u32>, FindVmmError> {
+    let proc_dir = Path::new("/proc");
+    let entries = fs_err::read_dir(proc_dir).map_err(|source| FindVmmError::Read {
+        path: proc_dir.to_owned(),
+        source,
+    })?;
+    let mut pids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// The literal path and its canonical form (a VMM may have been given
@@ -746,11 +773,15 @@ fn unix_socket_inodes(table: &str, paths: &[String]) -> Vec<u64> {
     listening
 }
 
-/// Re-adopts the VMM listening on `api_socket` (after a daemon restart): its
-/// pid, a pidfd for signalling and an exit watch. `None` when no process
-/// listens there.
+/// Re-adopts the VMM listening on `api_socket` (after a daemon restart), or
+/// started for it and not listening yet: its pid, a pidfd for signalling
+/// and an exit watch. `None` when there is none.
 pub fn adopt(api_socket: &Path) -> Result<Option<VmmProcess>, FindVmmError> {
-    let Some(pid) = find_pid_by_api_socket(api_socket)? else {
+    let found = match find_pid_by_api_socket(api_socket)? {
+        Some(pid) => Some(pid),
+        None => find_pid_by_argv(api_socket)?,
+    };
+    let Some(pid) = found else {
         return Ok(None);
     };
     adopt_pid(pid, api_socket)
@@ -852,6 +883,31 @@ mod tests {
             find_pid_by_api_socket(&dir.path().join("other.sock")).unwrap(),
             None
         );
+    }
+
+    /// A VMM that has not bound its socket yet is found by its arguments
+    /// (a daemon killed right after starting it must not lose it).
+    #[tokio::test]
+    async fn a_vmm_not_listening_yet_is_found_by_its_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let other = dir.path().join("other.sock");
+        // One process that keeps its arguments (Debian's perl is essential).
+        let mut child = banger_exec::Cmd::new("perl")
+            .args(["-e", "sleep 30", "--", "--id", "vm1", "--api-sock"])
+            .arg(&path)
+            .spawn_async()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while find_pid_by_argv(&path).unwrap() != Some(pid) {
+            assert!(std::time::Instant::now() < deadline, "never found {pid}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(find_pid_by_argv(&other).unwrap(), None);
+        let adopted = adopt(&path).unwrap().expect("adopted by its arguments");
+        assert_eq!(adopted.pid(), pid);
+        child.kill().await.unwrap();
     }
 
     #[tokio::test]
