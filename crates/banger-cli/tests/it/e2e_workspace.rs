@@ -25,6 +25,13 @@ fn git(sim: &SimEnv, dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `git -C /root/repo ARGS` in VM `vm`, over `vm ssh`; its stdout.
+fn guest_git(sim: &SimEnv, vm: &str, args: &[&str]) -> String {
+    let mut command = vec!["vm", "ssh", vm, "--", "git", "-C", "/root/repo"];
+    command.extend_from_slice(args);
+    sim.ok(command).stdout
+}
+
 /// A repository with every kind of change a checkout can carry, the
 /// world's user's.
 fn messy_repo(sim: &SimEnv, root: &Path) -> PathBuf {
@@ -504,20 +511,8 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
     assert_eq!(vm["workspace"]["head_commit"], base.as_str());
     // The default base is the workspace as copied in: here HEAD's tree.
     let copied_in = vm["workspace"]["base_commit"].as_str().unwrap().to_owned();
-    let tree_of = |commit: &str| {
-        sim.ok([
-            "vm",
-            "ssh",
-            "dev",
-            "--",
-            "git",
-            "-C",
-            "/root/repo",
-            "rev-parse",
-            &format!("{commit}^{{tree}}"),
-        ])
-        .stdout
-    };
+    let tree_of =
+        |commit: &str| guest_git(&sim, "dev", &["rev-parse", &format!("{commit}^{{tree}}")]);
     assert_eq!(tree_of(&copied_in), tree_of(&base));
 
     // Work in the guest: a commit, then an uncommitted edit and a new binary file.
@@ -582,19 +577,8 @@ fn export_returns_guest_commits_and_uncommitted_work_as_one_patch() {
         "HEAD~1",
     ]);
     assert!(out.stderr.contains("workspace:"), "{out}");
-    let branch = sim.ok([
-        "vm",
-        "ssh",
-        "dev",
-        "--",
-        "git",
-        "-C",
-        "/root/repo",
-        "log",
-        "-1",
-        "--format=%D %s",
-    ]);
-    assert_eq!(branch.stdout.trim(), "HEAD -> try init");
+    let branch = guest_git(&sim, "dev", &["log", "-1", "--format=%D %s"]);
+    assert_eq!(branch.trim(), "HEAD -> try init");
     sim.ok(["vm", "delete", "dev"]);
     sim.assert_clean();
 }
@@ -638,20 +622,7 @@ fn export_applies_to_the_unchanged_host_checkout() {
             &format!("cd /root/repo && {MANIFEST}"),
         ])
         .stdout;
-    let guest_status = || {
-        sim.ok([
-            "vm",
-            "ssh",
-            "dev",
-            "--",
-            "git",
-            "-C",
-            "/root/repo",
-            "status",
-            "--short",
-        ])
-        .stdout
-    };
+    let guest_status = || guest_git(&sim, "dev", &["status", "--short"]);
     let status_before = guest_status();
     assert!(
         status_before.contains("?? guest-new.txt"),
