@@ -773,15 +773,24 @@ fn unix_socket_inodes(table: &str, paths: &[String]) -> Vec<u64> {
     listening
 }
 
-/// Re-adopts the VMM listening on `api_socket` (after a daemon restart), or
-/// started for it and not listening yet: its pid, a pidfd for signalling
-/// and an exit watch. `None` when there is none.
+/// Re-adopts the VMM listening on `api_socket` (after a daemon restart): its
+/// pid, a pidfd for signalling and an exit watch. `None` when no process
+/// listens there.
 pub fn adopt(api_socket: &Path) -> Result<Option<VmmProcess>, FindVmmError> {
-    let found = match find_pid_by_api_socket(api_socket)? {
-        Some(pid) => Some(pid),
-        None => find_pid_by_argv(api_socket)?,
+    let Some(pid) = find_pid_by_api_socket(api_socket)? else {
+        return Ok(None);
     };
-    let Some(pid) = found else {
+    adopt_pid(pid, api_socket)
+}
+
+/// [`adopt`], or else the VMM started for `api_socket` that does not listen
+/// yet (found by its arguments, a scan of every process's command line:
+/// only for a start a crash interrupted).
+pub fn adopt_starting(api_socket: &Path) -> Result<Option<VmmProcess>, FindVmmError> {
+    if let Some(process) = adopt(api_socket)? {
+        return Ok(Some(process));
+    }
+    let Some(pid) = find_pid_by_argv(api_socket)? else {
         return Ok(None);
     };
     adopt_pid(pid, api_socket)
@@ -905,7 +914,10 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(find_pid_by_argv(&other).unwrap(), None);
-        let adopted = adopt(&path).unwrap().expect("adopted by its arguments");
+        assert!(adopt(&path).unwrap().is_none(), "not listening");
+        let adopted = adopt_starting(&path)
+            .unwrap()
+            .expect("adopted by its arguments");
         assert_eq!(adopted.pid(), pid);
         child.kill().await.unwrap();
     }

@@ -47,6 +47,15 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
         &'a self,
         api_socket: &'a Path,
     ) -> BoxFuture<'a, Result<Option<VmmProcess>, FindVmmError>>;
+
+    /// [`Vmm::adopt`], and also a VMM started for `api_socket` that does not
+    /// listen yet: for a create or start that a crash interrupted.
+    fn adopt_starting<'a>(
+        &'a self,
+        api_socket: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<VmmProcess>, FindVmmError>> {
+        self.adopt(api_socket)
+    }
 }
 
 /// How long [`ProcessVmm::kill`] waits for a SIGKILLed VMM to disappear.
@@ -89,6 +98,13 @@ impl Vmm for ProcessVmm {
         api_socket: &'a Path,
     ) -> BoxFuture<'a, Result<Option<VmmProcess>, FindVmmError>> {
         Box::pin(async move { launch::adopt(api_socket) })
+    }
+
+    fn adopt_starting<'a>(
+        &'a self,
+        api_socket: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<VmmProcess>, FindVmmError>> {
+        Box::pin(async move { launch::adopt_starting(api_socket) })
     }
 }
 

@@ -178,4 +178,16 @@ impl Vmm for HelperVmm {
     ) -> BoxFuture<'a, Result<Option<VmmProcess>, FindVmmError>> {
         Box::pin(self.adopt_any(api_socket))
     }
+
+    fn adopt_starting<'a>(
+        &'a self,
+        api_socket: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<VmmProcess>, FindVmmError>> {
+        Box::pin(async move {
+            match self.direct.adopt_starting(api_socket).await? {
+                Some(process) => Ok(Some(process)),
+                None => self.adopt_any(api_socket).await,
+            }
+        })
+    }
 }

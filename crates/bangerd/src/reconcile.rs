@@ -71,6 +71,13 @@ pub async fn reconcile(daemon: &Arc<Daemon>) -> Report {
 }
 
 async fn reconcile_vm(daemon: &Arc<Daemon>, mut vm: Vm, report: &mut Report) {
+    if matches!(vm.state, VmState::Creating | VmState::Starting) {
+        // A VMM started just before the crash may not listen yet: found
+        // by its arguments, it is stopped below like any other.
+        if let Ok(Some(process)) = daemon.vmm.adopt_starting(&vm.paths().api_socket()).await {
+            daemon.put_process(&vm.id, process);
+        }
+    }
     match vm.state {
         VmState::Creating => {
             let released = halt::stop_and_release_checked(daemon, &mut vm, Mode::Kill).await;
